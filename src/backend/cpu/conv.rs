@@ -1,0 +1,212 @@
+//! k×k convolutions over channels-last activations by im2col + GEMM.
+//!
+//! x: [B, H, W, Cin], w: [Cout, k, k, Cin], y: [B, Ho, Wo, Cout].
+//! The column matrix has one row per output pixel and `k·k·Cin` columns in `(ky, kx, ci)`
+//! order, so `y = col · wᵀ`. Images are processed in chunks so the columns stay within a
+//! bounded workspace; 1×1 stride-1 convolutions skip im2col (they are `linear`).
+
+use rayon::prelude::*;
+
+use super::linear;
+use super::{check_len, disjoint, sgemm, CpuBackend};
+use crate::backend::ConvShape;
+use crate::tensor::Tensor;
+
+/// Upper bound on im2col workspace elements (64 MB of f32).
+const COL_BUDGET: usize = 16 << 20;
+
+fn images_per_chunk(s: &ConvShape) -> usize {
+    let per_image = s.ho * s.wo * s.col_k();
+    (COL_BUDGET / per_image.max(1)).clamp(1, s.b)
+}
+
+/// Fill `col` ([nb·Ho·Wo, k·k·Cin]) from images `x` ([nb, H, W, Cin]).
+fn im2col(s: &ConvShape, x: &[f32], nb: usize, col: &mut [f32]) {
+    let kk = s.col_k();
+    let (h, w, cin) = (s.h as isize, s.w as isize, s.cin);
+    col[..nb * s.ho * s.wo * kk]
+        .par_chunks_mut(s.wo * kk)
+        .enumerate()
+        .for_each(|(row, out)| {
+            let b = row / s.ho;
+            let oy = row % s.ho;
+            let img = &x[b * s.h * s.w * cin..(b + 1) * s.h * s.w * cin];
+            for ox in 0..s.wo {
+                let dst = &mut out[ox * kk..(ox + 1) * kk];
+                for ky in 0..s.k {
+                    let iy = (oy * s.stride + ky) as isize - s.pad as isize;
+                    for kx in 0..s.k {
+                        let ix = (ox * s.stride + kx) as isize - s.pad as isize;
+                        let d = &mut dst[(ky * s.k + kx) * cin..(ky * s.k + kx + 1) * cin];
+                        if iy < 0 || iy >= h || ix < 0 || ix >= w {
+                            d.fill(0.0);
+                        } else {
+                            let o = (iy as usize * s.w + ix as usize) * cin;
+                            d.copy_from_slice(&img[o..o + cin]);
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// `dx += col2im(dcol)`, written as a gather over input pixels so threads never collide.
+fn col2im_add(s: &ConvShape, dcol: &[f32], nb: usize, dx: &mut [f32]) {
+    let kk = s.col_k();
+    let cin = s.cin;
+    dx[..nb * s.h * s.w * cin]
+        .par_chunks_mut(s.w * cin)
+        .enumerate()
+        .for_each(|(row, out)| {
+            let b = row / s.h;
+            let iy = row % s.h;
+            for ky in 0..s.k {
+                let ty = iy + s.pad;
+                if ty < ky || (ty - ky) % s.stride != 0 {
+                    continue;
+                }
+                let oy = (ty - ky) / s.stride;
+                if oy >= s.ho {
+                    continue;
+                }
+                for ix in 0..s.w {
+                    let tx = ix + s.pad;
+                    for kx in 0..s.k {
+                        if tx < kx || (tx - kx) % s.stride != 0 {
+                            continue;
+                        }
+                        let ox = (tx - kx) / s.stride;
+                        if ox >= s.wo {
+                            continue;
+                        }
+                        let src = ((b * s.ho + oy) * s.wo + ox) * kk + (ky * s.k + kx) * cin;
+                        for (d, v) in out[ix * cin..(ix + 1) * cin]
+                            .iter_mut()
+                            .zip(&dcol[src..src + cin])
+                        {
+                            *d += v;
+                        }
+                    }
+                }
+            }
+        });
+}
+
+pub fn forward(
+    be: &CpuBackend,
+    s: &ConvShape,
+    x: Tensor,
+    w: Tensor,
+    bias: Option<Tensor>,
+    y: Tensor,
+) {
+    check_len("conv x", x, s.x_len());
+    check_len("conv w", w, s.w_len());
+    check_len("conv y", y, s.y_len());
+    if s.is_pointwise() {
+        return linear::forward(be, s.b * s.h * s.w, s.cin, s.cout, x, w, bias, y);
+    }
+    disjoint(&[y], &[x, w]);
+    let (xs, ws, ys) = (be.r(x), be.r(w), be.w(y));
+    let kk = s.col_k();
+    let chunk = images_per_chunk(s);
+    let (xi, yi) = (s.h * s.w * s.cin, s.ho * s.wo * s.cout);
+    be.with_workspace(chunk * s.ho * s.wo * kk, |col| {
+        for b0 in (0..s.b).step_by(chunk) {
+            let nb = chunk.min(s.b - b0);
+            im2col(s, &xs[b0 * xi..(b0 + nb) * xi], nb, col);
+            let rows = nb * s.ho * s.wo;
+            // y[rows, cout] = col[rows, kk] · w[cout, kk]ᵀ
+            sgemm(
+                rows,
+                s.cout,
+                kk,
+                &mut ys[b0 * yi..(b0 + nb) * yi],
+                s.cout,
+                false,
+                col,
+                kk,
+                1,
+                ws,
+                1,
+                kk,
+                true,
+            );
+        }
+    });
+    if let Some(b) = bias {
+        check_len("conv bias", b, s.cout);
+        linear::add_bias(ys, be.r(b));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    be: &CpuBackend,
+    s: &ConvShape,
+    x: Tensor,
+    w: Tensor,
+    dy: Tensor,
+    dx: Option<Tensor>,
+    dw: Option<Tensor>,
+    dbias: Option<Tensor>,
+) {
+    check_len("conv x", x, s.x_len());
+    check_len("conv w", w, s.w_len());
+    check_len("conv dy", dy, s.y_len());
+    if s.is_pointwise() {
+        return linear::backward(be, s.b * s.h * s.w, s.cin, s.cout, x, w, dy, dx, dw, dbias);
+    }
+    if let Some(db) = dbias {
+        check_len("conv dbias", db, s.cout);
+        linear::bias_grad(be.r(dy), s.cout, be.w(db));
+    }
+    if dx.is_none() && dw.is_none() {
+        return;
+    }
+    let (xs, ws, dys) = (be.r(x), be.r(w), be.r(dy));
+    if let Some(dx) = dx {
+        check_len("conv dx", dx, s.x_len());
+        disjoint(&[dx], &[dy, w]);
+    }
+    if let Some(dw) = dw {
+        check_len("conv dw", dw, s.w_len());
+        disjoint(&[dw], &[dy, x]);
+    }
+    let kk = s.col_k();
+    let chunk = images_per_chunk(s);
+    let (xi, yi) = (s.h * s.w * s.cin, s.ho * s.wo * s.cout);
+    be.with_workspace(chunk * s.ho * s.wo * kk, |col| {
+        for b0 in (0..s.b).step_by(chunk) {
+            let nb = chunk.min(s.b - b0);
+            let rows = nb * s.ho * s.wo;
+            let dyc = &dys[b0 * yi..(b0 + nb) * yi];
+            if let Some(dw) = dw {
+                im2col(s, &xs[b0 * xi..(b0 + nb) * xi], nb, col);
+                // dw[cout, kk] += dy[rows, cout]ᵀ · col[rows, kk]
+                sgemm(
+                    s.cout,
+                    kk,
+                    rows,
+                    be.w(dw),
+                    kk,
+                    true,
+                    dyc,
+                    1,
+                    s.cout,
+                    col,
+                    kk,
+                    1,
+                    true,
+                );
+            }
+            if let Some(dx) = dx {
+                // dcol[rows, kk] = dy[rows, cout] · w[cout, kk]
+                sgemm(
+                    rows, kk, s.cout, col, kk, false, dyc, s.cout, 1, ws, kk, 1, true,
+                );
+                col2im_add(s, col, nb, &mut be.w(dx)[b0 * xi..(b0 + nb) * xi]);
+            }
+        }
+    });
+}

@@ -1,0 +1,76 @@
+//! Fill, copy, add, ReLU and sigmoid over flat tensors.
+
+use rayon::prelude::*;
+
+use super::{check_len, disjoint, CpuBackend, PAR_MIN};
+use crate::tensor::Tensor;
+
+pub fn fill(be: &CpuBackend, t: Tensor, value: f32) {
+    be.w(t).par_iter_mut().with_min_len(PAR_MIN).for_each(|v| *v = value);
+}
+
+pub fn copy(be: &CpuBackend, src: Tensor, dst: Tensor) {
+    check_len("copy", dst, src.len);
+    disjoint(&[dst], &[src]);
+    be.w(dst)
+        .par_iter_mut()
+        .with_min_len(PAR_MIN)
+        .zip(be.r(src).par_iter())
+        .for_each(|(d, s)| *d = *s);
+}
+
+pub fn add_inplace(be: &CpuBackend, dst: Tensor, src: Tensor) {
+    check_len("add_inplace", dst, src.len);
+    disjoint(&[dst], &[src]);
+    be.w(dst)
+        .par_iter_mut()
+        .with_min_len(PAR_MIN)
+        .zip(be.r(src).par_iter())
+        .for_each(|(d, s)| *d += *s);
+}
+
+pub fn relu_inplace(be: &CpuBackend, x: Tensor) {
+    be.w(x)
+        .par_iter_mut()
+        .with_min_len(PAR_MIN)
+        .for_each(|v| *v = v.max(0.0));
+}
+
+pub fn relu_backward_inplace(be: &CpuBackend, y: Tensor, dy: Tensor) {
+    check_len("relu_backward", dy, y.len);
+    disjoint(&[dy], &[y]);
+    be.w(dy)
+        .par_iter_mut()
+        .with_min_len(PAR_MIN)
+        .zip(be.r(y).par_iter())
+        .for_each(|(d, y)| {
+            if *y <= 0.0 {
+                *d = 0.0
+            }
+        });
+}
+
+pub fn sigmoid_f32(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+pub fn sigmoid(be: &CpuBackend, x: Tensor, y: Tensor) {
+    check_len("sigmoid", y, x.len);
+    disjoint(&[y], &[x]);
+    be.w(y)
+        .par_iter_mut()
+        .with_min_len(PAR_MIN)
+        .zip(be.r(x).par_iter())
+        .for_each(|(y, x)| *y = sigmoid_f32(*x));
+}
+
+pub fn sigmoid_backward(be: &CpuBackend, y: Tensor, dy: Tensor, dx: Tensor) {
+    check_len("sigmoid_backward", dy, y.len);
+    check_len("sigmoid_backward", dx, y.len);
+    disjoint(&[dx], &[y, dy]);
+    be.w(dx)
+        .par_iter_mut()
+        .with_min_len(PAR_MIN)
+        .zip(be.r(y).par_iter().zip(be.r(dy).par_iter()))
+        .for_each(|(dx, (y, dy))| *dx += dy * y * (1.0 - y));
+}

@@ -1,0 +1,451 @@
+//! The operation set: every operation the network needs, forward and backward, behind one
+//! object-safe trait that the CPU reference and the CUDA backend both implement.
+//!
+//! Conventions (written down once, relied on everywhere):
+//! - Activations are channels-last: `[B, H, W, C]`, a pixel's channels contiguous. A 2-D
+//!   activation `[rows, C]` is the same thing with `H = W = 1`.
+//! - Convolution weights are `[C_out, kh, kw, C_in]` (OHWI); linear weights `[out, in]`. Files use
+//!   PyTorch's layouts; conversion happens only at the file boundary (`io`).
+//! - Forward operations overwrite their outputs, unless an `accumulate` flag says otherwise.
+//! - **Every backward operation adds (`+=`) into the gradients it produces**, parameter and
+//!   activation gradients alike. The model zeroes the gradient arenas once per step, so a tensor
+//!   read by several consumers (residuals, fuse layers) gets the sum of their contributions
+//!   without temporary buffers. The only exception is `relu_backward_inplace`, which masks a
+//!   gradient that is complete.
+//! - Operations are enqueued: on a GPU they run asynchronously on the backend's stream; only
+//!   `download` (and `synchronize`) wait.
+//! - Outputs never alias inputs unless an operation's name says `inplace`.
+
+pub mod cpu;
+pub mod cuda;
+
+use crate::error::Result;
+use crate::tensor::{BufId, Tensor};
+
+/// The largest supported relation-bin side `n` (a row's bins fit on the stack).
+pub const MAX_BINS_SIDE: usize = 16;
+
+/// A 2-D convolution over channels-last activations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvShape {
+    pub b: usize,
+    pub h: usize,
+    pub w: usize,
+    pub cin: usize,
+    pub cout: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub ho: usize,
+    pub wo: usize,
+}
+
+impl ConvShape {
+    pub fn new(
+        b: usize,
+        h: usize,
+        w: usize,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Self {
+        assert!(h + 2 * pad >= k && w + 2 * pad >= k, "kernel larger than input");
+        let ho = (h + 2 * pad - k) / stride + 1;
+        let wo = (w + 2 * pad - k) / stride + 1;
+        ConvShape {
+            b,
+            h,
+            w,
+            cin,
+            cout,
+            k,
+            stride,
+            pad,
+            ho,
+            wo,
+        }
+    }
+    pub fn x_len(&self) -> usize {
+        self.b * self.h * self.w * self.cin
+    }
+    pub fn y_len(&self) -> usize {
+        self.b * self.ho * self.wo * self.cout
+    }
+    pub fn w_len(&self) -> usize {
+        self.cout * self.k * self.k * self.cin
+    }
+    /// Columns of the im2col matrix: one row per output pixel, `(ky, kx, ci)` order.
+    pub fn col_k(&self) -> usize {
+        self.k * self.k * self.cin
+    }
+    /// A 1×1, stride-1, unpadded convolution is a plain GEMM over pixels.
+    pub fn is_pointwise(&self) -> bool {
+        self.k == 1 && self.stride == 1 && self.pad == 0
+    }
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.b * self.ho * self.wo) as f64 * self.col_k() as f64 * self.cout as f64
+    }
+}
+
+/// Resampling of `[B, hi, wi, C]` to `[B, ho, wo, C]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResizeShape {
+    pub b: usize,
+    pub c: usize,
+    pub hi: usize,
+    pub wi: usize,
+    pub ho: usize,
+    pub wo: usize,
+}
+
+impl ResizeShape {
+    pub fn x_len(&self) -> usize {
+        self.b * self.hi * self.wi * self.c
+    }
+    pub fn y_len(&self) -> usize {
+        self.b * self.ho * self.wo * self.c
+    }
+}
+
+/// The fused relation map of SPEC §4.1: `f: [B, N, C]` (N = h·w) → `p: [B, N, n, n]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelationShape {
+    pub b: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub n: usize,
+}
+
+impl RelationShape {
+    pub fn pixels(&self) -> usize {
+        self.h * self.w
+    }
+    pub fn bins(&self) -> usize {
+        self.n * self.n
+    }
+}
+
+/// BatchNorm over `rows` samples of `c` channels (BatchNorm2d: rows = B·H·W; BatchNorm1d: rows = B).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NormShape {
+    pub rows: usize,
+    pub c: usize,
+    pub eps: f32,
+    pub momentum: f32,
+    /// Batch statistics (and running-stat update) when true; running statistics when false.
+    pub train: bool,
+}
+
+/// The tensors of one BatchNorm application `y = relu?(γ·(x−μ)·rstd + β + residual?)`.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchNormTensors {
+    pub x: Tensor,
+    pub gamma: Tensor,
+    pub beta: Tensor,
+    pub running_mean: Tensor,
+    pub running_var: Tensor,
+    /// `[C]`: the mean and 1/sqrt(var+eps) that normalised `x` (batch or running), kept for backward.
+    pub save_mean: Tensor,
+    pub save_rstd: Tensor,
+    pub residual: Option<Tensor>,
+    pub relu: bool,
+    pub y: Tensor,
+}
+
+/// Gradients produced by a BatchNorm backward (all `+=`).
+#[derive(Clone, Copy, Debug)]
+pub struct BatchNormGrads {
+    pub dy: Tensor,
+    pub dx: Option<Tensor>,
+    pub dgamma: Option<Tensor>,
+    pub dbeta: Option<Tensor>,
+    pub dresidual: Option<Tensor>,
+}
+
+/// Adam hyper-parameters for one step (PyTorch semantics, no weight decay).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamArgs {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// 1-based step count after this update (bias corrections use it).
+    pub step: u64,
+}
+
+/// Everything the network needs, on one device.
+pub trait Backend: Send + Sync {
+    /// Human-readable device description.
+    fn name(&self) -> String;
+    /// Allocate a zero-filled buffer of `len` f32 elements.
+    fn alloc(&mut self, len: usize) -> Result<BufId>;
+    /// Bytes of device memory currently allocated by this backend (buffers and workspaces).
+    fn allocated_bytes(&self) -> usize;
+    fn upload(&self, dst: Tensor, src: &[f32]) -> Result<()>;
+    fn download(&self, src: Tensor, dst: &mut [f32]) -> Result<()>;
+    /// Wait until every enqueued operation has finished.
+    fn synchronize(&self) -> Result<()>;
+
+    // ---- elementwise -------------------------------------------------------------------
+    fn fill(&self, t: Tensor, value: f32) -> Result<()>;
+    fn copy(&self, src: Tensor, dst: Tensor) -> Result<()>;
+    /// `dst += src`.
+    fn add_inplace(&self, dst: Tensor, src: Tensor) -> Result<()>;
+    fn relu_inplace(&self, x: Tensor) -> Result<()>;
+    /// `dy *= (y > 0)`: turns the gradient of a ReLU output into that of its input.
+    fn relu_backward_inplace(&self, y: Tensor, dy: Tensor) -> Result<()>;
+    fn sigmoid(&self, x: Tensor, y: Tensor) -> Result<()>;
+    /// `dx += dy · y · (1 − y)` with `y = sigmoid(x)`.
+    fn sigmoid_backward(&self, y: Tensor, dy: Tensor, dx: Tensor) -> Result<()>;
+
+    // ---- convolution and linear layers ---------------------------------------------------
+    /// `y[b,oy,ox,co] = Σ w[co,ky,kx,ci] · x[b, oy·s+ky−p, ox·s+kx−p, ci] (+ bias[co])`.
+    fn conv2d(
+        &self,
+        s: &ConvShape,
+        x: Tensor,
+        w: Tensor,
+        bias: Option<Tensor>,
+        y: Tensor,
+    ) -> Result<()>;
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_backward(
+        &self,
+        s: &ConvShape,
+        x: Tensor,
+        w: Tensor,
+        dy: Tensor,
+        dx: Option<Tensor>,
+        dw: Option<Tensor>,
+        dbias: Option<Tensor>,
+    ) -> Result<()>;
+    /// `y[m, n] = Σ_k x[m, k] · w[n, k] (+ bias[n])`.
+    #[allow(clippy::too_many_arguments)]
+    fn linear(
+        &self,
+        m: usize,
+        k: usize,
+        n: usize,
+        x: Tensor,
+        w: Tensor,
+        bias: Option<Tensor>,
+        y: Tensor,
+    ) -> Result<()>;
+    #[allow(clippy::too_many_arguments)]
+    fn linear_backward(
+        &self,
+        m: usize,
+        k: usize,
+        n: usize,
+        x: Tensor,
+        w: Tensor,
+        dy: Tensor,
+        dx: Option<Tensor>,
+        dw: Option<Tensor>,
+        dbias: Option<Tensor>,
+    ) -> Result<()>;
+
+    // ---- normalisation -------------------------------------------------------------------
+    fn batchnorm(&self, s: &NormShape, t: &BatchNormTensors) -> Result<()>;
+    fn batchnorm_backward(
+        &self,
+        s: &NormShape,
+        t: &BatchNormTensors,
+        g: &BatchNormGrads,
+    ) -> Result<()>;
+
+    // ---- resampling (SPEC §6) --------------------------------------------------------------
+    /// Nearest resize; with `accumulate`, `y += resize(x)` (the fuse layers' sums).
+    fn resize_nearest(&self, s: &ResizeShape, x: Tensor, y: Tensor, accumulate: bool)
+        -> Result<()>;
+    fn resize_nearest_backward(&self, s: &ResizeShape, dy: Tensor, dx: Tensor) -> Result<()>;
+    fn resize_bilinear(&self, s: &ResizeShape, x: Tensor, y: Tensor) -> Result<()>;
+    fn resize_bilinear_backward(&self, s: &ResizeShape, dy: Tensor, dx: Tensor) -> Result<()>;
+    /// Adaptive average pooling `[B, hi, wi, C] → [B, ho, wo, C]` (bins may overlap).
+    fn adaptive_avg_pool(&self, s: &ResizeShape, x: Tensor, y: Tensor) -> Result<()>;
+    fn adaptive_avg_pool_backward(&self, s: &ResizeShape, dy: Tensor, dx: Tensor) -> Result<()>;
+
+    // ---- channel concatenation -------------------------------------------------------------
+    /// `dst[r, offset + c] = src[r, c]` for `src: [rows, src_c]`, `dst: [rows, dst_c]`.
+    fn concat_channels(
+        &self,
+        rows: usize,
+        src: Tensor,
+        src_c: usize,
+        dst: Tensor,
+        dst_c: usize,
+        offset: usize,
+    ) -> Result<()>;
+    /// `d_src[r, c] += d_dst[r, offset + c]`.
+    #[allow(clippy::too_many_arguments)]
+    fn concat_channels_backward(
+        &self,
+        rows: usize,
+        d_dst: Tensor,
+        dst_c: usize,
+        offset: usize,
+        d_src: Tensor,
+        src_c: usize,
+    ) -> Result<()>;
+
+    // ---- PRRNet-specific -------------------------------------------------------------------
+    /// SPEC §4.1 steps 1–3, fused: `f: [B,N,C]` → `norms: [B,N]` (‖f_i‖), `lsum: [B,N]`
+    /// (`l_i = Σ_j exp(s_ij − 1)`), `p: [B,N,n,n]`. Never materialises N×N for the batch.
+    fn relation(
+        &self,
+        s: &RelationShape,
+        f: Tensor,
+        norms: Tensor,
+        lsum: Tensor,
+        p: Tensor,
+    ) -> Result<()>;
+    /// Backward of [`Backend::relation`]: `df += ∂L/∂f` given `dp = ∂L/∂p`.
+    #[allow(clippy::too_many_arguments)]
+    fn relation_backward(
+        &self,
+        s: &RelationShape,
+        f: Tensor,
+        norms: Tensor,
+        lsum: Tensor,
+        p: Tensor,
+        dp: Tensor,
+        df: Tensor,
+    ) -> Result<()>;
+    /// SPEC §4.2: `f: [B,N,C]`, `m: [B,N]` → `out: [2B, C]`, rows `0..B` = F_man, `B..2B` = F_ori.
+    fn attention_pool(
+        &self,
+        b: usize,
+        n: usize,
+        c: usize,
+        f: Tensor,
+        m: Tensor,
+        out: Tensor,
+    ) -> Result<()>;
+    #[allow(clippy::too_many_arguments)]
+    fn attention_pool_backward(
+        &self,
+        b: usize,
+        n: usize,
+        c: usize,
+        f: Tensor,
+        m: Tensor,
+        out: Tensor,
+        dout: Tensor,
+        df: Tensor,
+        dm: Tensor,
+    ) -> Result<()>;
+    /// SPEC §5: `ab: [2B, d]` (rows `0..B` = a, `B..2B` = b) → `z: [B, 3G]` = [cos, euc, inn].
+    fn region_metrics(&self, b: usize, d: usize, groups: usize, ab: Tensor, z: Tensor)
+        -> Result<()>;
+    #[allow(clippy::too_many_arguments)]
+    fn region_metrics_backward(
+        &self,
+        b: usize,
+        d: usize,
+        groups: usize,
+        ab: Tensor,
+        dz: Tensor,
+        dab: Tensor,
+    ) -> Result<()>;
+
+    // ---- losses and optimiser ------------------------------------------------------------
+    /// `loss[0] = scale · Σ_r weight[r] · Σ_c BCE_with_logits(x[r,c], target[r,c])`.
+    #[allow(clippy::too_many_arguments)]
+    fn bce_with_logits(
+        &self,
+        rows: usize,
+        cols: usize,
+        x: Tensor,
+        target: Tensor,
+        weight: Tensor,
+        scale: f32,
+        loss: Tensor,
+    ) -> Result<()>;
+    /// `dx[r,c] += scale · weight[r] · (sigmoid(x[r,c]) − target[r,c])`.
+    #[allow(clippy::too_many_arguments)]
+    fn bce_with_logits_backward(
+        &self,
+        rows: usize,
+        cols: usize,
+        x: Tensor,
+        target: Tensor,
+        weight: Tensor,
+        scale: f32,
+        dx: Tensor,
+    ) -> Result<()>;
+    /// One Adam update of `param` from `grad`, with moment buffers `m`, `v` (same length).
+    fn adam(&self, param: Tensor, grad: Tensor, m: Tensor, v: Tensor, a: &AdamArgs) -> Result<()>;
+}
+
+// ---- index rules shared by every backend (SPEC §6) ----------------------------------------
+
+/// The source index of output `dst` for nearest resizing `input → output` (PyTorch's rule).
+pub fn nearest_src(dst: usize, input: usize, output: usize) -> usize {
+    if input == output {
+        dst
+    } else if output == 2 * input {
+        dst >> 1
+    } else {
+        let scale = input as f32 / output as f32;
+        ((dst as f32 * scale).floor() as usize).min(input - 1)
+    }
+}
+
+/// Bilinear (align_corners = False) source taps for output `dst`: `(x0, x1, w0, w1)`.
+pub fn bilinear_taps(dst: usize, input: usize, output: usize) -> (usize, usize, f32, f32) {
+    let scale = input as f32 / output as f32;
+    let src = ((dst as f32 + 0.5) * scale - 0.5).max(0.0);
+    let x0 = (src as usize).min(input - 1);
+    let x1 = (x0 + 1).min(input - 1);
+    let frac = src - x0 as f32;
+    (x0, x1, 1.0 - frac, frac)
+}
+
+/// Adaptive average pooling bin `u` of `n` along a side of length `len`: `[start, end)`.
+pub fn adaptive_bin(u: usize, len: usize, n: usize) -> (usize, usize) {
+    let start = (u * len) / n;
+    let end = ((u + 1) * len).div_ceil(n);
+    (start, end)
+}
+
+/// The device a user asked for (`--device auto|cpu|cuda|cuda:N`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceRequest {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceRequest {
+    type Err = crate::error::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(DeviceRequest::Auto),
+            "cpu" => Ok(DeviceRequest::Cpu),
+            "cuda" | "gpu" => Ok(DeviceRequest::Cuda(0)),
+            _ => match s.strip_prefix("cuda:") {
+                Some(i) => i.parse().map(DeviceRequest::Cuda).map_err(|_| {
+                    crate::error::Error::Config(format!("bad device `{s}`: expected cuda:N"))
+                }),
+                None => Err(crate::error::Error::Config(format!(
+                    "unknown device `{s}`: expected auto, cpu, cuda or cuda:N"
+                ))),
+            },
+        }
+    }
+}
+
+/// Open the requested device. `Auto` picks the first GPU when one is usable, else the CPU.
+pub fn open(req: DeviceRequest) -> Result<Box<dyn Backend>> {
+    match req {
+        DeviceRequest::Cpu => Ok(Box::new(cpu::CpuBackend::new())),
+        DeviceRequest::Cuda(i) => cuda::open(i),
+        DeviceRequest::Auto => match cuda::open(0) {
+            Ok(b) => Ok(b),
+            Err(_) => Ok(Box::new(cpu::CpuBackend::new())),
+        },
+    }
+}

@@ -1,0 +1,20 @@
+//! PRRNet (Pixel-Region Relation Network, Shang et al., Pattern Recognition 2021): face-forgery
+//! detection that localises the manipulated region and classifies an image by the inconsistency
+//! between the manipulated and the original region.
+//!
+//! The network ([`model::PrrNet`]) is written once against the operation set
+//! [`backend::Backend`], which the CPU reference backend and the CUDA backend implement.
+//! `../shared/SPEC.md` (in the repository: `docs/`) defines what every operation computes.
+
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod io;
+pub mod model;
+pub mod rng;
+pub mod tensor;
+
+pub use backend::{Backend, DeviceRequest};
+pub use config::Config;
+pub use error::{Error, Result};
+pub use model::{Batch, Losses, Mode, PrrNet};
