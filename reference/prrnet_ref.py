@@ -1,4 +1,4 @@
-"""PyTorch reference implementation of PRRNet, written against /work/shared/SPEC.md.
+"""PyTorch reference implementation of PRRNet, written against docs/SPEC.md.
 
 This module is the numerical yardstick for the Rust crate: it computes exactly what
 SPEC.md describes, with parameter names that match the checkpoint format (SPEC §9):

@@ -4,7 +4,7 @@
 //!
 //! The network ([`model::PrrNet`]) is written once against the operation set
 //! [`backend::Backend`], which the CPU reference backend and the CUDA backend implement.
-//! `../shared/SPEC.md` (in the repository: `docs/`) defines what every operation computes.
+//! `docs/SPEC.md` defines what every operation computes.
 
 pub mod backend;
 pub mod config;

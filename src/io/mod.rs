@@ -2,4 +2,5 @@
 //! the timm backbone import, and the debug dump.
 
 pub mod checkpoint;
+pub mod dump;
 pub mod tensors;

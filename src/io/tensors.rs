@@ -78,6 +78,14 @@ impl TensorFile {
         Ok(a)
     }
 
+    /// An optional tensor that, when present, must have `shape`.
+    pub fn expect_opt(&self, name: &str, shape: &[usize]) -> Result<Option<&Array>> {
+        match self.tensors.get(name) {
+            None => Ok(None),
+            Some(_) => self.expect(name, shape).map(Some),
+        }
+    }
+
     pub fn insert(&mut self, name: impl Into<String>, shape: Vec<usize>, data: Vec<f32>) {
         self.tensors.insert(name.into(), Array::new(shape, data));
     }

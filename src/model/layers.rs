@@ -95,6 +95,21 @@ impl Builder {
             running_var: self.param(format!("{prefix}.running_var"), c, ParamKind::RunningVar),
         }
     }
+    /// A 1×1 convolution with bias: computed as a linear layer over pixels, stored and
+    /// initialised as a convolution (`[out, in, 1, 1]` in files).
+    pub fn conv1x1(&mut self, prefix: &str, inp: usize, out: usize) -> Linear {
+        Linear {
+            inp,
+            out,
+            w: self.conv_weight(format!("{prefix}.weight"), out, inp, 1),
+            b: self.param(
+                format!("{prefix}.bias"),
+                out,
+                ParamKind::ConvBias { fan_in: inp },
+            ),
+        }
+    }
+
     pub fn linear(&mut self, prefix: &str, inp: usize, out: usize) -> Linear {
         Linear {
             inp,
