@@ -1,1 +1,126 @@
-fn main(){}
+//! Criterion benchmarks of the CPU backend's operations at W30 sizes (batch 1), so CPU
+//! regressions show: `cargo bench --bench cpu_ops`.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use prrnet::backend::cpu::CpuBackend;
+use prrnet::backend::*;
+use prrnet::rng::Rng;
+use prrnet::tensor::Tensor;
+
+fn put(be: &mut CpuBackend, len: usize, rng: &mut Rng) -> Tensor {
+    let id = be.alloc(len).unwrap();
+    let t = Tensor::new(id, 0, len);
+    be.upload(t, &rng.vec(len, |r| r.normal())).unwrap();
+    t
+}
+
+fn conv(c: &mut Criterion) {
+    let mut rng = Rng::new(1);
+    let mut be = CpuBackend::new();
+    // A stage-2 BasicBlock convolution of branch 0 (75×75×30) and a stem convolution.
+    for (name, s) in [
+        (
+            "conv3x3 75x75x30",
+            ConvShape::new(1, 75, 75, 30, 30, 3, 1, 1),
+        ),
+        (
+            "conv3x3 s2 150x150x64",
+            ConvShape::new(1, 150, 150, 64, 64, 3, 2, 1),
+        ),
+        (
+            "conv1x1 75x75x256->64",
+            ConvShape::new(1, 75, 75, 256, 64, 1, 1, 0),
+        ),
+    ] {
+        let x = put(&mut be, s.x_len(), &mut rng);
+        let w = put(&mut be, s.w_len(), &mut rng);
+        let y = put(&mut be, s.y_len(), &mut rng);
+        let dx = put(&mut be, s.x_len(), &mut rng);
+        let dw = put(&mut be, s.w_len(), &mut rng);
+        c.bench_function(&format!("{name} fwd"), |b| {
+            b.iter(|| be.conv2d(&s, x, w, None, y).unwrap())
+        });
+        c.bench_function(&format!("{name} bwd"), |b| {
+            b.iter(|| {
+                be.conv2d_backward(&s, x, w, y, Some(dx), Some(dw), None)
+                    .unwrap()
+            })
+        });
+    }
+}
+
+fn norm_and_resample(c: &mut Criterion) {
+    let mut rng = Rng::new(2);
+    let mut be = CpuBackend::new();
+    let (rows, ch) = (75 * 75, 30);
+    let x = put(&mut be, rows * ch, &mut rng);
+    let y = put(&mut be, rows * ch, &mut rng);
+    let p: Vec<Tensor> = (0..6).map(|_| put(&mut be, ch, &mut rng)).collect();
+    let t = BatchNormTensors {
+        x,
+        gamma: p[0],
+        beta: p[1],
+        running_mean: p[2],
+        running_var: p[3],
+        save_mean: p[4],
+        save_rstd: p[5],
+        residual: None,
+        relu: true,
+        y,
+    };
+    let s = NormShape {
+        rows,
+        c: ch,
+        eps: 1e-5,
+        momentum: 0.1,
+        train: true,
+    };
+    c.bench_function("batchnorm train 75x75x30 fwd", |b| {
+        b.iter(|| be.batchnorm(&s, &t).unwrap())
+    });
+    let rs = ResizeShape {
+        b: 1,
+        c: 240,
+        hi: 10,
+        wi: 10,
+        ho: 75,
+        wo: 75,
+    };
+    let xs = put(&mut be, rs.x_len(), &mut rng);
+    let ys = put(&mut be, rs.y_len(), &mut rng);
+    c.bench_function("bilinear 10->75 x240", |b| {
+        b.iter(|| be.resize_bilinear(&rs, xs, ys).unwrap())
+    });
+}
+
+fn relation(c: &mut Criterion) {
+    let mut rng = Rng::new(3);
+    let mut be = CpuBackend::new();
+    // One image at the paper's size: N = 75², C = 450, n = 5.
+    let s = RelationShape {
+        b: 1,
+        h: 75,
+        w: 75,
+        c: 450,
+        n: 5,
+    };
+    let np = s.pixels();
+    let f = put(&mut be, np * s.c, &mut rng);
+    let norms = put(&mut be, np, &mut rng);
+    let lsum = put(&mut be, np, &mut rng);
+    let p = put(&mut be, np * 25, &mut rng);
+    let dp = put(&mut be, np * 25, &mut rng);
+    let df = put(&mut be, np * s.c, &mut rng);
+    let mut g = c.benchmark_group("relation 75x75x450");
+    g.sample_size(10);
+    g.bench_function("fwd", |b| {
+        b.iter(|| be.relation(&s, f, norms, lsum, p).unwrap())
+    });
+    g.bench_function("bwd", |b| {
+        b.iter(|| be.relation_backward(&s, f, norms, lsum, p, dp, df).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, conv, norm_and_resample, relation);
+criterion_main!(benches);

@@ -7,6 +7,7 @@
 //! `docs/SPEC.md` defines what every operation computes.
 
 pub mod backend;
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod io;

@@ -48,8 +48,14 @@ fn round_trip_gives_identical_outputs() {
     let file = TensorFile::read(&path).unwrap();
     assert_eq!(checkpoint::config_of(&file).unwrap(), Some(a.cfg.clone()));
     // PyTorch layouts on disk.
-    assert_eq!(file.get("backbone.conv1.weight").unwrap().shape, vec![16, 3, 3, 3]);
-    assert_eq!(file.get("pr.proj.weight").unwrap().shape, vec![256, 40, 1, 1]);
+    assert_eq!(
+        file.get("backbone.conv1.weight").unwrap().shape,
+        vec![16, 3, 3, 3]
+    );
+    assert_eq!(
+        file.get("pr.proj.weight").unwrap().shape,
+        vec![256, 40, 1, 1]
+    );
     assert_eq!(file.get("rr.cls.fc1.weight").unwrap().shape, vec![16, 3]);
     std::fs::remove_file(path).ok();
 }
@@ -64,13 +70,19 @@ fn bad_keys_and_shapes_are_named() {
     missing.tensors.remove("rr.fm.bn.running_var");
     missing.write(&path).unwrap();
     let e = checkpoint::load(&net, &path).unwrap_err().to_string();
-    assert!(e.contains("rr.fm.bn.running_var") && e.contains("[128]"), "{e}");
+    assert!(
+        e.contains("rr.fm.bn.running_var") && e.contains("[128]"),
+        "{e}"
+    );
 
     let mut extra = good.clone();
     extra.insert("pr.unknown.weight", vec![2], vec![1.0, 2.0]);
     extra.write(&path).unwrap();
     let e = checkpoint::load(&net, &path).unwrap_err().to_string();
-    assert!(e.contains("pr.unknown.weight") && e.contains("unexpected"), "{e}");
+    assert!(
+        e.contains("pr.unknown.weight") && e.contains("unexpected"),
+        "{e}"
+    );
 
     let mut shaped = good.clone();
     shaped.insert("pr.proj.weight", vec![256, 40], vec![0.0; 256 * 40]);
@@ -129,10 +141,14 @@ fn timm_backbone_import() {
     let dst = tiny(8);
     checkpoint::import_timm(&dst, &path).unwrap();
     for e in dst.entries() {
-        let same = dst.read(e.tensor).unwrap() == src.read(src.entry(&e.name).unwrap().tensor).unwrap();
+        let same =
+            dst.read(e.tensor).unwrap() == src.read(src.entry(&e.name).unwrap().tensor).unwrap();
         if e.name.starts_with("backbone.") {
             assert!(same, "{} not imported", e.name);
-        } else if matches!(e.kind, ParamKind::ConvWeight { .. } | ParamKind::LinearWeight { .. }) {
+        } else if matches!(
+            e.kind,
+            ParamKind::ConvWeight { .. } | ParamKind::LinearWeight { .. }
+        ) {
             // Randomly initialised head weights stay the destination's own.
             assert!(!same, "{} was overwritten", e.name);
         }
@@ -140,7 +156,9 @@ fn timm_backbone_import() {
     // A head key that is not part of timm's classification head is still an error.
     timm.insert("something.else", vec![1], vec![0.0]);
     timm.write(&path).unwrap();
-    let e = checkpoint::import_timm(&dst, &path).unwrap_err().to_string();
+    let e = checkpoint::import_timm(&dst, &path)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("something.else"), "{e}");
     std::fs::remove_file(path).ok();
 }

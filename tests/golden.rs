@@ -54,7 +54,11 @@ fn compare_with(dir: &Path, case: &str, mode: &str, grad_tol: f64, skip: &[&str]
     std::fs::remove_file(&out).ok();
     let mut failures = Vec::new();
     let mut compared = 0;
-    for (name, w) in want.tensors.iter().filter(|(n, _)| !skip.contains(&n.as_str())) {
+    for (name, w) in want
+        .tensors
+        .iter()
+        .filter(|(n, _)| !skip.contains(&n.as_str()))
+    {
         let Some(g) = got.get(name) else {
             failures.push(format!("{name}: missing from our dump"));
             continue;
@@ -74,7 +78,10 @@ fn compare_with(dir: &Path, case: &str, mode: &str, grad_tol: f64, skip: &[&str]
         let norm = |d: &[f32]| d.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
         if name.starts_with("grad.") && norm(&w.data) < 1e-5 {
             if norm(&g.data) >= 1e-5 {
-                failures.push(format!("{name}: ‖ours‖ = {:.2e} where PyTorch's is noise", norm(&g.data)));
+                failures.push(format!(
+                    "{name}: ‖ours‖ = {:.2e} where PyTorch's is noise",
+                    norm(&g.data)
+                ));
             }
             continue;
         }
@@ -83,7 +90,10 @@ fn compare_with(dir: &Path, case: &str, mode: &str, grad_tol: f64, skip: &[&str]
             failures.push(format!("{name}: relative L2 error {err:.3e} > {tol:.0e}"));
         }
     }
-    assert!(compared > 100, "{case}/{mode}: only {compared} tensors compared");
+    assert!(
+        compared > 100,
+        "{case}/{mode}: only {compared} tensors compared"
+    );
     assert!(
         failures.is_empty(),
         "{case}/{mode}: {} of {} tensors differ:\n  {}",
@@ -133,8 +143,12 @@ fn w30_eval_against_pytorch_when_available() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("reference/make_golden.py");
     let status = std::process::Command::new(&py)
         .arg(&script)
-        .args(["--preset", "w30", "--size", "299", "--batch", "1", "--mode", "eval"])
-        .args(["--n", "5", "--groups", "1", "--seed", "0", "--name", "w30", "--out"])
+        .args([
+            "--preset", "w30", "--size", "299", "--batch", "1", "--mode", "eval",
+        ])
+        .args([
+            "--n", "5", "--groups", "1", "--seed", "0", "--name", "w30", "--out",
+        ])
         .arg(&dir)
         .status()
         .expect("run make_golden.py");

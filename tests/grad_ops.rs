@@ -12,7 +12,10 @@ const TOL: f64 = 2e-3;
 
 fn conv_case(name: &str, s: ConvShape, bias: bool, seed: u64) {
     let mut rng = Rng::new(seed);
-    let mut inputs = vec![randn(&mut rng, s.x_len(), 1.0), randn(&mut rng, s.w_len(), 0.3)];
+    let mut inputs = vec![
+        randn(&mut rng, s.x_len(), 1.0),
+        randn(&mut rng, s.w_len(), 0.3),
+    ];
     if bias {
         inputs.push(randn(&mut rng, s.cout, 0.5));
     }
@@ -23,8 +26,16 @@ fn conv_case(name: &str, s: ConvShape, bias: bool, seed: u64) {
         s.y_len(),
         &|be, i, out| be.conv2d(&s, i[0], i[1], i.get(2).copied(), out).unwrap(),
         &|be, i, _out, dy, d| {
-            be.conv2d_backward(&s, i[0], i[1], dy, Some(d[0]), Some(d[1]), d.get(2).copied())
-                .unwrap()
+            be.conv2d_backward(
+                &s,
+                i[0],
+                i[1],
+                dy,
+                Some(d[0]),
+                Some(d[1]),
+                d.get(2).copied(),
+            )
+            .unwrap()
         },
         &checks,
         40,
@@ -35,22 +46,47 @@ fn conv_case(name: &str, s: ConvShape, bias: bool, seed: u64) {
 
 #[test]
 fn conv3x3_same() {
-    conv_case("conv 3x3 s1", ConvShape::new(2, 7, 6, 3, 4, 3, 1, 1), false, 1);
+    conv_case(
+        "conv 3x3 s1",
+        ConvShape::new(2, 7, 6, 3, 4, 3, 1, 1),
+        false,
+        1,
+    );
 }
 
 #[test]
 fn conv3x3_stride2_odd() {
     // 75 → 38 style: odd input, stride 2, pad 1.
-    conv_case("conv 3x3 s2 odd", ConvShape::new(2, 9, 9, 3, 5, 3, 2, 1), false, 2);
-    conv_case("conv 3x3 s2 19→10", ConvShape::new(1, 19, 19, 2, 3, 3, 2, 1), false, 3);
+    conv_case(
+        "conv 3x3 s2 odd",
+        ConvShape::new(2, 9, 9, 3, 5, 3, 2, 1),
+        false,
+        2,
+    );
+    conv_case(
+        "conv 3x3 s2 19→10",
+        ConvShape::new(1, 19, 19, 2, 3, 3, 2, 1),
+        false,
+        3,
+    );
 }
 
 #[test]
 fn conv1x1_pointwise_and_valid_with_bias() {
     conv_case("conv 1x1", ConvShape::new(2, 5, 5, 6, 3, 1, 1, 0), true, 4);
     // The relation convolutions: valid 3×3 on 5×5 maps, then (n−2)×(n−2) to 1×1.
-    conv_case("conv valid 3x3", ConvShape::new(6, 5, 5, 1, 4, 3, 1, 0), true, 5);
-    conv_case("conv valid k=n-2", ConvShape::new(6, 3, 3, 4, 5, 3, 1, 0), true, 6);
+    conv_case(
+        "conv valid 3x3",
+        ConvShape::new(6, 5, 5, 1, 4, 3, 1, 0),
+        true,
+        5,
+    );
+    conv_case(
+        "conv valid k=n-2",
+        ConvShape::new(6, 3, 3, 4, 5, 3, 1, 0),
+        true,
+        6,
+    );
 }
 
 #[test]
@@ -257,7 +293,10 @@ fn concat() {
             be.fill(out, 0.5).unwrap();
             be.concat_channels(rows, i[0], sc, out, dc, off).unwrap()
         },
-        &|be, _i, _o, dy, d| be.concat_channels_backward(rows, dy, dc, off, d[0], sc).unwrap(),
+        &|be, _i, _o, dy, d| {
+            be.concat_channels_backward(rows, dy, dc, off, d[0], sc)
+                .unwrap()
+        },
         &[0],
         40,
         H,
@@ -279,7 +318,10 @@ fn relation_case(b: usize, h: usize, w: usize, c: usize, n: usize, seed: u64) {
         &inputs,
         b * np * n * n,
         &|be, i, out| be.relation(&s, i[0], i[1], i[2], out).unwrap(),
-        &|be, i, out, dy, d| be.relation_backward(&s, i[0], i[1], i[2], out, dy, d[0]).unwrap(),
+        &|be, i, out, dy, d| {
+            be.relation_backward(&s, i[0], i[1], i[2], out, dy, d[0])
+                .unwrap()
+        },
         &[0],
         60,
         H,
@@ -298,7 +340,10 @@ fn relation_map() {
 fn attention_pool() {
     let (b, n, c) = (2, 11, 5);
     let mut rng = Rng::new(50);
-    let inputs = vec![randn(&mut rng, b * n * c, 1.0), uniform(&mut rng, b * n, 0.05, 0.95)];
+    let inputs = vec![
+        randn(&mut rng, b * n * c, 1.0),
+        uniform(&mut rng, b * n, 0.05, 0.95),
+    ];
     grad_check(
         "attention",
         &inputs,
@@ -326,7 +371,10 @@ fn region_metrics() {
             &inputs,
             b * 3 * groups,
             &|be, i, out| be.region_metrics(b, d, groups, i[0], out).unwrap(),
-            &|be, i, _o, dy, dd| be.region_metrics_backward(b, d, groups, i[0], dy, dd[0]).unwrap(),
+            &|be, i, _o, dy, dd| {
+                be.region_metrics_backward(b, d, groups, i[0], dy, dd[0])
+                    .unwrap()
+            },
             &[0],
             48,
             1e-3,
@@ -348,7 +396,10 @@ fn bce_loss_and_elementwise() {
         "bce",
         &inputs,
         1,
-        &|be, i, out| be.bce_with_logits(rows, cols, i[0], i[1], i[2], 0.37, out).unwrap(),
+        &|be, i, out| {
+            be.bce_with_logits(rows, cols, i[0], i[1], i[2], 0.37, out)
+                .unwrap()
+        },
         &|be, i, _o, dy, d| {
             // dy is a scalar weight on the loss: fold it into the scale.
             let mut r = [0f32];

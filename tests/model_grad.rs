@@ -92,7 +92,11 @@ fn check(mode: Mode, seed: u64) -> usize {
     for (e, g) in entries.iter().zip(&grads) {
         let frozen = mode.frozen_backbone && e.name.starts_with("backbone.");
         if frozen {
-            assert!(g.iter().all(|v| *v == 0.0), "{}: frozen but has a gradient", e.name);
+            assert!(
+                g.iter().all(|v| *v == 0.0),
+                "{}: frozen but has a gradient",
+                e.name
+            );
             continue;
         }
         // Biases before train-mode BatchNorm have an exactly zero gradient: skip.
@@ -100,7 +104,9 @@ fn check(mode: Mode, seed: u64) -> usize {
         if gmax < 1e-6 {
             continue;
         }
-        let k = (0..g.len()).max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs())).unwrap();
+        let k = (0..g.len())
+            .max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs()))
+            .unwrap();
         let mut w = c.net.read(e.tensor).unwrap();
         let orig = w[k];
         let num = richardson(1e-2 * orig.abs().max(0.1), |x| {
@@ -115,7 +121,10 @@ fn check(mode: Mode, seed: u64) -> usize {
         let err = (num - ana).abs() / ana.abs().max(1e-4);
         checked += 1;
         if err > 5e-2 {
-            failures.push(format!("{}[{k}]: analytic {ana:.5e} numeric {num:.5e}", e.name));
+            failures.push(format!(
+                "{}[{k}]: analytic {ana:.5e} numeric {num:.5e}",
+                e.name
+            ));
         }
     }
     // The input image: its largest-gradient pixel.

@@ -5,10 +5,10 @@
 mod common;
 
 use common::*;
+use proptest::prelude::*;
 use prrnet::backend::cpu::CpuBackend;
 use prrnet::backend::*;
 use prrnet::rng::Rng;
-use proptest::prelude::*;
 
 fn dot(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
@@ -29,7 +29,8 @@ fn naive_conv(s: &ConvShape, x: &[f32], w: &[f32]) -> Vec<f32> {
                                 continue;
                             }
                             for ci in 0..s.cin {
-                                let xv = x[((b * s.h + iy as usize) * s.w + ix as usize) * s.cin + ci];
+                                let xv =
+                                    x[((b * s.h + iy as usize) * s.w + ix as usize) * s.cin + ci];
                                 let wv = w[((co * s.k + ky) * s.k + kx) * s.cin + ci];
                                 acc += xv as f64 * wv as f64;
                             }

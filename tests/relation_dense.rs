@@ -60,7 +60,8 @@ fn case(b: usize, h: usize, w: usize, c: usize, n: usize, seed: u64) {
     let gt = put(&mut be, &g);
     let df = put(&mut be, &vec![0.0; b * np * c]);
     be.relation(&s, ft, norms, lsum, p).unwrap();
-    be.relation_backward(&s, ft, norms, lsum, p, gt, df).unwrap();
+    be.relation_backward(&s, ft, norms, lsum, p, gt, df)
+        .unwrap();
     let (p_fused, df_fused) = (get(&be, p), get(&be, df));
     for bi in 0..b {
         let fb: Vec<f64> = f[bi * np * c..(bi + 1) * np * c]

@@ -41,6 +41,7 @@ pub struct ConvShape {
 }
 
 impl ConvShape {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         b: usize,
         h: usize,
@@ -51,7 +52,10 @@ impl ConvShape {
         stride: usize,
         pad: usize,
     ) -> Self {
-        assert!(h + 2 * pad >= k && w + 2 * pad >= k, "kernel larger than input");
+        assert!(
+            h + 2 * pad >= k && w + 2 * pad >= k,
+            "kernel larger than input"
+        );
         let ho = (h + 2 * pad - k) / stride + 1;
         let wo = (w + 2 * pad - k) / stride + 1;
         ConvShape {
@@ -338,8 +342,14 @@ pub trait Backend: Send + Sync {
         dm: Tensor,
     ) -> Result<()>;
     /// SPEC §5: `ab: [2B, d]` (rows `0..B` = a, `B..2B` = b) → `z: [B, 3G]` = [cos, euc, inn].
-    fn region_metrics(&self, b: usize, d: usize, groups: usize, ab: Tensor, z: Tensor)
-        -> Result<()>;
+    fn region_metrics(
+        &self,
+        b: usize,
+        d: usize,
+        groups: usize,
+        ab: Tensor,
+        z: Tensor,
+    ) -> Result<()>;
     #[allow(clippy::too_many_arguments)]
     fn region_metrics_backward(
         &self,

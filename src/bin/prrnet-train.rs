@@ -20,7 +20,13 @@ fn run() -> Result<()> {
         let image = rng.vec(b * 3 * s * s, |r| r.normal());
         let label: Vec<f32> = (0..b).map(|i| (i % 2) as f32).collect();
         let mask: Vec<f32> = (0..b * s * s)
-            .map(|i| if (i / (s * s)) % 2 == 1 && (i % s) < s / 2 { 1.0 } else { 0.0 })
+            .map(|i| {
+                if (i / (s * s)) % 2 == 1 && (i % s) < s / 2 {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
             .collect();
         net.set_input(&Batch {
             image: &image,

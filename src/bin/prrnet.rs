@@ -51,6 +51,35 @@ enum Cmd {
     },
     /// Show the compute devices this build can use.
     Info,
+    /// Time inference or training steps on random non-zero inputs.
+    Bench {
+        /// auto | cpu | cuda | cuda:N
+        #[arg(long, default_value = "auto")]
+        device: String,
+        #[arg(long, default_value = "w30")]
+        preset: String,
+        /// Input side (default: the preset's).
+        #[arg(long)]
+        size: Option<usize>,
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        /// fp32 | tf32 | bf16
+        #[arg(long, default_value = "fp32")]
+        precision: String,
+        /// Time a training step (forward, backward, Adam) instead of inference.
+        #[arg(long)]
+        train: bool,
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// Print one JSON line (the fields of reference/bench.py).
+        #[arg(long)]
+        json: bool,
+        /// Also report the time of every stage (forward and backward by module, optimizer).
+        #[arg(long)]
+        breakdown: bool,
+    },
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -81,6 +110,52 @@ fn run(cli: Cli) -> Result<()> {
                 &dump::DumpOptions { train, grads },
             )?;
             eprintln!("wrote {}", out.display());
+            Ok(())
+        }
+        Cmd::Bench {
+            device,
+            preset,
+            size,
+            batch,
+            precision,
+            train,
+            iters,
+            warmup,
+            json,
+            breakdown,
+        } => {
+            let mut cfg = prrnet::Config::preset(&preset)?;
+            if let Some(s) = size {
+                cfg.size = s;
+            }
+            cfg.validate()?;
+            let be = backend::open(device.parse::<DeviceRequest>()?)?;
+            let r = prrnet::bench::run(
+                be,
+                &prrnet::bench::BenchOptions {
+                    cfg,
+                    batch,
+                    train,
+                    iters,
+                    warmup,
+                    precision,
+                    breakdown,
+                },
+            )?;
+            if json {
+                println!("{}", serde_json::to_string(&r).expect("serialise"));
+            } else {
+                println!(
+                    "{} {} {}x{} batch {} {} on {}: {:.1} ms median ({:.1}–{:.1}), {:.2} images/s, peak {:.0} MiB",
+                    r.implementation, r.preset, r.size, r.size, r.batch, r.mode, r.device,
+                    r.ms_median, r.ms_min, r.ms_max, r.images_per_s,
+                    r.peak_mem_bytes as f64 / (1 << 20) as f64
+                );
+                let total: f64 = r.stages.iter().map(|(_, t)| t).sum();
+                for (name, t) in &r.stages {
+                    println!("  {name:18} {t:9.1} ms  {:5.1}%", 100.0 * t / total);
+                }
+            }
             Ok(())
         }
         Cmd::Info => {

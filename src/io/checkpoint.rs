@@ -71,8 +71,7 @@ pub fn state_dict(net: &PrrNet) -> Result<TensorFile> {
         let v = net.read(e.tensor)?;
         f.insert(e.name.clone(), e.torch_shape(), to_torch(e, &v));
     }
-    f.metadata
-        .insert(FORMAT_KEY.into(), FORMAT_VERSION.into());
+    f.metadata.insert(FORMAT_KEY.into(), FORMAT_VERSION.into());
     f.metadata.insert(CONFIG_KEY.into(), net.cfg.to_json());
     Ok(f)
 }
@@ -103,13 +102,15 @@ fn load_entries(
     let mut wanted = BTreeSet::new();
     for e in entries {
         let key = name_in_file(&e.name);
-        let a = file.expect(&key, &e.torch_shape()).map_err(|err| match err {
-            Error::Key { key, msg } => Error::Key {
-                key,
-                msg: format!("{msg} in {}", source.display()),
-            },
-            other => other,
-        })?;
+        let a = file
+            .expect(&key, &e.torch_shape())
+            .map_err(|err| match err {
+                Error::Key { key, msg } => Error::Key {
+                    key,
+                    msg: format!("{msg} in {}", source.display()),
+                },
+                other => other,
+            })?;
         net.write(e.tensor, &from_torch(e, &a.data))?;
         wanted.insert(key);
     }
@@ -161,7 +162,8 @@ pub fn import_timm(net: &PrrNet, path: &Path) -> Result<()> {
         &entries,
         |n| n.trim_start_matches("backbone.").to_string(),
         |k| {
-            k.ends_with("num_batches_tracked") || TIMM_HEAD_PREFIXES.iter().any(|p| k.starts_with(p))
+            k.ends_with("num_batches_tracked")
+                || TIMM_HEAD_PREFIXES.iter().any(|p| k.starts_with(p))
         },
         path,
     )

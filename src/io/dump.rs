@@ -64,12 +64,10 @@ pub fn run(
     out: &Path,
     opts: &DumpOptions,
 ) -> Result<()> {
-    let image = input
-        .get("image")
-        .ok_or_else(|| Error::Key {
-            key: "image".into(),
-            msg: "missing from the input file (expected [B,3,S,S])".into(),
-        })?;
+    let image = input.get("image").ok_or_else(|| Error::Key {
+        key: "image".into(),
+        msg: "missing from the input file (expected [B,3,S,S])".into(),
+    })?;
     if image.shape.len() != 4 || image.shape[1] != 3 || image.shape[2] != image.shape[3] {
         return Err(Error::Shape {
             key: "image".into(),
@@ -120,7 +118,11 @@ pub fn run(
     }
     if opts.train {
         for e in net.entries().iter().filter(|e| !e.trainable) {
-            file.insert(format!("state.{}", e.name), e.torch_shape(), net.read(e.tensor)?);
+            file.insert(
+                format!("state.{}", e.name),
+                e.torch_shape(),
+                net.read(e.tensor)?,
+            );
         }
     }
     file.metadata

@@ -17,7 +17,11 @@ pub struct Array {
 
 impl Array {
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Array {
-        assert_eq!(shape.iter().product::<usize>(), data.len(), "array shape/data mismatch");
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            data.len(),
+            "array shape/data mismatch"
+        );
         Array { shape, data }
     }
 }

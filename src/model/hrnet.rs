@@ -94,7 +94,10 @@ enum FuseTerm {
     /// `j == i`: the branch itself.
     Identity,
     /// `j > i`: 1×1 conv + BN at branch j, then nearest resize to branch i's size.
-    Up { cb: ConvBn, resize: ResizeShape },
+    Up {
+        cb: Box<ConvBn>,
+        resize: ResizeShape,
+    },
     /// `j < i`: `i − j` stride-2 3×3 conv + BN steps (ReLU on all but the last).
     Down(Vec<ConvBn>),
 }
@@ -108,13 +111,26 @@ pub struct HrModule {
 }
 
 impl HrModule {
-    fn new(bd: &mut Builder, p: &str, b: usize, sides: &[usize], widths: &[usize], blocks: usize) -> Self {
+    fn new(
+        bd: &mut Builder,
+        p: &str,
+        b: usize,
+        sides: &[usize],
+        widths: &[usize],
+        blocks: usize,
+    ) -> Self {
         let nb = widths.len();
         let branches = (0..nb)
             .map(|i| {
                 (0..blocks)
                     .map(|k| {
-                        BasicBlock::new(bd, &format!("{p}.branches.{i}.{k}"), b, sides[i], widths[i])
+                        BasicBlock::new(
+                            bd,
+                            &format!("{p}.branches.{i}.{k}"),
+                            b,
+                            sides[i],
+                            widths[i],
+                        )
                     })
                     .collect()
             })
@@ -138,7 +154,10 @@ impl HrModule {
                         ho: sides[i],
                         wo: sides[i],
                     };
-                    FuseTerm::Up { cb, resize }
+                    FuseTerm::Up {
+                        cb: Box::new(cb),
+                        resize,
+                    }
                 } else {
                     let steps = i - j;
                     let chain = (0..steps)
@@ -289,7 +308,14 @@ impl HrNet {
         let mut cin = a.stem;
         let layer1 = (0..a.layer1_blocks)
             .map(|k| {
-                let blk = Bottleneck::new(bd, &format!("{p}.layer1.{k}"), b, sides[0], cin, a.layer1_width);
+                let blk = Bottleneck::new(
+                    bd,
+                    &format!("{p}.layer1.{k}"),
+                    b,
+                    sides[0],
+                    cin,
+                    a.layer1_width,
+                );
                 cin = a.layer1_width * 4;
                 blk
             })
@@ -312,8 +338,18 @@ impl HrNet {
                         trans.push(Transition::Identity);
                         inputs.push(prev_outs[i]);
                     } else {
-                        let sh = ConvShape::new(b, sides[i], sides[i], prev_widths[i], widths[i], 3, 1, 1);
-                        let cb = ConvBn::new(bd, &format!("{t}.{i}.0"), &format!("{t}.{i}.1"), sh, true);
+                        let sh = ConvShape::new(
+                            b,
+                            sides[i],
+                            sides[i],
+                            prev_widths[i],
+                            widths[i],
+                            3,
+                            1,
+                            1,
+                        );
+                        let cb =
+                            ConvBn::new(bd, &format!("{t}.{i}.0"), &format!("{t}.{i}.1"), sh, true);
                         inputs.push(cb.y);
                         trans.push(Transition::Convs {
                             src: i,
@@ -330,7 +366,13 @@ impl HrNet {
                             let cout = if k == steps - 1 { widths[i] } else { cin };
                             let side = sides[src + k];
                             let sh = ConvShape::new(b, side, side, cin, cout, 3, 2, 1);
-                            ConvBn::new(bd, &format!("{t}.{i}.{k}.0"), &format!("{t}.{i}.{k}.1"), sh, true)
+                            ConvBn::new(
+                                bd,
+                                &format!("{t}.{i}.{k}.0"),
+                                &format!("{t}.{i}.{k}.1"),
+                                sh,
+                                true,
+                            )
                         })
                         .collect();
                     inputs.push(chain.last().unwrap().y);
@@ -340,7 +382,14 @@ impl HrNet {
             let mut mods = Vec::new();
             let mut xs = inputs.clone();
             for m in 0..nmod {
-                let md = HrModule::new(bd, &format!("{p}.stage{}.{m}", si + 2), b, &sides[..nb], widths, a.blocks);
+                let md = HrModule::new(
+                    bd,
+                    &format!("{p}.stage{}.{m}", si + 2),
+                    b,
+                    &sides[..nb],
+                    widths,
+                    a.blocks,
+                );
                 xs = md.outs.clone();
                 mods.push(md);
             }

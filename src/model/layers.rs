@@ -11,12 +11,23 @@ use crate::tensor::{Arena, BufId, Tensor};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ParamKind {
     /// `[cout, k, k, cin]` here, `[cout, cin, k, k]` in files; Kaiming-normal (fan_out, ReLU).
-    ConvWeight { cout: usize, cin: usize, k: usize },
+    ConvWeight {
+        cout: usize,
+        cin: usize,
+        k: usize,
+    },
     /// Conv bias: PyTorch's default U(±1/sqrt(fan_in)).
-    ConvBias { fan_in: usize },
+    ConvBias {
+        fan_in: usize,
+    },
     /// `[out, in]`, PyTorch's default U(±1/sqrt(in)).
-    LinearWeight { out: usize, inp: usize },
-    LinearBias { fan_in: usize },
+    LinearWeight {
+        out: usize,
+        inp: usize,
+    },
+    LinearBias {
+        fan_in: usize,
+    },
     BnWeight,
     BnBias,
     RunningMean,
@@ -173,7 +184,14 @@ impl Linear {
             .linear(rows, self.inp, self.out, x, self.w, Some(self.b), y)
     }
     /// `dx` is `None` when the input's gradient is not needed.
-    pub fn backward(&self, cx: &Ctx, rows: usize, x: Tensor, y: Tensor, dx: Option<Tensor>) -> Result<()> {
+    pub fn backward(
+        &self,
+        cx: &Ctx,
+        rows: usize,
+        x: Tensor,
+        y: Tensor,
+        dx: Option<Tensor>,
+    ) -> Result<()> {
         cx.be.linear_backward(
             rows,
             self.inp,

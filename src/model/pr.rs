@@ -33,12 +33,12 @@ impl Aggregation {
         let rows = b * h * h;
         let mut resizes = Vec::new();
         let mut ups = Vec::new();
-        for k in 1..4 {
+        for (&c, &side) in a.widths.iter().zip(&sides).skip(1) {
             let s = ResizeShape {
                 b,
-                c: a.widths[k],
-                hi: sides[k],
-                wi: sides[k],
+                c,
+                hi: side,
+                wi: side,
                 ho: h,
                 wo: h,
             };
@@ -82,8 +82,14 @@ impl Aggregation {
     pub fn backward(&self, cx: &Ctx, xs: &[Tensor]) -> Result<()> {
         let off = self.offsets();
         let df = cx.ga(self.f_in);
-        cx.be
-            .concat_channels_backward(self.rows, df, self.c_in, 0, cx.ga(xs[0]), self.widths[0])?;
+        cx.be.concat_channels_backward(
+            self.rows,
+            df,
+            self.c_in,
+            0,
+            cx.ga(xs[0]),
+            self.widths[0],
+        )?;
         for k in 1..4 {
             let du = cx.ga(self.ups[k - 1]);
             cx.be
@@ -190,10 +196,16 @@ impl PrModule {
         }
     }
 
-    pub fn forward(&self, cx: &Ctx, f_in: Tensor) -> Result<()> {
+    /// The fused relation map `F_in → P`.
+    pub fn forward_relation(&self, cx: &Ctx, f_in: Tensor) -> Result<()> {
+        cx.be
+            .relation(&self.rel, f_in, self.norms, self.lsum, self.relation)
+    }
+
+    /// Everything after the relation map: relation convolutions, projection, mask, pooling.
+    pub fn forward_heads(&self, cx: &Ctx, f_in: Tensor) -> Result<()> {
         let rows = self.b * self.pixels;
         let be = cx.be;
-        be.relation(&self.rel, f_in, self.norms, self.lsum, self.relation)?;
         self.conv1.forward(cx, self.relation)?;
         self.conv2.forward(cx, self.conv1.y)?;
         self.proj.forward(cx, rows, f_in, self.f_vis)?;
@@ -211,9 +223,10 @@ impl PrModule {
         )
     }
 
-    /// Backward from the gradients of `regions` and `mask_logit`; `want_df_in` also produces
-    /// the gradient of F_in (only needed when the backbone trains or the input gradient is wanted).
-    pub fn backward(&self, cx: &Ctx, f_in: Tensor, want_df_in: bool) -> Result<()> {
+    /// Backward of [`PrModule::forward_heads`] from the gradients of `regions` and
+    /// `mask_logit`; `want_df_in` also produces the gradients of F_in (through the projection)
+    /// and of P (only needed when the backbone trains or the input gradient is wanted).
+    pub fn backward_heads(&self, cx: &Ctx, f_in: Tensor, want_df_in: bool) -> Result<()> {
         let rows = self.b * self.pixels;
         let be = cx.be;
         be.attention_pool_backward(
@@ -232,8 +245,13 @@ impl PrModule {
             cx.ga(self.mask_prob),
             cx.ga(self.mask_logit),
         )?;
-        self.mask
-            .backward(cx, rows, self.f_upd, self.mask_logit, Some(cx.ga(self.f_upd)))?;
+        self.mask.backward(
+            cx,
+            rows,
+            self.f_upd,
+            self.mask_logit,
+            Some(cx.ga(self.f_upd)),
+        )?;
         let dupd = cx.ga(self.f_upd);
         be.concat_channels_backward(rows, dupd, UPD_C, 0, cx.ga(self.f_vis), VIS_C)?;
         be.concat_channels_backward(rows, dupd, UPD_C, VIS_C, cx.ga(self.conv2.y), REL_C2)?;
@@ -242,18 +260,19 @@ impl PrModule {
         self.conv2
             .backward(cx, self.conv1.y, Some(cx.ga(self.conv1.y)))?;
         self.conv1
-            .backward(cx, self.relation, df_in.map(|_| cx.ga(self.relation)))?;
-        if let Some(df) = df_in {
-            be.relation_backward(
-                &self.rel,
-                f_in,
-                self.norms,
-                self.lsum,
-                self.relation,
-                cx.ga(self.relation),
-                df,
-            )?;
-        }
-        Ok(())
+            .backward(cx, self.relation, df_in.map(|_| cx.ga(self.relation)))
+    }
+
+    /// Backward of the relation map: `∂L/∂F_in += relation_backward(∂L/∂P)`.
+    pub fn backward_relation(&self, cx: &Ctx, f_in: Tensor) -> Result<()> {
+        cx.be.relation_backward(
+            &self.rel,
+            f_in,
+            self.norms,
+            self.lsum,
+            self.relation,
+            cx.ga(self.relation),
+            cx.ga(f_in),
+        )
     }
 }

@@ -13,6 +13,9 @@ use crate::error::{Error, Result};
 use crate::rng::Rng;
 use crate::tensor::{BufId, Tensor};
 
+/// A named array in PyTorch layout: name, shape, row-major data.
+pub type NamedArray = (String, Vec<usize>, Vec<f32>);
+
 /// How a forward/backward pass treats BatchNorm and the backbone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Mode {
@@ -56,7 +59,6 @@ pub struct Batch<'a> {
 
 struct Buffers {
     params: BufId,
-    state: BufId,
     acts: BufId,
     grads: Option<GradBuffers>,
 }
@@ -99,6 +101,8 @@ pub struct PrrNet {
     labelled: bool,
     loc_scale: f32,
     adam_steps: u64,
+    /// When set, every stage synchronises the device and records its wall time here.
+    profile: Option<std::cell::RefCell<Vec<(&'static str, f64)>>>,
 }
 
 struct Plan {
@@ -175,12 +179,18 @@ impl PrrNet {
             e => e,
         };
         let params = be.alloc(pl).map_err(|e| oom(e, "parameters", pl * 4))?;
-        let state = be.alloc(sl).map_err(|e| oom(e, "BatchNorm statistics", sl * 4))?;
+        let state = be
+            .alloc(sl)
+            .map_err(|e| oom(e, "BatchNorm statistics", sl * 4))?;
         let acts = be.alloc(al).map_err(|e| oom(e, "activations", al * 4))?;
         let grads = if with_grads {
             Some(GradBuffers {
-                dparams: be.alloc(pl).map_err(|e| oom(e, "parameter gradients", pl * 4))?,
-                dacts: be.alloc(al).map_err(|e| oom(e, "activation gradients", al * 4))?,
+                dparams: be
+                    .alloc(pl)
+                    .map_err(|e| oom(e, "parameter gradients", pl * 4))?,
+                dacts: be
+                    .alloc(al)
+                    .map_err(|e| oom(e, "activation gradients", al * 4))?,
                 adam_m: be.alloc(pl).map_err(|e| oom(e, "Adam moments", pl * 4))?,
                 adam_v: be.alloc(pl).map_err(|e| oom(e, "Adam moments", pl * 4))?,
             })
@@ -194,7 +204,6 @@ impl PrrNet {
             be,
             bufs: Buffers {
                 params,
-                state,
                 acts,
                 grads,
             },
@@ -211,6 +220,7 @@ impl PrrNet {
             labelled: false,
             loc_scale: 0.0,
             adam_steps: 0,
+            profile: None,
         };
         net.be.fill(net.lt.ones, 1.0)?;
         Ok(net)
@@ -270,8 +280,10 @@ impl PrrNet {
         }
         self.adam_steps = 0;
         if let Some(g) = &self.bufs.grads {
-            self.be.fill(Tensor::new(g.adam_m, 0, self.params_len), 0.0)?;
-            self.be.fill(Tensor::new(g.adam_v, 0, self.params_len), 0.0)?;
+            self.be
+                .fill(Tensor::new(g.adam_m, 0, self.params_len), 0.0)?;
+            self.be
+                .fill(Tensor::new(g.adam_v, 0, self.params_len), 0.0)?;
         }
         Ok(())
     }
@@ -375,12 +387,22 @@ impl PrrNet {
     pub fn forward(&mut self, mode: Mode) -> Result<()> {
         let cb = self.ctx(mode, true, false);
         let ch = self.ctx(mode, false, false);
-        self.hrnet.forward(&cb)?;
+        self.stage("fwd.backbone", || self.hrnet.forward(&cb))?;
         let xs = self.hrnet.outputs();
-        self.agg.forward(&ch, &xs)?;
-        self.pr.forward(&ch, self.agg.f_in)?;
-        self.rr.forward(&ch, self.pr.regions)?;
+        self.stage("fwd.aggregation", || self.agg.forward(&ch, &xs))?;
+        self.stage("fwd.relation", || {
+            self.pr.forward_relation(&ch, self.agg.f_in)
+        })?;
+        self.stage("fwd.pr_heads", || self.pr.forward_heads(&ch, self.agg.f_in))?;
+        self.stage("fwd.rr", || self.rr.forward(&ch, self.pr.regions))?;
         if self.labelled {
+            self.stage("fwd.losses", || self.forward_losses())?;
+        }
+        Ok(())
+    }
+
+    fn forward_losses(&self) -> Result<()> {
+        {
             let b = self.batch;
             let be = self.be.as_ref();
             be.bce_with_logits(
@@ -435,6 +457,25 @@ impl PrrNet {
         be.fill(Tensor::new(g.dparams, 0, self.params_len), 0.0)?;
         let cb = self.ctx(mode, true, true);
         let ch = self.ctx(mode, false, true);
+        self.stage("bwd.losses", || self.backward_losses(&ch))?;
+        self.stage("bwd.rr", || self.rr.backward(&ch, self.pr.regions))?;
+        let backbone = !mode.frozen_backbone || want_input_grad;
+        self.stage("bwd.pr_heads", || {
+            self.pr.backward_heads(&ch, self.agg.f_in, backbone)
+        })?;
+        if backbone {
+            self.stage("bwd.relation", || {
+                self.pr.backward_relation(&ch, self.agg.f_in)
+            })?;
+            let xs = self.hrnet.outputs();
+            self.stage("bwd.aggregation", || self.agg.backward(&ch, &xs))?;
+            self.stage("bwd.backbone", || self.hrnet.backward(&cb, want_input_grad))?;
+        }
+        Ok(())
+    }
+
+    fn backward_losses(&self, ch: &Ctx) -> Result<()> {
+        let be = self.be.as_ref();
         let b = self.batch;
         be.bce_with_logits_backward(
             b,
@@ -453,16 +494,36 @@ impl PrrNet {
             self.lt.ones,
             LAMBDA / b as f32,
             ch.ga(self.rr.logit),
-        )?;
-        self.rr.backward(&ch, self.pr.regions)?;
-        let backbone = !mode.frozen_backbone || want_input_grad;
-        self.pr.backward(&ch, self.agg.f_in, backbone)?;
-        if backbone {
-            let xs = self.hrnet.outputs();
-            self.agg.backward(&ch, &xs)?;
-            self.hrnet.backward(&cb, want_input_grad)?;
+        )
+    }
+
+    /// Run one stage, timing it when profiling is on.
+    fn stage(&self, name: &'static str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+        match &self.profile {
+            None => f(),
+            Some(log) => {
+                self.be.synchronize()?;
+                let t = std::time::Instant::now();
+                f()?;
+                self.be.synchronize()?;
+                log.borrow_mut()
+                    .push((name, t.elapsed().as_secs_f64() * 1e3));
+                Ok(())
+            }
         }
-        Ok(())
+    }
+
+    /// Turn per-stage timing on or off (it synchronises the device around every stage).
+    pub fn set_profiling(&mut self, on: bool) {
+        self.profile = on.then(Default::default);
+    }
+
+    /// The stage timings recorded since the last call, in milliseconds.
+    pub fn take_stage_times(&self) -> Vec<(&'static str, f64)> {
+        self.profile
+            .as_ref()
+            .map(|p| std::mem::take(&mut *p.borrow_mut()))
+            .unwrap_or_default()
     }
 
     /// The gradient of the loss w.r.t. the input image, `[B, 3, S, S]`.
@@ -480,22 +541,30 @@ impl PrrNet {
             .as_ref()
             .ok_or_else(|| Error::Config("model was built without gradients".into()))?;
         self.adam_steps += 1;
-        let start = if frozen_backbone { self.backbone_len } else { 0 };
+        let start = if frozen_backbone {
+            self.backbone_len
+        } else {
+            0
+        };
         let len = self.params_len - start;
         let r = |buf| Tensor::new(buf, start, len);
-        self.be.adam(
-            r(self.bufs.params),
-            r(g.dparams),
-            r(g.adam_m),
-            r(g.adam_v),
-            &AdamArgs {
-                lr,
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                step: self.adam_steps,
-            },
-        )
+        let be = self.be.as_ref();
+        let step = self.adam_steps;
+        self.stage("optimizer", || {
+            be.adam(
+                r(self.bufs.params),
+                r(g.dparams),
+                r(g.adam_m),
+                r(g.adam_v),
+                &AdamArgs {
+                    lr,
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    eps: 1e-8,
+                    step,
+                },
+            )
+        })
     }
 
     pub fn adam_steps(&self) -> u64 {
@@ -507,14 +576,18 @@ impl PrrNet {
     }
 
     /// Named views of the head outputs as PyTorch-layout arrays (the debug dump's tensors).
-    pub fn dump_outputs(&self) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    pub fn dump_outputs(&self) -> Result<Vec<NamedArray>> {
         let (b, h) = (self.batch, self.cfg.feature_side());
         let (n, np) = (self.cfg.n, h * h);
         let c_in = self.agg.c_in;
         let mut out = Vec::new();
         let mut map = |name: &str, t: Tensor, c: usize| -> Result<()> {
             let v = self.read(t)?;
-            out.push((name.to_string(), vec![b, c, h, h], nhwc_to_nchw(&v, b, h, h, c)));
+            out.push((
+                name.to_string(),
+                vec![b, c, h, h],
+                nhwc_to_nchw(&v, b, h, h, c),
+            ));
             Ok(())
         };
         map("features", self.agg.f_in, c_in)?;

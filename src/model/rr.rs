@@ -99,7 +99,8 @@ impl RrModule {
         self.cls2
             .backward(cx, b, self.c1, self.logit, Some(cx.ga(self.c1)))?;
         be.relu_backward_inplace(self.c1, cx.ga(self.c1))?;
-        self.cls1.backward(cx, b, self.z, self.c1, Some(cx.ga(self.z)))?;
+        self.cls1
+            .backward(cx, b, self.z, self.c1, Some(cx.ga(self.z)))?;
         be.region_metrics_backward(b, FM_C, self.groups, self.ab, cx.ga(self.z), cx.ga(self.ab))?;
         self.fc2
             .backward(cx, 2 * b, self.h1b, self.ab, Some(cx.ga(self.h1b)))?;

@@ -75,7 +75,10 @@ pub fn grad_check(
     let out = put(&mut be, &vec![f32::NAN; out_len]);
     let r = randn(&mut rng, out_len, 1.0);
     let dout = put(&mut be, &r);
-    let init: Vec<Vec<f32>> = inputs.iter().map(|d| randn(&mut rng, d.len(), 1.0)).collect();
+    let init: Vec<Vec<f32>> = inputs
+        .iter()
+        .map(|d| randn(&mut rng, d.len(), 1.0))
+        .collect();
     let dins: Vec<Tensor> = init.iter().map(|d| put(&mut be, d)).collect();
 
     let loss = |be: &CpuBackend| -> f64 {

@@ -28,7 +28,10 @@ pub fn forward(be: &CpuBackend, b: usize, n: usize, c: usize, f: Tensor, m: Tens
                 let mi = ms[bi * n + i] as f64;
                 zm += mi;
                 zo += 1.0 - mi;
-                for (ch, v) in fs[(bi * n + i) * c..(bi * n + i + 1) * c].iter().enumerate() {
+                for (ch, v) in fs[(bi * n + i) * c..(bi * n + i + 1) * c]
+                    .iter()
+                    .enumerate()
+                {
                     man[ch] += mi * *v as f64;
                     ori[ch] += (1.0 - mi) * *v as f64;
                 }
@@ -73,8 +76,14 @@ pub fn backward(
             let mb = &ms[bi * n..(bi + 1) * n];
             let zm = (mb.iter().map(|v| *v as f64).sum::<f64>() + EPS) as f32;
             let zo = (mb.iter().map(|v| 1.0 - *v as f64).sum::<f64>() + EPS) as f32;
-            let (gm, go) = (&gs[bi * c..(bi + 1) * c], &gs[(b + bi) * c..(b + bi + 1) * c]);
-            let (fm, fo) = (&os[bi * c..(bi + 1) * c], &os[(b + bi) * c..(b + bi + 1) * c]);
+            let (gm, go) = (
+                &gs[bi * c..(bi + 1) * c],
+                &gs[(b + bi) * c..(b + bi + 1) * c],
+            );
+            let (fm, fo) = (
+                &os[bi * c..(bi + 1) * c],
+                &os[(b + bi) * c..(b + bi + 1) * c],
+            );
             for i in 0..n {
                 let fi = &fs[(bi * n + i) * c..(bi * n + i + 1) * c];
                 let (wm, wo) = (mb[i] / zm, (1.0 - mb[i]) / zo);

@@ -47,7 +47,10 @@ pub fn backward(
         .with_min_len(256)
         .enumerate()
         .for_each(|(r, row)| {
-            for (d, v) in row.iter_mut().zip(&g[r * dst_c + offset..r * dst_c + offset + src_c]) {
+            for (d, v) in row
+                .iter_mut()
+                .zip(&g[r * dst_c + offset..r * dst_c + offset + src_c])
+            {
                 *d += v;
             }
         });

@@ -6,7 +6,10 @@ use super::{check_len, disjoint, CpuBackend, PAR_MIN};
 use crate::tensor::Tensor;
 
 pub fn fill(be: &CpuBackend, t: Tensor, value: f32) {
-    be.w(t).par_iter_mut().with_min_len(PAR_MIN).for_each(|v| *v = value);
+    be.w(t)
+        .par_iter_mut()
+        .with_min_len(PAR_MIN)
+        .for_each(|v| *v = value);
 }
 
 pub fn copy(be: &CpuBackend, src: Tensor, dst: Tensor) {

@@ -52,8 +52,8 @@ pub fn bce_with_logits_backward(
     check_len("bce dx", dx, rows * cols);
     disjoint(&[dx], &[x, target, weight]);
     let (xs, ts, ws, d) = (be.r(x), be.r(target), be.r(weight), be.w(dx));
-    for r in 0..rows {
-        let k = scale * ws[r];
+    for (r, w) in ws.iter().enumerate().take(rows) {
+        let k = scale * w;
         if k == 0.0 {
             continue;
         }

@@ -102,7 +102,11 @@ pub(crate) fn disjoint(outputs: &[Tensor], inputs: &[Tensor]) {
 }
 
 pub(crate) fn check_len(name: &str, t: Tensor, len: usize) {
-    assert_eq!(t.len, len, "{name}: tensor has {} elements, op expects {len}", t.len);
+    assert_eq!(
+        t.len, len,
+        "{name}: tensor has {} elements, op expects {len}",
+        t.len
+    );
 }
 
 /// Row-major GEMM `C[m,n] (+)= A[m,k] · B[k,n]` with element strides: A[i,l] = a[i·a_rs + l·a_cs],
@@ -136,8 +140,14 @@ pub(crate) fn sgemm(
         return;
     }
     assert!((m - 1) * ldc + n <= c.len(), "gemm: C too small");
-    assert!((m - 1) * a_rs + (k - 1) * a_cs < a.len(), "gemm: A too small");
-    assert!((k - 1) * b_rs + (n - 1) * b_cs < b.len(), "gemm: B too small");
+    assert!(
+        (m - 1) * a_rs + (k - 1) * a_cs < a.len(),
+        "gemm: A too small"
+    );
+    assert!(
+        (k - 1) * b_rs + (n - 1) * b_cs < b.len(),
+        "gemm: B too small"
+    );
     let par = if parallel {
         gemm::Parallelism::Rayon(0)
     } else {
@@ -475,7 +485,11 @@ impl Drop for CpuBackend {
     fn drop(&mut self) {
         for b in self.bufs.drain(..) {
             // SAFETY: `ptr`/`len` came from `Box::into_raw` of a boxed slice of this length.
-            unsafe { drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(b.ptr, b.len))) };
+            unsafe {
+                drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                    b.ptr, b.len,
+                )))
+            };
         }
     }
 }

@@ -82,8 +82,16 @@ pub fn backward(
             let cosv = st.dot / (na * nb);
             let euc = (st.dist2 + EUC_EPS).sqrt();
             // ∂(a·b/(na·nb))/∂a = b/(na·nb) − cos·a/‖a‖² (the second term only above the floor).
-            let ka = if st.na > NORM_EPS { cosv / (st.na * st.na) } else { 0.0 };
-            let kb = if st.nb > NORM_EPS { cosv / (st.nb * st.nb) } else { 0.0 };
+            let ka = if st.na > NORM_EPS {
+                cosv / (st.na * st.na)
+            } else {
+                0.0
+            };
+            let kb = if st.nb > NORM_EPS {
+                cosv / (st.nb * st.nb)
+            } else {
+                0.0
+            };
             for k in 0..dg {
                 let (av, bv) = (x[ra + k] as f64, x[rb + k] as f64);
                 let da = -gcos * (bv / (na * nb) - ka * av) + geuc * (av - bv) / euc + ginn * bv;

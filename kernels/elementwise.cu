@@ -1,0 +1,44 @@
+// elementwise.cu: flat elementwise operations over `n` floats (any layout).
+//   fill: t = value; copy: dst = src; add_inplace: dst += src; relu_inplace: x = max(x, 0);
+//   relu_backward_inplace: dy *= (y > 0); sigmoid: y = 1 / (1 + exp(−x));
+//   sigmoid_backward: dx += dy · y · (1 − y).
+// Launch: 1-D grid-stride, 256 threads per block, grid capped by the host.
+// Memory traffic: one read per input and one read/write per output element (bandwidth bound).
+#include "common.cuh"
+
+extern "C" __global__ void fill(float* __restrict__ t, i64 n, float value) {
+    GRID_STRIDE(i, n) t[i] = value;
+}
+
+extern "C" __global__ void copy(const float* __restrict__ src, float* __restrict__ dst, i64 n) {
+    GRID_STRIDE(i, n) dst[i] = src[i];
+}
+
+extern "C" __global__ void add_inplace(float* __restrict__ dst, const float* __restrict__ src,
+                                       i64 n) {
+    GRID_STRIDE(i, n) dst[i] += src[i];
+}
+
+extern "C" __global__ void relu_inplace(float* __restrict__ x, i64 n) {
+    GRID_STRIDE(i, n) x[i] = fmaxf(x[i], 0.0f);
+}
+
+extern "C" __global__ void relu_backward_inplace(const float* __restrict__ y,
+                                                 float* __restrict__ dy, i64 n) {
+    GRID_STRIDE(i, n) {
+        if (y[i] <= 0.0f) dy[i] = 0.0f;
+    }
+}
+
+extern "C" __global__ void sigmoid(const float* __restrict__ x, float* __restrict__ y, i64 n) {
+    GRID_STRIDE(i, n) y[i] = 1.0f / (1.0f + expf(-x[i]));
+}
+
+extern "C" __global__ void sigmoid_backward(const float* __restrict__ y,
+                                            const float* __restrict__ dy,
+                                            float* __restrict__ dx, i64 n) {
+    GRID_STRIDE(i, n) {
+        float v = y[i];
+        dx[i] += dy[i] * v * (1.0f - v);
+    }
+}

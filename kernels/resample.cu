@@ -1,0 +1,181 @@
+// resample.cu: nearest and bilinear (align_corners = False) resizing and adaptive average
+// pooling, forward and backward, with exactly the index rules of src/backend/mod.rs
+// (`nearest_src`, `bilinear_taps`, `adaptive_bin`; SPEC §6; helpers in common.cuh).
+// x: [B, hi, wi, C] → y: [B, ho, wo, C], channels-last.
+//   nearest:   y[b,oy,ox,c] (+)= x[b, src(oy), src(ox), c]
+//   bilinear:  y = wy0·(wx0·x[y0,x0] + wx1·x[y0,x1]) + wy1·(wx0·x[y1,x0] + wx1·x[y1,x1])
+//   adaptive:  y[b,v,u,c] = mean of x over bin (v, u)  (f64 sum, as the CPU backend)
+// Backward passes are gathers: one thread per input-gradient element walks the (contiguous,
+// because every index rule is monotone) range of outputs that read it, in the same
+// (oy, ox, tap) order as the CPU's scatter, and adds into dx: deterministic, race-free.
+// Launch: 1-D grid-stride over output (forward) or input (backward) elements, 256 threads.
+// Memory traffic: forward reads ≤ 4 (bilinear) or a bin of inputs per output element;
+// backward reads every output gradient that depends on the element (channel-contiguous).
+#include "common.cuh"
+
+extern "C" __global__ void nearest_forward(const float* __restrict__ x, float* __restrict__ y,
+                                           int c, int hi, int wi, int ho, int wo,
+                                           int accumulate, i64 total) {
+    GRID_STRIDE(i, total) {
+        int ch = (int)(i % c);
+        i64 t = i / c;
+        int ox = (int)(t % wo);
+        t /= wo;
+        int oy = (int)(t % ho);
+        i64 b = t / ho;
+        int iy = nearest_src(oy, hi, ho), ix = nearest_src(ox, wi, wo);
+        float v = x[((b * hi + iy) * wi + ix) * c + ch];
+        if (accumulate)
+            y[i] += v;
+        else
+            y[i] = v;
+    }
+}
+
+// First output index whose nearest source is >= target (sources are monotone in the output).
+__device__ __forceinline__ int nearest_first(int target, int in, int out) {
+    int o = (int)(((i64)target * out) / in) - 2;
+    if (o < 0) o = 0;
+    while (o < out && nearest_src(o, in, out) < target) ++o;
+    return o;
+}
+
+extern "C" __global__ void nearest_backward(const float* __restrict__ dy, float* __restrict__ dx,
+                                            int c, int hi, int wi, int ho, int wo, i64 total) {
+    GRID_STRIDE(i, total) {
+        int ch = (int)(i % c);
+        i64 t = i / c;
+        int ix = (int)(t % wi);
+        t /= wi;
+        int iy = (int)(t % hi);
+        i64 b = t / hi;
+        float acc = dx[i];
+        int ox0 = nearest_first(ix, wi, wo);
+        for (int oy = nearest_first(iy, hi, ho); oy < ho && nearest_src(oy, hi, ho) == iy;
+             ++oy) {
+            for (int ox = ox0; ox < wo && nearest_src(ox, wi, wo) == ix; ++ox) {
+                acc = __fadd_rn(acc, dy[((b * ho + oy) * wo + ox) * c + ch]);
+            }
+        }
+        dx[i] = acc;
+    }
+}
+
+extern "C" __global__ void bilinear_forward(const float* __restrict__ x, float* __restrict__ y,
+                                            int c, int hi, int wi, int ho, int wo, i64 total) {
+    GRID_STRIDE(i, total) {
+        int ch = (int)(i % c);
+        i64 t = i / c;
+        int ox = (int)(t % wo);
+        t /= wo;
+        int oy = (int)(t % ho);
+        i64 b = t / ho;
+        int y0, y1, x0, x1;
+        float wy0, wy1, wx0, wx1;
+        bilinear_taps(oy, hi, ho, &y0, &y1, &wy0, &wy1);
+        bilinear_taps(ox, wi, wo, &x0, &x1, &wx0, &wx1);
+        const float* img = x + b * hi * wi * c + ch;
+        float a = img[((i64)y0 * wi + x0) * c], bb = img[((i64)y0 * wi + x1) * c];
+        float cc = img[((i64)y1 * wi + x0) * c], d = img[((i64)y1 * wi + x1) * c];
+        float top = __fadd_rn(__fmul_rn(wx0, a), __fmul_rn(wx1, bb));
+        float bot = __fadd_rn(__fmul_rn(wx0, cc), __fmul_rn(wx1, d));
+        y[i] = __fadd_rn(__fmul_rn(wy0, top), __fmul_rn(wy1, bot));
+    }
+}
+
+// First output index whose first bilinear tap x0 is >= target (x0 is monotone in the output).
+__device__ __forceinline__ int bilinear_first(int target, int in, int out) {
+    int o = (int)floorf(((float)target + 0.5f) * (float)out / (float)in - 0.5f) - 2;
+    if (o < 0) o = 0;
+    int x0, x1;
+    float w0, w1;
+    while (o < out) {
+        bilinear_taps(o, in, out, &x0, &x1, &w0, &w1);
+        if (x0 >= target) break;
+        ++o;
+    }
+    return o;
+}
+
+extern "C" __global__ void bilinear_backward(const float* __restrict__ dy,
+                                             float* __restrict__ dx, int c, int hi, int wi,
+                                             int ho, int wo, i64 total) {
+    GRID_STRIDE(i, total) {
+        int ch = (int)(i % c);
+        i64 t = i / c;
+        int ix = (int)(t % wi);
+        t /= wi;
+        int iy = (int)(t % hi);
+        i64 b = t / hi;
+        float acc = dx[i];
+        // Outputs whose taps can include (iy, ix): first tap in {i − 1, i}.
+        const int oy_start = bilinear_first(iy - 1, hi, ho);
+        const int ox_start = bilinear_first(ix - 1, wi, wo);
+        for (int oy = oy_start; oy < ho; ++oy) {
+            int y0, y1;
+            float wy0, wy1;
+            bilinear_taps(oy, hi, ho, &y0, &y1, &wy0, &wy1);
+            if (y0 > iy) break;
+            if (y0 != iy && y1 != iy) continue;
+            for (int ox = ox_start; ox < wo; ++ox) {
+                int x0, x1;
+                float wx0, wx1;
+                bilinear_taps(ox, wi, wo, &x0, &x1, &wx0, &wx1);
+                if (x0 > ix) break;
+                if (x0 != ix && x1 != ix) continue;
+                float g = dy[((b * ho + oy) * wo + ox) * c + ch];
+                if (y0 == iy && x0 == ix) acc = __fadd_rn(acc, __fmul_rn(__fmul_rn(wy0, wx0), g));
+                if (y0 == iy && x1 == ix) acc = __fadd_rn(acc, __fmul_rn(__fmul_rn(wy0, wx1), g));
+                if (y1 == iy && x0 == ix) acc = __fadd_rn(acc, __fmul_rn(__fmul_rn(wy1, wx0), g));
+                if (y1 == iy && x1 == ix) acc = __fadd_rn(acc, __fmul_rn(__fmul_rn(wy1, wx1), g));
+            }
+        }
+        dx[i] = acc;
+    }
+}
+
+extern "C" __global__ void adaptive_pool_forward(const float* __restrict__ x,
+                                                 float* __restrict__ y, int c, int hi, int wi,
+                                                 int ho, int wo, i64 total) {
+    GRID_STRIDE(i, total) {
+        int ch = (int)(i % c);
+        i64 t = i / c;
+        int u = (int)(t % wo);
+        t /= wo;
+        int v = (int)(t % ho);
+        i64 b = t / ho;
+        int y0 = adaptive_start(v, hi, ho), y1 = adaptive_end(v, hi, ho);
+        int x0 = adaptive_start(u, wi, wo), x1 = adaptive_end(u, wi, wo);
+        double acc = 0.0;
+        for (int iy = y0; iy < y1; ++iy)
+            for (int ix = x0; ix < x1; ++ix) acc += (double)x[((b * hi + iy) * wi + ix) * c + ch];
+        double inv = 1.0 / (double)((y1 - y0) * (x1 - x0));
+        y[i] = (float)(acc * inv);
+    }
+}
+
+extern "C" __global__ void adaptive_pool_backward(const float* __restrict__ dy,
+                                                  float* __restrict__ dx, int c, int hi, int wi,
+                                                  int ho, int wo, i64 total) {
+    GRID_STRIDE(i, total) {
+        int ch = (int)(i % c);
+        i64 t = i / c;
+        int ix = (int)(t % wi);
+        t /= wi;
+        int iy = (int)(t % hi);
+        i64 b = t / hi;
+        int v0, v1, u0, u1;
+        adaptive_bins_of(iy, hi, ho, &v0, &v1);
+        adaptive_bins_of(ix, wi, wo, &u0, &u1);
+        float acc = dx[i];
+        for (int v = v0; v <= v1; ++v) {
+            int sy = adaptive_end(v, hi, ho) - adaptive_start(v, hi, ho);
+            for (int u = u0; u <= u1; ++u) {
+                int sx = adaptive_end(u, wi, wo) - adaptive_start(u, wi, wo);
+                float inv = 1.0f / (float)(sy * sx);
+                acc = __fadd_rn(acc, __fmul_rn(dy[((b * ho + v) * wo + u) * c + ch], inv));
+            }
+        }
+        dx[i] = acc;
+    }
+}

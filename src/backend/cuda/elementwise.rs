@@ -1,0 +1,80 @@
+//! Launches of kernels/elementwise.cu (twin of cpu/elementwise.rs).
+
+use super::context::{check_len, Arg, CudaBackend};
+use super::kernels::names::elementwise as k;
+use crate::error::Result;
+use crate::tensor::Tensor;
+
+pub(crate) fn fill(be: &CudaBackend, t: Tensor, value: f32) -> Result<()> {
+    let p = be.ptr(t)?;
+    be.launch_1d(
+        k::FILL,
+        t.len,
+        &[Arg::Ptr(p), Arg::I64(t.len as i64), Arg::F32(value)],
+    )
+}
+
+pub(crate) fn copy(be: &CudaBackend, src: Tensor, dst: Tensor) -> Result<()> {
+    check_len("copy", dst, src.len)?;
+    let (s, d) = (be.ptr(src)?, be.ptr(dst)?);
+    be.launch_1d(
+        k::COPY,
+        src.len,
+        &[Arg::Ptr(s), Arg::Ptr(d), Arg::I64(src.len as i64)],
+    )
+}
+
+pub(crate) fn add_inplace(be: &CudaBackend, dst: Tensor, src: Tensor) -> Result<()> {
+    check_len("add_inplace", dst, src.len)?;
+    let (d, s) = (be.ptr(dst)?, be.ptr(src)?);
+    be.launch_1d(
+        k::ADD_INPLACE,
+        src.len,
+        &[Arg::Ptr(d), Arg::Ptr(s), Arg::I64(src.len as i64)],
+    )
+}
+
+pub(crate) fn relu_inplace(be: &CudaBackend, x: Tensor) -> Result<()> {
+    let p = be.ptr(x)?;
+    be.launch_1d(
+        k::RELU_INPLACE,
+        x.len,
+        &[Arg::Ptr(p), Arg::I64(x.len as i64)],
+    )
+}
+
+pub(crate) fn relu_backward_inplace(be: &CudaBackend, y: Tensor, dy: Tensor) -> Result<()> {
+    check_len("relu_backward", dy, y.len)?;
+    let (yp, dp) = (be.ptr(y)?, be.ptr(dy)?);
+    be.launch_1d(
+        k::RELU_BACKWARD_INPLACE,
+        y.len,
+        &[Arg::Ptr(yp), Arg::Ptr(dp), Arg::I64(y.len as i64)],
+    )
+}
+
+pub(crate) fn sigmoid(be: &CudaBackend, x: Tensor, y: Tensor) -> Result<()> {
+    check_len("sigmoid", y, x.len)?;
+    let (xp, yp) = (be.ptr(x)?, be.ptr(y)?);
+    be.launch_1d(
+        k::SIGMOID,
+        x.len,
+        &[Arg::Ptr(xp), Arg::Ptr(yp), Arg::I64(x.len as i64)],
+    )
+}
+
+pub(crate) fn sigmoid_backward(be: &CudaBackend, y: Tensor, dy: Tensor, dx: Tensor) -> Result<()> {
+    check_len("sigmoid_backward dy", dy, y.len)?;
+    check_len("sigmoid_backward dx", dx, y.len)?;
+    let (yp, dyp, dxp) = (be.ptr(y)?, be.ptr(dy)?, be.ptr(dx)?);
+    be.launch_1d(
+        k::SIGMOID_BACKWARD,
+        y.len,
+        &[
+            Arg::Ptr(yp),
+            Arg::Ptr(dyp),
+            Arg::Ptr(dxp),
+            Arg::I64(y.len as i64),
+        ],
+    )
+}

@@ -1,0 +1,165 @@
+//! The fused relation map (kernels/relation.cu), twin of cpu/relation.rs (SPEC §4.1).
+//! Workspace: q [B, N, C] (normalised features); the backward adds scratch norms [B·N],
+//! D [B·N] and gt [B·N, n²] (G_ib / |b|). Never N×N.
+
+use super::context::{check_len, int, Arg, CudaBackend};
+use super::kernels::names::relation as k;
+use crate::backend::{RelationShape, MAX_BINS_SIDE};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+const FWD_TI: usize = 32;
+const BWD_TI: usize = 16;
+const BWD_TJ: usize = 32;
+/// Upper bounds of the kernels' static shared memory (ptxas reports 13184 and 8832 bytes).
+const FWD_STATIC_SMEM: usize = 14 * 1024;
+const BWD_STATIC_SMEM: usize = 10 * 1024;
+
+fn check_shape(s: &RelationShape) -> Result<()> {
+    if s.n == 0 || s.n > MAX_BINS_SIDE || s.h == 0 || s.w == 0 {
+        return Err(Error::Device(format!(
+            "relation: bins n = {} must be in 1..={MAX_BINS_SIDE} and the map non-empty ({}×{})",
+            s.n, s.h, s.w
+        )));
+    }
+    Ok(())
+}
+
+/// q = f / max(‖f‖, 1e-12) into `q`, ‖f‖ into `norms`.
+fn normalize(be: &CudaBackend, s: &RelationShape, f: u64, q: u64, norms: u64) -> Result<()> {
+    let pixels = s.b * s.pixels();
+    be.launch(
+        k::RELATION_NORMALIZE,
+        (pixels.div_ceil(8) as u32, 1, 1),
+        (256, 1, 1),
+        0,
+        &[
+            Arg::Ptr(f),
+            Arg::I32(int("relation pixels", pixels)?),
+            Arg::I32(int("relation channels", s.c)?),
+            Arg::Ptr(q),
+            Arg::Ptr(norms),
+        ],
+    )
+}
+
+pub(crate) fn forward(
+    be: &CudaBackend,
+    s: &RelationShape,
+    f: Tensor,
+    norms: Tensor,
+    lsum: Tensor,
+    p: Tensor,
+) -> Result<()> {
+    check_shape(s)?;
+    let (np, c, nb) = (s.pixels(), s.c, s.bins());
+    check_len("relation f", f, s.b * np * c)?;
+    check_len("relation norms", norms, s.b * np)?;
+    check_len("relation lsum", lsum, s.b * np)?;
+    check_len("relation p", p, s.b * np * nb)?;
+    if s.b == 0 {
+        return Ok(());
+    }
+    let (fp, np_, lp, pp) = (be.ptr(f)?, be.ptr(norms)?, be.ptr(lsum)?, be.ptr(p)?);
+    let smem = FWD_TI * nb * 8;
+    be.allow_dynamic_smem(k::RELATION_FORWARD, smem, FWD_STATIC_SMEM)?;
+    be.with_workspace(s.b * np * c, |q| {
+        normalize(be, s, fp, q, np_)?;
+        be.launch(
+            k::RELATION_FORWARD,
+            (np.div_ceil(FWD_TI) as u32, s.b as u32, 1),
+            (256, 1, 1),
+            smem as u32,
+            &[
+                Arg::Ptr(q),
+                Arg::I32(int("relation pixels", np)?),
+                Arg::I32(int("relation channels", c)?),
+                Arg::I32(s.h as i32),
+                Arg::I32(s.w as i32),
+                Arg::I32(s.n as i32),
+                Arg::Ptr(lp),
+                Arg::Ptr(pp),
+            ],
+        )
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward(
+    be: &CudaBackend,
+    s: &RelationShape,
+    f: Tensor,
+    norms: Tensor,
+    lsum: Tensor,
+    p: Tensor,
+    dp: Tensor,
+    df: Tensor,
+) -> Result<()> {
+    check_shape(s)?;
+    let (np, c, nb) = (s.pixels(), s.c, s.bins());
+    check_len("relation f", f, s.b * np * c)?;
+    check_len("relation df", df, s.b * np * c)?;
+    check_len("relation norms", norms, s.b * np)?;
+    check_len("relation lsum", lsum, s.b * np)?;
+    check_len("relation p", p, s.b * np * nb)?;
+    check_len("relation dp", dp, s.b * np * nb)?;
+    if s.b == 0 {
+        return Ok(());
+    }
+    let (fp, nrm, lp, pp, dpp, dfp) = (
+        be.ptr(f)?,
+        be.ptr(norms)?,
+        be.ptr(lsum)?,
+        be.ptr(p)?,
+        be.ptr(dp)?,
+        be.ptr(df)?,
+    );
+    let smem = BWD_TI * c * 8 + (BWD_TI + BWD_TJ) * nb * 4 + 4 * (s.h + s.w) * 4;
+    be.allow_dynamic_smem(k::RELATION_BACKWARD, smem, BWD_STATIC_SMEM)?;
+    let rows = s.b * np;
+    let q_len = (rows * c).next_multiple_of(16);
+    let v_len = rows.next_multiple_of(16);
+    let gt_len = rows * nb;
+    be.with_workspace(q_len + 2 * v_len + gt_len, |ws| {
+        let q = ws;
+        let scratch_norms = q + (q_len * 4) as u64;
+        let dvec = scratch_norms + (v_len * 4) as u64;
+        let gt = dvec + (v_len * 4) as u64;
+        normalize(be, s, fp, q, scratch_norms)?;
+        be.launch(
+            k::RELATION_BACKWARD_ROWS,
+            (rows.div_ceil(256) as u32, 1, 1),
+            (256, 1, 1),
+            0,
+            &[
+                Arg::Ptr(pp),
+                Arg::Ptr(dpp),
+                Arg::I32(int("relation rows", rows)?),
+                Arg::I32(s.h as i32),
+                Arg::I32(s.w as i32),
+                Arg::I32(s.n as i32),
+                Arg::Ptr(dvec),
+                Arg::Ptr(gt),
+            ],
+        )?;
+        be.launch(
+            k::RELATION_BACKWARD,
+            (np.div_ceil(BWD_TI) as u32, s.b as u32, 1),
+            (256, 1, 1),
+            smem as u32,
+            &[
+                Arg::Ptr(q),
+                Arg::Ptr(nrm),
+                Arg::Ptr(lp),
+                Arg::Ptr(dvec),
+                Arg::Ptr(gt),
+                Arg::I32(int("relation pixels", np)?),
+                Arg::I32(int("relation channels", c)?),
+                Arg::I32(s.h as i32),
+                Arg::I32(s.w as i32),
+                Arg::I32(s.n as i32),
+                Arg::Ptr(dfp),
+            ],
+        )
+    })
+}
