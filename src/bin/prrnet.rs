@@ -159,10 +159,35 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Info => {
+            use prrnet::backend::cuda;
+            println!("prrnet {}", env!("CARGO_PKG_VERSION"));
             println!("cpu: {} threads", rayon::current_num_threads());
-            match backend::cuda::open(0) {
-                Ok(b) => println!("cuda: {}", b.name()),
-                Err(e) => println!("cuda: unavailable ({e})"),
+            let kernels = cuda::embedded_kernels();
+            if kernels.is_empty() {
+                println!("cuda kernels: none embedded (built without nvcc)");
+            } else {
+                println!("cuda kernels embedded:");
+                for (file, arches) in &kernels {
+                    println!("  {file:14} {}", arches.join(" "));
+                }
+            }
+            match cuda::device_info() {
+                Ok(devs) if devs.is_empty() => println!("cuda devices: none (no CUDA driver)"),
+                Ok(devs) => {
+                    for d in devs {
+                        println!(
+                            "cuda:{}: {}, compute capability {}.{}, {:.1} GiB, driver CUDA {}.{}",
+                            d.ordinal,
+                            d.name,
+                            d.compute_capability.0,
+                            d.compute_capability.1,
+                            d.total_memory as f64 / (1u64 << 30) as f64,
+                            d.driver_version / 1000,
+                            (d.driver_version % 1000) / 10
+                        );
+                    }
+                }
+                Err(e) => println!("cuda devices: error ({e})"),
             }
             Ok(())
         }

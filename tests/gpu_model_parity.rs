@@ -1,0 +1,130 @@
+//! Whole-network parity GPU vs CPU: `tiny` and W30 at 299×299 (batch 2), outputs and every
+//! gradient of one train-mode forward/backward, then the parameters after one Adam step.
+//! f32 mode: outputs within 1e-4, gradients and parameters within 1e-3 (relative L2).
+//! Skips without a GPU; fails instead under `PRRNET_REQUIRE_GPU=1`.
+
+use prrnet::backend::cpu::CpuBackend;
+use prrnet::model::{Batch, Mode, PrrNet};
+use prrnet::rng::Rng;
+use prrnet::{Backend, Config};
+
+fn open_gpu(test: &str) -> Option<Box<dyn Backend>> {
+    let require = std::env::var("PRRNET_REQUIRE_GPU").is_ok_and(|v| v == "1");
+    match prrnet::backend::cuda::open(0) {
+        Ok(be) => Some(be),
+        Err(e) if require => panic!("{test}: PRRNET_REQUIRE_GPU=1 but no usable GPU: {e}"),
+        Err(e) => {
+            eprintln!("SKIP {test}: no usable GPU ({e}); set PRRNET_REQUIRE_GPU=1 to fail instead");
+            None
+        }
+    }
+}
+
+fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    num.sqrt() / den.sqrt().max(1e-30)
+}
+
+fn run(test: &str, cfg: Config, b: usize) {
+    let Some(gpu) = open_gpu(test) else { return };
+    let s = cfg.size;
+    let mut rng = Rng::new(11);
+    let image = rng.vec(b * 3 * s * s, |r| r.normal());
+    let mask: Vec<f32> = (0..b * s * s)
+        .map(|i| {
+            if (i / (s * s)) % 2 == 1 && (i % s) > s / 3 {
+                0.9
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let label: Vec<f32> = (0..b).map(|i| (i % 2) as f32).collect();
+    let mut nets = Vec::new();
+    for be in [Box::new(CpuBackend::new()) as Box<dyn Backend>, gpu] {
+        let mut net = PrrNet::new(&cfg, be, b, true).unwrap();
+        net.init_weights(5).unwrap();
+        net.set_input(&Batch {
+            image: &image,
+            mask: Some(&mask),
+            label: Some(&label),
+            mask_weight: None,
+        })
+        .unwrap();
+        net.forward(Mode::TRAIN).unwrap();
+        net.backward(Mode::TRAIN, true).unwrap();
+        nets.push(net);
+    }
+    let (cpu, gpu) = (&nets[0], &nets[1]);
+    let mut failures = Vec::new();
+    for ((name, _, c), (_, _, g)) in cpu
+        .dump_outputs()
+        .unwrap()
+        .iter()
+        .zip(gpu.dump_outputs().unwrap())
+    {
+        let err = rel_l2(&g, c);
+        if !(err <= 1e-4) {
+            failures.push(format!("{name}: {err:.2e}"));
+        }
+    }
+    for e in cpu.entries() {
+        let (c, g) = if e.trainable {
+            (
+                cpu.read(cpu.grad_of(e.tensor).unwrap()).unwrap(),
+                gpu.read(gpu.grad_of(e.tensor).unwrap()).unwrap(),
+            )
+        } else {
+            (cpu.read(e.tensor).unwrap(), gpu.read(e.tensor).unwrap())
+        };
+        let norm: f64 = c.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+        if norm < 1e-5 {
+            continue; // analytically zero (bias before train-mode BatchNorm)
+        }
+        let err = rel_l2(&g, &c);
+        if !(err <= 1e-3) {
+            failures.push(format!("grad/state {}: {err:.2e}", e.name));
+        }
+    }
+    let err = rel_l2(&gpu.input_grad().unwrap(), &cpu.input_grad().unwrap());
+    if !(err <= 1e-3) {
+        failures.push(format!("grad.image: {err:.2e}"));
+    }
+    // One Adam step on both: parameters must still agree.
+    for net in nets.iter_mut() {
+        net.adam_step(1e-3, false).unwrap();
+    }
+    for e in nets[0].entries().iter().filter(|e| e.trainable) {
+        let c = nets[0].read(e.tensor).unwrap();
+        let g = nets[1].read(e.tensor).unwrap();
+        let err = rel_l2(&g, &c);
+        if !(err <= 1e-3) {
+            failures.push(format!("param after Adam {}: {err:.2e}", e.name));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{test}: {} mismatches:\n  {}",
+        failures.len(),
+        failures.join("\n  ")
+    );
+}
+
+#[test]
+fn tiny_train_step_matches_cpu() {
+    run(
+        "tiny_train_step_matches_cpu",
+        Config::preset("tiny").unwrap(),
+        4,
+    );
+}
+
+#[test]
+fn w30_299_train_step_matches_cpu() {
+    run(
+        "w30_299_train_step_matches_cpu",
+        Config::preset("w30").unwrap(),
+        2,
+    );
+}
