@@ -10,6 +10,7 @@ pub mod backend;
 pub mod bench;
 pub mod config;
 pub mod error;
+pub mod imageio;
 pub mod io;
 pub mod model;
 pub mod rng;

@@ -1,0 +1,160 @@
+//! Image files in and out, for untrusted inputs: decoding under dimension and allocation limits
+//! (a decompression bomb or a 100k×100k header is an error, not an out-of-memory abort), any
+//! colour type or bit depth converted to RGB, resizing to the network's input side, ImageNet
+//! normalisation, and 8-bit PNG output of masks.
+
+use std::io::Cursor;
+use std::path::Path;
+
+use image::{DynamicImage, ImageReader, Limits};
+
+use crate::error::{Error, Result};
+
+/// ImageNet normalisation (SPEC §1).
+pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// Bounds on what one decode may allocate.
+#[derive(Clone, Copy, Debug)]
+pub struct DecodeLimits {
+    pub max_width: u32,
+    pub max_height: u32,
+    pub max_alloc_bytes: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits {
+            max_width: 16384,
+            max_height: 16384,
+            max_alloc_bytes: 512 << 20,
+        }
+    }
+}
+
+impl DecodeLimits {
+    fn to_image(self) -> Limits {
+        let mut l = Limits::default();
+        l.max_image_width = Some(self.max_width);
+        l.max_image_height = Some(self.max_height);
+        l.max_alloc = Some(self.max_alloc_bytes);
+        l
+    }
+}
+
+/// Decode an image file (format guessed from its content) under `limits`.
+pub fn decode_file(path: &Path, limits: DecodeLimits) -> Result<DynamicImage> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    decode_bytes(&bytes, limits).map_err(|msg| Error::file(path, msg))
+}
+
+/// Decode image bytes under `limits`; the error is a message.
+pub fn decode_bytes(
+    bytes: &[u8],
+    limits: DecodeLimits,
+) -> std::result::Result<DynamicImage, String> {
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| format!("cannot read image: {e}"))?;
+    if reader.format().is_none() {
+        return Err("not an image (unknown format)".into());
+    }
+    reader.limits(limits.to_image());
+    let img = reader
+        .decode()
+        .map_err(|e| format!("cannot decode image: {e}"))?;
+    if img.width() == 0 || img.height() == 0 {
+        return Err("empty image".into());
+    }
+    Ok(img)
+}
+
+/// Any image → RGB `[h, w, 3]` in [0, 1] (grey is replicated, alpha dropped, 16-bit and float
+/// images scaled), resized to `size × size` with a triangle (bilinear, antialiased) filter.
+pub fn rgb_resized(img: &DynamicImage, size: usize) -> Vec<f32> {
+    let rgb = img.to_rgb32f();
+    let rgb = if rgb.width() as usize == size && rgb.height() as usize == size {
+        rgb
+    } else {
+        image::imageops::resize(
+            &rgb,
+            size as u32,
+            size as u32,
+            image::imageops::FilterType::Triangle,
+        )
+    };
+    rgb.into_raw()
+        .into_iter()
+        .map(|v| v.clamp(0.0, 1.0))
+        .collect()
+}
+
+/// RGB `[S, S, 3]` in [0, 1] → the network's input `[3, S, S]`, ImageNet-normalised.
+pub fn normalise_chw(rgb: &[f32], size: usize) -> Vec<f32> {
+    let np = size * size;
+    assert_eq!(rgb.len(), np * 3);
+    let mut out = vec![0f32; 3 * np];
+    for p in 0..np {
+        for c in 0..3 {
+            out[c * np + p] = (rgb[p * 3 + c] - MEAN[c]) / STD[c];
+        }
+    }
+    out
+}
+
+/// Decoded image → network input `[3, S, S]`.
+pub fn preprocess(img: &DynamicImage, size: usize) -> Vec<f32> {
+    normalise_chw(&rgb_resized(img, size), size)
+}
+
+/// A mask image (any type; its luminance) → `[S, S]` in [0, 1].
+pub fn mask_resized(img: &DynamicImage, size: usize) -> Vec<f32> {
+    let l = DynamicImage::ImageRgb32F(img.to_rgb32f()).to_luma32f();
+    let l = if l.width() as usize == size && l.height() as usize == size {
+        l
+    } else {
+        image::imageops::resize(
+            &l,
+            size as u32,
+            size as u32,
+            image::imageops::FilterType::Triangle,
+        )
+    };
+    l.into_raw()
+        .into_iter()
+        .map(|v| v.clamp(0.0, 1.0))
+        .collect()
+}
+
+/// Resize a single-channel map `[h, w]` (e.g. the predicted mask) to `width × height`.
+pub fn resize_map(map: &[f32], w: usize, h: usize, width: u32, height: u32) -> Vec<f32> {
+    let img = image::ImageBuffer::<image::Luma<f32>, Vec<f32>>::from_raw(
+        w as u32,
+        h as u32,
+        map.to_vec(),
+    )
+    .expect("map size");
+    image::imageops::resize(&img, width, height, image::imageops::FilterType::Triangle).into_raw()
+}
+
+/// Write a `[h, w]` map in [0, 1] as an 8-bit grey PNG (atomically).
+pub fn save_gray_png(path: &Path, map: &[f32], w: usize, h: usize) -> Result<()> {
+    let bytes: Vec<u8> = map
+        .iter()
+        .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+        .collect();
+    let img = image::GrayImage::from_raw(w as u32, h as u32, bytes).expect("map size");
+    let mut png = Vec::new();
+    img.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| Error::file(path, e))?;
+    crate::io::tensors::write_atomic(path, &png)
+}
+
+/// Write an RGB `[h, w, 3]` u8 image as PNG (atomically).
+pub fn save_rgb_png(path: &Path, rgb: Vec<u8>, w: usize, h: usize) -> Result<()> {
+    let img = image::RgbImage::from_raw(w as u32, h as u32, rgb).expect("image size");
+    let mut png = Vec::new();
+    img.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| Error::file(path, e))?;
+    crate::io::tensors::write_atomic(path, &png)
+}
