@@ -117,6 +117,14 @@ fn matches_dense_overlapping_bins() {
 }
 
 #[test]
+fn matches_dense_across_several_tiles() {
+    // N > 512 (the CPU tile): several pixel tiles, so the symmetric (transposed) halves and
+    // a short last tile are exercised.
+    case(1, 24, 24, 6, 5, 5);
+    case(1, 23, 27, 5, 4, 6);
+}
+
+#[test]
 fn rows_are_distributions() {
     // Σ_b P_ib·|b| counts each pixel once per bin containing it; for divisible bins it is 1.
     let (h, w, c, n) = (10, 10, 6, 5);

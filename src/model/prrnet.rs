@@ -97,6 +97,8 @@ pub struct PrrNet {
     pub agg: Aggregation,
     pub pr: PrModule,
     pub rr: RrModule,
+    /// Weight λ of the classification loss (SPEC §7; 0.1 by default).
+    pub lambda: f32,
     lt: LossTensors,
     labelled: bool,
     loc_scale: f32,
@@ -217,6 +219,7 @@ impl PrrNet {
             pr: p.pr,
             rr: p.rr,
             lt: p.lt,
+            lambda: LAMBDA,
             labelled: false,
             loc_scale: 0.0,
             adam_steps: 0,
@@ -435,7 +438,7 @@ impl PrrNet {
         let loc = self.read(self.lt.loss_loc)?[0];
         let cls = self.read(self.lt.loss_cls)?[0];
         Ok(Losses {
-            loss: loc + LAMBDA * cls,
+            loss: loc + self.lambda * cls,
             loc,
             cls,
         })
@@ -492,7 +495,7 @@ impl PrrNet {
             self.rr.logit,
             self.lt.label,
             self.lt.ones,
-            LAMBDA / b as f32,
+            self.lambda / b as f32,
             ch.ga(self.rr.logit),
         )
     }
@@ -569,6 +572,30 @@ impl PrrNet {
 
     pub fn adam_steps(&self) -> u64 {
         self.adam_steps
+    }
+
+    /// The Adam moment arenas `(m, v)`, each laid out like the parameter arena.
+    pub fn adam_moments(&self) -> Result<(Tensor, Tensor)> {
+        let g = self
+            .bufs
+            .grads
+            .as_ref()
+            .ok_or_else(|| Error::Config("model was built without gradients".into()))?;
+        Ok((
+            Tensor::new(g.adam_m, 0, self.params_len),
+            Tensor::new(g.adam_v, 0, self.params_len),
+        ))
+    }
+
+    /// Restore the optimizer's step count (with [`PrrNet::adam_moments`], a resumed run
+    /// continues exactly).
+    pub fn set_adam_steps(&mut self, steps: u64) {
+        self.adam_steps = steps;
+    }
+
+    /// Score and mask of the last forward pass: `score [B]`, `mask [B, H·W]` (M).
+    pub fn predictions(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        Ok((self.read(self.rr.score)?, self.read(self.pr.mask_prob)?))
     }
 
     pub fn synchronize(&self) -> Result<()> {

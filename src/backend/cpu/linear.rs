@@ -41,7 +41,8 @@ pub fn add_bias(y: &mut [f32], bias: &[f32]) {
 
 /// `db[j] += Σ_r dy[r, j]`, accumulated in f64.
 pub fn bias_grad(dy: &[f32], n: usize, db: &mut [f32]) {
-    let sums = dy
+    // Fixed blocks combined in order: deterministic whatever the thread scheduling.
+    let partial: Vec<Vec<f64>> = dy
         .par_chunks(n * 256)
         .map(|chunk| {
             let mut s = vec![0f64; n];
@@ -52,15 +53,8 @@ pub fn bias_grad(dy: &[f32], n: usize, db: &mut [f32]) {
             }
             s
         })
-        .reduce(
-            || vec![0f64; n],
-            |mut a, b| {
-                for (x, y) in a.iter_mut().zip(b) {
-                    *x += y;
-                }
-                a
-            },
-        );
+        .collect();
+    let sums = super::norm::sum_in_order(partial, n);
     for (d, s) in db.iter_mut().zip(sums) {
         *d += s as f32;
     }

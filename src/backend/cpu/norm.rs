@@ -12,9 +12,11 @@ use crate::backend::{BatchNormGrads, BatchNormTensors, NormShape};
 
 const ROWS_PER_TASK: usize = 512;
 
-/// Per-channel sums of `f(row, channel, value)` over all rows, in f64.
+/// Per-channel sums of `f(channel, value)` over all rows, in f64. Partial sums per fixed block
+/// of rows are combined in block order, so the result does not depend on thread scheduling.
 fn channel_sums(x: &[f32], c: usize, f: impl Fn(usize, f32) -> f64 + Sync) -> Vec<f64> {
-    x.par_chunks(c * ROWS_PER_TASK)
+    let partial: Vec<Vec<f64>> = x
+        .par_chunks(c * ROWS_PER_TASK)
         .map(|chunk| {
             let mut s = vec![0f64; c];
             for row in chunk.chunks(c) {
@@ -24,15 +26,19 @@ fn channel_sums(x: &[f32], c: usize, f: impl Fn(usize, f32) -> f64 + Sync) -> Ve
             }
             s
         })
-        .reduce(
-            || vec![0f64; c],
-            |mut a, b| {
-                for (x, y) in a.iter_mut().zip(b) {
-                    *x += y;
-                }
-                a
-            },
-        )
+        .collect();
+    sum_in_order(partial, c)
+}
+
+/// Element-wise sum of equal-length vectors, in their order.
+pub(crate) fn sum_in_order(parts: Vec<Vec<f64>>, len: usize) -> Vec<f64> {
+    let mut total = vec![0f64; len];
+    for p in parts {
+        for (t, v) in total.iter_mut().zip(p) {
+            *t += v;
+        }
+    }
+    total
 }
 
 pub fn forward(be: &CpuBackend, s: &NormShape, t: &BatchNormTensors) {
@@ -129,30 +135,22 @@ pub fn backward(be: &CpuBackend, s: &NormShape, t: &BatchNormTensors, g: &BatchN
     let xhat = |i: usize, ch: usize| (x[i] - mean[ch]) * rstd[ch];
     let need_sums = g.dgamma.is_some() || (s.train && g.dx.is_some());
     let (sum_d, sum_dx) = if need_sums {
-        let sums = (0..rows)
+        let partial: Vec<Vec<f64>> = (0..rows.div_ceil(ROWS_PER_TASK))
             .into_par_iter()
-            .with_min_len(ROWS_PER_TASK)
-            .fold(
-                || vec![0f64; 2 * c],
-                |mut acc, r| {
+            .map(|task| {
+                let mut acc = vec![0f64; 2 * c];
+                for r in task * ROWS_PER_TASK..((task + 1) * ROWS_PER_TASK).min(rows) {
                     for ch in 0..c {
                         let i = r * c + ch;
                         let d = dpre(i) as f64;
                         acc[ch] += d;
                         acc[c + ch] += d * xhat(i, ch) as f64;
                     }
-                    acc
-                },
-            )
-            .reduce(
-                || vec![0f64; 2 * c],
-                |mut a, b| {
-                    for (x, y) in a.iter_mut().zip(b) {
-                        *x += y;
-                    }
-                    a
-                },
-            );
+                }
+                acc
+            })
+            .collect();
+        let sums = sum_in_order(partial, 2 * c);
         (sums[..c].to_vec(), sums[c..].to_vec())
     } else {
         (Vec::new(), Vec::new())

@@ -1,13 +1,17 @@
-//! The relation map of SPEC §4.1 on the CPU, one image and one block of rows at a time.
+//! The relation map of SPEC §4.1 on the CPU, one image and one pair of pixel tiles at a time,
+//! using the symmetry of the scores (`s_ij = s_ji`) so each score is computed once.
 //!
-//! Per image: `q = f / max(‖f‖, 1e-12)` ([N, C]); per block of rows I: `S = q_I · qᵀ` ([|I|, N],
-//! one GEMM), then for each row `e_ij = exp(s_ij − 1)` (fixed shift: s_ij ≤ 1),
-//! `l_i = Σ_j e_ij`, `P_ib = Σ_{j∈b} e_ij / (l_i · |b|)`. Only `|I| × N` scores exist at once.
+//! Per image: `q = f / max(‖f‖, 1e-12)` ([N, C]). For tiles I ≤ J of T pixels:
+//! `S_IJ = q_I · q_Jᵀ` (one GEMM), `E = exp(S − 1)` (fixed shift: s ≤ 1). Row i ∈ I adds
+//! `E_ij` to `l_i` and to the bins containing j; for I ≠ J row j ∈ J also adds `E_ij` to `l_j`
+//! and the bins containing i. Then `P_ib = bin_ib / (l_i·|b|)`. Only T×T scores exist at once.
 //!
-//! Backward (given G = ∂L/∂P), per block: recompute S, then in place
-//! `dS_ij = R_ij (g_ij − D_i)` with `R_ij = e_ij / l_i`, `g_ij = Σ_{b∋j} G_ib/|b|`,
-//! `D_i = Σ_b P_ib G_ib`; `dq_I += dS · q` and `dq += dSᵀ · q_I` (two GEMMs, blocks in order, so
-//! the result is deterministic); finally `df_i += (dq_i − q_i (q_i·dq_i)) / max(‖f_i‖, 1e-12)`.
+//! Backward (G = ∂L/∂P): `dS_ij = R_ij (g_ij − D_i)` with `R_ij = e_ij / l_i`,
+//! `g_ij = Σ_{b∋j} G_ib/|b|`, `D_i = Σ_b P_ib G_ib`. For tiles I ≤ J the symmetric tile
+//! `M_ij = dS_ij + dS_ji` (both from the one recomputed score) gives `dq_I += M·q_J` and, for
+//! I ≠ J, `dq_J += Mᵀ·q_I`, so `dq_i = Σ_j (dS_ij + dS_ji) q_j`. Tiles run in a fixed order
+//! (deterministic). Finally `df_i += (dq_i − q_i (q_i·dq_i)) / ‖f_i‖` (below 1e-12: `dq_i/1e-12`).
+//! Cost: half a score GEMM forward; one and a half backward (instead of one and three).
 
 use rayon::prelude::*;
 
@@ -15,50 +19,118 @@ use super::{check_len, disjoint, sgemm, CpuBackend};
 use crate::backend::{adaptive_bin, RelationShape, MAX_BINS_SIDE};
 use crate::tensor::Tensor;
 
-/// Rows per block: large enough for an efficient GEMM, small enough to stay in cache-ish memory.
-const BLOCK_ROWS: usize = 256;
+/// Pixels per tile: large enough for an efficient GEMM, small enough for the cache.
+const TILE: usize = 512;
 
-/// Bin geometry of one side: bin `u` covers `[lo[u], hi[u])`; `first[x]..=last[x]` are the bins
-/// containing position `x` (contiguous because bins are ordered and overlap only neighbours).
-struct Bins {
-    lo: Vec<usize>,
-    hi: Vec<usize>,
-    first: Vec<usize>,
-    last: Vec<usize>,
+/// Bin geometry of one image. Along each side a position lies in one bin or in two neighbouring
+/// ones; that gives `2n − 1` classes per side (`c < n`: bin `c` alone; `c ≥ n`: bins `c − n`
+/// and `c − n + 1`), and `K = (2n − 1)²` classes of pixels, each with its list of bins. Sums
+/// over "the bins containing pixel j" become per-class sums, and a row of pixels splits into a
+/// few runs of one class each.
+struct Geometry {
+    w: usize,
+    /// Classes per side, `2n − 1`.
+    cs: usize,
+    /// `1 / |b|` per bin `v·n + u`.
+    inv_size: Vec<f32>,
+    /// Class of every pixel, `vclass·cs + uclass`.
+    class: Vec<u16>,
+    vclass: Vec<usize>,
+    /// Runs of constant x-class along a row: `(x0, x1, uclass)`.
+    runs: Vec<(usize, usize, usize)>,
+    /// The bins of every class.
+    class_bins: Vec<Vec<usize>>,
 }
 
-impl Bins {
-    fn new(len: usize, n: usize) -> Bins {
-        let (lo, hi): (Vec<_>, Vec<_>) = (0..n).map(|u| adaptive_bin(u, len, n)).unzip();
-        let first = (0..len)
-            .map(|x| (0..n).find(|&u| lo[u] <= x && x < hi[u]).unwrap())
+impl Geometry {
+    fn new(h: usize, w: usize, n: usize) -> Geometry {
+        assert!(n <= MAX_BINS_SIDE, "relation: n = {n} > {MAX_BINS_SIDE}");
+        let side_class = |len: usize| -> Vec<usize> {
+            let bins: Vec<_> = (0..n).map(|u| adaptive_bin(u, len, n)).collect();
+            (0..len)
+                .map(|p| {
+                    let first = bins.iter().position(|&(a, b)| a <= p && p < b).unwrap();
+                    let last = bins.iter().rposition(|&(a, b)| a <= p && p < b).unwrap();
+                    debug_assert!(last <= first + 1);
+                    if last == first {
+                        first
+                    } else {
+                        n + first
+                    }
+                })
+                .collect()
+        };
+        let cs = 2 * n - 1;
+        let vclass = side_class(h);
+        let uclass = side_class(w);
+        let class = (0..h * w)
+            .map(|p| (vclass[p / w] * cs + uclass[p % w]) as u16)
             .collect();
-        let last = (0..len)
-            .map(|x| (0..n).rev().find(|&u| lo[u] <= x && x < hi[u]).unwrap())
+        let mut runs = Vec::new();
+        let mut x0 = 0;
+        for x in 1..=w {
+            if x == w || uclass[x] != uclass[x0] {
+                runs.push((x0, x, uclass[x0]));
+                x0 = x;
+            }
+        }
+        let members = |c: usize| if c < n { vec![c] } else { vec![c - n, c - n + 1] };
+        let class_bins = (0..cs * cs)
+            .map(|k| {
+                let mut v = Vec::new();
+                for a in members(k / cs) {
+                    for b in members(k % cs) {
+                        v.push(a * n + b);
+                    }
+                }
+                v
+            })
             .collect();
-        Bins {
-            lo,
-            hi,
-            first,
-            last,
+        let ys: Vec<_> = (0..n).map(|v| adaptive_bin(v, h, n)).collect();
+        let xs: Vec<_> = (0..n).map(|u| adaptive_bin(u, w, n)).collect();
+        let mut inv_size = vec![0f32; n * n];
+        for v in 0..n {
+            for u in 0..n {
+                inv_size[v * n + u] = 1.0 / ((ys[v].1 - ys[v].0) * (xs[u].1 - xs[u].0)) as f32;
+            }
+        }
+        Geometry {
+            w,
+            cs,
+            inv_size,
+            class,
+            vclass,
+            runs,
+            class_bins,
         }
     }
-    fn size(&self, u: usize) -> usize {
-        self.hi[u] - self.lo[u]
+
+    fn classes(&self) -> usize {
+        self.cs * self.cs
     }
 }
 
-/// `q[i] = f[i] / max(‖f[i]‖, 1e-12)`; returns the norms.
+/// Sum with eight independent accumulators (vectorisable), in f64.
+#[inline]
+fn sum_f64(x: &[f32]) -> f64 {
+    let mut acc = [0f64; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for k in 0..8 {
+            acc[k] += c[k] as f64;
+        }
+    }
+    acc.iter().sum::<f64>() + tail.iter().map(|v| *v as f64).sum::<f64>()
+}
+
+/// `q[i] = f[i] / max(‖f[i]‖, 1e-12)`; writes the norms.
 fn normalise(f: &[f32], c: usize, q: &mut [f32], norms: &mut [f32]) {
     q.par_chunks_mut(c)
         .zip(f.par_chunks(c))
         .zip(norms.par_iter_mut())
         .for_each(|((q, f), nrm)| {
-            let n = f
-                .iter()
-                .map(|v| (*v as f64) * (*v as f64))
-                .sum::<f64>()
-                .sqrt() as f32;
+            let n = f.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>().sqrt() as f32;
             *nrm = n;
             let inv = 1.0 / n.max(1e-12);
             for (a, b) in q.iter_mut().zip(f) {
@@ -67,23 +139,64 @@ fn normalise(f: &[f32], c: usize, q: &mut [f32], norms: &mut [f32]) {
         });
 }
 
-/// `S[r, j] = q[i0 + r] · q[j]` for the rows of one block.
-fn scores(q: &[f32], c: usize, n_pix: usize, i0: usize, rows: usize, s: &mut [f32]) {
+/// `S[r, k] = q[i0 + r] · q[j0 + k]` for an `ri × rj` tile (row stride `rj`).
+#[allow(clippy::too_many_arguments)]
+fn score_tile(q: &[f32], c: usize, i0: usize, ri: usize, j0: usize, rj: usize, s: &mut [f32]) {
     sgemm(
-        rows,
-        n_pix,
+        ri,
+        rj,
         c,
         s,
-        n_pix,
+        rj,
         false,
         &q[i0 * c..],
         c,
         1,
-        q,
+        &q[j0 * c..],
         1,
         c,
         true,
     );
+}
+
+/// Rows of `tile` (row stride `cols`) are pixels `row0 + r`, its columns pixels `col0 + k`: add
+/// every entry to its row's total and, per class of the column pixel, to the row's class sums.
+#[allow(clippy::too_many_arguments)]
+fn accumulate_rows(
+    geo: &Geometry,
+    tile: &[f32],
+    rows: usize,
+    cols: usize,
+    row0: usize,
+    col0: usize,
+    lacc: &mut [f64],
+    cacc: &mut [f64],
+) {
+    let nk = geo.classes();
+    let w = geo.w;
+    tile[..rows * cols]
+        .par_chunks(cols)
+        .zip(lacc[row0..row0 + rows].par_iter_mut())
+        .zip(cacc[row0 * nk..(row0 + rows) * nk].par_chunks_mut(nk))
+        .for_each(|((row, l), acc)| {
+            let mut k = 0;
+            while k < cols {
+                // One image row's stretch of this tile row: pixels (y, x..x+len).
+                let p = col0 + k;
+                let (y, x) = (p / w, p % w);
+                let len = (w - x).min(cols - k);
+                let vbase = geo.vclass[y] * geo.cs;
+                for &(a, b, uc) in &geo.runs {
+                    let (a, b) = (a.max(x), b.min(x + len));
+                    if a < b {
+                        let s = sum_f64(&row[k + a - x..k + b - x]);
+                        acc[vbase + uc] += s;
+                        *l += s;
+                    }
+                }
+                k += len;
+            }
+        });
 }
 
 pub fn forward(
@@ -94,18 +207,21 @@ pub fn forward(
     lsum: Tensor,
     p: Tensor,
 ) {
-    let (np, c, nb, n) = (s.pixels(), s.c, s.bins(), s.n);
-    assert!(n <= MAX_BINS_SIDE, "relation: n = {n} > {MAX_BINS_SIDE}");
+    let (np, c, nb) = (s.pixels(), s.c, s.bins());
     check_len("relation f", f, s.b * np * c);
     check_len("relation norms", norms, s.b * np);
     check_len("relation lsum", lsum, s.b * np);
     check_len("relation p", p, s.b * np * nb);
     disjoint(&[norms, lsum, p], &[f]);
-    let (by, bx) = (Bins::new(s.h, n), Bins::new(s.w, n));
+    let geo = Geometry::new(s.h, s.w, s.n);
     let (fs, ns, ls, ps) = (be.r(f), be.w(norms), be.w(lsum), be.w(p));
-    let block = BLOCK_ROWS.min(np);
-    be.with_workspace(np * c + block * np, |ws| {
-        let (q, sc) = ws.split_at_mut(np * c);
+    let t = TILE.min(np);
+    let nk = geo.classes();
+    let mut lacc = vec![0f64; np];
+    let mut cacc = vec![0f64; np * nk];
+    be.with_workspace(np * c + 2 * t * t, |ws| {
+        let (q, rest) = ws.split_at_mut(np * c);
+        let (sc, st) = rest.split_at_mut(t * t);
         for b in 0..s.b {
             normalise(
                 &fs[b * np * c..(b + 1) * np * c],
@@ -113,35 +229,48 @@ pub fn forward(
                 q,
                 &mut ns[b * np..(b + 1) * np],
             );
-            for i0 in (0..np).step_by(block) {
-                let rows = block.min(np - i0);
-                scores(q, c, np, i0, rows, sc);
-                let prow = &mut ps[(b * np + i0) * nb..(b * np + i0 + rows) * nb];
-                let lrow = &mut ls[b * np + i0..b * np + i0 + rows];
-                sc[..rows * np]
-                    .par_chunks_mut(np)
-                    .zip(prow.par_chunks_mut(nb))
-                    .zip(lrow.par_iter_mut())
-                    .for_each(|((srow, prow), l)| {
-                        let mut total = 0f64;
-                        for v in srow.iter_mut() {
-                            *v = (*v - 1.0).exp();
-                            total += *v as f64;
-                        }
-                        *l = total as f32;
-                        for v in 0..n {
-                            for u in 0..n {
-                                let mut acc = 0f64;
-                                for y in by.lo[v]..by.hi[v] {
-                                    let r = &srow[y * s.w + bx.lo[u]..y * s.w + bx.hi[u]];
-                                    acc += r.iter().map(|e| *e as f64).sum::<f64>();
+            lacc.fill(0.0);
+            cacc.fill(0.0);
+            for i0 in (0..np).step_by(t) {
+                let ri = t.min(np - i0);
+                for j0 in (i0..np).step_by(t) {
+                    let rj = t.min(np - j0);
+                    score_tile(q, c, i0, ri, j0, rj, sc);
+                    sc[..ri * rj]
+                        .par_chunks_mut(rj)
+                        .for_each(|row| row.iter_mut().for_each(|v| *v = (*v - 1.0).exp()));
+                    accumulate_rows(&geo, sc, ri, rj, i0, j0, &mut lacc, &mut cacc);
+                    if j0 != i0 {
+                        // The same scores seen from the rows of J: the transposed tile.
+                        st[..rj * ri]
+                            .par_chunks_mut(ri)
+                            .enumerate()
+                            .for_each(|(k, out)| {
+                                for (r, o) in out.iter_mut().enumerate() {
+                                    *o = sc[r * rj + k];
                                 }
-                                let size = (by.size(v) * bx.size(u)) as f64;
-                                prow[v * n + u] = (acc / (total * size)) as f32;
-                            }
-                        }
-                    });
+                            });
+                        accumulate_rows(&geo, st, rj, ri, j0, i0, &mut lacc, &mut cacc);
+                    }
+                }
             }
+            ls[b * np..(b + 1) * np]
+                .par_iter_mut()
+                .zip(ps[b * np * nb..(b + 1) * np * nb].par_chunks_mut(nb))
+                .enumerate()
+                .for_each(|(i, (l, prow))| {
+                    *l = lacc[i] as f32;
+                    let mut bins = [0f64; MAX_BINS_SIDE * MAX_BINS_SIDE];
+                    for (k, members) in geo.class_bins.iter().enumerate() {
+                        let v = cacc[i * nk + k];
+                        for &bin in members {
+                            bins[bin] += v;
+                        }
+                    }
+                    for (k, pv) in prow.iter_mut().enumerate() {
+                        *pv = (bins[k] * geo.inv_size[k] as f64 / lacc[i]) as f32;
+                    }
+                });
         }
     });
 }
@@ -157,13 +286,13 @@ pub fn backward(
     dp: Tensor,
     df: Tensor,
 ) {
-    let (np, c, nb, n) = (s.pixels(), s.c, s.bins(), s.n);
+    let (np, c, nb) = (s.pixels(), s.c, s.bins());
     check_len("relation f", f, s.b * np * c);
     check_len("relation df", df, s.b * np * c);
     check_len("relation dp", dp, s.b * np * nb);
     check_len("relation p", p, s.b * np * nb);
     disjoint(&[df], &[f, norms, lsum, p, dp]);
-    let (by, bx) = (Bins::new(s.h, n), Bins::new(s.w, n));
+    let geo = Geometry::new(s.h, s.w, s.n);
     let (fs, ns, ls, ps, gs, dfs) = (
         be.r(f),
         be.r(norms),
@@ -172,85 +301,110 @@ pub fn backward(
         be.r(dp),
         be.w(df),
     );
-    let block = BLOCK_ROWS.min(np);
+    let t = TILE.min(np);
     let mut scratch_norms = vec![0f32; np];
-    be.with_workspace(2 * np * c + block * np, |ws| {
+    // Per row of one image: D_i, 1/l_i, and g by class: `hc[i·K + k] = Σ_{b ∈ class k} G_ib/|b|`
+    // (so g_ij = hc[i, class(j)]), also transposed (`ht[k·N + j]`) for the dS_ji half.
+    let nk = geo.classes();
+    let mut d = vec![0f32; np];
+    let mut inv_l = vec![0f32; np];
+    let mut hc = vec![0f32; np * nk];
+    let mut ht = vec![0f32; nk * np];
+    be.with_workspace(2 * np * c + t * t, |ws| {
         let (q, rest) = ws.split_at_mut(np * c);
-        let (dq, sc) = rest.split_at_mut(np * c);
+        let (dq, m) = rest.split_at_mut(np * c);
         for b in 0..s.b {
             normalise(&fs[b * np * c..(b + 1) * np * c], c, q, &mut scratch_norms);
             dq.fill(0.0);
-            for i0 in (0..np).step_by(block) {
-                let rows = block.min(np - i0);
-                scores(q, c, np, i0, rows, sc);
-                let base = b * np + i0;
-                sc[..rows * np]
-                    .par_chunks_mut(np)
-                    .enumerate()
-                    .for_each(|(r, srow)| {
-                        let i = base + r;
-                        let (prow, grow) = (&ps[i * nb..(i + 1) * nb], &gs[i * nb..(i + 1) * nb]);
-                        let d: f64 = prow
+            let base = b * np;
+            d.par_iter_mut()
+                .zip(inv_l.par_iter_mut())
+                .zip(hc.par_chunks_mut(nk))
+                .enumerate()
+                .for_each(|(i, ((d, il), hrow))| {
+                    let (prow, grow) = (
+                        &ps[(base + i) * nb..(base + i + 1) * nb],
+                        &gs[(base + i) * nb..(base + i + 1) * nb],
+                    );
+                    *d = prow
+                        .iter()
+                        .zip(grow)
+                        .map(|(p, g)| *p as f64 * *g as f64)
+                        .sum::<f64>() as f32;
+                    *il = 1.0 / ls[base + i];
+                    for (k, members) in geo.class_bins.iter().enumerate() {
+                        hrow[k] = members
                             .iter()
-                            .zip(grow)
-                            .map(|(p, g)| *p as f64 * *g as f64)
+                            .map(|&bin| grow[bin] * geo.inv_size[bin])
                             .sum();
-                        let d = d as f32;
-                        // G_ib / |b| for every bin.
-                        let mut gt = [0f32; MAX_BINS_SIDE * MAX_BINS_SIDE];
-                        for v in 0..n {
-                            for u in 0..n {
-                                gt[v * n + u] = grow[v * n + u] / (by.size(v) * bx.size(u)) as f32;
+                    }
+                });
+            ht.par_chunks_mut(np).enumerate().for_each(|(k, col)| {
+                for (j, v) in col.iter_mut().enumerate() {
+                    *v = hc[j * nk + k];
+                }
+            });
+            for i0 in (0..np).step_by(t) {
+                let ri = t.min(np - i0);
+                for j0 in (i0..np).step_by(t) {
+                    let rj = t.min(np - j0);
+                    score_tile(q, c, i0, ri, j0, rj, m);
+                    // M_ij = dS_ij + dS_ji, in place over the scores.
+                    let (d, inv_l, hc, ht, geo) = (&d, &inv_l, &hc, &ht, &geo);
+                    m[..ri * rj]
+                        .par_chunks_mut(rj)
+                        .enumerate()
+                        .for_each(|(r, row)| {
+                            let i = i0 + r;
+                            let (di, li) = (d[i], inv_l[i]);
+                            let hrow = &hc[i * nk..(i + 1) * nk];
+                            // g_ji for every j of the tile: row i's class, all rows j.
+                            let hcol = &ht[geo.class[i] as usize * np + j0..][..rj];
+                            let cls = &geo.class[j0..j0 + rj];
+                            let (dj, lj) = (&d[j0..j0 + rj], &inv_l[j0..j0 + rj]);
+                            for k in 0..rj {
+                                let e = (row[k] - 1.0).exp();
+                                let ds_ij = e * li * (hrow[cls[k] as usize] - di);
+                                let ds_ji = e * lj[k] * (hcol[k] - dj[k]);
+                                row[k] = ds_ij + ds_ji;
                             }
-                        }
-                        let inv_l = 1.0 / ls[i];
-                        for y in 0..s.h {
-                            for x in 0..s.w {
-                                let j = y * s.w + x;
-                                let mut g = 0f32;
-                                for v in by.first[y]..=by.last[y] {
-                                    for u in bx.first[x]..=bx.last[x] {
-                                        g += gt[v * n + u];
-                                    }
-                                }
-                                let rij = (srow[j] - 1.0).exp() * inv_l;
-                                srow[j] = rij * (g - d);
-                            }
-                        }
-                    });
-                let ds = &sc[..rows * np];
-                // dq[I] += dS · q
-                sgemm(
-                    rows,
-                    c,
-                    np,
-                    &mut dq[i0 * c..(i0 + rows) * c],
-                    c,
-                    true,
-                    ds,
-                    np,
-                    1,
-                    q,
-                    c,
-                    1,
-                    true,
-                );
-                // dq += dSᵀ · q[I]
-                sgemm(
-                    np,
-                    c,
-                    rows,
-                    dq,
-                    c,
-                    true,
-                    ds,
-                    1,
-                    np,
-                    &q[i0 * c..(i0 + rows) * c],
-                    c,
-                    1,
-                    true,
-                );
+                        });
+                    let mt = &m[..ri * rj];
+                    // dq[I] += M · q[J]
+                    sgemm(
+                        ri,
+                        c,
+                        rj,
+                        &mut dq[i0 * c..(i0 + ri) * c],
+                        c,
+                        true,
+                        mt,
+                        rj,
+                        1,
+                        &q[j0 * c..(j0 + rj) * c],
+                        c,
+                        1,
+                        true,
+                    );
+                    if j0 != i0 {
+                        // dq[J] += Mᵀ · q[I]
+                        sgemm(
+                            rj,
+                            c,
+                            ri,
+                            &mut dq[j0 * c..(j0 + rj) * c],
+                            c,
+                            true,
+                            mt,
+                            1,
+                            rj,
+                            &q[i0 * c..(i0 + ri) * c],
+                            c,
+                            1,
+                            true,
+                        );
+                    }
+                }
             }
             // Normalisation backward.
             let dfb = &mut dfs[b * np * c..(b + 1) * np * c];
@@ -261,7 +415,11 @@ pub fn backward(
                 .zip(nrm.par_iter())
                 .for_each(|(((dfi, dqi), qi), nrm)| {
                     if *nrm > 1e-12 {
-                        let dot: f64 = qi.iter().zip(dqi).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        let dot: f64 = qi
+                            .iter()
+                            .zip(dqi)
+                            .map(|(a, b)| *a as f64 * *b as f64)
+                            .sum();
                         let dot = dot as f32;
                         let inv = 1.0 / nrm;
                         for ((d, g), qv) in dfi.iter_mut().zip(dqi).zip(qi) {
