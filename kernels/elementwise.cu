@@ -20,7 +20,7 @@ extern "C" __global__ void add_inplace(float* __restrict__ dst, const float* __r
 }
 
 extern "C" __global__ void relu_inplace(float* __restrict__ x, i64 n) {
-    GRID_STRIDE(i, n) x[i] = fmaxf(x[i], 0.0f);
+    GRID_STRIDE(i, n) x[i] = x[i] < 0.0f ? 0.0f : x[i];  // NaN stays NaN, as on the CPU
 }
 
 extern "C" __global__ void relu_backward_inplace(const float* __restrict__ y,

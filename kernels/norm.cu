@@ -108,7 +108,7 @@ extern "C" __global__ void bn_apply(const float* __restrict__ x, const float* __
         int ch = (int)(i % c);
         float v = (x[i] - mean[ch]) * rstd[ch] * gamma[ch] + beta[ch];
         if (residual) v += residual[i];
-        if (relu) v = fmaxf(v, 0.0f);
+        if (relu && v < 0.0f) v = 0.0f;  // NaN stays NaN, as on the CPU
         y[i] = v;
     }
 }

@@ -9,12 +9,17 @@
 pub mod backend;
 pub mod bench;
 pub mod config;
+pub mod data;
+pub mod detect;
 pub mod error;
 pub mod imageio;
 pub mod io;
+pub mod metrics;
 pub mod model;
+pub mod plot;
 pub mod rng;
 pub mod tensor;
+pub mod train;
 
 pub use backend::{Backend, DeviceRequest};
 pub use config::Config;

@@ -20,6 +20,11 @@ fn open_gpu(test: &str) -> Option<Box<dyn Backend>> {
     }
 }
 
+/// Whether `err` is within `tol` (NaN is not).
+fn within(err: f64, tol: f64) -> bool {
+    err <= tol
+}
+
 fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
     let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
     let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
@@ -65,7 +70,7 @@ fn run(test: &str, cfg: Config, b: usize) {
         .zip(gpu.dump_outputs().unwrap())
     {
         let err = rel_l2(&g, c);
-        if !(err <= 1e-4) {
+        if !within(err, 1e-4) {
             failures.push(format!("{name}: {err:.2e}"));
         }
     }
@@ -83,12 +88,12 @@ fn run(test: &str, cfg: Config, b: usize) {
             continue; // analytically zero (bias before train-mode BatchNorm)
         }
         let err = rel_l2(&g, &c);
-        if !(err <= 1e-3) {
+        if !within(err, 1e-3) {
             failures.push(format!("grad/state {}: {err:.2e}", e.name));
         }
     }
     let err = rel_l2(&gpu.input_grad().unwrap(), &cpu.input_grad().unwrap());
-    if !(err <= 1e-3) {
+    if !within(err, 1e-3) {
         failures.push(format!("grad.image: {err:.2e}"));
     }
     // One Adam step on both: parameters must still agree.
@@ -99,7 +104,7 @@ fn run(test: &str, cfg: Config, b: usize) {
         let c = nets[0].read(e.tensor).unwrap();
         let g = nets[1].read(e.tensor).unwrap();
         let err = rel_l2(&g, &c);
-        if !(err <= 1e-3) {
+        if !within(err, 1e-3) {
             failures.push(format!("param after Adam {}: {err:.2e}", e.name));
         }
     }

@@ -1,10 +1,13 @@
-//! `prrnet`: the debug dump, device information, and (in later issues) batch detection,
-//! evaluation and benchmarks.
+//! `prrnet`: batch detection, the debug dump, device information and benchmarks (evaluation
+//! in a later issue).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use prrnet::detect::{
+    self, pipeline::PictureDirs, records::RecordWriter, Detector, DetectorOptions, Precision,
+};
 use prrnet::io::{dump, tensors::TensorFile};
 use prrnet::{backend, DeviceRequest, Result};
 
@@ -49,6 +52,52 @@ enum Cmd {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Score image files, folders (recursive) and manifests (.txt, .csv / .jsonl with a `path`
+    /// column): one record per input (path, score, verdict, mask_fraction, or error).
+    Detect {
+        /// Image files, folders and manifests.
+        #[arg(required = true, value_name = "INPUT")]
+        inputs: Vec<PathBuf>,
+        /// Checkpoint (.safetensors).
+        #[arg(long)]
+        weights: PathBuf,
+        /// auto | cpu | cuda | cuda:N
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Images per forward pass.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// fp32 | tf32 | bf16
+        #[arg(long, default_value = "fp32")]
+        precision: String,
+        /// Input side (default: the checkpoint's).
+        #[arg(long)]
+        size: Option<usize>,
+        /// An image is called fake when its score is at least this.
+        #[arg(long, default_value_t = 0.5)]
+        threshold: f32,
+        /// Records file: JSON lines, or CSV when it ends in .csv (default: stdout, JSON lines).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Folder for the manipulation masks (8-bit PNG at each image's original size).
+        #[arg(long)]
+        masks: Option<PathBuf>,
+        /// Folder for heat-maps of the mask over each image.
+        #[arg(long)]
+        overlay: Option<PathBuf>,
+        /// Exit with an error status when any input failed.
+        #[arg(long)]
+        strict: bool,
+        /// Model preset for a checkpoint without metadata (w30 | tiny); wins over metadata.
+        #[arg(long)]
+        preset: Option<String>,
+        /// Relation bins per side.
+        #[arg(long)]
+        n: Option<usize>,
+        /// Metric groups G.
+        #[arg(long)]
+        groups: Option<usize>,
+    },
     /// Show the compute devices this build can use.
     Info,
     /// Time inference or training steps on random non-zero inputs.
@@ -82,8 +131,76 @@ enum Cmd {
     },
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn detect(
+    inputs: &[PathBuf],
+    weights: &std::path::Path,
+    device: DeviceRequest,
+    opts: DetectorOptions,
+    out: Option<PathBuf>,
+    dirs: PictureDirs,
+    strict: bool,
+) -> Result<ExitCode> {
+    let sources = detect::inputs::collect(inputs);
+    let det = Detector::open(weights, device, opts)?;
+    let c = det.config();
+    eprintln!(
+        "prrnet detect: {} inputs, {} n={} G={} at {}x{}, batch {}, on {}",
+        sources.len(),
+        c.preset,
+        c.n,
+        c.groups,
+        c.size,
+        c.size,
+        det.batch(),
+        det.device()
+    );
+    let mut writer = RecordWriter::create(out.as_deref())?;
+    let summary = detect::pipeline::run(&det, sources, &mut writer, &dirs)?;
+    eprintln!("prrnet detect: {summary}");
+    Ok(if summary.ok(strict) {
+        ExitCode::SUCCESS
+    } else {
+        if summary.succeeded == 0 {
+            eprintln!("prrnet detect: no input was scored");
+        }
+        ExitCode::FAILURE
+    })
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
+        Cmd::Detect {
+            inputs,
+            weights,
+            device,
+            batch,
+            precision,
+            size,
+            threshold,
+            out,
+            masks,
+            overlay,
+            strict,
+            preset,
+            n,
+            groups,
+        } => detect(
+            &inputs,
+            &weights,
+            device.parse::<DeviceRequest>()?,
+            DetectorOptions {
+                batch,
+                size,
+                preset,
+                n,
+                groups,
+                precision: precision.parse::<Precision>()?,
+                threshold,
+            },
+            out,
+            PictureDirs { masks, overlay },
+            strict,
+        ),
         Cmd::Forward {
             weights,
             input,
@@ -110,7 +227,7 @@ fn run(cli: Cli) -> Result<()> {
                 &dump::DumpOptions { train, grads },
             )?;
             eprintln!("wrote {}", out.display());
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench {
             device,
@@ -156,7 +273,7 @@ fn run(cli: Cli) -> Result<()> {
                     println!("  {name:18} {t:9.1} ms  {:5.1}%", 100.0 * t / total);
                 }
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Info => {
             use prrnet::backend::cuda;
@@ -189,14 +306,14 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 Err(e) => println!("cuda devices: error ({e})"),
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

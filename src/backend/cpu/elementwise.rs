@@ -36,7 +36,12 @@ pub fn relu_inplace(be: &CpuBackend, x: Tensor) {
     be.w(x)
         .par_iter_mut()
         .with_min_len(PAR_MIN)
-        .for_each(|v| *v = v.max(0.0));
+        // NaN stays NaN (as in PyTorch), so a diverging run is noticed.
+        .for_each(|v| {
+            if *v < 0.0 {
+                *v = 0.0
+            }
+        });
 }
 
 pub fn relu_backward_inplace(be: &CpuBackend, y: Tensor, dy: Tensor) {

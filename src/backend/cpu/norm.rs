@@ -110,7 +110,7 @@ pub fn forward(be: &CpuBackend, s: &NormShape, t: &BatchNormTensors) {
                         v += r[o + ch];
                     }
                     if t.relu {
-                        v = v.max(0.0);
+                        v = if v < 0.0 { 0.0 } else { v }; // keeps NaN
                     }
                     yrow[ch] = v;
                 }

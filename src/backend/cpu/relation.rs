@@ -74,7 +74,13 @@ impl Geometry {
                 x0 = x;
             }
         }
-        let members = |c: usize| if c < n { vec![c] } else { vec![c - n, c - n + 1] };
+        let members = |c: usize| {
+            if c < n {
+                vec![c]
+            } else {
+                vec![c - n, c - n + 1]
+            }
+        };
         let class_bins = (0..cs * cs)
             .map(|k| {
                 let mut v = Vec::new();
@@ -130,7 +136,11 @@ fn normalise(f: &[f32], c: usize, q: &mut [f32], norms: &mut [f32]) {
         .zip(f.par_chunks(c))
         .zip(norms.par_iter_mut())
         .for_each(|((q, f), nrm)| {
-            let n = f.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>().sqrt() as f32;
+            let n = f
+                .iter()
+                .map(|v| (*v as f64) * (*v as f64))
+                .sum::<f64>()
+                .sqrt() as f32;
             *nrm = n;
             let inv = 1.0 / n.max(1e-12);
             for (a, b) in q.iter_mut().zip(f) {
@@ -415,11 +425,7 @@ pub fn backward(
                 .zip(nrm.par_iter())
                 .for_each(|(((dfi, dqi), qi), nrm)| {
                     if *nrm > 1e-12 {
-                        let dot: f64 = qi
-                            .iter()
-                            .zip(dqi)
-                            .map(|(a, b)| *a as f64 * *b as f64)
-                            .sum();
+                        let dot: f64 = qi.iter().zip(dqi).map(|(a, b)| *a as f64 * *b as f64).sum();
                         let dot = dot as f32;
                         let inv = 1.0 / nrm;
                         for ((d, g), qv) in dfi.iter_mut().zip(dqi).zip(qi) {

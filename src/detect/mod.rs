@@ -1,0 +1,285 @@
+//! Inference for services and for `prrnet detect`: open a checkpoint once on a device, then
+//! score batches of decoded images from any number of threads.
+//!
+//! A [`Detector`] plans the network for a fixed batch size and input side when it is opened.
+//! A call with more images than the batch runs several batches; a call with fewer pads the
+//! last batch with zero images, whose results are discarded. In evaluation mode every
+//! BatchNorm uses its running statistics, so an image's result does not depend on which other
+//! images share its batch.
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use prrnet::detect::{Detector, DetectorOptions};
+//! use prrnet::imageio::{decode_file, DecodeLimits};
+//! use prrnet::DeviceRequest;
+//!
+//! # fn main() -> prrnet::Result<()> {
+//! let detector = Detector::open(
+//!     Path::new("prrnet.safetensors"),
+//!     DeviceRequest::Auto,
+//!     DetectorOptions { batch: 8, ..DetectorOptions::default() },
+//! )?;
+//! let image = decode_file(Path::new("face.jpg"), DecodeLimits::default())?;
+//! let d = &detector.detect(&[image])?[0];
+//! println!(
+//!     "score {:.3} → {}, {:.1}% of the face looks manipulated",
+//!     d.score,
+//!     if d.fake { "fake" } else { "real" },
+//!     100.0 * d.mask_fraction
+//! );
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod inputs;
+pub mod pipeline;
+pub mod records;
+pub mod render;
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use image::DynamicImage;
+use rayon::prelude::*;
+
+use crate::backend::{self, DeviceRequest};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::io::{checkpoint, dump, tensors::TensorFile};
+use crate::model::{Batch, Mode, PrrNet};
+
+/// Numeric precision of the forward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Tf32,
+    Bf16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "fp32" | "f32" => Ok(Precision::Fp32),
+            "tf32" => Ok(Precision::Tf32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(Error::Config(format!(
+                "unknown precision `{s}` (expected fp32, tf32 or bf16)"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Fp32 => "fp32",
+            Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
+/// How a [`Detector`] is opened.
+#[derive(Clone, Debug)]
+pub struct DetectorOptions {
+    /// Images per forward pass (the model is planned for exactly this many).
+    pub batch: usize,
+    /// Input side S; default: the checkpoint's configuration.
+    pub size: Option<usize>,
+    /// Model preset for a bare state dict (no configuration metadata); wins over the metadata.
+    pub preset: Option<String>,
+    /// Relation bins per side, overriding the checkpoint's.
+    pub n: Option<usize>,
+    /// Metric groups G, overriding the checkpoint's.
+    pub groups: Option<usize>,
+    pub precision: Precision,
+    /// An image is called fake when its score is at least this.
+    pub threshold: f32,
+}
+
+impl Default for DetectorOptions {
+    fn default() -> Self {
+        DetectorOptions {
+            batch: 16,
+            size: None,
+            preset: None,
+            n: None,
+            groups: None,
+            precision: Precision::Fp32,
+            threshold: 0.5,
+        }
+    }
+}
+
+/// The result for one image.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Detection {
+    /// Inconsistency score `s = sigmoid(t)` (SPEC §5).
+    pub score: f32,
+    /// `score ≥ threshold`.
+    pub fake: bool,
+    /// Fraction of mask pixels with `M ≥ 0.5`.
+    pub mask_fraction: f32,
+    /// The manipulation mask `M` (SPEC §4.2), `[mask_side, mask_side]` row-major, at the
+    /// feature resolution of the resized input.
+    pub mask: Vec<f32>,
+    pub mask_side: usize,
+}
+
+/// A loaded network, ready to score images; `Send + Sync`, so one instance can serve several
+/// threads (forward passes are serialised, preprocessing is not).
+pub struct Detector {
+    net: Mutex<PrrNet>,
+    cfg: Config,
+    batch: usize,
+    threshold: f32,
+    device: String,
+}
+
+impl Detector {
+    /// Load `weights` (a checkpoint; for a bare state dict, `opts.preset` says which model) onto
+    /// `device`, planned for `opts.batch` images of the configured side.
+    pub fn open(weights: &Path, device: DeviceRequest, opts: DetectorOptions) -> Result<Detector> {
+        if opts.precision != Precision::Fp32 {
+            return Err(Error::Config(format!(
+                "precision `{}` is not available for detection yet (only fp32)",
+                opts.precision
+            )));
+        }
+        if opts.batch == 0 {
+            return Err(Error::Config("batch size must be at least 1".into()));
+        }
+        if !opts.threshold.is_finite() {
+            return Err(Error::Config(format!(
+                "threshold {} is not a finite number",
+                opts.threshold
+            )));
+        }
+        let file = TensorFile::read(weights)?;
+        let cfg = dump::resolve_config(
+            &file,
+            opts.preset.as_deref(),
+            opts.n,
+            opts.groups,
+            opts.size,
+        )?;
+        let be = backend::open(device)?;
+        let device = be.name();
+        let net = PrrNet::new(&cfg, be, opts.batch, false)?;
+        checkpoint::load_file(&net, &file, weights)?;
+        Ok(Detector {
+            net: Mutex::new(net),
+            cfg,
+            batch: opts.batch,
+            threshold: opts.threshold,
+            device,
+        })
+    }
+
+    /// The model configuration (preset, n, G, input side).
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    pub fn threshold(&self) -> f32 {
+        self.threshold
+    }
+
+    /// The device the network runs on, in words.
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    /// Side of the mask `M` (the stride-4 feature map).
+    pub fn mask_side(&self) -> usize {
+        self.cfg.feature_side()
+    }
+
+    /// One decoded image → the network input `[3, S, S]` (resized, ImageNet-normalised).
+    /// Callers that decode on their own worker threads can run this there and pass the result
+    /// to [`Detector::detect_preprocessed`].
+    pub fn preprocess(&self, image: &DynamicImage) -> Vec<f32> {
+        crate::imageio::preprocess(image, self.cfg.size)
+    }
+
+    /// Score decoded images (any colour type or bit depth); one [`Detection`] per image, in order.
+    pub fn detect(&self, images: &[DynamicImage]) -> Result<Vec<Detection>> {
+        let inputs: Vec<Vec<f32>> = images.par_iter().map(|im| self.preprocess(im)).collect();
+        self.detect_preprocessed(&inputs)
+    }
+
+    /// Score inputs already made by [`Detector::preprocess`] (each `[3, S, S]`).
+    pub fn detect_preprocessed<T: AsRef<[f32]>>(&self, inputs: &[T]) -> Result<Vec<Detection>> {
+        let s = self.cfg.size;
+        let one = 3 * s * s;
+        for (i, x) in inputs.iter().enumerate() {
+            if x.as_ref().len() != one {
+                return Err(Error::Config(format!(
+                    "input {i} has {} values, expected [3, {s}, {s}]",
+                    x.as_ref().len()
+                )));
+            }
+        }
+        let mut out = Vec::with_capacity(inputs.len());
+        let mut staging = vec![0f32; self.batch * one];
+        for chunk in inputs.chunks(self.batch) {
+            for (slot, x) in staging.chunks_mut(one).zip(chunk) {
+                slot.copy_from_slice(x.as_ref());
+            }
+            // Padding slots are zero images; nothing in an eval-mode pass mixes batch entries.
+            staging[chunk.len() * one..].fill(0.0);
+            let (scores, masks) = self.forward_batch(&staging)?;
+            out.extend(self.detections(&scores, &masks, chunk.len()));
+        }
+        Ok(out)
+    }
+
+    /// One full batch through the network: scores `[B]` and masks `[B, H, W]`.
+    fn forward_batch(&self, images: &[f32]) -> Result<(Vec<f32>, Vec<f32>)> {
+        // A panic in another caller leaves nothing half-done that the next pass depends on:
+        // every pass uploads its whole input first.
+        let mut net = self.net.lock().unwrap_or_else(|p| p.into_inner());
+        net.set_input(&Batch {
+            image: images,
+            mask: None,
+            label: None,
+            mask_weight: None,
+        })?;
+        net.forward(Mode::EVAL)?;
+        let scores = net.read(net.rr.score)?;
+        let masks = net.read(net.pr.mask_prob)?;
+        Ok((scores, masks))
+    }
+
+    fn detections(&self, scores: &[f32], masks: &[f32], count: usize) -> Vec<Detection> {
+        let side = self.mask_side();
+        let np = side * side;
+        (0..count)
+            .map(|i| {
+                let mask = masks[i * np..(i + 1) * np].to_vec();
+                let on = mask.iter().filter(|&&m| m >= 0.5).count();
+                let score = scores[i];
+                Detection {
+                    score,
+                    fake: score >= self.threshold,
+                    mask_fraction: on as f32 / np as f32,
+                    mask,
+                    mask_side: side,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Compile-time check: one detector can be shared between threads.
+#[allow(dead_code)]
+fn detector_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Detector>();
+}

@@ -1,0 +1,95 @@
+//! Training checkpoints: the model file (SPEC §9, loadable by `prrnet`) plus a second file beside
+//! it holding the Adam moments and the training progress, both written atomically. The progress
+//! is stored in both files' metadata, so a pair that does not belong together is detected.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::io::checkpoint;
+use crate::io::tensors::TensorFile;
+use crate::model::PrrNet;
+
+const STATE_KEY: &str = "prrnet.train_state";
+
+/// Where training stands after the last completed step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// 0-based epoch in progress (or the next one when `step_in_epoch == 0`).
+    pub epoch: usize,
+    /// Steps of `epoch` already done.
+    pub step_in_epoch: usize,
+    pub global_step: u64,
+    pub adam_steps: u64,
+    pub best_auc: Option<f64>,
+    pub seed: u64,
+}
+
+/// The model file and the optimizer file of checkpoint `name` in `dir`.
+pub fn paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    (
+        dir.join(format!("{name}.safetensors")),
+        dir.join(format!("{name}.optim.safetensors")),
+    )
+}
+
+/// Save model + optimizer + progress. The optimizer file is written first and the model file
+/// last, each atomically; a crash in between leaves a pair whose states differ, which `load`
+/// rejects, and the previous complete pair is gone only once the new one is complete.
+pub fn save(net: &PrrNet, dir: &Path, name: &str, st: &TrainState) -> Result<()> {
+    let (model_path, optim_path) = paths(dir, name);
+    let json = serde_json::to_string(st).expect("state serialises");
+    let mut optim = TensorFile::default();
+    let (m, v) = net.adam_moments()?;
+    let len = m.len;
+    optim.insert("adam.m", vec![len], net.read(m)?);
+    optim.insert("adam.v", vec![len], net.read(v)?);
+    optim.metadata.insert(STATE_KEY.into(), json.clone());
+    optim.write(&optim_path)?;
+    let mut model = checkpoint::state_dict(net)?;
+    model.metadata.insert(STATE_KEY.into(), json);
+    model.write(&model_path)
+}
+
+/// Load a checkpoint pair saved by [`save`] into `net`; returns the progress.
+pub fn load(net: &mut PrrNet, dir: &Path, name: &str) -> Result<TrainState> {
+    let (model_path, optim_path) = paths(dir, name);
+    let model = TensorFile::read(&model_path)?;
+    let optim = TensorFile::read(&optim_path)?;
+    let state_of = |f: &TensorFile, p: &Path| -> Result<TrainState> {
+        let s = f
+            .metadata
+            .get(STATE_KEY)
+            .ok_or_else(|| Error::file(p, "no training state in the metadata"))?;
+        serde_json::from_str(s).map_err(|e| Error::file(p, format!("bad training state: {e}")))
+    };
+    let st = state_of(&model, &model_path)?;
+    if state_of(&optim, &optim_path)? != st {
+        return Err(Error::file(
+            &optim_path,
+            format!(
+                "does not belong to {} (different training step)",
+                model_path.display()
+            ),
+        ));
+    }
+    if let Some(cfg) = checkpoint::config_of(&model)? {
+        if cfg != net.cfg {
+            return Err(Error::Config(format!(
+                "{} was trained with {}, this run uses {}",
+                model_path.display(),
+                cfg.to_json(),
+                net.cfg.to_json()
+            )));
+        }
+    }
+    checkpoint::load_file(net, &model, &model_path)?;
+    let (m, v) = net.adam_moments()?;
+    let am = optim.expect("adam.m", &[m.len])?;
+    let av = optim.expect("adam.v", &[v.len])?;
+    net.write(m, &am.data)?;
+    net.write(v, &av.data)?;
+    net.set_adam_steps(st.adam_steps);
+    Ok(st)
+}

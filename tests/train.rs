@@ -1,0 +1,202 @@
+//! Training: exact resume (whole epochs and mid-epoch), checkpoint pairs, the NaN stop that keeps
+//! the last good checkpoint, and that the built-in default actually learns.
+
+use std::path::{Path, PathBuf};
+
+use prrnet::backend::cpu::CpuBackend;
+use prrnet::data::dataset;
+use prrnet::data::loader::LoaderOptions;
+use prrnet::data::sbi::SbiParams;
+use prrnet::model::PrrNet;
+use prrnet::train::{
+    self, state, DataSource, LoaderSource, Outcome, Schedule, TrainBatch, TrainOptions,
+};
+use prrnet::{Config, Error, Result};
+
+const BATCH: usize = 8;
+
+fn cfg() -> Config {
+    Config {
+        size: 32,
+        ..Config::preset("tiny").unwrap()
+    }
+}
+
+fn source(seed: u64) -> LoaderSource {
+    let (tr, va) = dataset::builtin(48, 16, seed);
+    let opts = LoaderOptions {
+        size: 32,
+        batch: BATCH,
+        seed,
+        workers: 2,
+        sbi: Some(SbiParams::builtin()),
+        drop_last: true,
+        fresh_generated: true,
+        ..LoaderOptions::default()
+    };
+    LoaderSource::new(
+        tr,
+        va,
+        opts,
+        LoaderOptions::eval(32, BATCH, Some(SbiParams::builtin())),
+    )
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("prrnet-train-{}-{name}", std::process::id()));
+    std::fs::remove_dir_all(&d).ok();
+    d
+}
+
+fn new_net() -> PrrNet {
+    let mut net = PrrNet::new(&cfg(), Box::new(CpuBackend::new()), BATCH, true).unwrap();
+    net.init_weights(3).unwrap();
+    net
+}
+
+fn params(net: &PrrNet) -> Vec<Vec<f32>> {
+    net.entries()
+        .iter()
+        .map(|e| net.read(e.tensor).unwrap())
+        .collect()
+}
+
+fn opts(out: &Path, epochs: usize, resume: bool, max_steps: Option<u64>) -> TrainOptions {
+    TrainOptions {
+        out: out.to_path_buf(),
+        schedule: Schedule::from_scratch(epochs, 1e-3),
+        seed: 7,
+        resume,
+        max_steps,
+    }
+}
+
+#[test]
+fn resume_is_exact() {
+    let src = source(1);
+    // Two epochs straight.
+    let a = tmpdir("straight");
+    let mut net = new_net();
+    train::train(&mut net, &src, &opts(&a, 2, false, None)).unwrap();
+    let straight = params(&net);
+    // One epoch, then resume for the second.
+    let b = tmpdir("split");
+    let mut net = new_net();
+    train::train(&mut net, &src, &opts(&b, 1, false, None)).unwrap();
+    let mut net = PrrNet::new(&cfg(), Box::new(CpuBackend::new()), BATCH, true).unwrap();
+    train::train(&mut net, &src, &opts(&b, 2, true, None)).unwrap();
+    assert!(
+        params(&net) == straight,
+        "1 + resume 1 epochs differ from 2 straight"
+    );
+    // Stopped mid-epoch (step 3 of 6 in epoch 1), then resumed.
+    let c = tmpdir("mid");
+    let mut net = new_net();
+    let o = train::train(&mut net, &src, &opts(&c, 2, false, Some(3))).unwrap();
+    assert_eq!(o, Outcome::StepLimit { global_step: 3 });
+    let mut net = PrrNet::new(&cfg(), Box::new(CpuBackend::new()), BATCH, true).unwrap();
+    train::train(&mut net, &src, &opts(&c, 2, true, None)).unwrap();
+    assert!(params(&net) == straight, "mid-epoch resume differs");
+    // The run wrote everything it promises.
+    for f in [
+        "last.safetensors",
+        "last.optim.safetensors",
+        "best.safetensors",
+        "best.optim.safetensors",
+        "metrics.jsonl",
+        "loss.png",
+        "roc.png",
+    ] {
+        assert!(a.join(f).exists(), "{f} missing");
+    }
+    let log = std::fs::read_to_string(a.join("metrics.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 2);
+    // No temporary files left behind by the atomic writes.
+    for d in [&a, &b, &c] {
+        for e in std::fs::read_dir(d).unwrap() {
+            let name = e.unwrap().file_name().to_string_lossy().to_string();
+            assert!(!name.contains(".tmp-"), "temporary file left: {name}");
+        }
+        std::fs::remove_dir_all(d).ok();
+    }
+}
+
+#[test]
+fn checkpoint_pairs_must_match() {
+    let d = tmpdir("pairs");
+    let net = new_net();
+    let mut st = state::TrainState {
+        epoch: 1,
+        step_in_epoch: 0,
+        global_step: 6,
+        adam_steps: 6,
+        best_auc: Some(0.7),
+        seed: 7,
+    };
+    state::save(&net, &d, "a", &st).unwrap();
+    st.global_step = 9;
+    state::save(&net, &d, "b", &st).unwrap();
+    // An optimizer file from another step is refused.
+    std::fs::copy(d.join("b.optim.safetensors"), d.join("a.optim.safetensors")).unwrap();
+    let mut net2 = new_net();
+    let e = state::load(&mut net2, &d, "a").err().map(|e| e.to_string());
+    assert!(e.unwrap().contains("does not belong"));
+    std::fs::remove_dir_all(&d).ok();
+}
+
+/// A source whose `bad_step`-th batch of epoch 1 carries a NaN pixel.
+struct Poisoned {
+    inner: LoaderSource,
+    bad_step: usize,
+}
+
+impl DataSource for Poisoned {
+    fn train_batches(
+        &self,
+        epoch: usize,
+        skip: usize,
+    ) -> Box<dyn Iterator<Item = Result<TrainBatch>> + '_> {
+        let bad = self.bad_step;
+        Box::new(
+            self.inner
+                .train_batches(epoch, skip)
+                .enumerate()
+                .map(move |(k, b)| {
+                    let mut b = b?;
+                    if epoch == 1 && skip + k == bad {
+                        b.image[0] = f32::NAN;
+                    }
+                    Ok(b)
+                }),
+        )
+    }
+    fn train_steps(&self) -> usize {
+        self.inner.train_steps()
+    }
+    fn val_batches(&self) -> Box<dyn Iterator<Item = Result<TrainBatch>> + '_> {
+        self.inner.val_batches()
+    }
+    fn skipped(&self) -> Vec<(PathBuf, String)> {
+        self.inner.skipped()
+    }
+}
+
+#[test]
+fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
+    let d = tmpdir("nan");
+    let src = Poisoned {
+        inner: source(2),
+        bad_step: 2,
+    };
+    let mut net = new_net();
+    train::train(&mut net, &src, &opts(&d, 1, false, None)).unwrap();
+    let good = std::fs::read(d.join("last.safetensors")).unwrap();
+    let mut net = PrrNet::new(&cfg(), Box::new(CpuBackend::new()), BATCH, true).unwrap();
+    let err = train::train(&mut net, &src, &opts(&d, 2, true, None)).unwrap_err();
+    match &err {
+        Error::Numeric(msg) => assert!(msg.contains("epoch 2 step 3"), "{msg}"),
+        other => panic!("expected a numeric error, got {other}"),
+    }
+    assert_eq!(std::fs::read(d.join("last.safetensors")).unwrap(), good);
+    std::fs::remove_dir_all(&d).ok();
+}
