@@ -1,0 +1,97 @@
+//! `prrnet-train` as a user runs it: Ctrl-C finishes the step, writes a checkpoint and exits
+//! cleanly; `--resume` continues from it; a bad dataset path is an error message.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn train_cmd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_prrnet-train"))
+}
+
+const SMALL: [&str; 12] = [
+    "--size",
+    "32",
+    "--batch",
+    "8",
+    "--builtin-train",
+    "64",
+    "--builtin-val",
+    "16",
+    "--device",
+    "cpu",
+    "--workers",
+    "1",
+];
+
+#[test]
+fn ctrl_c_writes_a_checkpoint_and_resume_continues() {
+    let out = std::env::temp_dir().join(format!("prrnet-train-cli-{}", std::process::id()));
+    std::fs::remove_dir_all(&out).ok();
+    let child = train_cmd()
+        .args(SMALL)
+        .args(["--epochs", "100000", "--out"])
+        .arg(&out)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the first epoch has produced a checkpoint, then interrupt.
+    let start = Instant::now();
+    while !out.join("last.safetensors").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no checkpoint after 2 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let st = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("interrupt") && err.contains("stopped after step"),
+        "{err}"
+    );
+    let step: u64 = err
+        .split("stopped after step ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .expect("step number");
+    // Resume and stop two steps later.
+    let o = train_cmd()
+        .args(SMALL)
+        .args(["--epochs", "100000", "--max-steps"])
+        .arg((step + 2).to_string())
+        .arg("--resume")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("resuming from"), "{err}");
+    assert!(
+        err.contains(&format!("stopped after step {}", step + 2)),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn a_missing_dataset_is_an_error_message() {
+    let o = train_cmd()
+        .args(SMALL)
+        .args(["--data", "/nonexistent/dataset", "--out"])
+        .arg(std::env::temp_dir().join("prrnet-train-cli-missing"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("error:") && !err.contains("panicked"),
+        "{err}"
+    );
+}
