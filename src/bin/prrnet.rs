@@ -20,6 +20,36 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Evaluate a checkpoint on a labelled dataset (folder, CSV/JSONL manifest or DeepfakeBench
+    /// JSON): accuracy, AUC, AP, EER, video AUC, pixel AUC and IoU as JSON, with ROC and
+    /// score-histogram plots.
+    Eval {
+        #[arg(long)]
+        weights: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
+        /// Output folder for metrics.json, roc.png and scores.png.
+        #[arg(long, default_value = "eval")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// auto | cpu | cuda | cuda:N
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Input side (default: the checkpoint's).
+        #[arg(long)]
+        size: Option<usize>,
+        /// For a bare state dict without metadata.
+        #[arg(long)]
+        preset: Option<String>,
+        #[arg(long)]
+        n: Option<usize>,
+        #[arg(long)]
+        groups: Option<usize>,
+        /// Loader threads (0 = all cores).
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
+    },
     /// Run one forward pass on a file of inputs and dump every intermediate tensor (SPEC §10).
     Forward {
         /// Checkpoint (.safetensors) with PyTorch names and layouts.
@@ -169,6 +199,28 @@ fn detect(
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
+        Cmd::Eval {
+            weights,
+            data,
+            out,
+            batch,
+            device,
+            size,
+            preset,
+            n,
+            groups,
+            workers,
+        } => {
+            let wf = TensorFile::read(&weights)?;
+            let cfg = dump::resolve_config(&wf, preset.as_deref(), n, groups, size)?;
+            let be = backend::open(device.parse::<DeviceRequest>()?)?;
+            let mut net = prrnet::PrrNet::new(&cfg, be, batch, false)?;
+            prrnet::io::checkpoint::load_file(&net, &wf, &weights)?;
+            let m = prrnet::train::eval::run(&mut net, &weights, &data, &out, workers)?;
+            println!("{}", serde_json::to_string(&m).expect("metrics serialise"));
+            eprintln!("wrote {}", out.join("metrics.json").display());
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Detect {
             inputs,
             weights,

@@ -1,5 +1,6 @@
 //! Training: the schedule, the loop, validation metrics, and checkpoints that resume exactly.
 
+pub mod eval;
 mod progress;
 pub mod source;
 pub mod state;
@@ -8,7 +9,8 @@ pub mod trainer;
 pub use source::LoaderSource;
 pub use state::TrainState;
 pub use trainer::{
-    request_stop, train, validate, DataSource, Outcome, TrainBatch, TrainOptions, ValidationMetrics,
+    evaluate, request_stop, train, validate, DataSource, Evaluation, Outcome, TrainBatch,
+    TrainOptions, ValidationMetrics,
 };
 
 /// Learning rate and backbone freezing per epoch.

@@ -161,11 +161,27 @@ fn pool_mask(mask: &[f32], s: usize, h: usize) -> Vec<f32> {
     out
 }
 
+/// The result of [`evaluate`]: metrics, the ROC curve, and every score with its label.
+#[derive(Clone, Debug, Default)]
+pub struct Evaluation {
+    pub metrics: ValidationMetrics,
+    pub fpr: Vec<f64>,
+    pub tpr: Vec<f64>,
+    pub scores: Vec<f32>,
+    pub labels: Vec<f32>,
+}
+
 /// Evaluate on the validation set (eval-mode BatchNorm) and compute the metrics.
 pub fn validate(
     net: &mut PrrNet,
     data: &dyn DataSource,
 ) -> Result<(ValidationMetrics, Vec<f64>, Vec<f64>)> {
+    let e = evaluate(net, data)?;
+    Ok((e.metrics, e.fpr, e.tpr))
+}
+
+/// Run the model in eval mode over `data`'s validation batches; keep every score.
+pub fn evaluate(net: &mut PrrNet, data: &dyn DataSource) -> Result<Evaluation> {
     let (b, s, h) = (net.batch, net.cfg.size, net.cfg.feature_side());
     let mut scores = Vec::new();
     let mut labels = Vec::new();
@@ -214,7 +230,13 @@ pub fn validate(
         loss: loss_sum / batches.max(1) as f64,
         samples: scores.len(),
     };
-    Ok((m, fpr, tpr))
+    Ok(Evaluation {
+        metrics: m,
+        fpr,
+        tpr,
+        scores,
+        labels,
+    })
 }
 
 fn write_plots(

@@ -1,0 +1,90 @@
+//! `prrnet eval`: the validation metrics of training on a whole labelled dataset, written as
+//! JSON, with ROC and score-histogram plots.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::source::LoaderSource;
+use super::trainer::{evaluate, ValidationMetrics};
+use crate::data::dataset;
+use crate::data::loader::LoaderOptions;
+use crate::error::{Error, Result};
+use crate::model::PrrNet;
+
+#[derive(Serialize)]
+struct Report<'a> {
+    weights: String,
+    data: String,
+    model: &'a crate::Config,
+    skipped_files: Vec<(String, String)>,
+    #[serde(flatten)]
+    metrics: &'a ValidationMetrics,
+}
+
+/// Score every sample of the dataset at `data` with `net` (eval mode) and write
+/// `out/metrics.json`, `out/roc.png`, `out/scores.png`. Returns the metrics.
+pub fn run(
+    net: &mut PrrNet,
+    weights: &Path,
+    data: &Path,
+    out: &Path,
+    workers: usize,
+) -> Result<ValidationMetrics> {
+    let samples = dataset::load(data)?;
+    if samples.is_empty() {
+        return Err(Error::file(data, "the dataset has no samples"));
+    }
+    let opts = LoaderOptions {
+        workers,
+        ..LoaderOptions::eval(net.cfg.size, net.batch, None)
+    };
+    let source = LoaderSource::new(Vec::new(), samples, opts.clone(), opts);
+    let ev = evaluate(net, &source)?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let skipped = crate::train::DataSource::skipped(&source);
+    for (p, why) in &skipped {
+        eprintln!("skipped {}: {why}", p.display());
+    }
+    let report = Report {
+        weights: weights.display().to_string(),
+        data: data.display().to_string(),
+        model: &net.cfg,
+        skipped_files: skipped
+            .iter()
+            .map(|(p, w)| (p.display().to_string(), w.clone()))
+            .collect(),
+        metrics: &ev.metrics,
+    };
+    let json = serde_json::to_string_pretty(&report).expect("report serialises");
+    crate::io::tensors::write_atomic(&out.join("metrics.json"), json.as_bytes())?;
+    crate::plot::roc_plot(&out.join("roc.png"), &ev.fpr, &ev.tpr, ev.metrics.auc)?;
+    let hist = |label: f32| -> Vec<(f64, f64)> {
+        const BINS: usize = 20;
+        let mut counts = [0usize; BINS];
+        let mut n = 0usize;
+        for (s, l) in ev.scores.iter().zip(&ev.labels) {
+            if *l == label && s.is_finite() {
+                counts[((*s as f64 * BINS as f64) as usize).min(BINS - 1)] += 1;
+                n += 1;
+            }
+        }
+        (0..BINS)
+            .map(|k| {
+                (
+                    (k as f64 + 0.5) / BINS as f64,
+                    counts[k] as f64 / n.max(1) as f64,
+                )
+            })
+            .collect()
+    };
+    let (real, fake) = (hist(0.0), hist(1.0));
+    crate::plot::line_plot(
+        &out.join("scores.png"),
+        "score histogram",
+        &[("real", &real), ("fake", &fake)],
+        "score",
+        "fraction",
+    )?;
+    Ok(ev.metrics)
+}
