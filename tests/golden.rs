@@ -155,7 +155,10 @@ fn w30_eval_against_pytorch_when_available() {
     assert!(status.success(), "make_golden.py failed");
     // Outputs at 1e-4 as for `tiny`. The backbone gradients of W30 are ill-conditioned in f32:
     // measured on this golden, PyTorch's own f32 gradients differ from its f64 ones by up to
-    // 6.3e-3 (grad.image) and ours by up to 1.1e-2, so gradients get a 3e-2 bound here.
+    // 6.3e-3 (grad.image) and ours by up to 1.1e-2, so gradients get a 3e-2 bound here. The
+    // largest differences in stage4 come from one ReLU of the last fuse output whose input is a
+    // cancelling sum at f32 rounding level (f64: 5.4e-5; PyTorch f32: 2.4e-7; ours: 0): the
+    // sign is a coin flip in f32, and that pixel carries 0.7% of the gradient of x0.
     // `score` is skipped: with a saturated sigmoid its relative error is the logit's absolute
     // error, and `logit` itself is compared at 1e-4.
     compare_with(&dir, "w30", "eval", 3e-2, &["score"]);

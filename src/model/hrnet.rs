@@ -432,6 +432,18 @@ impl HrNet {
             .map_or_else(|| self.stage_inputs[si].clone(), |m| m.outs.clone())
     }
 
+    /// Every multi-resolution module's outputs, named like the parameters
+    /// (`backbone.stage{S}.{m}`), in forward order: for debugging and comparisons.
+    pub fn module_outputs(&self) -> Vec<(String, Vec<Tensor>)> {
+        let mut v = Vec::new();
+        for (si, mods) in self.stages.iter().enumerate() {
+            for (m, md) in mods.iter().enumerate() {
+                v.push((format!("backbone.stage{}.{m}", si + 2), md.outs.clone()));
+            }
+        }
+        v
+    }
+
     /// The four branch maps `x0..x3` of stage4.
     pub fn outputs(&self) -> Vec<Tensor> {
         self.stage_outs(self.stages.len() - 1)
