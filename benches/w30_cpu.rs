@@ -40,6 +40,7 @@ fn main() {
                 warmup: 1,
                 precision: "fp32".into(),
                 breakdown: false,
+                profile_window: None,
             },
         )
         .expect("benchmark");

@@ -22,6 +22,8 @@ pub struct BenchOptions {
     pub precision: String,
     /// Also time every stage (synchronising around each).
     pub breakdown: bool,
+    /// Bracket these iterations (warm-up included, 0-based) for an attached profiler.
+    pub profile_window: Option<crate::profile::ProfileWindow>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -90,15 +92,22 @@ pub fn run(be: Box<dyn Backend>, o: &BenchOptions) -> Result<BenchResult> {
         }
         net.synchronize()
     };
+    let mut prof = crate::profile::Profiling::new(o.profile_window);
+    let mut iteration = 0u64;
     for _ in 0..o.warmup {
+        prof.before(net.backend(), iteration)?;
         step(&mut net)?;
+        iteration += 1;
     }
     let mut ms = Vec::with_capacity(o.iters);
     for _ in 0..o.iters.max(1) {
+        prof.before(net.backend(), iteration)?;
         let t = Instant::now();
         step(&mut net)?;
         ms.push(t.elapsed().as_secs_f64() * 1e3);
+        iteration += 1;
     }
+    prof.finish(net.backend())?;
     // The breakdown runs separately so its synchronisations do not disturb the step timing.
     let mut per_stage: Vec<(String, Vec<f64>)> = Vec::new();
     if o.breakdown {

@@ -17,6 +17,7 @@ pub mod io;
 pub mod metrics;
 pub mod model;
 pub mod plot;
+pub mod profile;
 pub mod rng;
 pub mod tensor;
 pub mod train;

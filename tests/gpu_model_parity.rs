@@ -1,6 +1,7 @@
 //! Whole-network parity GPU vs CPU: `tiny` and W30 at 299×299 (batch 2), outputs and every
 //! gradient of one train-mode forward/backward, then the parameters after one Adam step.
-//! f32 mode: outputs within 1e-4, gradients and parameters within 1e-3 (relative L2).
+//! f32 mode: outputs within 1e-4, gradients within 1e-3 (`tiny`) or 3e-2 (W30, see
+//! `w30_299_train_step_matches_cpu`), parameters after Adam within 1e-5 (relative L2).
 //! Skips without a GPU; fails instead under `PRRNET_REQUIRE_GPU=1`.
 
 use prrnet::backend::cpu::CpuBackend;
@@ -31,7 +32,7 @@ fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
     num.sqrt() / den.sqrt().max(1e-30)
 }
 
-fn run(test: &str, cfg: Config, b: usize) {
+fn run(test: &str, cfg: Config, b: usize, grad_tol: f64) {
     let Some(gpu) = open_gpu(test) else { return };
     let s = cfg.size;
     let mut rng = Rng::new(11);
@@ -69,6 +70,11 @@ fn run(test: &str, cfg: Config, b: usize) {
         .iter()
         .zip(gpu.dump_outputs().unwrap())
     {
+        // `score` = sigmoid(logit): where the sigmoid saturates its relative error is the
+        // logit's absolute error, and `logit` itself is compared here (as in tests/golden.rs).
+        if name == "score" {
+            continue;
+        }
         let err = rel_l2(&g, c);
         if !within(err, 1e-4) {
             failures.push(format!("{name}: {err:.2e}"));
@@ -88,15 +94,26 @@ fn run(test: &str, cfg: Config, b: usize) {
             continue; // analytically zero (bias before train-mode BatchNorm)
         }
         let err = rel_l2(&g, &c);
-        if !within(err, 1e-3) {
+        let tol = if e.trainable { grad_tol } else { 1e-3 };
+        if !within(err, tol) {
             failures.push(format!("grad/state {}: {err:.2e}", e.name));
         }
     }
     let err = rel_l2(&gpu.input_grad().unwrap(), &cpu.input_grad().unwrap());
-    if !within(err, 1e-3) {
+    if !within(err, grad_tol) {
         failures.push(format!("grad.image: {err:.2e}"));
     }
-    // One Adam step on both: parameters must still agree.
+    // One Adam step on both, from the same gradients: the GPU's are copied into the CPU net
+    // first. (Adam's first step moves every parameter by about ±lr whatever its gradient's
+    // size, so gradients that agree to f32 rounding but differ in sign where they are ~0 (a
+    // bias before a train-mode BatchNorm, a zero-initialised BN bias) would make parameters
+    // differ by O(lr); with equal inputs the two Adam implementations must agree closely.)
+    for e in nets[0].entries().iter().filter(|e| e.trainable) {
+        let gg = nets[1].read(nets[1].grad_of(e.tensor).unwrap()).unwrap();
+        nets[0]
+            .write(nets[0].grad_of(e.tensor).unwrap(), &gg)
+            .unwrap();
+    }
     for net in nets.iter_mut() {
         net.adam_step(1e-3, false).unwrap();
     }
@@ -104,7 +121,7 @@ fn run(test: &str, cfg: Config, b: usize) {
         let c = nets[0].read(e.tensor).unwrap();
         let g = nets[1].read(e.tensor).unwrap();
         let err = rel_l2(&g, &c);
-        if !within(err, 1e-3) {
+        if !within(err, 1e-5) {
             failures.push(format!("param after Adam {}: {err:.2e}", e.name));
         }
     }
@@ -122,6 +139,7 @@ fn tiny_train_step_matches_cpu() {
         "tiny_train_step_matches_cpu",
         Config::preset("tiny").unwrap(),
         4,
+        1e-3,
     );
 }
 
@@ -131,5 +149,10 @@ fn w30_299_train_step_matches_cpu() {
         "w30_299_train_step_matches_cpu",
         Config::preset("w30").unwrap(),
         2,
+        // The backbone gradients of W30 are ill-conditioned in f32 (tests/golden.rs measures
+        // PyTorch's own f32 gradients 6.3e-3 and ours 1.1e-2 away from f64 ones, mostly from a
+        // ReLU whose input is a cancelling sum at rounding level), so two correct f32
+        // implementations with different summation orders differ by that much too.
+        3e-2,
     );
 }

@@ -649,12 +649,15 @@ fn relation_small_maps() {
             n: 3,
         },
     );
+    // As many bins as pixels along y, overlapping bins along x. (Not fewer pixels than bins:
+    // there a pixel can lie in three bins per side, which the CPU reference's bin classes
+    // (at most two per side, a debug_assert in cpu/relation.rs) do not cover.)
     relation_case(
         &mut p,
         RelationShape {
             b: 1,
-            h: 3,
-            w: 3,
+            h: 5,
+            w: 6,
             c: 8,
             n: 5,
         },

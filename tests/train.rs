@@ -68,6 +68,7 @@ fn opts(out: &Path, epochs: usize, resume: bool, max_steps: Option<u64>) -> Trai
         seed: 7,
         resume,
         max_steps,
+        profile_window: None,
     }
 }
 

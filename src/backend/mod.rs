@@ -192,6 +192,14 @@ pub trait Backend: Send + Sync {
     fn download(&self, src: Tensor, dst: &mut [f32]) -> Result<()>;
     /// Wait until every enqueued operation has finished.
     fn synchronize(&self) -> Result<()>;
+    /// Start / stop collection by an attached profiler (`nsys --capture-range=cudaProfilerApi`,
+    /// `ncu --profile-from-start off`). No-ops where there is nothing to profile.
+    fn profiler_start(&self) -> Result<()> {
+        Ok(())
+    }
+    fn profiler_stop(&self) -> Result<()> {
+        Ok(())
+    }
 
     // ---- elementwise -------------------------------------------------------------------
     fn fill(&self, t: Tensor, value: f32) -> Result<()>;

@@ -78,6 +78,10 @@ struct Cli {
     /// Stop after this many steps in total (writes `last`; resume continues).
     #[arg(long)]
     max_steps: Option<u64>,
+    /// START:COUNT — bracket these training steps (0-based) with the CUDA profiler start/stop
+    /// calls, for `nsys --capture-range=cudaProfilerApi` and `ncu`.
+    #[arg(long)]
+    profile_window: Option<prrnet::profile::ProfileWindow>,
 }
 
 fn run(cli: Cli) -> Result<Outcome> {
@@ -193,6 +197,7 @@ fn run(cli: Cli) -> Result<Outcome> {
             seed: cli.seed,
             resume,
             max_steps: cli.max_steps,
+            profile_window: cli.profile_window,
         },
     )?;
     for (path, why) in prrnet::train::DataSource::skipped(&source) {

@@ -127,6 +127,10 @@ enum Cmd {
         /// Metric groups G.
         #[arg(long)]
         groups: Option<usize>,
+        /// START:COUNT — bracket these forward batches (0-based) with the CUDA profiler
+        /// start/stop calls, for `nsys --capture-range=cudaProfilerApi` and `ncu`.
+        #[arg(long)]
+        profile_window: Option<prrnet::profile::ProfileWindow>,
     },
     /// Show the compute devices this build can use.
     Info,
@@ -158,6 +162,10 @@ enum Cmd {
         /// Also report the time of every stage (forward and backward by module, optimizer).
         #[arg(long)]
         breakdown: bool,
+        /// START:COUNT — bracket these iterations (0-based, warm-up included) with the CUDA
+        /// profiler start/stop calls, for `nsys --capture-range=cudaProfilerApi` and `ncu`.
+        #[arg(long)]
+        profile_window: Option<prrnet::profile::ProfileWindow>,
     },
 }
 
@@ -186,6 +194,7 @@ fn detect(
     );
     let mut writer = RecordWriter::create(out.as_deref())?;
     let summary = detect::pipeline::run(&det, sources, &mut writer, &dirs)?;
+    det.finish_profiling()?;
     eprintln!("prrnet detect: {summary}");
     Ok(if summary.ok(strict) {
         ExitCode::SUCCESS
@@ -236,6 +245,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             preset,
             n,
             groups,
+            profile_window,
         } => detect(
             &inputs,
             &weights,
@@ -248,6 +258,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 groups,
                 precision: precision.parse::<Precision>()?,
                 threshold,
+                profile_window,
             },
             out,
             PictureDirs { masks, overlay },
@@ -292,6 +303,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             warmup,
             json,
             breakdown,
+            profile_window,
         } => {
             let mut cfg = prrnet::Config::preset(&preset)?;
             if let Some(s) = size {
@@ -309,6 +321,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     warmup,
                     precision,
                     breakdown,
+                    profile_window,
                 },
             )?;
             if json {

@@ -97,6 +97,8 @@ pub struct DetectorOptions {
     pub precision: Precision,
     /// An image is called fake when its score is at least this.
     pub threshold: f32,
+    /// Bracket these forward batches (0-based) for an attached profiler.
+    pub profile_window: Option<crate::profile::ProfileWindow>,
 }
 
 impl Default for DetectorOptions {
@@ -109,6 +111,7 @@ impl Default for DetectorOptions {
             groups: None,
             precision: Precision::Fp32,
             threshold: 0.5,
+            profile_window: None,
         }
     }
 }
@@ -132,6 +135,8 @@ pub struct Detection {
 /// threads (forward passes are serialised, preprocessing is not).
 pub struct Detector {
     net: Mutex<PrrNet>,
+    /// The profiler window and the number of forward batches run so far.
+    profiling: Mutex<(crate::profile::Profiling, u64)>,
     cfg: Config,
     batch: usize,
     threshold: f32,
@@ -171,11 +176,19 @@ impl Detector {
         checkpoint::load_file(&net, &file, weights)?;
         Ok(Detector {
             net: Mutex::new(net),
+            profiling: Mutex::new((crate::profile::Profiling::new(opts.profile_window), 0)),
             cfg,
             batch: opts.batch,
             threshold: opts.threshold,
             device,
         })
+    }
+
+    /// Close an open profiler window (a run that ended inside it).
+    pub fn finish_profiling(&self) -> Result<()> {
+        let net = self.net.lock().unwrap_or_else(|p| p.into_inner());
+        let mut prof = self.profiling.lock().unwrap_or_else(|p| p.into_inner());
+        prof.0.finish(net.backend())
     }
 
     /// The model configuration (preset, n, G, input side).
@@ -245,6 +258,12 @@ impl Detector {
         // A panic in another caller leaves nothing half-done that the next pass depends on:
         // every pass uploads its whole input first.
         let mut net = self.net.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut prof = self.profiling.lock().unwrap_or_else(|p| p.into_inner());
+            let i = prof.1;
+            prof.0.before(net.backend(), i)?;
+            prof.1 += 1;
+        }
         net.set_input(&Batch {
             image: images,
             mask: None,

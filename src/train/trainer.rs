@@ -64,6 +64,8 @@ pub struct TrainOptions {
     pub resume: bool,
     /// Stop after this many steps in total (for tests and quick looks); `None` = the schedule.
     pub max_steps: Option<u64>,
+    /// Bracket these global steps (0-based) for an attached profiler.
+    pub profile_window: Option<crate::profile::ProfileWindow>,
 }
 
 /// Validation metrics of one epoch (SPEC-independent definitions in `crate::metrics`).
@@ -319,6 +321,7 @@ pub fn train(net: &mut PrrNet, data: &dyn DataSource, opts: &TrainOptions) -> Re
         ));
     }
     INTERRUPTED.store(false, Ordering::SeqCst);
+    let mut prof = crate::profile::Profiling::new(opts.profile_window);
     while st.epoch < opts.schedule.epochs {
         let epoch = st.epoch;
         let (lr, frozen) = opts.schedule.phase(epoch);
@@ -332,6 +335,7 @@ pub fn train(net: &mut PrrNet, data: &dyn DataSource, opts: &TrainOptions) -> Re
         for batch in data.train_batches(epoch, st.step_in_epoch) {
             let step = st.step_in_epoch;
             let batch = batch?;
+            prof.before(net.backend(), st.global_step)?;
             net.set_input(&Batch {
                 image: &batch.image,
                 mask: Some(&batch.mask),
@@ -365,6 +369,7 @@ pub fn train(net: &mut PrrNet, data: &dyn DataSource, opts: &TrainOptions) -> Re
             progress.step(step, batch.len(), l.loss, l.loc, l.cls);
             let limit = opts.max_steps.is_some_and(|m| st.global_step >= m);
             if INTERRUPTED.load(Ordering::SeqCst) || limit {
+                prof.finish(net.backend())?;
                 state::save(net, &opts.out, "last", &st)?;
                 eprintln!(
                     "\nstopped after step {} (epoch {}); checkpoint written to {}",
@@ -436,6 +441,7 @@ pub fn train(net: &mut PrrNet, data: &dyn DataSource, opts: &TrainOptions) -> Re
         history.push((epoch, line.loss, line.loss_loc, line.loss_cls, val.loss));
         write_plots(&opts.out, &history, &fpr, &tpr, val.auc)?;
     }
+    prof.finish(net.backend())?;
     Ok(Outcome::Finished {
         best_auc: st.best_auc,
     })

@@ -259,7 +259,9 @@ impl CudaBackend {
             .ok_or_else(|| Error::Device(format!("kernel {} is not loaded", k.1)))
     }
 
-    /// Allow `k` to use `bytes` of dynamic shared memory (needed above 48 KiB).
+    /// Allow `k` to use `bytes` of dynamic shared memory next to at most `static_bytes` of
+    /// static shared memory. A block whose static + dynamic total exceeds 48 KiB needs the
+    /// opt-in attribute (even when the dynamic part alone is below 48 KiB).
     pub(crate) fn allow_dynamic_smem(
         &self,
         k: Kernel,
@@ -275,7 +277,7 @@ impl CudaBackend {
                 self.max_smem_optin
             )));
         }
-        if bytes > 48 * 1024 {
+        if bytes + static_bytes > 48 * 1024 {
             self.function(k)?
                 .set_attribute(
                     CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -297,6 +299,19 @@ impl CudaBackend {
     ) -> Result<()> {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
+        }
+        // The hardware limits (a launch beyond them fails with an unhelpful INVALID_VALUE).
+        if grid.0 > i32::MAX as u32
+            || grid.1 > 65535
+            || grid.2 > 65535
+            || block.0 as u64 * block.1 as u64 * block.2 as u64 > 1024
+            || block.2 > 64
+        {
+            return Err(Error::Device(format!(
+                "kernel {}: launch configuration grid {grid:?} block {block:?} exceeds the \
+                 device limits (grid y, z <= 65535; at most 1024 threads per block)",
+                k.1
+            )));
         }
         let f = self.function(k)?;
         self.bind()?;

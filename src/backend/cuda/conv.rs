@@ -21,7 +21,10 @@ fn images_per_chunk(s: &ConvShape) -> usize {
     (COL_BUDGET / per_image.max(1)).clamp(1, s.b.max(1))
 }
 
+/// The cuBLAS handle, with the context current on this thread (cuBLAS runs in the calling
+/// thread's current context; a GEMM may be the first call a thread makes).
 fn blas_lock(be: &CudaBackend) -> Result<std::sync::MutexGuard<'_, super::blas::Blas>> {
+    be.bind()?;
     be.blas
         .lock()
         .map_err(|_| Error::Device("cuBLAS handle lock poisoned".into()))
