@@ -6,6 +6,16 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash scripts/install-cuda-toolchain.sh
+# libclang for the `nvtx` feature's bindings (Debian package; root on CI and dev machines).
+if ! ldconfig -p | grep -q 'libclang\.so\b\|libclang-[0-9.]*\.so\b'; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && apt-get install -y -qq libclang-dev
+    else
+        echo "libclang is missing: install libclang-dev for the nvtx feature" >&2
+    fi
+fi
 export PRRNET_REQUIRE_KERNELS=1
 cargo build --release --all-targets
+# The profiling build (NVTX ranges) must keep compiling too.
+cargo build --release --features nvtx
 cargo test --release

@@ -20,6 +20,7 @@ pub mod plot;
 pub mod profile;
 pub mod rng;
 pub mod tensor;
+pub mod trace;
 pub mod train;
 
 pub use backend::{Backend, DeviceRequest};

@@ -104,6 +104,9 @@ enum FuseTerm {
 
 /// One multi-resolution module: parallel branches of BasicBlocks, then the fuse layers.
 pub struct HrModule {
+    /// NVTX range names: the parameter prefix (`backbone.stage3.1`), and with ` backward`.
+    range_fwd: std::ffi::CString,
+    range_bwd: std::ffi::CString,
     branches: Vec<Vec<BasicBlock>>,
     fuse: Vec<Vec<FuseTerm>>,
     /// Fuse outputs `y_i` (ReLU applied in place).
@@ -184,6 +187,8 @@ impl HrModule {
             outs.push(bd.act(b * sides[i] * sides[i] * widths[i]));
         }
         HrModule {
+            range_fwd: std::ffi::CString::new(p).expect("no NUL in names"),
+            range_bwd: std::ffi::CString::new(format!("{p} backward")).expect("no NUL in names"),
             branches,
             fuse,
             outs,
@@ -195,6 +200,7 @@ impl HrModule {
     }
 
     fn forward(&self, cx: &Ctx, xs: &[Tensor]) -> Result<()> {
+        let _range = crate::trace::range(self.range_fwd.as_c_str());
         for (i, br) in self.branches.iter().enumerate() {
             let mut x = xs[i];
             for blk in br {
@@ -240,6 +246,7 @@ impl HrModule {
     }
 
     fn backward(&self, cx: &Ctx, xs: &[Tensor]) -> Result<()> {
+        let _range = crate::trace::range(self.range_bwd.as_c_str());
         let bo: Vec<Tensor> = (0..xs.len()).map(|i| self.branch_out(i, xs)).collect();
         for (i, terms) in self.fuse.iter().enumerate().rev() {
             let y = self.outs[i];
@@ -450,12 +457,15 @@ impl HrNet {
     }
 
     pub fn forward(&self, cx: &Ctx) -> Result<()> {
-        self.stem1.forward(cx, self.input, None)?;
-        self.stem2.forward(cx, self.stem1.y, None)?;
-        let mut x = self.stem2.y;
-        for blk in &self.layer1 {
-            blk.forward(cx, x)?;
-            x = blk.y();
+        {
+            let _range = crate::trace::range(c"backbone.stem+layer1");
+            self.stem1.forward(cx, self.input, None)?;
+            self.stem2.forward(cx, self.stem1.y, None)?;
+            let mut x = self.stem2.y;
+            for blk in &self.layer1 {
+                blk.forward(cx, x)?;
+                x = blk.y();
+            }
         }
         for si in 0..self.stages.len() {
             let prev = self.prev_outs(si);
@@ -500,6 +510,7 @@ impl HrNet {
                 }
             }
         }
+        let _range = crate::trace::range(c"backbone.stem+layer1 backward");
         for (k, blk) in self.layer1.iter().enumerate().rev() {
             let x = if k == 0 {
                 self.stem2.y

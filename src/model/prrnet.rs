@@ -390,16 +390,18 @@ impl PrrNet {
     pub fn forward(&mut self, mode: Mode) -> Result<()> {
         let cb = self.ctx(mode, true, false);
         let ch = self.ctx(mode, false, false);
-        self.stage("fwd.backbone", || self.hrnet.forward(&cb))?;
+        self.stage(c"fwd.backbone", || self.hrnet.forward(&cb))?;
         let xs = self.hrnet.outputs();
-        self.stage("fwd.aggregation", || self.agg.forward(&ch, &xs))?;
-        self.stage("fwd.relation", || {
+        self.stage(c"fwd.aggregation", || self.agg.forward(&ch, &xs))?;
+        self.stage(c"fwd.relation", || {
             self.pr.forward_relation(&ch, self.agg.f_in)
         })?;
-        self.stage("fwd.pr_heads", || self.pr.forward_heads(&ch, self.agg.f_in))?;
-        self.stage("fwd.rr", || self.rr.forward(&ch, self.pr.regions))?;
+        self.stage(c"fwd.pr_heads", || {
+            self.pr.forward_heads(&ch, self.agg.f_in)
+        })?;
+        self.stage(c"fwd.rr", || self.rr.forward(&ch, self.pr.regions))?;
         if self.labelled {
-            self.stage("fwd.losses", || self.forward_losses())?;
+            self.stage(c"fwd.losses", || self.forward_losses())?;
         }
         Ok(())
     }
@@ -460,19 +462,21 @@ impl PrrNet {
         be.fill(Tensor::new(g.dparams, 0, self.params_len), 0.0)?;
         let cb = self.ctx(mode, true, true);
         let ch = self.ctx(mode, false, true);
-        self.stage("bwd.losses", || self.backward_losses(&ch))?;
-        self.stage("bwd.rr", || self.rr.backward(&ch, self.pr.regions))?;
+        self.stage(c"bwd.losses", || self.backward_losses(&ch))?;
+        self.stage(c"bwd.rr", || self.rr.backward(&ch, self.pr.regions))?;
         let backbone = !mode.frozen_backbone || want_input_grad;
-        self.stage("bwd.pr_heads", || {
+        self.stage(c"bwd.pr_heads", || {
             self.pr.backward_heads(&ch, self.agg.f_in, backbone)
         })?;
         if backbone {
-            self.stage("bwd.relation", || {
+            self.stage(c"bwd.relation", || {
                 self.pr.backward_relation(&ch, self.agg.f_in)
             })?;
             let xs = self.hrnet.outputs();
-            self.stage("bwd.aggregation", || self.agg.backward(&ch, &xs))?;
-            self.stage("bwd.backbone", || self.hrnet.backward(&cb, want_input_grad))?;
+            self.stage(c"bwd.aggregation", || self.agg.backward(&ch, &xs))?;
+            self.stage(c"bwd.backbone", || {
+                self.hrnet.backward(&cb, want_input_grad)
+            })?;
         }
         Ok(())
     }
@@ -501,7 +505,9 @@ impl PrrNet {
     }
 
     /// Run one stage, timing it when profiling is on.
-    fn stage(&self, name: &'static str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    fn stage(&self, name: &'static std::ffi::CStr, f: impl FnOnce() -> Result<()>) -> Result<()> {
+        // An NVTX range for Nsight timelines; free when no profiler is attached.
+        let _range = crate::trace::range(name);
         match &self.profile {
             None => f(),
             Some(log) => {
@@ -509,6 +515,7 @@ impl PrrNet {
                 let t = std::time::Instant::now();
                 f()?;
                 self.be.synchronize()?;
+                let name = name.to_str().expect("stage names are ASCII");
                 log.borrow_mut()
                     .push((name, t.elapsed().as_secs_f64() * 1e3));
                 Ok(())
@@ -553,7 +560,7 @@ impl PrrNet {
         let r = |buf| Tensor::new(buf, start, len);
         let be = self.be.as_ref();
         let step = self.adam_steps;
-        self.stage("optimizer", || {
+        self.stage(c"optimizer", || {
             be.adam(
                 r(self.bufs.params),
                 r(g.dparams),
