@@ -9,7 +9,8 @@ cd "$root"
 bash scripts/install-cuda-toolchain.sh >/dev/null
 export PRRNET_REQUIRE_KERNELS=1
 rm -rf "$out" && mkdir -p "$out/bin" "$out/reference"
-cargo build --release --bin prrnet
+# NVTX ranges for the Nsight capture (needs libclang here, see scripts/test.sh).
+cargo build --release --bin prrnet --features nvtx
 cp target/release/prrnet "$out/bin/"
 # The GPU test executables (their paths come from cargo's JSON messages).
 for t in gpu_parity gpu_model_parity; do

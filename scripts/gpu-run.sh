@@ -59,6 +59,15 @@ for mode in infer train; do
     flag=""; [ "$mode" = train ] && flag="--train"
     step "prrnet_bench_w30_$mode" 90 "$here/bin/prrnet" bench --device cuda --preset w30 --batch 64 --iters 10 --warmup 2 $flag --json --breakdown
 done
+if command -v nsys >/dev/null; then
+    # A 3-iteration window of W30 training (NVTX ranges per stage and module), and its summary.
+    step nsys_w30_train 75 nsys profile --capture-range=cudaProfilerApi --capture-range-end=stop \
+        --force-overwrite true -o "$logs/prrnet-w30-train" \
+        "$here/bin/prrnet" bench --device cuda --preset w30 --batch 64 --train --iters 4 --warmup 1 \
+        --profile-window 2:3
+    step nsys_stats 45 nsys stats --report cuda_gpu_kern_sum --report nvtx_sum \
+        "$logs/prrnet-w30-train.nsys-rep"
+fi
 if timeout 60 python3 -c "import torch, timm" 2>/dev/null; then
     for mode in infer train; do
         step "pytorch_eager_w30_$mode" 90 python3 "$here/reference/bench.py" --device cuda --preset w30 --size 299 --batch 64 --mode "$mode" --precision fp32 --iters 10 --warmup 2 --json

@@ -15,7 +15,11 @@ pub struct ProfileWindow {
 impl std::str::FromStr for ProfileWindow {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || Error::Config(format!("bad profile window `{s}`: expected START:COUNT, e.g. 5:3"));
+        let bad = || {
+            Error::Config(format!(
+                "bad profile window `{s}`: expected START:COUNT, e.g. 5:3"
+            ))
+        };
         let (a, b) = s.split_once(':').ok_or_else(bad)?;
         let start = a.trim().parse().map_err(|_| bad())?;
         let count: u64 = b.trim().parse().map_err(|_| bad())?;

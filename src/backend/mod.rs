@@ -114,6 +114,7 @@ impl ResizeShape {
 }
 
 /// The fused relation map of SPEC §4.1: `f: [B, N, C]` (N = h·w) → `p: [B, N, n, n]`.
+/// Requires `h ≥ n` and `w ≥ n` (the configuration guarantees it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RelationShape {
     pub b: usize,

@@ -45,6 +45,12 @@ struct Geometry {
 impl Geometry {
     fn new(h: usize, w: usize, n: usize) -> Geometry {
         assert!(n <= MAX_BINS_SIDE, "relation: n = {n} > {MAX_BINS_SIDE}");
+        // With a side at least n long, a position lies in one bin or two neighbouring ones;
+        // shorter sides (three bins per position) are outside the operation's contract.
+        assert!(
+            h >= n && w >= n,
+            "relation: a {h}×{w} map is smaller than the n = {n} bins"
+        );
         let side_class = |len: usize| -> Vec<usize> {
             let bins: Vec<_> = (0..n).map(|u| adaptive_bin(u, len, n)).collect();
             (0..len)

@@ -28,6 +28,18 @@ impl Backend for CudaBackend {
         self.synchronize_stream()
     }
 
+    fn profiler_start(&self) -> Result<()> {
+        self.bind()?;
+        cudarc::driver::profiler_start()
+            .map_err(|e| crate::error::Error::Device(format!("cuProfilerStart: {e:?}")))
+    }
+
+    fn profiler_stop(&self) -> Result<()> {
+        self.bind()?;
+        cudarc::driver::profiler_stop()
+            .map_err(|e| crate::error::Error::Device(format!("cuProfilerStop: {e:?}")))
+    }
+
     fn fill(&self, t: Tensor, value: f32) -> Result<()> {
         ew::fill(self, t, value)
     }
