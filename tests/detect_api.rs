@@ -3,7 +3,10 @@
 //! decides the verdict, any colour type works, bare state dicts need a preset, non-fp32
 //! precision is a clear error, and one detector serves several threads.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{noise, rgb_image, tiny_checkpoint, tmp_dir};
+use std::path::Path;
 use std::sync::Arc;
 
 use image::{DynamicImage, ImageBuffer, Luma, LumaA, Rgb, Rgba};
@@ -12,48 +15,6 @@ use prrnet::detect::{Detection, Detector, DetectorOptions, Precision};
 use prrnet::io::{checkpoint, tensors::TensorFile};
 use prrnet::model::{Batch, Mode, PrrNet};
 use prrnet::{Config, DeviceRequest};
-
-fn tmp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("prrnet-detect-api-{tag}-{}", std::process::id()));
-    std::fs::remove_dir_all(&d).ok();
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// A randomly initialised tiny checkpoint.
-fn tiny_checkpoint(dir: &Path, seed: u64) -> PathBuf {
-    let cfg = Config::preset("tiny").unwrap();
-    let mut net = PrrNet::new(&cfg, Box::new(CpuBackend::new()), 1, false).unwrap();
-    net.init_weights(seed).unwrap();
-    let p = dir.join("tiny.safetensors");
-    checkpoint::save(&net, &p).unwrap();
-    p
-}
-
-/// A deterministic pseudo-random value in 0..256 for pixel (x, y, c) of image `seed`.
-fn noise(seed: u32, x: u32, y: u32, c: u32) -> u8 {
-    let mut h = seed
-        .wrapping_mul(0x9E37_79B9)
-        .wrapping_add(x.wrapping_mul(0x85EB_CA6B))
-        .wrapping_add(y.wrapping_mul(0xC2B2_AE35))
-        .wrapping_add(c.wrapping_mul(0x27D4_EB2F));
-    h ^= h >> 15;
-    h = h.wrapping_mul(0x2C1B_3C6D);
-    h ^= h >> 12;
-    // A smooth gradient plus noise, so images differ in content and in statistics.
-    let base = (x * 255 / 97 + y * 255 / 131 + seed * 37) % 256;
-    ((base + (h & 0x7F)) % 256) as u8
-}
-
-fn rgb_image(seed: u32, w: u32, h: u32) -> DynamicImage {
-    DynamicImage::ImageRgb8(ImageBuffer::from_fn(w, h, |x, y| {
-        Rgb([
-            noise(seed, x, y, 0),
-            noise(seed, x, y, 1),
-            noise(seed, x, y, 2),
-        ])
-    }))
-}
 
 fn five_images() -> Vec<DynamicImage> {
     vec![
@@ -110,7 +71,7 @@ fn assert_same(a: &[Detection], b: &[Detection], tol: f32) {
 
 #[test]
 fn batches_of_two_equal_one_at_a_time() {
-    let dir = tmp_dir("batch");
+    let dir = tmp_dir("detect-api-batch");
     let w = tiny_checkpoint(&dir, 7);
     let images = five_images();
     let det2 = open(&w, 2);
@@ -149,7 +110,7 @@ fn batches_of_two_equal_one_at_a_time() {
 
 #[test]
 fn equals_a_plain_forward_pass() {
-    let dir = tmp_dir("plain");
+    let dir = tmp_dir("detect-api-plain");
     let w = tiny_checkpoint(&dir, 11);
     let cfg = Config::preset("tiny").unwrap();
     let img = rgb_image(9, 120, 100);
@@ -188,7 +149,7 @@ fn equals_a_plain_forward_pass() {
 
 #[test]
 fn threshold_decides_the_verdict() {
-    let dir = tmp_dir("thr");
+    let dir = tmp_dir("detect-api-thr");
     let w = tiny_checkpoint(&dir, 3);
     let img = rgb_image(21, 64, 64);
     let with = |t: f32| {
@@ -218,7 +179,7 @@ fn threshold_decides_the_verdict() {
 
 #[test]
 fn every_colour_type_is_converted() {
-    let dir = tmp_dir("colour");
+    let dir = tmp_dir("detect-api-colour");
     let w = tiny_checkpoint(&dir, 5);
     let det = open(&w, 4);
     let grey: ImageBuffer<Luma<u8>, Vec<u8>> =
@@ -256,7 +217,7 @@ fn every_colour_type_is_converted() {
 
 #[test]
 fn bare_state_dict_needs_a_preset() {
-    let dir = tmp_dir("bare");
+    let dir = tmp_dir("detect-api-bare");
     let w = tiny_checkpoint(&dir, 13);
     let mut f = TensorFile::read(&w).unwrap();
     f.metadata.clear();
@@ -299,7 +260,7 @@ fn bare_state_dict_needs_a_preset() {
 
 #[test]
 fn only_fp32_for_now() {
-    let dir = tmp_dir("prec");
+    let dir = tmp_dir("detect-api-prec");
     let w = tiny_checkpoint(&dir, 1);
     for p in ["bf16", "tf32"] {
         let precision: Precision = p.parse().unwrap();
@@ -335,7 +296,7 @@ fn only_fp32_for_now() {
 fn one_detector_serves_several_threads() {
     fn send_sync<T: Send + Sync>() {}
     send_sync::<Detector>();
-    let dir = tmp_dir("threads");
+    let dir = tmp_dir("detect-api-threads");
     let w = tiny_checkpoint(&dir, 17);
     let det = Arc::new(open(&w, 2));
     let images = five_images();

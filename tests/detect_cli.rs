@@ -3,61 +3,23 @@
 //! records, mask and overlay PNGs at the original sizes with collision-free names, manifests,
 //! `--strict`, `--threshold`, batching, bare state dicts, and agreement with the library.
 
+mod common;
+
+use common::{noise, rgb_image, tiny_checkpoint, tmp_dir};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use image::{DynamicImage, ImageBuffer, Luma, Rgb, Rgba};
-use prrnet::backend::cpu::CpuBackend;
 use prrnet::detect::inputs::{output_name, parse_csv};
 use prrnet::detect::{render, Detector, DetectorOptions};
 use prrnet::imageio::{decode_file, DecodeLimits};
-use prrnet::io::{checkpoint, tensors::TensorFile};
-use prrnet::model::PrrNet;
-use prrnet::{Config, DeviceRequest};
+use prrnet::io::tensors::TensorFile;
+use prrnet::DeviceRequest;
 use serde_json::Value;
 
 fn prrnet() -> Command {
     Command::new(env!("CARGO_BIN_EXE_prrnet"))
-}
-
-fn tmp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("prrnet-detect-cli-{tag}-{}", std::process::id()));
-    std::fs::remove_dir_all(&d).ok();
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn tiny_checkpoint(dir: &Path, seed: u64) -> PathBuf {
-    let cfg = Config::preset("tiny").unwrap();
-    let mut net = PrrNet::new(&cfg, Box::new(CpuBackend::new()), 1, false).unwrap();
-    net.init_weights(seed).unwrap();
-    let p = dir.join("tiny.safetensors");
-    checkpoint::save(&net, &p).unwrap();
-    p
-}
-
-fn noise(seed: u32, x: u32, y: u32, c: u32) -> u8 {
-    let mut h = seed
-        .wrapping_mul(0x9E37_79B9)
-        .wrapping_add(x.wrapping_mul(0x85EB_CA6B))
-        .wrapping_add(y.wrapping_mul(0xC2B2_AE35))
-        .wrapping_add(c.wrapping_mul(0x27D4_EB2F));
-    h ^= h >> 15;
-    h = h.wrapping_mul(0x2C1B_3C6D);
-    h ^= h >> 12;
-    let base = (x * 255 / 97 + y * 255 / 131 + seed * 37) % 256;
-    ((base + (h & 0x7F)) % 256) as u8
-}
-
-fn rgb(seed: u32, w: u32, h: u32) -> DynamicImage {
-    DynamicImage::ImageRgb8(ImageBuffer::from_fn(w, h, |x, y| {
-        Rgb([
-            noise(seed, x, y, 0),
-            noise(seed, x, y, 1),
-            noise(seed, x, y, 2),
-        ])
-    }))
 }
 
 fn png_bytes(img: &DynamicImage) -> Vec<u8> {
@@ -142,11 +104,23 @@ fn write_inputs(dir: &Path) -> BTreeMap<String, (u32, u32)> {
         })),
         image::ImageFormat::Png,
     );
-    put("photo.jpg", rgb(4, 80, 64), image::ImageFormat::Jpeg);
+    put("photo.jpg", rgb_image(4, 80, 64), image::ImageFormat::Jpeg);
     // Same base name in two folders, and a name with a comma (CSV quoting).
-    put("sub1/face.png", rgb(5, 64, 64), image::ImageFormat::Png);
-    put("sub2/face.png", rgb(6, 64, 64), image::ImageFormat::Png);
-    put("odd, name.png", rgb(7, 61, 59), image::ImageFormat::Png);
+    put(
+        "sub1/face.png",
+        rgb_image(5, 64, 64),
+        image::ImageFormat::Png,
+    );
+    put(
+        "sub2/face.png",
+        rgb_image(6, 64, 64),
+        image::ImageFormat::Png,
+    );
+    put(
+        "odd, name.png",
+        rgb_image(7, 61, 59),
+        image::ImageFormat::Png,
+    );
 
     // Inputs that must fail, each with an image extension so the folder search picks them up.
     let mut state = 0x1234_5678u32;
@@ -159,7 +133,7 @@ fn write_inputs(dir: &Path) -> BTreeMap<String, (u32, u32)> {
         })
         .collect();
     std::fs::write(dir.join("corrupt.jpg"), junk).unwrap();
-    let full = png_bytes(&rgb(8, 64, 64));
+    let full = png_bytes(&rgb_image(8, 64, 64));
     std::fs::write(dir.join("truncated.png"), &full[..full.len() / 2]).unwrap();
     std::fs::write(dir.join("huge.png"), huge_header_png()).unwrap();
     // Not an image extension: not an input at all.
@@ -217,7 +191,7 @@ fn scores(recs: &[serde_json::Map<String, Value>]) -> BTreeMap<String, f32> {
 
 #[test]
 fn folder_of_every_input_kind() {
-    let root = tmp_dir("folder");
+    let root = tmp_dir("detect-cli-folder");
     let w = tiny_checkpoint(&root, 21);
     let imgs = root.join("imgs");
     let ok = write_inputs(&imgs);
@@ -363,7 +337,7 @@ fn folder_of_every_input_kind() {
 
 #[test]
 fn csv_records() {
-    let root = tmp_dir("csv");
+    let root = tmp_dir("detect-cli-csv");
     let w = tiny_checkpoint(&root, 22);
     let imgs = root.join("imgs");
     let ok = write_inputs(&imgs);
@@ -416,7 +390,7 @@ fn csv_records() {
 
 #[test]
 fn empty_folder_and_nothing_scored_fail() {
-    let root = tmp_dir("empty");
+    let root = tmp_dir("detect-cli-empty");
     let w = tiny_checkpoint(&root, 23);
     let empty = root.join("empty");
     std::fs::create_dir_all(&empty).unwrap();
@@ -441,7 +415,7 @@ fn empty_folder_and_nothing_scored_fail() {
 
 #[test]
 fn manifests_resolve_relative_paths() {
-    let root = tmp_dir("manifest");
+    let root = tmp_dir("detect-cli-manifest");
     let w = tiny_checkpoint(&root, 24);
     let imgs = root.join("imgs");
     write_inputs(&imgs);
@@ -510,10 +484,10 @@ fn manifests_resolve_relative_paths() {
 
 #[test]
 fn threshold_changes_the_verdict() {
-    let root = tmp_dir("thr");
+    let root = tmp_dir("detect-cli-thr");
     let w = tiny_checkpoint(&root, 25);
     let img = root.join("x.png");
-    rgb(31, 70, 70).save(&img).unwrap();
+    rgb_image(31, 70, 70).save(&img).unwrap();
     let verdict = |thr: Option<String>| {
         let out = root.join("r.jsonl");
         let mut args = vec!["--weights", s(&w), "--out", s(&out)];
@@ -540,10 +514,10 @@ fn threshold_changes_the_verdict() {
 
 #[test]
 fn bare_state_dict_precision_and_stdout() {
-    let root = tmp_dir("bare");
+    let root = tmp_dir("detect-cli-bare");
     let w = tiny_checkpoint(&root, 26);
     let img = root.join("x.png");
-    rgb(32, 64, 64).save(&img).unwrap();
+    rgb_image(32, 64, 64).save(&img).unwrap();
     let mut f = TensorFile::read(&w).unwrap();
     f.metadata.clear();
     let bare = root.join("bare.safetensors");
@@ -575,12 +549,12 @@ fn bare_state_dict_precision_and_stdout() {
 #[test]
 #[ignore]
 fn throughput_against_pure_forward() {
-    let root = tmp_dir("speed");
+    let root = tmp_dir("detect-cli-speed");
     let w = tiny_checkpoint(&root, 27);
     let imgs = root.join("jpegs");
     std::fs::create_dir_all(&imgs).unwrap();
     for i in 0..64 {
-        rgb(100 + i, 256, 256)
+        rgb_image(100 + i, 256, 256)
             .save_with_format(imgs.join(format!("{i:03}.jpg")), image::ImageFormat::Jpeg)
             .unwrap();
     }

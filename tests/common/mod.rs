@@ -133,3 +133,47 @@ pub fn grad_check(
     }
     worst
 }
+
+/// A fresh, empty temporary folder `prrnet-<tag>-<pid>`.
+pub fn tmp_dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("prrnet-{tag}-{}", std::process::id()));
+    std::fs::remove_dir_all(&d).ok();
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A randomly initialised `tiny` checkpoint written to `dir/tiny.safetensors`.
+pub fn tiny_checkpoint(dir: &std::path::Path, seed: u64) -> std::path::PathBuf {
+    let cfg = prrnet::Config::preset("tiny").unwrap();
+    let mut net = prrnet::model::PrrNet::new(&cfg, Box::new(CpuBackend::new()), 1, false).unwrap();
+    net.init_weights(seed).unwrap();
+    let p = dir.join("tiny.safetensors");
+    prrnet::io::checkpoint::save(&net, &p).unwrap();
+    p
+}
+
+/// A deterministic pseudo-random value in 0..256 for pixel (x, y, c) of image `seed`: a smooth
+/// gradient plus noise, so images differ in content and in statistics.
+pub fn noise(seed: u32, x: u32, y: u32, c: u32) -> u8 {
+    let mut h = seed
+        .wrapping_mul(0x9E37_79B9)
+        .wrapping_add(x.wrapping_mul(0x85EB_CA6B))
+        .wrapping_add(y.wrapping_mul(0xC2B2_AE35))
+        .wrapping_add(c.wrapping_mul(0x27D4_EB2F));
+    h ^= h >> 15;
+    h = h.wrapping_mul(0x2C1B_3C6D);
+    h ^= h >> 12;
+    let base = (x * 255 / 97 + y * 255 / 131 + seed * 37) % 256;
+    ((base + (h & 0x7F)) % 256) as u8
+}
+
+/// An 8-bit RGB image of [`noise`].
+pub fn rgb_image(seed: u32, w: u32, h: u32) -> image::DynamicImage {
+    image::DynamicImage::ImageRgb8(image::ImageBuffer::from_fn(w, h, |x, y| {
+        image::Rgb([
+            noise(seed, x, y, 0),
+            noise(seed, x, y, 1),
+            noise(seed, x, y, 2),
+        ])
+    }))
+}
