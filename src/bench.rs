@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::backend::Backend;
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::{Batch, Mode, PrrNet};
 use crate::rng::Rng;
 
@@ -62,12 +62,7 @@ pub fn peak_rss_bytes() -> u64 {
 /// Time `iters` inference passes (eval mode) or training steps (train-mode forward, backward,
 /// Adam at lr 2e-4) after `warmup` untimed ones.
 pub fn run(be: Box<dyn Backend>, o: &BenchOptions) -> Result<BenchResult> {
-    if o.precision != "fp32" {
-        return Err(Error::Config(format!(
-            "precision `{}` is not available on this backend yet (fp32 only)",
-            o.precision
-        )));
-    }
+    be.set_precision(o.precision.parse()?)?;
     let device = be.name();
     let (b, s) = (o.batch, o.cfg.size);
     let mut net = PrrNet::new(&o.cfg, be, b, o.train)?;
@@ -145,7 +140,13 @@ pub fn run(be: Box<dyn Backend>, o: &BenchOptions) -> Result<BenchResult> {
         ms_min: ms[0],
         ms_max: ms[ms.len() - 1],
         images_per_s: b as f64 / (median / 1e3),
-        peak_mem_bytes: peak_rss_bytes().max(net.backend().allocated_bytes() as u64),
+        // On a GPU: our buffers and workspace (grow-only, so the current total is the peak),
+        // comparable to PyTorch's `max_memory_allocated`. On the CPU: the process's peak RSS.
+        peak_mem_bytes: if net.backend().is_host() {
+            peak_rss_bytes().max(net.backend().allocated_bytes() as u64)
+        } else {
+            net.backend().allocated_bytes() as u64
+        },
         stages,
     })
 }

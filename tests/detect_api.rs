@@ -259,7 +259,7 @@ fn bare_state_dict_needs_a_preset() {
 }
 
 #[test]
-fn only_fp32_for_now() {
+fn cpu_refuses_reduced_precision() {
     let dir = tmp_dir("detect-api-prec");
     let w = tiny_checkpoint(&dir, 1);
     for p in ["bf16", "tf32"] {

@@ -113,6 +113,44 @@ impl ResizeShape {
     }
 }
 
+/// Numeric precision of the GEMMs and the relation map's Q·Qᵀ (everything else stays f32).
+///
+/// - `Fp32`: exact f32 arithmetic (the default, and the only mode of the CPU reference).
+/// - `Tf32`: tensor cores with TF32 inputs (10-bit mantissa), f32 accumulation.
+/// - `Bf16`: tensor cores with BF16 inputs (7-bit mantissa), f32 accumulation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum Precision {
+    #[default]
+    Fp32 = 0,
+    Tf32 = 1,
+    Bf16 = 2,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = crate::error::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "fp32" | "f32" => Ok(Precision::Fp32),
+            "tf32" => Ok(Precision::Tf32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(crate::error::Error::Config(format!(
+                "unknown precision `{s}` (expected fp32, tf32 or bf16)"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Fp32 => "fp32",
+            Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
 /// The fused relation map of SPEC §4.1: `f: [B, N, C]` (N = h·w) → `p: [B, N, n, n]`.
 /// Requires `h ≥ n` and `w ≥ n` (the configuration guarantees it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,6 +238,26 @@ pub trait Backend: Send + Sync {
     }
     fn profiler_stop(&self) -> Result<()> {
         Ok(())
+    }
+    /// True when buffers live in host memory (the CPU backend).
+    fn is_host(&self) -> bool {
+        false
+    }
+    /// The precision GEMMs and the relation map run in (see [`Precision`]).
+    fn precision(&self) -> Precision {
+        Precision::Fp32
+    }
+    /// Switch the precision of every later operation. Backends without tensor cores refuse
+    /// anything but `Fp32` with an error that names the request.
+    fn set_precision(&self, p: Precision) -> Result<()> {
+        if p == Precision::Fp32 {
+            Ok(())
+        } else {
+            Err(crate::error::Error::Config(format!(
+                "precision `{p}` needs a CUDA device; {} computes in fp32 only",
+                self.name()
+            )))
+        }
     }
 
     // ---- elementwise -------------------------------------------------------------------

@@ -42,44 +42,12 @@ use std::sync::Mutex;
 use image::DynamicImage;
 use rayon::prelude::*;
 
+pub use crate::backend::Precision;
 use crate::backend::{self, DeviceRequest};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::io::{checkpoint, dump, tensors::TensorFile};
 use crate::model::{Batch, Mode, PrrNet};
-
-/// Numeric precision of the forward pass.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Precision {
-    #[default]
-    Fp32,
-    Tf32,
-    Bf16,
-}
-
-impl std::str::FromStr for Precision {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "fp32" | "f32" => Ok(Precision::Fp32),
-            "tf32" => Ok(Precision::Tf32),
-            "bf16" => Ok(Precision::Bf16),
-            _ => Err(Error::Config(format!(
-                "unknown precision `{s}` (expected fp32, tf32 or bf16)"
-            ))),
-        }
-    }
-}
-
-impl std::fmt::Display for Precision {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Precision::Fp32 => "fp32",
-            Precision::Tf32 => "tf32",
-            Precision::Bf16 => "bf16",
-        })
-    }
-}
 
 /// How a [`Detector`] is opened.
 #[derive(Clone, Debug)]
@@ -147,12 +115,6 @@ impl Detector {
     /// Load `weights` (a checkpoint; for a bare state dict, `opts.preset` says which model) onto
     /// `device`, planned for `opts.batch` images of the configured side.
     pub fn open(weights: &Path, device: DeviceRequest, opts: DetectorOptions) -> Result<Detector> {
-        if opts.precision != Precision::Fp32 {
-            return Err(Error::Config(format!(
-                "precision `{}` is not available for detection yet (only fp32)",
-                opts.precision
-            )));
-        }
         if opts.batch == 0 {
             return Err(Error::Config("batch size must be at least 1".into()));
         }
@@ -171,6 +133,7 @@ impl Detector {
             opts.size,
         )?;
         let be = backend::open(device)?;
+        be.set_precision(opts.precision)?;
         let device = be.name();
         let net = PrrNet::new(&cfg, be, opts.batch, false)?;
         checkpoint::load_file(&net, &file, weights)?;

@@ -187,6 +187,10 @@ impl Backend for CpuBackend {
         format!("cpu ({} threads)", rayon::current_num_threads())
     }
 
+    fn is_host(&self) -> bool {
+        true
+    }
+
     fn alloc(&mut self, len: usize) -> Result<BufId> {
         let mut v: Vec<f32> = Vec::new();
         v.try_reserve_exact(len).map_err(|_| {

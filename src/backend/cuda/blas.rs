@@ -1,4 +1,6 @@
-//! cuBLAS SGEMM for row-major matrices, with an exact-f32 (default) or TF32 math mode.
+//! cuBLAS GEMMs for row-major f32 matrices. The operands stay f32 in memory; the compute type
+//! picks the arithmetic: exact f32 (the default), or tensor cores fed TF32 or BF16 inputs with
+//! f32 accumulation (`CUBLAS_COMPUTE_32F_FAST_TF32` / `_FAST_16BF`).
 //!
 //! cuBLAS is column-major; a row-major `C[M,N] = op(A)·op(B)` is the column-major
 //! `Cᵀ[N,M] = op(B)ᵀ·op(A)ᵀ`, i.e. `gemm(m = N, n = M, k = K, B, A)` with the same transpose
@@ -6,15 +8,19 @@
 
 use std::sync::Arc;
 
-use cudarc::cublas::sys::{cublasMath_t, cublasOperation_t};
+use cudarc::cublas::sys::{
+    cublasComputeType_t, cublasGemmAlgo_t, cublasMath_t, cublasOperation_t, cudaDataType_t,
+};
 use cudarc::cublas::{result as cublas, CudaBlas};
 use cudarc::driver::CudaStream;
 
 use super::context::dev_err;
+use crate::backend::Precision;
 use crate::error::{Error, Result};
 
 pub(crate) struct Blas {
     blas: CudaBlas,
+    compute: cublasComputeType_t,
 }
 
 /// One row-major operand: device pointer, whether it is used transposed, its row stride.
@@ -35,21 +41,28 @@ fn c_int(what: &str, v: usize) -> Result<i32> {
 impl Blas {
     pub(crate) fn new(stream: Arc<CudaStream>) -> Result<Self> {
         let blas = CudaBlas::new(stream).map_err(|e| dev_err("creating the cuBLAS handle", e))?;
-        let b = Blas { blas };
-        b.set_tf32(false)?;
-        Ok(b)
+        // Default math: no tensor-core shortcut unless the compute type asks for one.
+        // SAFETY: a valid handle and a valid enum value.
+        unsafe {
+            cudarc::cublas::sys::cublasSetMathMode(
+                *blas.handle(),
+                cublasMath_t::CUBLAS_DEFAULT_MATH,
+            )
+        }
+        .result()
+        .map_err(|e| dev_err("cublasSetMathMode", e))?;
+        Ok(Blas {
+            blas,
+            compute: cublasComputeType_t::CUBLAS_COMPUTE_32F,
+        })
     }
 
-    pub(crate) fn set_tf32(&self, on: bool) -> Result<()> {
-        let mode = if on {
-            cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
-        } else {
-            cublasMath_t::CUBLAS_DEFAULT_MATH
+    pub(crate) fn set_precision(&mut self, p: Precision) {
+        self.compute = match p {
+            Precision::Fp32 => cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            Precision::Tf32 => cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
+            Precision::Bf16 => cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF,
         };
-        // SAFETY: a valid handle and a valid enum value.
-        unsafe { cudarc::cublas::sys::cublasSetMathMode(*self.blas.handle(), mode) }
-            .result()
-            .map_err(|e| dev_err("cublasSetMathMode", e))
     }
 
     /// Row-major `C[m, n] = op(A)[m, k] · op(B)[k, n] + beta · C` (`ldc` = row stride of C).
@@ -79,24 +92,35 @@ impl Blas {
         let alpha = 1.0f32;
         // k == 0 is valid for cuBLAS: C = beta·C.
         // SAFETY: the callers pass pointers to ranges they have checked against the shapes.
+        let f32t = cudaDataType_t::CUDA_R_32F;
         unsafe {
-            cublas::sgemm(
+            cublas::gemm_ex(
                 *self.blas.handle(),
                 op(b.trans),
                 op(a.trans),
                 c_int("n", n)?,
                 c_int("m", m)?,
                 c_int("k", k)?,
-                &alpha,
-                b.ptr as *const f32,
+                &alpha as *const f32 as *const std::ffi::c_void,
+                b.ptr as *const std::ffi::c_void,
+                f32t,
                 c_int("ldb", b.ld.max(1))?,
-                a.ptr as *const f32,
+                a.ptr as *const std::ffi::c_void,
+                f32t,
                 c_int("lda", a.ld.max(1))?,
-                &beta,
-                c as *mut f32,
+                &beta as *const f32 as *const std::ffi::c_void,
+                c as *mut std::ffi::c_void,
+                f32t,
                 c_int("ldc", ldc.max(1))?,
+                self.compute,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         }
-        .map_err(|e| dev_err(&format!("cublasSgemm (m={m}, n={n}, k={k})"), e))
+        .map_err(|e| {
+            dev_err(
+                &format!("cublasGemmEx ({:?}, m={m}, n={n}, k={k})", self.compute),
+                e,
+            )
+        })
     }
 }

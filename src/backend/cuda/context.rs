@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
@@ -16,6 +17,7 @@ use cudarc::nvrtc::Ptx;
 
 use super::blas::Blas;
 use super::kernels::{KernelImage, KERNEL_FILES};
+use crate::backend::Precision;
 use crate::error::{Error, Result};
 use crate::tensor::{BufId, Tensor};
 
@@ -80,6 +82,8 @@ pub struct CudaBackend {
     cc: (i32, i32),
     /// Largest dynamic + static shared memory a block may opt into.
     pub(crate) max_smem_optin: usize,
+    /// The current [`Precision`] as its discriminant.
+    precision: AtomicU8,
 }
 
 impl CudaBackend {
@@ -138,17 +142,27 @@ impl CudaBackend {
             name: format!("cuda:{ordinal} ({name}, sm_{}{})", cc.0, cc.1),
             cc,
             max_smem_optin,
+            precision: AtomicU8::new(Precision::Fp32 as u8),
         })
     }
 
-    /// Use TF32 tensor cores in cuBLAS GEMMs (faster, ~1e-3 relative error) or exact f32 (the
-    /// default).
-    pub fn set_tf32(&self, on: bool) -> Result<()> {
+    /// Switch GEMMs and the relation map to `p` (see [`Precision`]).
+    pub(crate) fn set_precision_impl(&self, p: Precision) -> Result<()> {
         self.bind()?;
         self.blas
             .lock()
             .map_err(|_| Error::Device("cuBLAS handle lock poisoned".into()))?
-            .set_tf32(on)
+            .set_precision(p);
+        self.precision.store(p as u8, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub(crate) fn precision_impl(&self) -> Precision {
+        match self.precision.load(Ordering::Relaxed) {
+            1 => Precision::Tf32,
+            2 => Precision::Bf16,
+            _ => Precision::Fp32,
+        }
     }
 
     /// The device's compute capability (major, minor).

@@ -40,6 +40,14 @@ impl Backend for CudaBackend {
             .map_err(|e| crate::error::Error::Device(format!("cuProfilerStop: {e:?}")))
     }
 
+    fn precision(&self) -> crate::backend::Precision {
+        self.precision_impl()
+    }
+
+    fn set_precision(&self, p: crate::backend::Precision) -> Result<()> {
+        self.set_precision_impl(p)
+    }
+
     fn fill(&self, t: Tensor, value: f32) -> Result<()> {
         ew::fill(self, t, value)
     }
