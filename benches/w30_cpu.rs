@@ -41,6 +41,7 @@ fn main() {
                 precision: "fp32".into(),
                 breakdown: false,
                 profile_window: None,
+                graph: true,
             },
         )
         .expect("benchmark");

@@ -1,7 +1,9 @@
 // elementwise.cu: flat elementwise operations over `n` floats (any layout).
 //   fill: t = value; copy: dst = src; add_inplace: dst += src; relu_inplace: x = max(x, 0);
 //   relu_backward_inplace: dy *= (y > 0); sigmoid: y = 1 / (1 + exp(−x));
-//   sigmoid_backward: dx += dy · y · (1 − y).
+//   sigmoid_backward: dx += dy · y · (1 − y);
+//   bias_act_inplace: y[r, c] = relu?(y[r, c] + bias[c] + residual?[r, c]) (the epilogue of a
+//   convolution with BatchNorm folded in; residual may be null).
 // Launch: 1-D grid-stride, 256 threads per block, grid capped by the host.
 // Memory traffic: one read per input and one read/write per output element (bandwidth bound).
 #include "common.cuh"
@@ -40,5 +42,15 @@ extern "C" __global__ void sigmoid_backward(const float* __restrict__ y,
     GRID_STRIDE(i, n) {
         float v = y[i];
         dx[i] += dy[i] * v * (1.0f - v);
+    }
+}
+
+extern "C" __global__ void bias_act_inplace(float* __restrict__ y, const float* __restrict__ bias,
+                                            const float* __restrict__ residual, i64 n, int c,
+                                            int relu) {
+    GRID_STRIDE(i, n) {
+        float t = y[i] + bias[i % c];
+        if (residual) t += residual[i];
+        y[i] = (relu && t < 0.0f) ? 0.0f : t;  // NaN stays NaN
     }
 }

@@ -1,30 +1,75 @@
 #!/usr/bin/env bash
-# Runs on the GPU host (copied into the bundle as run.sh): every GPU test with
-# PRRNET_REQUIRE_GPU=1, the parity tests under compute-sanitizer (memcheck, racecheck), the
-# prrnet benchmark and, when PyTorch is there, the PyTorch reference benchmark (W30, 299×299,
-# batch 64, inference and training). Logs go to the folder given as the first argument; a
-# summary table is printed last.
+# Runs on the GPU host (copied into the bundle as run.sh). Usage:
 #
-# Time: every step runs under `timeout` (its own cap, and never past the whole run's budget,
-# PRRNET_GPU_BUDGET_S, default 280 s); a step that would start with less than 15 s left is
-# SKIPped, one that runs out of time is reported as TIMEOUT. Expected on an H100: about 3 min.
+#   bash run.sh LOGDIR [tests|perf|all]      (default: all)
+#
+# tests  every GPU test executable with PRRNET_REQUIRE_GPU=1 (gpu_parity, gpu_model_parity,
+#        gpu_relation when bundled, then any other bin/gpu_*), then compute-sanitizer
+#        (memcheck, racecheck) on the parity tests.
+# perf   the measured peaks (`prrnet bench --peaks`), `prrnet bench --breakdown` for W30 at
+#        299×299, batch 64 (inference and training; fp32 and bf16 first, then tf32), PyTorch
+#        eager with the same stage breakdown, the relation-map benchmarks when bundled, an nsys
+#        capture of a 3-iteration training window with its kernel summary, torch.compile where
+#        time is left, and finally scripts/perf-report.py writing LOGDIR/PERFORMANCE-tables.md.
+# all    tests, then perf, within one budget.
+#
+# Time: each phase (or `all` as a whole) runs within PRRNET_GPU_BUDGET_S (default 280 s; perf
+# keeps its last 20 s for the report and the summary). Every
+# step runs under `timeout` (its own cap, never past the budget); a step that would start with
+# less than 15 s left is SKIPped, one that runs out of time is reported as TIMEOUT. Steps are
+# ordered by importance. Logs: one per step in LOGDIR (first line `$ command`); a summary table
+# is printed last.
+#
+# Overrides for a smoke test without a GPU (the perf phase runs on the CPU then):
+# PRRNET_PERF_DEVICE (cuda), PRRNET_PERF_PRESET (w30), PRRNET_PERF_SIZE (299),
+# PRRNET_PERF_BATCH (64), PRRNET_PERF_ITERS (5), PRRNET_PYTHON (python3).
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 logs="${1:-$here/logs}"
+phase="${2:-all}"
+case "$phase" in
+    tests | perf | all) ;;
+    *) echo "usage: run.sh LOGDIR [tests|perf|all]" >&2; exit 2 ;;
+esac
 mkdir -p "$logs"
+logs="$(cd "$logs" && pwd)"
 export PRRNET_REQUIRE_GPU=1 RUST_BACKTRACE=1
 budget="${PRRNET_GPU_BUDGET_S:-280}"
+dev="${PRRNET_PERF_DEVICE:-cuda}"
+preset="${PRRNET_PERF_PRESET:-w30}"
+size="${PRRNET_PERF_SIZE:-299}"
+batch="${PRRNET_PERF_BATCH:-64}"
+iters="${PRRNET_PERF_ITERS:-5}"
+py="${PRRNET_PYTHON:-python3}"
+# The bundle ships its executables gzipped (bin/*.gz): unpack them next to themselves, or into
+# a temporary folder when the bundle is read-only.
+bin="$here/bin"
+if ! [ -w "$bin" ]; then
+    bin="$(mktemp -d)"
+fi
+for gz in "$here"/bin/*.gz; do
+    [ -f "$gz" ] || continue
+    exe="$bin/$(basename "$gz" .gz)"
+    if ! [ -x "$exe" ] || [ "$gz" -nt "$exe" ]; then
+        gzip -dc "$gz" >"$exe.part" && chmod +x "$exe.part" && mv "$exe.part" "$exe"
+    fi
+done
+prrnet="$bin/prrnet"
+# Seconds kept back at the end of perf/all for perf-report.py and the summary.
+reserve=0
+[ "$phase" != tests ] && reserve=20
 declare -a rows
 step() { # name, cap in seconds, command...
     local name="$1" cap="$2"; shift 2
-    local left=$((budget - SECONDS)) t0=$SECONDS status rc
+    local left=$((budget - reserve - SECONDS)) t0=$SECONDS status rc
     if [ "$left" -lt 15 ]; then
         rows+=("$(printf '%-34s %-7s %4ds' "$name" SKIP 0)")
         echo "skipped: out of time budget (${budget}s)" >"$logs/$name.log"
         return
     fi
     [ "$cap" -gt "$left" ] && cap=$left
-    timeout --kill-after=10 "$cap" "$@" >"$logs/$name.log" 2>&1
+    echo "\$ $*" >"$logs/$name.log"
+    timeout --kill-after=10 "$cap" "$@" >>"$logs/$name.log" 2>&1
     rc=$?
     if [ "$rc" -eq 0 ]; then
         status=ok
@@ -36,47 +81,159 @@ step() { # name, cap in seconds, command...
     fi
     rows+=("$(printf '%-34s %-7s %4ds' "$name" "$status" $((SECONDS - t0)))")
 }
-timeout 30 nvidia-smi >"$logs/nvidia-smi.log" 2>&1
-timeout 30 "$here/bin/prrnet" info >"$logs/info.log" 2>&1
-step gpu_parity 120 "$here/bin/gpu_parity" --test-threads 1
-step gpu_model_parity 150 "$here/bin/gpu_model_parity" --test-threads 1
-if command -v compute-sanitizer >/dev/null; then
-    # `--report-api-errors no`: failed API calls would count as sanitizer errors, and
-    # allocation_and_errors makes one on purpose (an impossible allocation); a real API failure
-    # already fails the test itself. Kernel memory errors and races stay fatal.
-    san=(compute-sanitizer --report-api-errors no --error-exitcode 1)
-    step sanitizer_memcheck 90 "${san[@]}" --tool memcheck "$here/bin/gpu_parity" \
-        --test-threads 1 --skip allocation_and_errors
-    # racecheck only sees shared memory: the tests whose kernels use it (reductions, relation
-    # tiles), not the purely elementwise ones nor the large cuBLAS-only convolutions.
-    step sanitizer_racecheck 90 "${san[@]}" --tool racecheck "$here/bin/gpu_parity" \
-        --test-threads 1 --skip allocation_and_errors --skip elementwise --skip resample \
-        --skip concat --skip adam --skip conv2d_w30_sizes
-    step sanitizer_memcheck_tiny 60 "${san[@]}" --tool memcheck "$here/bin/gpu_model_parity" \
-        tiny --test-threads 1
-fi
-for mode in infer train; do
-    flag=""; [ "$mode" = train ] && flag="--train"
-    step "prrnet_bench_w30_$mode" 90 "$here/bin/prrnet" bench --device cuda --preset w30 --batch 64 --iters 10 --warmup 2 $flag --json --breakdown
-done
-if command -v nsys >/dev/null; then
-    # A 3-iteration window of W30 training (NVTX ranges per stage and module), and its summary.
-    step nsys_w30_train 75 nsys profile --capture-range=cudaProfilerApi --capture-range-end=stop \
-        --force-overwrite true -o "$logs/prrnet-w30-train" \
-        "$here/bin/prrnet" bench --device cuda --preset w30 --batch 64 --train --iters 4 --warmup 1 \
-        --profile-window 2:3
-    step nsys_stats 45 nsys stats --report cuda_gpu_kern_sum --report nvtx_sum \
-        "$logs/prrnet-w30-train.nsys-rep"
-fi
-if timeout 60 python3 -c "import torch, timm" 2>/dev/null; then
-    for mode in infer train; do
-        step "pytorch_eager_w30_$mode" 90 python3 "$here/reference/bench.py" --device cuda --preset w30 --size 299 --batch 64 --mode "$mode" --precision fp32 --iters 10 --warmup 2 --json
+left() { echo $((budget - reserve - SECONDS)); }
+
+meta() {
+    {
+        echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+        echo "host: $(hostname 2>/dev/null || echo '?')"
+        echo "gpu: $(timeout 20 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm \
+            --format=csv,noheader 2>/dev/null | head -n 1 || true)"
+        echo "phase: $phase"
+        echo "bundle: $here"
+    } >"$logs/meta.log"
+    timeout 30 nvidia-smi >"$logs/nvidia-smi.log" 2>&1
+    timeout 30 "$prrnet" info >"$logs/info.log" 2>&1
+}
+
+tests_phase() {
+    step gpu_parity 120 "$bin/gpu_parity" --test-threads 1
+    step gpu_model_parity 150 "$bin/gpu_model_parity" --test-threads 1
+    if [ -x "$bin/gpu_relation" ]; then
+        step gpu_relation 90 "$bin/gpu_relation" --test-threads 1
+    fi
+    # Any other GPU test executable in the bundle (tests/gpu_*.rs), in name order.
+    local exe t
+    for exe in "$bin"/gpu_*; do
+        [ -x "$exe" ] && [ "${exe%.gz}" = "$exe" ] || continue
+        t=$(basename "$exe")
+        case "$t" in gpu_parity | gpu_model_parity | gpu_relation) continue ;; esac
+        step "$t" 90 "$exe" --test-threads 1
     done
-fi
+    if command -v compute-sanitizer >/dev/null; then
+        # `--report-api-errors no`: failed API calls would count as sanitizer errors, and
+        # allocation_and_errors makes one on purpose (an impossible allocation); a real API
+        # failure already fails the test itself. Kernel memory errors and races stay fatal.
+        local san=(compute-sanitizer --report-api-errors no --error-exitcode 1)
+        step sanitizer_memcheck 90 "${san[@]}" --tool memcheck "$bin/gpu_parity" \
+            --test-threads 1 --skip allocation_and_errors
+        # racecheck only sees shared memory: the tests whose kernels use it (reductions,
+        # relation tiles), not the purely elementwise ones nor the large cuBLAS-only convolutions.
+        step sanitizer_racecheck 90 "${san[@]}" --tool racecheck "$bin/gpu_parity" \
+            --test-threads 1 --skip allocation_and_errors --skip elementwise --skip resample \
+            --skip concat --skip adam --skip conv2d_w30_sizes
+        step sanitizer_memcheck_tiny 60 "${san[@]}" --tool memcheck "$bin/gpu_model_parity" \
+            tiny --test-threads 1
+        if [ -x "$bin/gpu_relation" ]; then
+            step sanitizer_memcheck_relation 60 "${san[@]}" --tool memcheck \
+                "$bin/gpu_relation" --test-threads 1
+        fi
+    fi
+}
+
+prrnet_bench() { # precision, mode
+    local flag=""
+    [ "$2" = train ] && flag="--train"
+    step "prrnet_bench_${preset}_$2_$1" 60 "$prrnet" bench --device "$dev" --preset "$preset" \
+        --size "$size" --batch "$batch" --precision "$1" --iters "$iters" --warmup 2 $flag \
+        --breakdown --json
+}
+
+torch_bench() { # name, cap, configs (IMPL:PRECISION:MODE,...)
+    local cap="$2" l
+    l=$(left)
+    [ "$cap" -gt "$l" ] && cap=$l
+    # No configuration starts in the slot's last 40 s (one in flight may still finish).
+    step "$1" "$cap" "$py" "$here/reference/bench.py" --device "$dev" --preset "$preset" \
+        --size "$size" --batch "$batch" --iters "$iters" --warmup 2 --breakdown --json \
+        --configs "$3" --deadline-s $((cap > 40 ? cap - 40 : 1))
+}
+
+perf_phase() {
+    step peaks 60 "$prrnet" bench --device "$dev" --peaks --iters 10 --warmup 3 --json
+    # The most important first: fp32 and bf16, inference and training.
+    prrnet_bench fp32 infer
+    prrnet_bench fp32 train
+    prrnet_bench bf16 infer
+    prrnet_bench bf16 train
+    local have_torch=0
+    if timeout 60 "$py" -c "import torch, timm" 2>/dev/null; then have_torch=1; fi
+    if [ "$have_torch" = 1 ]; then
+        torch_bench pytorch_eager_fp32_bf16 100 \
+            eager:fp32:infer,eager:fp32:train,eager:bf16:infer,eager:bf16:train
+    fi
+    # The relation map alone (kernels vs PyTorch), when the bundle has its benchmarks.
+    if "$prrnet" help 2>/dev/null | grep -q "bench-relation"; then
+        for p in fp32 bf16 tf32; do
+            step "prrnet_bench_relation_$p" 40 "$prrnet" bench-relation --precision "$p" \
+                --backward --json
+        done
+    fi
+    if [ "$have_torch" = 1 ] && [ -f "$here/reference/bench_relation.py" ]; then
+        for p in fp32 bf16 tf32; do
+            step "pytorch_bench_relation_$p" 40 "$py" "$here/reference/bench_relation.py" \
+                --precision "$p" --backward --json
+        done
+    fi
+    if command -v nsys >/dev/null && [ "$dev" = cuda ]; then
+        # A 3-iteration window of training (NVTX ranges per stage and module) and its summaries.
+        step nsys_train_fp32 75 nsys profile --capture-range=cudaProfilerApi \
+            --capture-range-end=stop --force-overwrite true -o "$logs/prrnet-train-fp32" \
+            "$prrnet" bench --device cuda --preset "$preset" --size "$size" --batch "$batch" \
+            --train --iters 4 --warmup 1 --profile-window 2:3
+        if [ -f "$logs/prrnet-train-fp32.nsys-rep" ]; then
+            step nsys_stats_train_fp32 45 nsys stats --force-export=true --format csv \
+                --report cuda_gpu_kern_sum --report nvtx_sum "$logs/prrnet-train-fp32.nsys-rep"
+        fi
+    fi
+    prrnet_bench tf32 infer
+    prrnet_bench tf32 train
+    if [ "$have_torch" = 1 ]; then
+        torch_bench pytorch_rest 200 \
+            compile:bf16:infer,compile:fp32:infer,eager:tf32:infer,eager:tf32:train,compile:bf16:train,compile:fp32:train,compile:tf32:infer,compile:tf32:train
+    fi
+}
+
+report() {
+    if [ -f "$here/scripts/perf-report.py" ]; then
+        timeout 30 "$py" "$here/scripts/perf-report.py" "$logs" --window-iters 3 \
+            --out "$logs/PERFORMANCE-tables.md" >"$logs/perf_report.log" 2>&1 &&
+            rows+=("$(printf '%-34s %-7s %4ds' perf_report ok 0)") ||
+            rows+=("$(printf '%-34s %-7s %4ds' perf_report FAIL 0)")
+    fi
+}
+
+meta
+case "$phase" in
+    tests) tests_phase ;;
+    perf) perf_phase; report ;;
+    all) tests_phase; perf_phase; report ;;
+esac
+
 echo
 echo "== results (logs in $logs) =="
-cat "$logs"/prrnet_bench_*.log "$logs"/pytorch_eager_*.log 2>/dev/null | grep '^{' || true
+for f in "$logs"/prrnet_bench_*.log "$logs"/pytorch_*.log "$logs"/peaks.log; do
+    [ -f "$f" ] || continue
+    grep '^{' "$f" | "$py" -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        r = json.loads(line)
+    except ValueError:
+        continue
+    if r.get("kind") == "peaks":
+        print("peaks: fp32 %.1f, tf32 %.1f, bf16 %.1f TFLOP/s; copy %.0f GB/s" % (
+            r["fp32_tflops"], r["tf32_tflops"], r["bf16_tflops"], r["dram_gbps"]))
+    elif "ms_median" in r:
+        print("%-16s %-5s %-5s %-6s %9.2f ms %9.1f img/s" % (r.get("impl", "?"), r.get("precision", "?"),
+              r.get("mode", "?"), str(r.get("batch", "")), r["ms_median"], r.get("images_per_s", 0)))
+    elif "error" in r or "skipped" in r:
+        print("%-16s %-5s %-5s %s" % (r.get("impl", "?"), r.get("precision", "?"), r.get("mode", "?"),
+              r.get("error") or r.get("skipped")))
+' 2>/dev/null || grep '^{' "$f" | cut -c1-200
+done
+[ -f "$logs/PERFORMANCE-tables.md" ] && echo "tables: $logs/PERFORMANCE-tables.md"
 echo
 printf '%-34s %-7s %5s\n' step status time
 for r in "${rows[@]}"; do echo "$r"; done
-echo "total ${SECONDS}s (budget ${budget}s)"
+echo "total ${SECONDS}s (phase $phase, budget ${budget}s)"

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod model;
 pub mod plot;
 pub mod profile;
+pub mod relation_bench;
 pub mod rng;
 pub mod tensor;
 pub mod trace;

@@ -186,6 +186,18 @@ fn elementwise() {
         p.run(|be| be.sigmoid_backward(y, dy, dx).unwrap());
         p.check(&format!("sigmoid_backward {n}"), dx);
     }
+    // The folded conv epilogue: odd channel counts, with and without residual and ReLU.
+    for (rows, c) in [(1usize, 1usize), (37, 30), (5625, 60), (100, 243)] {
+        for (residual, relu) in [(false, false), (false, true), (true, true), (true, false)] {
+            let (y, bias) = (p.randn(rows * c, 1.0), p.randn(c, 0.5));
+            let res = residual.then(|| p.randn(rows * c, 1.0));
+            p.run(|be| be.bias_act_inplace(rows, c, y, bias, res, relu).unwrap());
+            p.check(
+                &format!("bias_act_inplace {rows}x{c} residual={residual} relu={relu}"),
+                y,
+            );
+        }
+    }
 }
 
 // ---- convolution and linear --------------------------------------------------------------

@@ -16,6 +16,7 @@
 //!   `download` (and `synchronize`) wait.
 //! - Outputs never alias inputs unless an operation's name says `inplace`.
 
+pub mod count;
 pub mod cpu;
 pub mod cuda;
 
@@ -219,6 +220,23 @@ pub struct AdamArgs {
     pub step: u64,
 }
 
+/// A point in a backend's queue of work, for timing ([`Backend::timer_mark`]).
+pub enum Marker {
+    /// The host clock, read after the queue drained (backends without device timers).
+    Host(std::time::Instant),
+    /// A device timestamp owned by the backend that made it (on CUDA, a recorded event).
+    Device(Box<dyn std::any::Any + Send + Sync>),
+}
+
+impl std::fmt::Debug for Marker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Marker::Host(t) => write!(f, "Marker::Host({t:?})"),
+            Marker::Device(_) => f.write_str("Marker::Device(..)"),
+        }
+    }
+}
+
 /// Everything the network needs, on one device.
 pub trait Backend: Send + Sync {
     /// Human-readable device description.
@@ -229,6 +247,14 @@ pub trait Backend: Send + Sync {
     fn allocated_bytes(&self) -> usize;
     fn upload(&self, dst: Tensor, src: &[f32]) -> Result<()>;
     fn download(&self, src: Tensor, dst: &mut [f32]) -> Result<()>;
+    /// Upload `dst.len` values that `fill` writes into a host staging area: on a GPU, page-
+    /// locked memory (the copy runs at full DMA speed, with no extra host copy); on the CPU,
+    /// the destination itself.
+    fn upload_with(&self, dst: Tensor, fill: &mut dyn FnMut(&mut [f32])) -> Result<()> {
+        let mut v = vec![0.0; dst.len];
+        fill(&mut v);
+        self.upload(dst, &v)
+    }
     /// Wait until every enqueued operation has finished.
     fn synchronize(&self) -> Result<()>;
     /// Start / stop collection by an attached profiler (`nsys --capture-range=cudaProfilerApi`,
@@ -238,6 +264,32 @@ pub trait Backend: Send + Sync {
     }
     fn profiler_stop(&self) -> Result<()> {
         Ok(())
+    }
+    /// Whether [`Backend::graph_begin`] works here (CUDA graphs).
+    fn supports_graphs(&self) -> bool {
+        false
+    }
+    /// Start recording the operations enqueued from now on into a replayable graph instead of
+    /// running them. Nothing recorded may allocate, upload, download or synchronise.
+    fn graph_begin(&self) -> Result<()> {
+        Err(crate::error::Error::Config(format!(
+            "{} cannot record graphs",
+            self.name()
+        )))
+    }
+    /// Stop recording; returns the graph's id for [`Backend::graph_launch`].
+    fn graph_end(&self) -> Result<usize> {
+        Err(crate::error::Error::Config(format!(
+            "{} cannot record graphs",
+            self.name()
+        )))
+    }
+    /// Enqueue a recorded graph: the same operations on the same buffers' current contents.
+    fn graph_launch(&self, id: usize) -> Result<()> {
+        Err(crate::error::Error::Config(format!(
+            "{} cannot replay graph {id}",
+            self.name()
+        )))
     }
     /// True when buffers live in host memory (the CPU backend).
     fn is_host(&self) -> bool {
@@ -260,6 +312,29 @@ pub trait Backend: Send + Sync {
         }
     }
 
+    /// Mark the current point of the queue of work, for [`Backend::timer_elapsed_ms`].
+    /// Device backends record a timestamp in the queue without waiting; the default waits for
+    /// the queue to drain and reads the host clock.
+    fn timer_mark(&self) -> Result<Marker> {
+        self.synchronize()?;
+        Ok(Marker::Host(std::time::Instant::now()))
+    }
+    /// Milliseconds of work between two markers of this backend (waits for `b` to be reached).
+    fn timer_elapsed_ms(&self, a: &Marker, b: &Marker) -> Result<f64> {
+        match (a, b) {
+            (Marker::Host(a), Marker::Host(b)) => {
+                Ok(b.saturating_duration_since(*a).as_secs_f64() * 1e3)
+            }
+            _ => Err(crate::error::Error::Other(format!(
+                "timer markers {a:?} and {b:?} were not made by {}",
+                self.name()
+            ))),
+        }
+    }
+    /// The model entered stage `Some(name)` (`fwd.backbone`, …) or left it (`None`). Only
+    /// bookkeeping backends (the cost model, [`count::CountBackend`]) act on it.
+    fn stage_hint(&self, _stage: Option<&'static str>) {}
+
     // ---- elementwise -------------------------------------------------------------------
     fn fill(&self, t: Tensor, value: f32) -> Result<()>;
     fn copy(&self, src: Tensor, dst: Tensor) -> Result<()>;
@@ -268,6 +343,18 @@ pub trait Backend: Send + Sync {
     fn relu_inplace(&self, x: Tensor) -> Result<()>;
     /// `dy *= (y > 0)`: turns the gradient of a ReLU output into that of its input.
     fn relu_backward_inplace(&self, y: Tensor, dy: Tensor) -> Result<()>;
+    /// `y[r, c] = relu?(y[r, c] + bias[c] + residual?[r, c])` over `y: [rows, c]`: the epilogue
+    /// of a convolution whose BatchNorm was folded into its weights (inference only).
+    #[allow(clippy::too_many_arguments)]
+    fn bias_act_inplace(
+        &self,
+        rows: usize,
+        c: usize,
+        y: Tensor,
+        bias: Tensor,
+        residual: Option<Tensor>,
+        relu: bool,
+    ) -> Result<()>;
     fn sigmoid(&self, x: Tensor, y: Tensor) -> Result<()>;
     /// `dx += dy · y · (1 − y)` with `y = sigmoid(x)`.
     fn sigmoid_backward(&self, y: Tensor, dy: Tensor, dx: Tensor) -> Result<()>;

@@ -131,9 +131,15 @@ enum Cmd {
         /// start/stop calls, for `nsys --capture-range=cudaProfilerApi` and `ncu`.
         #[arg(long)]
         profile_window: Option<prrnet::profile::ProfileWindow>,
+        /// Run every forward as ordinary launches instead of replaying a recorded CUDA graph.
+        #[arg(long)]
+        no_graph: bool,
     },
     /// Show the compute devices this build can use.
     Info,
+    /// Time the fused relation kernels version by version (TFLOP/s against the measured dense
+    /// GEMM rate, modelled bytes, device memory); JSON fields of reference/bench_relation.py.
+    BenchRelation(prrnet::relation_bench::BenchRelationArgs),
     /// Time inference or training steps on random non-zero inputs.
     Bench {
         /// auto | cpu | cuda | cuda:N
@@ -159,13 +165,25 @@ enum Cmd {
         /// Print one JSON line (the fields of reference/bench.py).
         #[arg(long)]
         json: bool,
-        /// Also report the time of every stage (forward and backward by module, optimizer).
+        /// Also report the device time of every stage (forward and backward by module,
+        /// optimizer; CUDA events on a GPU) with the cost model's FLOPs and bytes.
         #[arg(long)]
         breakdown: bool,
         /// START:COUNT — bracket these iterations (0-based, warm-up included) with the CUDA
         /// profiler start/stop calls, for `nsys --capture-range=cudaProfilerApi` and `ncu`.
         #[arg(long)]
         profile_window: Option<prrnet::profile::ProfileWindow>,
+        /// Instead of the network: measure the GPU's dense GEMM rate (fp32, TF32, BF16; cuBLAS,
+        /// 8192³) and memory bandwidth (device-to-device copy), the floors' denominators.
+        #[arg(long)]
+        peaks: bool,
+        /// Instead of timing: print the cost model (FLOPs and minimum DRAM bytes per stage) of
+        /// this configuration, computed without running the network.
+        #[arg(long)]
+        costs: bool,
+        /// Inference: run plain launches instead of replaying a recorded CUDA graph.
+        #[arg(long)]
+        no_graph: bool,
     },
 }
 
@@ -223,7 +241,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let wf = TensorFile::read(&weights)?;
             let cfg = dump::resolve_config(&wf, preset.as_deref(), n, groups, size)?;
             let be = backend::open(device.parse::<DeviceRequest>()?)?;
-            let mut net = prrnet::PrrNet::new(&cfg, be, batch, false)?;
+            let mut net = prrnet::PrrNet::new_inference(&cfg, be, batch)?;
             prrnet::io::checkpoint::load_file(&net, &wf, &weights)?;
             let m = prrnet::train::eval::run(&mut net, &weights, &data, &out, workers)?;
             println!("{}", serde_json::to_string(&m).expect("metrics serialise"));
@@ -246,6 +264,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             n,
             groups,
             profile_window,
+            no_graph,
         } => detect(
             &inputs,
             &weights,
@@ -259,6 +278,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 precision: precision.parse::<Precision>()?,
                 threshold,
                 profile_window,
+                graphs: !no_graph,
             },
             out,
             PictureDirs { masks, overlay },
@@ -304,12 +324,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
             breakdown,
             profile_window,
+            peaks,
+            costs,
+            no_graph,
         } => {
+            if peaks {
+                return bench_peaks(&device, iters, warmup, json);
+            }
             let mut cfg = prrnet::Config::preset(&preset)?;
             if let Some(s) = size {
                 cfg.size = s;
             }
             cfg.validate()?;
+            if costs {
+                print_costs(&cfg, batch, train, json)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let be = backend::open(device.parse::<DeviceRequest>()?)?;
             let r = prrnet::bench::run(
                 be,
@@ -322,6 +352,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     precision,
                     breakdown,
                     profile_window,
+                    graph: !no_graph,
                 },
             )?;
             if json {
@@ -333,11 +364,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     r.ms_median, r.ms_min, r.ms_max, r.images_per_s,
                     r.peak_mem_bytes as f64 / (1 << 20) as f64
                 );
-                let total: f64 = r.stages.iter().map(|(_, t)| t).sum();
-                for (name, t) in &r.stages {
-                    println!("  {name:18} {t:9.1} ms  {:5.1}%", 100.0 * t / total);
-                }
+                print_breakdown(&r);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::BenchRelation(a) => {
+            prrnet::relation_bench::main(&a)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Info => {
@@ -374,6 +406,151 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The stage table of `prrnet bench --breakdown`: device time, share, the cost model's work
+/// and the rates it implies.
+fn print_breakdown(r: &prrnet::bench::BenchResult) {
+    if r.breakdown.is_empty() {
+        return;
+    }
+    let total: f64 = r.breakdown.iter().map(|s| s.ms).sum();
+    println!(
+        "  {:18} {:>9} {:>6} {:>9} {:>8} {:>9} {:>8}   ({})",
+        "stage", "ms", "%", "GFLOP", "GB", "TFLOP/s", "GB/s", r.timer
+    );
+    for s in &r.breakdown {
+        let secs = s.ms / 1e3;
+        println!(
+            "  {:18} {:9.2} {:5.1}% {:9.2} {:8.3} {:9.2} {:8.1}",
+            s.stage,
+            s.ms,
+            100.0 * s.ms / total,
+            s.gflop,
+            s.gbytes,
+            if secs > 0.0 {
+                s.gflop / secs / 1e3
+            } else {
+                0.0
+            },
+            if secs > 0.0 { s.gbytes / secs } else { 0.0 },
+        );
+    }
+    if let Some(t) = r.breakdown_step_ms {
+        println!(
+            "  whole step during the breakdown: {t:.2} ms (plain timing: {:.2} ms)",
+            r.ms_median
+        );
+    }
+}
+
+/// `prrnet bench --costs`: the per-stage cost model, one line per stage (or one JSON line).
+fn print_costs(cfg: &prrnet::Config, batch: usize, train: bool, json: bool) -> Result<()> {
+    let costs = prrnet::bench::stage_costs(cfg, batch, train)?;
+    let mode = if train { "train" } else { "infer" };
+    if json {
+        let stages: Vec<serde_json::Value> = costs
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "stage": c.stage,
+                    "gflop": c.flop / 1e9,
+                    "matmul_gflop": c.matmul_flop / 1e9,
+                    "gbytes": c.bytes / 1e9,
+                    "ops": c.ops,
+                })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "kind": "costs",
+            "preset": cfg.preset,
+            "size": cfg.size,
+            "batch": batch,
+            "mode": mode,
+            "stages": stages,
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    println!(
+        "cost model: {} {}x{} batch {batch} {mode} (FLOPs; minimum DRAM bytes, f32 storage)",
+        cfg.preset, cfg.size, cfg.size
+    );
+    println!(
+        "  {:18} {:>10} {:>12} {:>9} {:>6}",
+        "stage", "GFLOP", "matmul GFLOP", "GB", "ops"
+    );
+    let (mut f, mut m, mut b) = (0.0, 0.0, 0.0);
+    for c in &costs {
+        println!(
+            "  {:18} {:10.2} {:12.2} {:9.3} {:6}",
+            c.stage,
+            c.flop / 1e9,
+            c.matmul_flop / 1e9,
+            c.bytes / 1e9,
+            c.ops
+        );
+        (f, m, b) = (f + c.flop, m + c.matmul_flop, b + c.bytes);
+    }
+    println!(
+        "  {:18} {:10.2} {:12.2} {:9.3}",
+        "total",
+        f / 1e9,
+        m / 1e9,
+        b / 1e9
+    );
+    Ok(())
+}
+
+/// `prrnet bench --peaks`: the device's measured GEMM rates and memory bandwidth.
+fn bench_peaks(device: &str, iters: usize, warmup: usize, json: bool) -> Result<ExitCode> {
+    use prrnet::backend::cuda::peak;
+    let needs_gpu = |why: String| {
+        prrnet::Error::Config(format!(
+            "--peaks measures a GPU (cuBLAS GEMM rates, device memory bandwidth): {why}"
+        ))
+    };
+    let ordinal = match device.parse::<DeviceRequest>()? {
+        DeviceRequest::Cuda(i) => i,
+        DeviceRequest::Auto => 0,
+        DeviceRequest::Cpu => {
+            return Err(needs_gpu(
+                "--device cpu has none; use --device cuda on a machine with a GPU".into(),
+            ))
+        }
+    };
+    if !prrnet::backend::cuda::driver_present() {
+        return Err(needs_gpu(
+            "this machine has no CUDA driver (libcuda)".into(),
+        ));
+    }
+    let p = peak::measure_device(
+        ordinal,
+        &peak::PeakOptions {
+            iters: iters.max(3),
+            warmup: warmup.max(2),
+            ..Default::default()
+        },
+    )?;
+    if json {
+        println!("{}", serde_json::to_string(&p).expect("serialise"));
+    } else {
+        println!("peaks on {}:", p.device);
+        for g in &p.gemm {
+            println!(
+                "  GEMM {:4} {}x{}x{}: {:8.3} ms median, {:7.1} TFLOP/s (best {:.1})",
+                g.precision, g.m, g.n, g.k, g.ms_median, g.tflops, g.tflops_best
+            );
+        }
+        println!(
+            "  copy {} MiB device-to-device: {:.3} ms median, {:.0} GB/s read+write (best {:.0})",
+            p.copy.bytes >> 20,
+            p.copy.ms_median,
+            p.copy.gbps,
+            p.copy.gbps_best
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {

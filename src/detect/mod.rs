@@ -67,6 +67,9 @@ pub struct DetectorOptions {
     pub threshold: f32,
     /// Bracket these forward batches (0-based) for an attached profiler.
     pub profile_window: Option<crate::profile::ProfileWindow>,
+    /// Replay the forward as a recorded CUDA graph (on GPUs; ignored on the CPU). When
+    /// recording fails the detector warns once and runs ordinary forwards.
+    pub graphs: bool,
 }
 
 impl Default for DetectorOptions {
@@ -80,6 +83,7 @@ impl Default for DetectorOptions {
             precision: Precision::Fp32,
             threshold: 0.5,
             profile_window: None,
+            graphs: true,
         }
     }
 }
@@ -109,6 +113,8 @@ pub struct Detector {
     batch: usize,
     threshold: f32,
     device: String,
+    /// Forward through the recorded graph (cleared when recording fails).
+    graphs: std::sync::atomic::AtomicBool,
 }
 
 impl Detector {
@@ -135,7 +141,7 @@ impl Detector {
         let be = backend::open(device)?;
         be.set_precision(opts.precision)?;
         let device = be.name();
-        let net = PrrNet::new(&cfg, be, opts.batch, false)?;
+        let net = PrrNet::new_inference(&cfg, be, opts.batch)?;
         checkpoint::load_file(&net, &file, weights)?;
         Ok(Detector {
             net: Mutex::new(net),
@@ -144,6 +150,7 @@ impl Detector {
             batch: opts.batch,
             threshold: opts.threshold,
             device,
+            graphs: std::sync::atomic::AtomicBool::new(opts.graphs),
         })
     }
 
@@ -233,7 +240,16 @@ impl Detector {
             label: None,
             mask_weight: None,
         })?;
-        net.forward(Mode::EVAL)?;
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.graphs.load(Relaxed) {
+            if let Err(e) = net.forward_graph() {
+                self.graphs.store(false, Relaxed);
+                eprintln!("warning: CUDA graph replay unavailable ({e}); running plain forwards");
+                net.forward(Mode::EVAL)?;
+            }
+        } else {
+            net.forward(Mode::EVAL)?;
+        }
         let scores = net.read(net.rr.score)?;
         let masks = net.read(net.pr.mask_prob)?;
         Ok((scores, masks))

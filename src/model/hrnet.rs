@@ -452,6 +452,33 @@ impl HrNet {
     }
 
     /// The four branch maps `x0..x3` of stage4.
+    /// Every conv + BatchNorm unit of the backbone (for BatchNorm folding).
+    pub fn conv_bns(&self) -> Vec<&ConvBn> {
+        let mut v = vec![&self.stem1, &self.stem2];
+        for blk in &self.layer1 {
+            v.extend([&blk.c1, &blk.c2, &blk.c3]);
+            v.extend(blk.down.iter());
+        }
+        for t in self.transitions.iter().flatten() {
+            if let Transition::Convs { chain, .. } = t {
+                v.extend(chain.iter());
+            }
+        }
+        for m in self.stages.iter().flatten() {
+            for blk in m.branches.iter().flatten() {
+                v.extend([&blk.c1, &blk.c2]);
+            }
+            for term in m.fuse.iter().flatten() {
+                match term {
+                    FuseTerm::Identity => {}
+                    FuseTerm::Up { cb, .. } => v.push(cb),
+                    FuseTerm::Down(chain) => v.extend(chain.iter()),
+                }
+            }
+        }
+        v
+    }
+
     pub fn outputs(&self) -> Vec<Tensor> {
         self.stage_outs(self.stages.len() - 1)
     }

@@ -62,6 +62,14 @@ pub struct Builder {
     pub state: Arena,
     pub acts: Arena,
     pub entries: Vec<ParamEntry>,
+    /// Inference-only plans: the arena of BatchNorm-folded convolution weights and biases.
+    /// Its units never run backward, so a conv output may share memory with the unit's output.
+    pub folded: Option<Arena>,
+    /// Every activation handed out, in order (the reuse planner's allocation identities).
+    pub act_log: Vec<Tensor>,
+    /// Assigned offsets for the first `offsets.len()` activations (a reuse plan); later ones
+    /// are bump-allocated after the planned region.
+    pub remap: Option<Vec<usize>>,
 }
 
 impl Builder {
@@ -71,7 +79,22 @@ impl Builder {
             state: Arena::new(state),
             acts: Arena::new(acts),
             entries: Vec::new(),
+            folded: None,
+            act_log: Vec::new(),
+            remap: None,
         }
+    }
+    /// Place the first activations at planned offsets inside `[0, region)` (see
+    /// `model::memplan`); the rest follow the region.
+    pub fn with_remap(mut self, offsets: Vec<usize>, region: usize) -> Builder {
+        self.acts.used = region;
+        self.remap = Some(offsets);
+        self
+    }
+    /// Plan for inference only, with folded weights in buffer `folded`.
+    pub fn inference(mut self, folded: BufId) -> Builder {
+        self.folded = Some(Arena::new(folded));
+        self
     }
     pub fn param(&mut self, name: String, len: usize, kind: ParamKind) -> Tensor {
         let trainable = !matches!(kind, ParamKind::RunningMean | ParamKind::RunningVar);
@@ -89,7 +112,13 @@ impl Builder {
         tensor
     }
     pub fn act(&mut self, len: usize) -> Tensor {
-        self.acts.take(len)
+        let i = self.act_log.len();
+        let t = match self.remap.as_ref().and_then(|o| o.get(i)) {
+            Some(&off) => Tensor::new(self.acts.buf, off, len),
+            None => self.acts.take(len),
+        };
+        self.act_log.push(t);
+        t
     }
     pub fn conv_weight(&mut self, name: String, cout: usize, cin: usize, k: usize) -> Tensor {
         self.param(
@@ -148,6 +177,8 @@ pub struct Ctx<'a> {
     pub dacts: Option<BufId>,
     /// Gradient arena mirroring the parameters; `None` when parameter gradients are not wanted.
     pub dparams: Option<BufId>,
+    /// Conv + BatchNorm units run with their folded weights (inference plans, eval mode).
+    pub folded: bool,
 }
 
 impl Ctx<'_> {
@@ -219,6 +250,10 @@ pub struct ConvBn {
     pub save_rstd: Tensor,
     /// The unit's output.
     pub y: Tensor,
+    /// Inference plans: the BatchNorm-folded weight `[cout, k, k, cin]` and bias `[cout]`
+    /// (see [`ConvBn::fold`]); then `z` is `y` (the conv writes the output, the bias epilogue
+    /// finishes it in place).
+    pub folded: Option<(Tensor, Tensor)>,
 }
 
 impl ConvBn {
@@ -237,6 +272,21 @@ impl ConvBn {
             shape.k,
         );
         let bn = bd.bn(bn_name, shape.cout);
+        if let Some(fa) = bd.folded.as_mut() {
+            let folded = Some((fa.take(shape.w_len()), fa.take(shape.cout)));
+            let y = bd.act(shape.y_len());
+            return ConvBn {
+                shape,
+                w,
+                bn,
+                relu,
+                z: y,
+                save_mean: bd.act(shape.cout),
+                save_rstd: bd.act(shape.cout),
+                y,
+                folded,
+            };
+        }
         ConvBn {
             shape,
             w,
@@ -246,7 +296,42 @@ impl ConvBn {
             save_mean: bd.act(shape.cout),
             save_rstd: bd.act(shape.cout),
             y: bd.act(shape.y_len()),
+            folded: None,
         }
+    }
+
+    /// Fold the eval-mode BatchNorm into the convolution (inference plans):
+    /// `BN(conv(x, w)) = conv(x, w·s) + (β − μ·s)` with `s = γ / sqrt(σ² + ε)` per output
+    /// channel. Computed on the host in f64 from the current parameters and running statistics;
+    /// run again whenever they change.
+    pub fn fold(&self, be: &dyn Backend) -> Result<()> {
+        let Some((fw, fb)) = self.folded else {
+            return Err(crate::error::Error::Config(
+                "this network was not planned for inference; it has no folded weights".into(),
+            ));
+        };
+        let read = |t: Tensor| -> Result<Vec<f32>> {
+            let mut v = vec![0.0; t.len];
+            be.download(t, &mut v)?;
+            Ok(v)
+        };
+        let w = read(self.w)?;
+        let (gamma, beta) = (read(self.bn.gamma)?, read(self.bn.beta)?);
+        let (mean, var) = (read(self.bn.running_mean)?, read(self.bn.running_var)?);
+        let per_out = self.shape.k * self.shape.k * self.shape.cin;
+        let scale: Vec<f64> = (0..self.shape.cout)
+            .map(|c| gamma[c] as f64 / (var[c] as f64 + BN_EPS as f64).sqrt())
+            .collect();
+        let w_folded: Vec<f32> = w
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (v as f64 * scale[i / per_out]) as f32)
+            .collect();
+        let b_folded: Vec<f32> = (0..self.shape.cout)
+            .map(|c| (beta[c] as f64 - mean[c] as f64 * scale[c]) as f32)
+            .collect();
+        be.upload(fw, &w_folded)?;
+        be.upload(fb, &b_folded)
     }
 
     fn norm_shape(&self, train: bool) -> NormShape {
@@ -275,6 +360,18 @@ impl ConvBn {
     }
 
     pub fn forward(&self, cx: &Ctx, x: Tensor, residual: Option<Tensor>) -> Result<()> {
+        if let (true, Some((fw, fb))) = (cx.folded, self.folded) {
+            let rows = self.shape.b * self.shape.ho * self.shape.wo;
+            cx.be.conv2d(&self.shape, x, fw, None, self.y)?;
+            return cx
+                .be
+                .bias_act_inplace(rows, self.shape.cout, self.y, fb, residual, self.relu);
+        }
+        // In an inference plan z is y: the unfolded BatchNorm would read what it writes.
+        assert!(
+            self.folded.is_none(),
+            "an inference plan must run its conv + BatchNorm units folded"
+        );
         cx.be.conv2d(&self.shape, x, self.w, None, self.z)?;
         cx.be
             .batchnorm(&self.norm_shape(cx.bn_train), &self.bn_tensors(residual))

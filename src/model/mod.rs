@@ -2,6 +2,7 @@
 
 pub mod hrnet;
 pub mod layers;
+pub mod memplan;
 pub mod pr;
 pub mod prrnet;
 pub mod rr;

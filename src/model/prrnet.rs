@@ -61,6 +61,8 @@ struct Buffers {
     params: BufId,
     acts: BufId,
     grads: Option<GradBuffers>,
+    /// Inference plans: BatchNorm-folded conv weights and biases.
+    folded: Option<BufId>,
 }
 
 struct GradBuffers {
@@ -103,9 +105,18 @@ pub struct PrrNet {
     labelled: bool,
     loc_scale: f32,
     adam_steps: u64,
-    /// When set, every stage synchronises the device and records its wall time here.
-    profile: Option<std::cell::RefCell<Vec<(&'static str, f64)>>>,
+    /// Inference plans: whether the folded weights reflect the current parameters and
+    /// statistics (every write through this object clears it; the next forward refolds).
+    folded_fresh: std::cell::Cell<bool>,
+    /// The recorded eval-mode forward ([`PrrNet::forward_graph`]).
+    graph: Option<usize>,
+    /// When set, every stage records timing markers (start, end) here; they are read once,
+    /// by [`PrrNet::take_stage_times`].
+    profile: Option<std::cell::RefCell<Vec<StageMarks>>>,
 }
+
+/// A stage's name and the backend markers around it.
+type StageMarks = (&'static str, crate::backend::Marker, crate::backend::Marker);
 
 struct Plan {
     hrnet: HrNet,
@@ -117,8 +128,23 @@ struct Plan {
     backbone_len: usize,
 }
 
-fn plan(cfg: &Config, b: usize, params: BufId, state: BufId, acts: BufId) -> Plan {
+fn plan(
+    cfg: &Config,
+    b: usize,
+    params: BufId,
+    state: BufId,
+    acts: BufId,
+    folded: Option<BufId>,
+    reuse: Option<&super::memplan::ReusePlan>,
+) -> Plan {
     let mut bd = Builder::new(params, state, acts);
+    if let Some(f) = folded {
+        bd = bd.inference(f);
+    }
+    if let Some(r) = reuse {
+        // The backbone asks for its activations first: they take the planned offsets.
+        bd = bd.with_remap(r.offsets.clone(), r.region);
+    }
     let hrnet = HrNet::new(&mut bd, cfg, b);
     let backbone_len = bd.params.used;
     let agg = Aggregation::new(&mut bd, cfg, b);
@@ -159,17 +185,54 @@ impl PrrNet {
     /// allocates what training needs (gradients and Adam moments).
     pub fn new(
         cfg: &Config,
+        be: Box<dyn Backend>,
+        batch: usize,
+        with_grads: bool,
+    ) -> Result<PrrNet> {
+        Self::build(cfg, be, batch, with_grads, false)
+    }
+
+    /// Plan and allocate the network for inference only (eval-mode BatchNorm, no backward):
+    /// every backbone conv + BatchNorm unit runs as one convolution with folded weights and a
+    /// bias/residual/ReLU epilogue, and its conv output shares memory with its output. Folding
+    /// happens at the first forward after the parameters change ([`PrrNet::fold_batchnorm`]).
+    pub fn new_inference(cfg: &Config, be: Box<dyn Backend>, batch: usize) -> Result<PrrNet> {
+        Self::build(cfg, be, batch, false, true)
+    }
+
+    /// Whether this network was planned by [`PrrNet::new_inference`].
+    pub fn is_inference(&self) -> bool {
+        self.bufs.folded.is_some()
+    }
+
+    fn build(
+        cfg: &Config,
         mut be: Box<dyn Backend>,
         batch: usize,
         with_grads: bool,
+        inference: bool,
     ) -> Result<PrrNet> {
         cfg.validate()?;
         if batch == 0 {
             return Err(Error::Config("batch size must be at least 1".into()));
         }
         // Pass 1 sizes the arenas; pass 2 builds the same plan over the real buffers.
-        let dry = plan(cfg, batch, BufId(0), BufId(1), BufId(2));
+        let reuse = if inference {
+            Some(super::memplan::backbone_reuse(cfg, batch)?)
+        } else {
+            None
+        };
+        let dry = plan(
+            cfg,
+            batch,
+            BufId(0),
+            BufId(1),
+            BufId(2),
+            inference.then_some(BufId(3)),
+            reuse.as_ref(),
+        );
         let (pl, sl, al) = (dry.bd.params.used, dry.bd.state.used, dry.bd.acts.used);
+        let fl = dry.bd.folded.as_ref().map_or(0, |a| a.used);
         let name = be.name();
         let oom = |e: Error, what: &str, bytes: usize| match e {
             Error::OutOfMemory(_) | Error::Device(_) => Error::OutOfMemory(format!(
@@ -199,7 +262,12 @@ impl PrrNet {
         } else {
             None
         };
-        let p = plan(cfg, batch, params, state, acts);
+        let folded = if inference {
+            Some(be.alloc(fl).map_err(|e| oom(e, "folded weights", fl * 4))?)
+        } else {
+            None
+        };
+        let p = plan(cfg, batch, params, state, acts, folded, reuse.as_ref());
         let net = PrrNet {
             cfg: cfg.clone(),
             batch,
@@ -208,6 +276,7 @@ impl PrrNet {
                 params,
                 acts,
                 grads,
+                folded,
             },
             entries: p.bd.entries,
             params_len: pl,
@@ -223,6 +292,8 @@ impl PrrNet {
             labelled: false,
             loc_scale: 0.0,
             adam_steps: 0,
+            folded_fresh: std::cell::Cell::new(false),
+            graph: None,
             profile: None,
         };
         net.be.fill(net.lt.ones, 1.0)?;
@@ -260,6 +331,7 @@ impl PrrNet {
     /// ReLU), conv/linear biases and linear weights PyTorch's default uniform, BatchNorm 1/0,
     /// running statistics 0/1.
     pub fn init_weights(&mut self, seed: u64) -> Result<()> {
+        self.folded_fresh.set(false);
         let mut rng = Rng::new(seed);
         for e in &self.entries {
             let n = e.tensor.len;
@@ -299,6 +371,7 @@ impl PrrNet {
     }
 
     pub fn write(&self, t: Tensor, data: &[f32]) -> Result<()> {
+        self.folded_fresh.set(false);
         self.be.upload(t, data)
     }
 
@@ -327,8 +400,9 @@ impl PrrNet {
                 batch.image.len()
             )));
         }
-        let nhwc = nchw_to_nhwc(batch.image, b, 3, s, s);
-        self.be.upload(self.hrnet.input, &nhwc)?;
+        self.be.upload_with(self.hrnet.input, &mut |dst| {
+            nchw_to_nhwc_into(batch.image, b, 3, s, s, dst)
+        })?;
         self.labelled = batch.label.is_some();
         if let Some(label) = batch.label {
             if label.len() != b {
@@ -383,11 +457,24 @@ impl PrrNet {
             bn_train: mode.train_bn && !frozen_part,
             dacts: g.map(|g| g.dacts),
             dparams: g.filter(|_| !frozen_part).map(|g| g.dparams),
+            folded: self.is_inference(),
         }
     }
 
     /// One forward pass (and the losses, when the batch has labels).
     pub fn forward(&mut self, mode: Mode) -> Result<()> {
+        if self.is_inference() {
+            if mode.train_bn {
+                return Err(Error::Config(
+                    "an inference network runs BatchNorm with running statistics only \
+                     (plan it with PrrNet::new to train)"
+                        .into(),
+                ));
+            }
+            if !self.folded_fresh.get() {
+                self.fold_batchnorm()?;
+            }
+        }
         let cb = self.ctx(mode, true, false);
         let ch = self.ctx(mode, false, false);
         self.stage(c"fwd.backbone", || self.hrnet.forward(&cb))?;
@@ -403,6 +490,58 @@ impl PrrNet {
         if self.labelled {
             self.stage(c"fwd.losses", || self.forward_losses())?;
         }
+        Ok(())
+    }
+
+    /// The eval-mode forward as a recorded device graph: the first call runs one ordinary
+    /// forward (it sizes every workspace), then records the forward once; every call launches
+    /// the recording, which reads the current input and parameters (the buffers never move).
+    /// Losses, when the batch is labelled, run after it as ordinary operations. Where graphs are
+    /// unavailable (the CPU) or stage profiling is on, this is [`PrrNet::forward`] in eval mode.
+    pub fn forward_graph(&mut self) -> Result<()> {
+        if !self.be.supports_graphs() || self.profile.is_some() {
+            return self.forward(Mode::EVAL);
+        }
+        if self.is_inference() && !self.folded_fresh.get() {
+            self.fold_batchnorm()?;
+        }
+        let id = match self.graph {
+            Some(id) => id,
+            None => {
+                let labelled = std::mem::replace(&mut self.labelled, false);
+                let recorded = self.record_forward();
+                self.labelled = labelled;
+                let id = recorded?;
+                self.graph = Some(id);
+                id
+            }
+        };
+        self.be.graph_launch(id)?;
+        if self.labelled {
+            self.stage(c"fwd.losses", || self.forward_losses())?;
+        }
+        Ok(())
+    }
+
+    /// Warm up, then record one unlabelled eval-mode forward; the capture is always ended,
+    /// also when an operation inside it fails.
+    fn record_forward(&mut self) -> Result<usize> {
+        self.forward(Mode::EVAL)?;
+        self.be.synchronize()?;
+        self.be.graph_begin()?;
+        let ran = self.forward(Mode::EVAL);
+        let ended = self.be.graph_end();
+        ran?;
+        ended
+    }
+
+    /// Recompute the folded weights of every backbone conv + BatchNorm unit from the current
+    /// parameters and running statistics (inference plans; forward does it when needed).
+    pub fn fold_batchnorm(&self) -> Result<()> {
+        for cb in self.hrnet.conv_bns() {
+            cb.fold(self.be.as_ref())?;
+        }
+        self.folded_fresh.set(true);
         Ok(())
     }
 
@@ -504,36 +643,45 @@ impl PrrNet {
         )
     }
 
-    /// Run one stage, timing it when profiling is on.
+    /// Run one stage: an NVTX range, a stage hint to the backend (the cost model tallies by
+    /// it), and with profiling on, timing markers before and after. The markers are enqueued
+    /// like any operation (CUDA events on a GPU): nothing synchronises here.
     fn stage(&self, name: &'static std::ffi::CStr, f: impl FnOnce() -> Result<()>) -> Result<()> {
         // An NVTX range for Nsight timelines; free when no profiler is attached.
         let _range = crate::trace::range(name);
-        match &self.profile {
+        let label = name.to_str().expect("stage names are ASCII");
+        self.be.stage_hint(Some(label));
+        let r = match &self.profile {
             None => f(),
-            Some(log) => {
-                self.be.synchronize()?;
-                let t = std::time::Instant::now();
+            Some(log) => (|| {
+                let start = self.be.timer_mark()?;
                 f()?;
-                self.be.synchronize()?;
-                let name = name.to_str().expect("stage names are ASCII");
-                log.borrow_mut()
-                    .push((name, t.elapsed().as_secs_f64() * 1e3));
+                let end = self.be.timer_mark()?;
+                log.borrow_mut().push((label, start, end));
                 Ok(())
-            }
-        }
+            })(),
+        };
+        self.be.stage_hint(None);
+        r
     }
 
-    /// Turn per-stage timing on or off (it synchronises the device around every stage).
+    /// Turn per-stage timing on or off. On a GPU it records CUDA events around every stage
+    /// (no synchronisation); on the CPU it reads the host clock.
     pub fn set_profiling(&mut self, on: bool) {
         self.profile = on.then(Default::default);
     }
 
-    /// The stage timings recorded since the last call, in milliseconds.
-    pub fn take_stage_times(&self) -> Vec<(&'static str, f64)> {
-        self.profile
-            .as_ref()
-            .map(|p| std::mem::take(&mut *p.borrow_mut()))
-            .unwrap_or_default()
+    /// The stage timings recorded since the last call, in milliseconds of device time, in
+    /// execution order. Waits for the last recorded stage to finish.
+    pub fn take_stage_times(&self) -> Result<Vec<(&'static str, f64)>> {
+        let Some(p) = self.profile.as_ref() else {
+            return Ok(Vec::new());
+        };
+        let marks = std::mem::take(&mut *p.borrow_mut());
+        marks
+            .iter()
+            .map(|(name, a, b)| Ok((*name, self.be.timer_elapsed_ms(a, b)?)))
+            .collect()
     }
 
     /// The gradient of the loss w.r.t. the input image, `[B, 3, S, S]`.
@@ -653,6 +801,13 @@ impl PrrNet {
 /// `[B, C, H, W]` → `[B, H, W, C]`.
 pub fn nchw_to_nhwc(x: &[f32], b: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
     let mut y = vec![0.0; x.len()];
+    nchw_to_nhwc_into(x, b, c, h, w, &mut y);
+    y
+}
+
+/// [`nchw_to_nhwc`] into a given `[b, h, w, c]` destination.
+pub fn nchw_to_nhwc_into(x: &[f32], b: usize, c: usize, h: usize, w: usize, y: &mut [f32]) {
+    assert_eq!(y.len(), x.len(), "nchw_to_nhwc: destination size");
     for bi in 0..b {
         for ci in 0..c {
             for p in 0..h * w {
@@ -660,7 +815,6 @@ pub fn nchw_to_nhwc(x: &[f32], b: usize, c: usize, h: usize, w: usize) -> Vec<f3
             }
         }
     }
-    y
 }
 
 /// `[B, H, W, C]` → `[B, C, H, W]`.

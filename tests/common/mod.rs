@@ -177,3 +177,30 @@ pub fn rgb_image(seed: u32, w: u32, h: u32) -> image::DynamicImage {
         ])
     }))
 }
+
+/// Random weights (seed) plus BatchNorm affine parameters and running statistics far from their
+/// defaults (γ = 1, β = 0, μ = 0, σ² = 1), so that BatchNorm folding changes every weight.
+pub fn randomise_with_bn(net: &mut prrnet::model::PrrNet, seed: u64) {
+    use prrnet::model::layers::ParamKind;
+    net.init_weights(seed).unwrap();
+    let mut rng = Rng::new(seed + 1);
+    for e in net.entries().to_vec() {
+        let n = e.tensor.len;
+        let v = match e.kind {
+            ParamKind::BnWeight => rng.vec(n, |r| r.range(0.5, 1.5)),
+            ParamKind::BnBias => rng.vec(n, |r| 0.2 * r.normal()),
+            ParamKind::RunningMean => rng.vec(n, |r| 0.3 * r.normal()),
+            ParamKind::RunningVar => rng.vec(n, |r| r.range(0.3, 3.0)),
+            _ => continue,
+        };
+        net.write(e.tensor, &v).unwrap();
+    }
+}
+
+/// Copy every parameter and running statistic between two networks of the same configuration.
+pub fn copy_params(from: &prrnet::model::PrrNet, to: &prrnet::model::PrrNet) {
+    for (a, b) in from.entries().iter().zip(to.entries()) {
+        assert_eq!(a.name, b.name);
+        to.write(b.tensor, &from.read(a.tensor).unwrap()).unwrap();
+    }
+}

@@ -44,6 +44,45 @@ pub fn relu_inplace(be: &CpuBackend, x: Tensor) {
         });
 }
 
+/// `y = relu?(y + bias + residual?)` over `[rows, c]`.
+pub fn bias_act_inplace(
+    be: &CpuBackend,
+    rows: usize,
+    c: usize,
+    y: Tensor,
+    bias: Tensor,
+    residual: Option<Tensor>,
+    relu: bool,
+) {
+    check_len("bias_act y", y, rows * c);
+    check_len("bias_act bias", bias, c);
+    if let Some(r) = residual {
+        check_len("bias_act residual", r, rows * c);
+        disjoint(&[y], &[r]);
+    }
+    disjoint(&[y], &[bias]);
+    if rows == 0 || c == 0 {
+        return;
+    }
+    let bias = be.r(bias);
+    let res = residual.map(|r| be.r(r));
+    be.w(y)
+        .par_chunks_mut(c)
+        .with_min_len((PAR_MIN / c).max(1))
+        .enumerate()
+        .for_each(|(r, row)| {
+            let rr = res.map(|s| &s[r * c..(r + 1) * c]);
+            for (ch, v) in row.iter_mut().enumerate() {
+                let mut t = *v + bias[ch];
+                if let Some(rr) = rr {
+                    t += rr[ch];
+                }
+                // NaN stays NaN, as in relu_inplace.
+                *v = if relu && t < 0.0 { 0.0 } else { t };
+            }
+        });
+}
+
 pub fn relu_backward_inplace(be: &CpuBackend, y: Tensor, dy: Tensor) {
     check_len("relu_backward", dy, y.len);
     disjoint(&[dy], &[y]);

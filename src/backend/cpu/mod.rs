@@ -32,6 +32,10 @@ struct RawBuf {
 
 pub struct CpuBackend {
     bufs: Vec<RawBuf>,
+    /// Operations started so far (each trait call is one), and, when tracing, every tensor
+    /// access as (operation, tensor): the activation planner's liveness source.
+    ops: std::sync::atomic::AtomicU64,
+    trace: Option<Mutex<Vec<(u64, Tensor)>>>,
     /// Grow-only scratch (im2col columns, relation rows); allocated on first use, then reused.
     workspace: Mutex<Vec<f32>>,
 }
@@ -51,11 +55,35 @@ impl CpuBackend {
     pub fn new() -> Self {
         CpuBackend {
             bufs: Vec::new(),
+            ops: std::sync::atomic::AtomicU64::new(0),
+            trace: None,
             workspace: Mutex::new(Vec::new()),
         }
     }
 
+    /// A backend that records every tensor access with the index of the operation making it.
+    pub fn tracing() -> Self {
+        let mut b = Self::new();
+        b.trace = Some(Mutex::new(Vec::new()));
+        b
+    }
+
+    /// The accesses recorded so far (tracing backends), as (operation index, tensor).
+    pub fn take_trace(&self) -> Vec<(u64, Tensor)> {
+        self.trace.as_ref().map_or_else(Vec::new, |t| {
+            std::mem::take(&mut *t.lock().unwrap_or_else(|e| e.into_inner()))
+        })
+    }
+
+    fn tick(&self) {
+        self.ops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn raw(&self, t: Tensor) -> *mut f32 {
+        if let Some(tr) = &self.trace {
+            let op = self.ops.load(std::sync::atomic::Ordering::Relaxed);
+            tr.lock().unwrap_or_else(|e| e.into_inner()).push((op, t));
+        }
         let b = &self.bufs[t.buf.0 as usize];
         assert!(
             t.off + t.len <= b.len,
@@ -184,10 +212,12 @@ pub(crate) const PAR_MIN: usize = 1 << 14;
 
 impl Backend for CpuBackend {
     fn name(&self) -> String {
+        self.tick();
         format!("cpu ({} threads)", rayon::current_num_threads())
     }
 
     fn is_host(&self) -> bool {
+        self.tick();
         true
     }
 
@@ -206,51 +236,81 @@ impl Backend for CpuBackend {
     }
 
     fn allocated_bytes(&self) -> usize {
+        self.tick();
         let ws = self.workspace.lock().map(|w| w.len()).unwrap_or(0);
         (self.bufs.iter().map(|b| b.len).sum::<usize>() + ws) * 4
     }
 
     fn upload(&self, dst: Tensor, src: &[f32]) -> Result<()> {
+        self.tick();
         check_len("upload", dst, src.len());
         self.w(dst).copy_from_slice(src);
         Ok(())
     }
 
+    fn upload_with(&self, dst: Tensor, fill: &mut dyn FnMut(&mut [f32])) -> Result<()> {
+        self.tick();
+        fill(self.w(dst));
+        Ok(())
+    }
+
     fn download(&self, src: Tensor, dst: &mut [f32]) -> Result<()> {
+        self.tick();
         check_len("download", src, dst.len());
         dst.copy_from_slice(self.r(src));
         Ok(())
     }
 
     fn synchronize(&self) -> Result<()> {
+        self.tick();
         Ok(())
     }
 
     fn fill(&self, t: Tensor, value: f32) -> Result<()> {
+        self.tick();
         elementwise::fill(self, t, value);
         Ok(())
     }
     fn copy(&self, src: Tensor, dst: Tensor) -> Result<()> {
+        self.tick();
         elementwise::copy(self, src, dst);
         Ok(())
     }
     fn add_inplace(&self, dst: Tensor, src: Tensor) -> Result<()> {
+        self.tick();
         elementwise::add_inplace(self, dst, src);
         Ok(())
     }
     fn relu_inplace(&self, x: Tensor) -> Result<()> {
+        self.tick();
         elementwise::relu_inplace(self, x);
         Ok(())
     }
     fn relu_backward_inplace(&self, y: Tensor, dy: Tensor) -> Result<()> {
+        self.tick();
         elementwise::relu_backward_inplace(self, y, dy);
         Ok(())
     }
+    fn bias_act_inplace(
+        &self,
+        rows: usize,
+        c: usize,
+        y: Tensor,
+        bias: Tensor,
+        residual: Option<Tensor>,
+        relu: bool,
+    ) -> Result<()> {
+        self.tick();
+        elementwise::bias_act_inplace(self, rows, c, y, bias, residual, relu);
+        Ok(())
+    }
     fn sigmoid(&self, x: Tensor, y: Tensor) -> Result<()> {
+        self.tick();
         elementwise::sigmoid(self, x, y);
         Ok(())
     }
     fn sigmoid_backward(&self, y: Tensor, dy: Tensor, dx: Tensor) -> Result<()> {
+        self.tick();
         elementwise::sigmoid_backward(self, y, dy, dx);
         Ok(())
     }
@@ -263,6 +323,7 @@ impl Backend for CpuBackend {
         bias: Option<Tensor>,
         y: Tensor,
     ) -> Result<()> {
+        self.tick();
         conv::forward(self, s, x, w, bias, y);
         Ok(())
     }
@@ -276,6 +337,7 @@ impl Backend for CpuBackend {
         dw: Option<Tensor>,
         dbias: Option<Tensor>,
     ) -> Result<()> {
+        self.tick();
         conv::backward(self, s, x, w, dy, dx, dw, dbias);
         Ok(())
     }
@@ -289,6 +351,7 @@ impl Backend for CpuBackend {
         bias: Option<Tensor>,
         y: Tensor,
     ) -> Result<()> {
+        self.tick();
         linear::forward(self, m, k, n, x, w, bias, y);
         Ok(())
     }
@@ -304,11 +367,13 @@ impl Backend for CpuBackend {
         dw: Option<Tensor>,
         dbias: Option<Tensor>,
     ) -> Result<()> {
+        self.tick();
         linear::backward(self, m, k, n, x, w, dy, dx, dw, dbias);
         Ok(())
     }
 
     fn batchnorm(&self, s: &NormShape, t: &BatchNormTensors) -> Result<()> {
+        self.tick();
         norm::forward(self, s, t);
         Ok(())
     }
@@ -318,6 +383,7 @@ impl Backend for CpuBackend {
         t: &BatchNormTensors,
         g: &BatchNormGrads,
     ) -> Result<()> {
+        self.tick();
         norm::backward(self, s, t, g);
         Ok(())
     }
@@ -329,26 +395,32 @@ impl Backend for CpuBackend {
         y: Tensor,
         accumulate: bool,
     ) -> Result<()> {
+        self.tick();
         resample::nearest(self, s, x, y, accumulate);
         Ok(())
     }
     fn resize_nearest_backward(&self, s: &ResizeShape, dy: Tensor, dx: Tensor) -> Result<()> {
+        self.tick();
         resample::nearest_backward(self, s, dy, dx);
         Ok(())
     }
     fn resize_bilinear(&self, s: &ResizeShape, x: Tensor, y: Tensor) -> Result<()> {
+        self.tick();
         resample::bilinear(self, s, x, y);
         Ok(())
     }
     fn resize_bilinear_backward(&self, s: &ResizeShape, dy: Tensor, dx: Tensor) -> Result<()> {
+        self.tick();
         resample::bilinear_backward(self, s, dy, dx);
         Ok(())
     }
     fn adaptive_avg_pool(&self, s: &ResizeShape, x: Tensor, y: Tensor) -> Result<()> {
+        self.tick();
         resample::adaptive_avg_pool(self, s, x, y);
         Ok(())
     }
     fn adaptive_avg_pool_backward(&self, s: &ResizeShape, dy: Tensor, dx: Tensor) -> Result<()> {
+        self.tick();
         resample::adaptive_avg_pool_backward(self, s, dy, dx);
         Ok(())
     }
@@ -362,6 +434,7 @@ impl Backend for CpuBackend {
         dst_c: usize,
         offset: usize,
     ) -> Result<()> {
+        self.tick();
         concat::forward(self, rows, src, src_c, dst, dst_c, offset);
         Ok(())
     }
@@ -374,6 +447,7 @@ impl Backend for CpuBackend {
         d_src: Tensor,
         src_c: usize,
     ) -> Result<()> {
+        self.tick();
         concat::backward(self, rows, d_dst, dst_c, offset, d_src, src_c);
         Ok(())
     }
@@ -386,6 +460,7 @@ impl Backend for CpuBackend {
         lsum: Tensor,
         p: Tensor,
     ) -> Result<()> {
+        self.tick();
         relation::forward(self, s, f, norms, lsum, p);
         Ok(())
     }
@@ -399,6 +474,7 @@ impl Backend for CpuBackend {
         dp: Tensor,
         df: Tensor,
     ) -> Result<()> {
+        self.tick();
         relation::backward(self, s, f, norms, lsum, p, dp, df);
         Ok(())
     }
@@ -411,6 +487,7 @@ impl Backend for CpuBackend {
         m: Tensor,
         out: Tensor,
     ) -> Result<()> {
+        self.tick();
         attention::forward(self, b, n, c, f, m, out);
         Ok(())
     }
@@ -426,6 +503,7 @@ impl Backend for CpuBackend {
         df: Tensor,
         dm: Tensor,
     ) -> Result<()> {
+        self.tick();
         attention::backward(self, b, n, c, f, m, out, dout, df, dm);
         Ok(())
     }
@@ -437,6 +515,7 @@ impl Backend for CpuBackend {
         ab: Tensor,
         z: Tensor,
     ) -> Result<()> {
+        self.tick();
         region::forward(self, b, d, groups, ab, z);
         Ok(())
     }
@@ -449,6 +528,7 @@ impl Backend for CpuBackend {
         dz: Tensor,
         dab: Tensor,
     ) -> Result<()> {
+        self.tick();
         region::backward(self, b, d, groups, ab, dz, dab);
         Ok(())
     }
@@ -463,6 +543,7 @@ impl Backend for CpuBackend {
         scale: f32,
         loss: Tensor,
     ) -> Result<()> {
+        self.tick();
         loss::bce_with_logits(self, rows, cols, x, target, weight, scale, loss);
         Ok(())
     }
@@ -476,10 +557,12 @@ impl Backend for CpuBackend {
         scale: f32,
         dx: Tensor,
     ) -> Result<()> {
+        self.tick();
         loss::bce_with_logits_backward(self, rows, cols, x, target, weight, scale, dx);
         Ok(())
     }
     fn adam(&self, param: Tensor, grad: Tensor, m: Tensor, v: Tensor, a: &AdamArgs) -> Result<()> {
+        self.tick();
         adam::step(self, param, grad, m, v, a);
         Ok(())
     }

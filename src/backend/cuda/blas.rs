@@ -21,7 +21,12 @@ use crate::error::{Error, Result};
 pub(crate) struct Blas {
     blas: CudaBlas,
     compute: cublasComputeType_t,
+    /// cuBLAS's workspace, set explicitly so that no GEMM allocates (CUDA graph capture
+    /// forbids allocation; 32 MiB is what NVIDIA recommends for Hopper).
+    _workspace: cudarc::driver::CudaSlice<u8>,
 }
+
+const BLAS_WORKSPACE_BYTES: usize = 32 << 20;
 
 /// One row-major operand: device pointer, whether it is used transposed, its row stride.
 #[derive(Clone, Copy, Debug)]
@@ -40,7 +45,26 @@ fn c_int(what: &str, v: usize) -> Result<i32> {
 
 impl Blas {
     pub(crate) fn new(stream: Arc<CudaStream>) -> Result<Self> {
-        let blas = CudaBlas::new(stream).map_err(|e| dev_err("creating the cuBLAS handle", e))?;
+        // SAFETY: cuBLAS owns the workspace's contents.
+        let workspace = unsafe { stream.alloc::<u8>(BLAS_WORKSPACE_BYTES) }
+            .map_err(|e| dev_err("allocating the cuBLAS workspace", e))?;
+        let blas =
+            CudaBlas::new(stream.clone()).map_err(|e| dev_err("creating the cuBLAS handle", e))?;
+        {
+            use cudarc::driver::DevicePtr;
+            let (ptr, _sync) = workspace.device_ptr(&stream);
+            // SAFETY: a valid handle and a device allocation of the stated size that lives as
+            // long as the handle (both are fields of this struct).
+            unsafe {
+                cudarc::cublas::sys::cublasSetWorkspace_v2(
+                    *blas.handle(),
+                    ptr as *mut std::ffi::c_void,
+                    BLAS_WORKSPACE_BYTES,
+                )
+            }
+            .result()
+            .map_err(|e| dev_err("cublasSetWorkspace", e))?;
+        }
         // Default math: no tensor-core shortcut unless the compute type asks for one.
         // SAFETY: a valid handle and a valid enum value.
         unsafe {
@@ -54,6 +78,7 @@ impl Blas {
         Ok(Blas {
             blas,
             compute: cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            _workspace: workspace,
         })
     }
 
@@ -119,6 +144,77 @@ impl Blas {
         .map_err(|e| {
             dev_err(
                 &format!("cublasGemmEx ({:?}, m={m}, n={n}, k={k})", self.compute),
+                e,
+            )
+        })
+    }
+}
+
+// ---- typed GEMM (peak-rate measurement, `peak.rs`) --------------------------------------
+
+/// The storage type of a typed GEMM operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum GemmType {
+    F32,
+    Bf16,
+}
+
+impl GemmType {
+    fn cuda(self) -> cudaDataType_t {
+        match self {
+            GemmType::F32 => cudaDataType_t::CUDA_R_32F,
+            GemmType::Bf16 => cudaDataType_t::CUDA_R_16BF,
+        }
+    }
+}
+
+impl Blas {
+    /// Row-major `C[m, n] = A[m, k] · B[k, n]` (dense, untransposed) with explicit operand
+    /// types and compute type — independent of the backend's precision setting. Used to
+    /// measure the device's dense GEMM rate; `compute` is one of the `CUBLAS_COMPUTE_32F*`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn gemm_typed(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: u64,
+        b: u64,
+        ab_type: GemmType,
+        c: u64,
+        c_type: GemmType,
+        compute: cublasComputeType_t,
+    ) -> Result<()> {
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let no = cublasOperation_t::CUBLAS_OP_N;
+        // SAFETY: the caller passes device buffers of at least m·k, k·n and m·n elements of
+        // the stated types.
+        unsafe {
+            cublas::gemm_ex(
+                *self.blas.handle(),
+                no,
+                no,
+                c_int("n", n)?,
+                c_int("m", m)?,
+                c_int("k", k)?,
+                &alpha as *const f32 as *const std::ffi::c_void,
+                b as *const std::ffi::c_void,
+                ab_type.cuda(),
+                c_int("ldb", n)?,
+                a as *const std::ffi::c_void,
+                ab_type.cuda(),
+                c_int("lda", k)?,
+                &beta as *const f32 as *const std::ffi::c_void,
+                c as *mut std::ffi::c_void,
+                c_type.cuda(),
+                c_int("ldc", n)?,
+                compute,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| {
+            dev_err(
+                &format!("cublasGemmEx ({ab_type:?}→{c_type:?}, {compute:?}, m={m}, n={n}, k={k})"),
                 e,
             )
         })

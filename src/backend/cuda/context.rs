@@ -84,6 +84,10 @@ pub struct CudaBackend {
     pub(crate) max_smem_optin: usize,
     /// The current [`Precision`] as its discriminant.
     precision: AtomicU8,
+    /// Grow-only page-locked staging area for `upload_with`.
+    pinned: Mutex<Option<cudarc::driver::PinnedHostSlice<f32>>>,
+    /// Instantiated CUDA graphs, addressed by index.
+    pub(crate) graphs: Mutex<Vec<super::graph::Graph>>,
 }
 
 impl CudaBackend {
@@ -143,6 +147,8 @@ impl CudaBackend {
             cc,
             max_smem_optin,
             precision: AtomicU8::new(Precision::Fp32 as u8),
+            graphs: Mutex::new(Vec::new()),
+            pinned: Mutex::new(None),
         })
     }
 
@@ -373,6 +379,50 @@ impl CudaBackend {
         // SAFETY: destination range checked; the copy completes before we return (synchronize),
         // so `src` outlives it.
         unsafe { cudarc::driver::result::memcpy_htod_async(p, src, self.stream.cu_stream()) }
+            .map_err(|e| dev_err("host-to-device copy", e))?;
+        self.synchronize_stream()
+    }
+
+    /// `upload_with` through page-locked staging memory (falls back to an ordinary upload
+    /// when page-locked memory cannot be had).
+    pub(crate) fn upload_pinned(
+        &self,
+        dst: Tensor,
+        fill: &mut dyn FnMut(&mut [f32]),
+    ) -> Result<()> {
+        let p = self.ptr(dst)?;
+        let len = dst.len;
+        if len == 0 {
+            return Ok(());
+        }
+        self.bind()?;
+        let mut staging = self
+            .pinned
+            .lock()
+            .map_err(|_| Error::Device("staging lock poisoned".into()))?;
+        if staging.as_ref().is_none_or(|s| s.len() < len) {
+            *staging = None;
+            // SAFETY: f32 is valid for any bit pattern; `fill` writes before the copy reads.
+            match unsafe { self.ctx.alloc_pinned::<f32>(len) } {
+                Ok(s) => *staging = Some(s),
+                Err(_) => {
+                    drop(staging);
+                    let mut v = vec![0.0; len];
+                    fill(&mut v);
+                    return self.upload_to(dst, &v);
+                }
+            }
+        }
+        let host = staging
+            .as_mut()
+            .expect("staging allocated above")
+            .as_mut_slice()
+            .map_err(|e| dev_err("page-locked staging memory", e))?;
+        let host = &mut host[..len];
+        fill(host);
+        // SAFETY: destination range checked; we wait for the copy before the staging area can
+        // be written again (the lock is held until then).
+        unsafe { cudarc::driver::result::memcpy_htod_async(p, &*host, self.stream.cu_stream()) }
             .map_err(|e| dev_err("host-to-device copy", e))?;
         self.synchronize_stream()
     }

@@ -1,6 +1,6 @@
 //! Launches of kernels/elementwise.cu (twin of cpu/elementwise.rs).
 
-use super::context::{check_len, Arg, CudaBackend};
+use super::context::{check_len, int, Arg, CudaBackend};
 use super::kernels::names::elementwise as k;
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -40,6 +40,38 @@ pub(crate) fn relu_inplace(be: &CudaBackend, x: Tensor) -> Result<()> {
         k::RELU_INPLACE,
         x.len,
         &[Arg::Ptr(p), Arg::I64(x.len as i64)],
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn bias_act_inplace(
+    be: &CudaBackend,
+    rows: usize,
+    c: usize,
+    y: Tensor,
+    bias: Tensor,
+    residual: Option<Tensor>,
+    relu: bool,
+) -> Result<()> {
+    check_len("bias_act y", y, rows * c)?;
+    check_len("bias_act bias", bias, c)?;
+    if let Some(r) = residual {
+        check_len("bias_act residual", r, rows * c)?;
+    }
+    if rows == 0 || c == 0 {
+        return Ok(());
+    }
+    be.launch_1d(
+        k::BIAS_ACT_INPLACE,
+        y.len,
+        &[
+            Arg::Ptr(be.ptr(y)?),
+            Arg::Ptr(be.ptr(bias)?),
+            Arg::Ptr(be.optr(residual)?),
+            Arg::I64(y.len as i64),
+            Arg::I32(int("bias_act channels", c)?),
+            Arg::I32(relu as i32),
+        ],
     )
 }
 

@@ -13,12 +13,16 @@ mod blas;
 mod context;
 mod conv;
 mod elementwise;
+mod graph;
 mod head;
 mod loss;
 mod norm;
 mod ops;
+pub mod peak;
 mod relation;
+pub mod relation_tc;
 mod resample;
+mod timing;
 
 pub use context::CudaBackend;
 

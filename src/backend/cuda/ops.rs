@@ -20,6 +20,9 @@ impl Backend for CudaBackend {
     fn upload(&self, dst: Tensor, src: &[f32]) -> Result<()> {
         self.upload_to(dst, src)
     }
+    fn upload_with(&self, dst: Tensor, fill: &mut dyn FnMut(&mut [f32])) -> Result<()> {
+        self.upload_pinned(dst, fill)
+    }
     fn download(&self, src: Tensor, dst: &mut [f32]) -> Result<()> {
         self.download_from(src, dst)
     }
@@ -40,8 +43,36 @@ impl Backend for CudaBackend {
             .map_err(|e| crate::error::Error::Device(format!("cuProfilerStop: {e:?}")))
     }
 
+    fn supports_graphs(&self) -> bool {
+        true
+    }
+
+    fn graph_begin(&self) -> Result<()> {
+        self.graph_begin_impl()
+    }
+
+    fn graph_end(&self) -> Result<usize> {
+        self.graph_end_impl()
+    }
+
+    fn graph_launch(&self, id: usize) -> Result<()> {
+        self.graph_launch_impl(id)
+    }
+
     fn precision(&self) -> crate::backend::Precision {
         self.precision_impl()
+    }
+
+    fn timer_mark(&self) -> Result<crate::backend::Marker> {
+        super::timing::mark(self)
+    }
+
+    fn timer_elapsed_ms(
+        &self,
+        a: &crate::backend::Marker,
+        b: &crate::backend::Marker,
+    ) -> Result<f64> {
+        super::timing::elapsed_ms(self, a, b)
     }
 
     fn set_precision(&self, p: crate::backend::Precision) -> Result<()> {
@@ -62,6 +93,17 @@ impl Backend for CudaBackend {
     }
     fn relu_backward_inplace(&self, y: Tensor, dy: Tensor) -> Result<()> {
         ew::relu_backward_inplace(self, y, dy)
+    }
+    fn bias_act_inplace(
+        &self,
+        rows: usize,
+        c: usize,
+        y: Tensor,
+        bias: Tensor,
+        residual: Option<Tensor>,
+        relu: bool,
+    ) -> Result<()> {
+        ew::bias_act_inplace(self, rows, c, y, bias, residual, relu)
     }
     fn sigmoid(&self, x: Tensor, y: Tensor) -> Result<()> {
         ew::sigmoid(self, x, y)

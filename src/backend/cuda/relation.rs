@@ -1,9 +1,11 @@
-//! The fused relation map (kernels/relation.cu), twin of cpu/relation.rs (SPEC §4.1).
-//! Workspace: q [B, N, C] (normalised features); the backward adds scratch norms [B·N],
+//! The fused relation map, twin of cpu/relation.rs (SPEC §4.1): the dispatch between its
+//! versions (see `relation_tc.rs`) and the exact f32 SIMT version (kernels/relation.cu).
+//! SIMT workspace: q [B, N, C] (normalised features); the backward adds scratch norms [B·N],
 //! D [B·N] and gt [B·N, n²] (G_ib / |b|). Never N×N.
 
 use super::context::{check_len, int, Arg, CudaBackend};
 use super::kernels::names::relation as k;
+use super::relation_tc::RelationVersion;
 use crate::backend::{RelationShape, MAX_BINS_SIDE};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -43,7 +45,44 @@ fn normalize(be: &CudaBackend, s: &RelationShape, f: u64, q: u64, norms: u64) ->
     )
 }
 
+/// `Backend::relation`: the version [`CudaBackend::relation_dispatch`] picks for the backend's
+/// precision.
 pub(crate) fn forward(
+    be: &CudaBackend,
+    s: &RelationShape,
+    f: Tensor,
+    norms: Tensor,
+    lsum: Tensor,
+    p: Tensor,
+) -> Result<()> {
+    let prec = be.precision_impl();
+    match be.relation_dispatch(prec, s, false) {
+        RelationVersion::Simt => simt_forward(be, s, f, norms, lsum, p),
+        v => be.relation_forward_version(v, prec, s, f, norms, lsum, p),
+    }
+}
+
+/// `Backend::relation_backward`, dispatched like [`forward`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward(
+    be: &CudaBackend,
+    s: &RelationShape,
+    f: Tensor,
+    norms: Tensor,
+    lsum: Tensor,
+    p: Tensor,
+    dp: Tensor,
+    df: Tensor,
+) -> Result<()> {
+    let prec = be.precision_impl();
+    match be.relation_dispatch(prec, s, true) {
+        RelationVersion::Simt => simt_backward(be, s, f, norms, lsum, p, dp, df),
+        v => be.relation_backward_version(v, prec, s, f, norms, lsum, p, dp, df),
+    }
+}
+
+/// The exact f32 forward (relation.cu), whatever the precision setting.
+pub(crate) fn simt_forward(
     be: &CudaBackend,
     s: &RelationShape,
     f: Tensor,
@@ -84,8 +123,9 @@ pub(crate) fn forward(
     })
 }
 
+/// The exact f32 backward (relation.cu), whatever the precision setting.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn backward(
+pub(crate) fn simt_backward(
     be: &CudaBackend,
     s: &RelationShape,
     f: Tensor,

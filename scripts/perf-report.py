@@ -1,0 +1,517 @@
+#!/usr/bin/env python3
+"""Turn a GPU-bundle log folder into the markdown tables of docs/PERFORMANCE.md.
+
+    python3 scripts/perf-report.py LOGDIR [--out FILE] [--window-iters 3]
+
+Reads every `*.log`, `*.jsonl`, `*.json`, `*.csv` and `*.txt` file in LOGDIR (the bundle's
+`run.sh` writes one log per step) and uses what it recognises:
+
+- JSON lines of `prrnet bench --json` and `reference/bench.py --json` (fields `impl`, `preset`,
+  `size`, `batch`, `precision`, `mode`, `ms_median`, `images_per_s`, `peak_mem_bytes`, and
+  with `--breakdown` a `breakdown` list of `{stage, ms[, gflop, matmul_gflop, gbytes]}`);
+- the JSON line of `prrnet bench --peaks --json` (`kind: "peaks"`: `fp32_tflops`,
+  `tf32_tflops`, `bf16_tflops`, `dram_gbps`);
+- JSON lines of the relation benchmarks (`prrnet bench-relation --json`,
+  `reference/bench_relation.py --json`): any record whose file name or `kind`/`impl`/`bench`
+  mentions "relation", shown as they are;
+- `nsys stats --report cuda_gpu_kern_sum` output, CSV (`--format csv`) or the default text
+  table, for the top-ten kernel table (times divided by `--window-iters`, the iterations the
+  capture window held);
+- `meta.log` (written by run.sh: date, host, GPU) and the first line of each step log (`$ cmd`).
+
+Nothing is estimated: an entry without a measurement prints as "—". Only the standard
+library is used (the GPU host has python3, maybe nothing else).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import io
+import json
+import os
+import re
+import sys
+
+DASH = "—"
+PRECISIONS = ("fp32", "tf32", "bf16")
+MODES = ("infer", "train")
+IMPLS = ("prrnet", "pytorch-eager", "pytorch-compile")
+STAGE_ORDER = ("fwd.backbone", "fwd.aggregation", "fwd.relation", "fwd.pr_heads", "fwd.rr",
+               "fwd.losses", "bwd.losses", "bwd.rr", "bwd.pr_heads", "bwd.relation",
+               "bwd.aggregation", "bwd.backbone", "optimizer", "other")
+
+
+def fmt(v, spec=".1f", suffix=""):
+    if v is None:
+        return DASH
+    try:
+        if v != v:  # NaN
+            return DASH
+        return format(v, spec) + suffix
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def md_table(header, rows):
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for r in rows:
+        out.append("| " + " | ".join(str(c) for c in r) + " |")
+    return "\n".join(out)
+
+
+# ---- reading the folder --------------------------------------------------------------------
+
+def read_files(logdir):
+    files = []
+    for pat in ("*.log", "*.jsonl", "*.json", "*.csv", "*.txt"):
+        files.extend(glob.glob(os.path.join(logdir, pat)))
+    return sorted(set(files))
+
+
+def json_records(path):
+    out = []
+    try:
+        with open(path, errors="replace") as f:
+            for line in f:
+                line = line.strip()
+                if not line.startswith("{"):
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(rec, dict):
+                    rec["_file"] = os.path.basename(path)
+                    out.append(rec)
+    except OSError:
+        pass
+    return out
+
+
+def first_command(path):
+    try:
+        with open(path, errors="replace") as f:
+            line = f.readline().rstrip("\n")
+    except OSError:
+        return None
+    return line[2:] if line.startswith("$ ") else None
+
+
+def failed_bench_runs(path):
+    """Records for a step log that ran `prrnet bench` (not --peaks) and printed no JSON: the
+    configuration read from its command line, with the reason (TIMEOUT, or the error line)."""
+    cmd = first_command(path)
+    if not cmd or " bench " not in f" {cmd} " or "--peaks" in cmd or "bench.py" in cmd:
+        return []
+    if json_records(path):
+        return []
+    words = cmd.split()
+
+    def arg(flag, default=None):
+        return words[words.index(flag) + 1] if flag in words[:-1] else default
+
+    try:
+        with open(path, errors="replace") as f:
+            tail = [l.strip() for l in f.read().splitlines()[1:] if l.strip()]
+    except OSError:
+        tail = []
+    reason = next((l for l in reversed(tail) if l.startswith("TIMEOUT") or l.startswith("skipped")),
+                  None) or next((l for l in tail if l.startswith("error")), None) or "no result"
+    return [{"impl": "prrnet", "preset": arg("--preset", "w30"), "size": _int(arg("--size")),
+             "batch": _int(arg("--batch", "4")), "precision": arg("--precision", "fp32"),
+             "mode": "train" if "--train" in words else "infer", "error": reason,
+             "_file": os.path.basename(path)}]
+
+
+def _int(v):
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def parse_meta(logdir):
+    meta = {}
+    path = os.path.join(logdir, "meta.log")
+    try:
+        with open(path, errors="replace") as f:
+            for line in f:
+                if ":" in line:
+                    k, v = line.split(":", 1)
+                    meta.setdefault(k.strip(), v.strip())
+    except OSError:
+        pass
+    return meta
+
+
+def _num(s):
+    s = s.strip().replace(",", "")
+    try:
+        return float(s)
+    except ValueError:
+        return None
+
+
+def _kern_row(r):
+    """One kernel-summary row from a dict of column -> text, or None."""
+    def col(*prefixes):
+        for k, v in r.items():
+            if any(k.startswith(p) for p in prefixes):
+                return _num(v)
+        return None
+    name = (r.get("Name") or "").strip()
+    total = col("Total Time")
+    if not name or total is None:
+        return None
+    return {"name": name, "total_ns": total, "instances": col("Instances", "Num Calls", "Count"),
+            "avg_ns": col("Avg"), "pct": col("Time (%)", "Time(%)")}
+
+
+def parse_kern_sum(path):
+    """Rows {name, total_ns, instances, avg_ns, pct} of a cuda_gpu_kern_sum report (CSV from
+    `--format csv`, or the default text table), or [] when the file holds none. In a file with
+    several reports, only the block announced as cuda_gpu_kern_sum (nsys prints "Processing
+    [...] with [.../cuda_gpu_kern_sum.py]") counts; an unannounced block counts when its
+    columns are those of a kernel summary (a `Name` column, no `Range`)."""
+    try:
+        with open(path, errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    base = os.path.basename(path)
+    label = "cuda_gpu_kern_sum" if "kern_sum" in base else None
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        m = re.search(r"with \[[^\]]*?([A-Za-z0-9_]+)\.py\]", line)
+        if m:
+            label = m.group(1)
+            i += 1
+            continue
+        is_header = "Total Time" in line and "Name" in line and "Range" not in line
+        if is_header and label in (None, "cuda_gpu_kern_sum"):
+            block = []
+            for l2 in lines[i:]:
+                if not l2.strip():
+                    break
+                block.append(l2)
+            rows = []
+            if "," in line:
+                for r in csv.DictReader(io.StringIO("\n".join(block))):
+                    row = _kern_row({(k or "").strip(): (v or "") for k, v in r.items()})
+                    if row:
+                        rows.append(row)
+            else:
+                header = re.split(r"\s{2,}", line.strip())
+                body = block[1:]
+                if body and set(body[0].strip()) <= {"-", " "}:
+                    body = body[1:]
+                for l2 in body:
+                    cells = re.split(r"\s{2,}", l2.strip(), maxsplit=len(header) - 1)
+                    if len(cells) == len(header):
+                        row = _kern_row(dict(zip(header, cells)))
+                        if row:
+                            rows.append(row)
+            if rows:
+                return rows
+            i += len(block)
+            continue
+        i += 1
+    return []
+
+
+# ---- tables --------------------------------------------------------------------------------
+
+def latest(recs):
+    """The last record per key (later files and lines win)."""
+    return recs[-1] if recs else None
+
+
+def bench_key(r):
+    return (r.get("preset"), r.get("size"), r.get("batch"))
+
+
+def side_by_side(bench):
+    out = []
+    groups = sorted({bench_key(r) for r in bench}, key=lambda k: tuple(str(x) for x in k))
+    for g in groups:
+        preset, size, batch = g
+        recs = [r for r in bench if bench_key(r) == g]
+        devices = sorted({r.get("device", "?") for r in recs if "ms_median" in r})
+        out.append(f"**{preset} {size}×{size}, batch {batch}** — devices: "
+                   + ("; ".join(devices) if devices else DASH))
+        out.append("")
+        header = ["mode", "precision"]
+        for impl in IMPLS:
+            header += [f"{impl} ms", f"{impl} img/s", f"{impl} peak GiB"]
+        header += ["prrnet vs eager", "prrnet vs compile"]
+        rows = []
+        for mode in MODES:
+            for prec in PRECISIONS:
+                row = [mode, prec]
+                ms = {}
+                for impl in IMPLS:
+                    r = latest([x for x in recs if x.get("impl") == impl and x.get("mode") == mode
+                                and x.get("precision") == prec])
+                    if r is None:
+                        row += [DASH] * 3
+                    elif "ms_median" not in r:
+                        err = str(r.get("error", ""))
+                        why = ("timeout" if err.startswith("TIMEOUT") else "skipped"
+                               if ("skipped" in r or err.startswith("skipped")) else "failed")
+                        row += [why, DASH, DASH]
+                    else:
+                        ms[impl] = r["ms_median"]
+                        row += [fmt(r["ms_median"], ".1f"), fmt(r.get("images_per_s"), ".1f"),
+                                fmt((r.get("peak_mem_bytes") or 0) / 2**30 if r.get("peak_mem_bytes") else None, ".2f")]
+                for other in ("pytorch-eager", "pytorch-compile"):
+                    if "prrnet" in ms and other in ms and ms["prrnet"] > 0:
+                        row.append(fmt(ms[other] / ms["prrnet"], ".2f", "×"))
+                    else:
+                        row.append(DASH)
+                rows.append(row)
+        out.append(md_table(header, rows))
+        out.append("")
+        out.append("failed / timeout / skipped: the run printed no result (its log says why). "
+                   "Speed-up = PyTorch ms / prrnet ms (above 1: prrnet is faster). "
+                   "Peak memory: prrnet's device allocations (buffers + workspace), PyTorch's "
+                   "`max_memory_allocated`; on the CPU both are the process's peak RSS.")
+        out.append("")
+    return "\n".join(out)
+
+
+def floors(bench, peaks):
+    out = []
+    if peaks:
+        out.append(f"Measured peaks ({peaks.get('device', '?')}, `prrnet bench --peaks`): "
+                   f"fp32 {fmt(peaks.get('fp32_tflops'))} TFLOP/s, "
+                   f"tf32 {fmt(peaks.get('tf32_tflops'))} TFLOP/s, "
+                   f"bf16 {fmt(peaks.get('bf16_tflops'))} TFLOP/s, "
+                   f"memory {fmt(peaks.get('dram_gbps'), '.0f')} GB/s (copy, read + write).")
+    else:
+        out.append("Measured peaks: none in this folder (`prrnet bench --peaks` runs on a GPU "
+                   "only), so the floors print as " + DASH + ".")
+    out.append("")
+    pr = [r for r in bench if r.get("impl") == "prrnet" and r.get("breakdown")]
+    if not pr:
+        out.append("No `prrnet bench --breakdown` records.")
+        return "\n".join(out)
+    keys = []
+    for r in pr:
+        k = (r.get("preset"), r.get("size"), r.get("batch"), r.get("mode"), r.get("precision"))
+        if k not in keys:
+            keys.append(k)
+    order = {m: i for i, m in enumerate(MODES)}
+    porder = {p: i for i, p in enumerate(PRECISIONS)}
+    keys.sort(key=lambda k: (str(k[0]), str(k[1]), str(k[2]), order.get(k[3], 9), porder.get(k[4], 9)))
+    for k in keys:
+        preset, size, batch, mode, prec = k
+        r = latest([x for x in pr if (x.get("preset"), x.get("size"), x.get("batch"), x.get("mode"),
+                                      x.get("precision")) == k])
+        ref = latest([x for x in bench if x.get("impl") == "pytorch-eager" and x.get("breakdown")
+                      and (x.get("preset"), x.get("size"), x.get("batch"), x.get("mode"),
+                           x.get("precision")) == k])
+        ref_ms = {s["stage"]: s.get("ms") for s in (ref or {}).get("breakdown", [])}
+        mm_rate = peaks.get(f"{prec}_tflops") if peaks else None
+        fp32_rate = peaks.get("fp32_tflops") if peaks else None
+        bw = peaks.get("dram_gbps") if peaks else None
+        out.append(f"**{preset} {size}×{size}, batch {batch}, {mode}, {prec}** — prrnet on "
+                   f"{r.get('device', '?')} ({r.get('timer', '?')}, `{r.get('_file', '?')}`); "
+                   f"PyTorch eager: {('`' + ref['_file'] + '`') if ref else DASH}")
+        out.append("")
+        header = ["stage", "GFLOP", "GB", "compute floor ms", "memory floor ms", "floor ms",
+                  "prrnet ms", "prrnet / floor", "PyTorch ms", "prrnet / PyTorch"]
+        rows = []
+        tot = {"gflop": 0.0, "gb": 0.0, "floor": 0.0, "ms": 0.0, "ref": 0.0}
+        have_floor, have_ref = True, bool(ref_ms)
+        stages = sorted(r["breakdown"], key=lambda s: STAGE_ORDER.index(s["stage"])
+                        if s["stage"] in STAGE_ORDER else 99)
+        for s in stages:
+            gflop, mm, gb, ms = s.get("gflop"), s.get("matmul_gflop"), s.get("gbytes"), s.get("ms")
+            if gflop is not None and mm is not None and mm_rate and fp32_rate:
+                # Matrix products at this precision's GEMM rate, the rest at the fp32 rate.
+                comp = (mm / (mm_rate * 1e3)) + ((gflop - mm) / (fp32_rate * 1e3))
+            else:
+                comp = None
+            memf = gb / bw * 1e3 if (gb is not None and bw) else None
+            floor = max(comp, memf) if (comp is not None and memf is not None) else None
+            rms = ref_ms.get(s["stage"])
+            rows.append([s["stage"], fmt(gflop, ".2f"), fmt(gb, ".3f"), fmt(comp, ".3f"),
+                         fmt(memf, ".3f"), fmt(floor, ".3f"), fmt(ms, ".2f"),
+                         fmt(ms / floor if (floor and ms is not None) else None, ".1f", "×"),
+                         fmt(rms, ".2f"),
+                         fmt(ms / rms if (rms and ms is not None) else None, ".2f", "×")])
+            tot["gflop"] += gflop or 0.0
+            tot["gb"] += gb or 0.0
+            tot["ms"] += ms or 0.0
+            if floor is None:
+                have_floor = False
+            else:
+                tot["floor"] += floor
+            if rms is None:
+                have_ref = False if s["stage"] != "other" else have_ref
+            else:
+                tot["ref"] += rms
+        rows.append(["**step**", fmt(tot["gflop"], ".1f"), fmt(tot["gb"], ".2f"), "", "",
+                     fmt(tot["floor"] if have_floor else None, ".2f"), fmt(tot["ms"], ".2f"),
+                     fmt(tot["ms"] / tot["floor"] if have_floor and tot["floor"] else None, ".1f", "×"),
+                     fmt(tot["ref"] if have_ref else None, ".2f"),
+                     fmt(tot["ms"] / tot["ref"] if have_ref and tot["ref"] else None, ".2f", "×")])
+        out.append(md_table(header, rows))
+        out.append("")
+        extra = []
+        if r.get("breakdown_step_ms") is not None:
+            extra.append(f"prrnet whole step during the breakdown {fmt(r['breakdown_step_ms'], '.2f')} ms, "
+                         f"plain timing {fmt(r.get('ms_median'), '.2f')} ms")
+        if ref and ref.get("breakdown_step_ms") is not None:
+            extra.append(f"PyTorch eager whole step during its breakdown "
+                         f"{fmt(ref['breakdown_step_ms'], '.2f')} ms, plain {fmt(ref.get('ms_median'), '.2f')} ms")
+        if extra:
+            out.append("; ".join(extra) + ".")
+            out.append("")
+    out.append("prrnet / floor: how far the measured stage is from its floor; prrnet / PyTorch: "
+               "the measured time over PyTorch eager's for the same stage (below 1: prrnet is "
+               "faster). "
+               "Floor = max(compute floor, memory floor): compute = matrix-product GFLOP / the "
+               "measured GEMM rate of the precision + other GFLOP / the fp32 GEMM rate; memory = "
+               "minimum bytes / the measured copy bandwidth. `other` = the step's time outside "
+               "every stage (the backward's gradient zeroing on prrnet).")
+    return "\n".join(out)
+
+
+def kernels(kern, window_iters, limit=10):
+    out = []
+    if not kern:
+        return "No `nsys stats --report cuda_gpu_kern_sum` output in this folder."
+    for path, rows in kern:
+        rows = sorted(rows, key=lambda r: -r["total_ns"])
+        total = sum(r["total_ns"] for r in rows)
+        out.append(f"From `{os.path.basename(path)}` ({window_iters} iteration(s) in the capture "
+                   f"window; times per iteration; all kernels together "
+                   f"{fmt(total / window_iters / 1e6, '.2f')} ms):")
+        out.append("")
+        trs = []
+        for i, r in enumerate(rows[:limit], 1):
+            name = r["name"]
+            if len(name) > 90:
+                name = name[:87] + "..."
+            name = name.replace("|", "\\|")
+            trs.append([i, f"`{name}`", fmt(r["total_ns"] / window_iters / 1e6, ".3f"),
+                        fmt(100.0 * r["total_ns"] / total if total else None, ".1f", "%"),
+                        fmt(r["instances"] / window_iters if r.get("instances") is not None else None, ".0f"),
+                        fmt(r["avg_ns"] / 1e3 if r.get("avg_ns") is not None else None, ".1f")])
+        out.append(md_table(["#", "kernel", "ms / iteration", "share", "launches / iteration",
+                             "avg µs"], trs))
+        out.append("")
+    return "\n".join(out)
+
+
+RELATION_COLUMNS = ("impl", "version", "precision", "pass", "batch", "h", "w", "c", "n",
+                    "ms_median", "tflops", "gemm_tflops", "pct_of_gemm", "gbps_model",
+                    "peak_mem_bytes")
+
+
+def relation_table(recs):
+    """The relation benchmarks' records as they are: the known columns of
+    `prrnet bench-relation` / `reference/bench_relation.py` when present, else every scalar."""
+    if not recs:
+        return "No relation-benchmark records in this folder."
+    keys = [k for k in RELATION_COLUMNS if any(k in r for r in recs)]
+    if len(keys) < 4:
+        keys = []
+        for r in recs:
+            for k, v in r.items():
+                if k != "_file" and not isinstance(v, (dict, list)) and k not in keys:
+                    keys.append(k)
+        keys = keys[:14]
+
+    def cell(r, k):
+        v = r.get(k)
+        if v is None:
+            return DASH
+        if k == "peak_mem_bytes" and isinstance(v, (int, float)):
+            return fmt(v / 2**30, ".2f", " GiB")
+        if isinstance(v, float):
+            return fmt(v, ".3f" if abs(v) < 100 else ".1f")
+        return str(v)
+
+    rows = [[cell(r, k) for k in keys] + [f"`{r['_file']}`"] for r in recs]
+    extra = ""
+    if any("error" in r for r in recs):
+        extra = "\n\nRecords with an `error` field failed; see their logs."
+    return md_table(list(keys) + ["log"], rows) + extra
+
+
+def is_relation(r):
+    hay = " ".join(str(r.get(k, "")) for k in ("kind", "impl", "bench", "_file")).lower()
+    return "relation" in hay
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("logdir")
+    ap.add_argument("--out", default=None, help="write the markdown here (default: stdout)")
+    ap.add_argument("--window-iters", type=int, default=3,
+                    help="iterations in the nsys capture window (kernel times are divided by it)")
+    args = ap.parse_args(argv)
+    if not os.path.isdir(args.logdir):
+        print(f"perf-report: {args.logdir} is not a folder", file=sys.stderr)
+        return 2
+    files = read_files(args.logdir)
+    recs = [r for f in files for r in json_records(f)]
+    peaks = latest([r for r in recs if r.get("kind") == "peaks"])
+    relation = [r for r in recs if is_relation(r) and r.get("kind") != "peaks"]
+    # Failed runs first: a later successful record of the same configuration wins.
+    bench = [r for f in files for r in failed_bench_runs(f)]
+    bench += [r for r in recs if r.get("impl") in IMPLS and r.get("kind") != "peaks"
+              and not is_relation(r) and "mode" in r]
+    kern = []
+    for f in files:
+        rows = parse_kern_sum(f)
+        if rows:
+            kern.append((f, rows))
+    meta = parse_meta(args.logdir)
+    cmds = [(os.path.basename(f), first_command(f)) for f in files]
+    cmds = [(f, c) for f, c in cmds if c]
+
+    out = []
+    out.append(f"<!-- generated by scripts/perf-report.py from {os.path.abspath(args.logdir)} -->")
+    out.append("")
+    out.append("Measured: " + (meta.get("date") or DASH) + "; host: " + (meta.get("host") or DASH)
+               + "; GPU: " + (meta.get("gpu") or DASH) + ".")
+    out.append("")
+    out.append("#### prrnet vs PyTorch eager vs torch.compile")
+    out.append("")
+    out.append(side_by_side(bench) if bench else "No benchmark records in this folder.")
+    out.append("")
+    out.append("#### Per-stage floors")
+    out.append("")
+    out.append(floors(bench, peaks))
+    out.append("")
+    out.append("#### Top kernels (nsys)")
+    out.append("")
+    out.append(kernels(kern, args.window_iters))
+    out.append("")
+    out.append("#### Relation map benchmarks")
+    out.append("")
+    out.append(relation_table(relation))
+    out.append("")
+    if cmds:
+        out.append("#### Commands")
+        out.append("")
+        for f, c in cmds:
+            out.append(f"- `{f}`: `{c}`")
+        out.append("")
+    text = "\n".join(out)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

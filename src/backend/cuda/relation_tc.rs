@@ -1,0 +1,759 @@
+//! The relation map's kernel versions (SPEC §4.1) and the public API to run a named one.
+//!
+//! - [`RelationVersion::Simt`]: kernels/relation.cu, exact f32 on the CUDA cores (f64
+//!   accumulators); the only version for [`Precision::Fp32`].
+//! - [`RelationVersion::V1`]: kernels/relation_tc.cu `v1`, WMMA tensor cores (TF32 or BF16
+//!   inputs, f32 accumulation), every tile through shared memory: the simple one.
+//! - [`RelationVersion::V2`]: kernels/relation_tc.cu `v2`, `mma.sync` from registers, a 3-stage
+//!   `cp.async` pipeline, register-resident epilogues (the bin sums as a second MMA against the
+//!   0/1 bin membership; `M = dS + dSᵀ` turned into A fragments in place). Forward needs n ≤ 8.
+//!
+//! The tensor-core versions read a padded operand copy of `q` that their normalisation kernel
+//! writes into the workspace: `[B, Np, Cp]` with `Np` = N rounded up to 128 and `Cp` = C rounded
+//! up to 32, zero beyond N and C (TF32: f32 values rounded to TF32; BF16: 2-byte values), so the
+//! GEMM loops need no bounds checks. Workspace (floats, each part rounded up to 16):
+//! forward `qop`, `pixbins [Np]` (every pixel's bins, packed; v2); backward the same, then the
+//! recomputed norms `[B·N]`, `D [B·N]`, `gt [B·N, n²]`.
+//!
+//! [`CudaBackend::relation_forward_version`] / [`CudaBackend::relation_backward_version`] run a
+//! named version; the `Backend` operations dispatch with [`CudaBackend::relation_dispatch`]:
+//! fp32 → simt; TF32/BF16 → the fastest tensor-core version that supports the shape (and fits
+//! the device's shared memory), simt when none does. `PRRNET_RELATION_VERSION=simt|v1|…`
+//! overrides the choice for TF32/BF16 when the named version supports the call.
+
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+use super::context::{check_len, int, Arg, CudaBackend, Kernel};
+use super::kernels::names::relation as ks;
+use super::kernels::names::relation_tc as kt;
+use crate::backend::{Precision, RelationShape, MAX_BINS_SIDE};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// One implementation of the fused relation kernels (forward and backward).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RelationVersion {
+    /// Exact f32 on the CUDA cores (kernels/relation.cu); fp32 only.
+    Simt,
+    /// WMMA tensor cores, tiles through shared memory (TF32, BF16).
+    V1,
+    /// `mma.sync` tensor cores, `cp.async` pipeline, register epilogues (TF32, BF16).
+    V2,
+}
+
+const ALL_VERSIONS: [RelationVersion; 3] = [
+    RelationVersion::Simt,
+    RelationVersion::V1,
+    RelationVersion::V2,
+];
+
+/// Every version, the exact one first.
+pub fn relation_versions() -> &'static [RelationVersion] {
+    &ALL_VERSIONS
+}
+
+impl RelationVersion {
+    /// The name used on command lines and in reports (`simt`, `v1`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            RelationVersion::Simt => "simt",
+            RelationVersion::V1 => "v1",
+            RelationVersion::V2 => "v2",
+        }
+    }
+
+    /// The precisions this version computes in.
+    pub fn precisions(self) -> &'static [Precision] {
+        match self {
+            RelationVersion::Simt => &[Precision::Fp32],
+            RelationVersion::V1 | RelationVersion::V2 => &[Precision::Tf32, Precision::Bf16],
+        }
+    }
+
+    /// One line on how it works.
+    pub fn description(self) -> &'static str {
+        match self {
+            RelationVersion::Simt => {
+                "exact f32 SIMT: 32x32 score tiles, f64 row and bin accumulators (relation.cu)"
+            }
+            RelationVersion::V1 => {
+                "WMMA tensor cores: 128x64 forward / 32x64 backward tiles through shared memory, \
+                 row-walk bin epilogue, dq accumulated in shared memory (relation_tc.cu v1)"
+            }
+            RelationVersion::V2 => {
+                "mma.sync tensor cores: 128x128 forward / 64x64 backward tiles, 3-stage cp.async \
+                 pipeline, bins as a second MMA and M = dS + dS^T in registers (relation_tc.cu v2)"
+            }
+        }
+    }
+
+    /// Whether this version computes in precision `p`.
+    pub fn supports(self, p: Precision) -> bool {
+        self.precisions().contains(&p)
+    }
+}
+
+impl std::fmt::Display for RelationVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for RelationVersion {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        ALL_VERSIONS
+            .iter()
+            .copied()
+            .find(|v| v.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                let names: Vec<_> = ALL_VERSIONS.iter().map(|v| v.name()).collect();
+                Error::Config(format!(
+                    "unknown relation version `{s}` (expected one of {})",
+                    names.join(", ")
+                ))
+            })
+    }
+}
+
+// ---- geometry shared with the kernels (keep in step with kernels/relation_tc.cu) -------------
+
+/// Rows of the operand copy are padded to a multiple of this (the largest row tile).
+const ROW_PAD: usize = 128;
+/// Channels of the operand copy are padded to a multiple of this (the staged chunk).
+const CHAN_PAD: usize = 32;
+
+const fn a128(bytes: usize) -> usize {
+    bytes.div_ceil(128) * 128
+}
+
+/// Bytes per operand element and the shared-memory row pitch (elements) of a 32-channel chunk.
+fn operand(p: Precision) -> (usize, usize) {
+    match p {
+        Precision::Bf16 => (2, 40),
+        _ => (4, 36),
+    }
+}
+
+mod v1 {
+    pub const THREADS: u32 = 128;
+    pub const F_BM: usize = 128;
+    pub const F_BN: usize = 64;
+    pub const LDE: usize = F_BM + 4;
+    pub const B_BM: usize = 32;
+    pub const B_BN: usize = 64;
+    pub const LDS: usize = B_BN + 4;
+    pub const LDM: usize = B_BN + 8;
+}
+
+mod v2 {
+    pub const STAGES: usize = 3;
+    pub const F_THREADS: u32 = 256;
+    pub const F_BM: usize = 128;
+    pub const F_BN: usize = 128;
+    pub const B_THREADS: u32 = 128;
+    pub const B_BM: usize = 64;
+    pub const B_BN: usize = 64;
+    /// Largest n of the forward (n² bins in at most 8 tiles of 8).
+    pub const MAX_N: usize = 8;
+    /// 8-bin tiles of the forward's accumulators for n: 2, 4 or 8.
+    pub fn nbt(n: usize) -> usize {
+        match n * n {
+            0..=16 => 2,
+            17..=32 => 4,
+            _ => 8,
+        }
+    }
+}
+
+/// Dynamic shared memory of a version's forward kernel.
+fn forward_smem(v: RelationVersion, p: Precision, n: usize) -> usize {
+    let (ob, lda) = operand(p);
+    let nb = n * n;
+    match v {
+        RelationVersion::Simt => 32 * nb * 8,
+        RelationVersion::V1 => {
+            a128(v1::F_BM * lda * ob)
+                + a128(v1::F_BN * lda * ob)
+                + a128(v1::F_BN * v1::LDE * 4)
+                + a128(v1::F_BN * 4)
+                + nb * v1::F_BM * 4
+        }
+        RelationVersion::V2 => {
+            let stages = v2::STAGES * (v2::F_BM + v2::F_BN) * lda * ob;
+            let combine = v2::F_BM * (v2::nbt(n) * 8 + 1) * 4;
+            stages.max(combine)
+        }
+    }
+}
+
+/// Dynamic shared memory of a version's backward kernel.
+fn backward_smem(v: RelationVersion, p: Precision, n: usize, c: usize) -> usize {
+    let (ob, lda) = operand(p);
+    let nb = n * n;
+    let ldg = nb | 1;
+    let cpad = c.next_multiple_of(CHAN_PAD);
+    match v {
+        RelationVersion::Simt => 16 * c * 8 + (16 + 32) * nb * 4,
+        RelationVersion::V1 => {
+            a128(v1::B_BM * (cpad + 4) * 4)
+                + a128(v1::B_BM * lda * ob)
+                + a128(v1::B_BN * lda * ob)
+                + a128(v1::B_BM * v1::LDS * 4)
+                + a128(v1::B_BM * v1::LDM * ob)
+                + a128(v1::B_BM * ldg * 4)
+                + a128(v1::B_BN * ldg * 4)
+                + a128((2 * v1::B_BM + 2 * v1::B_BN) * 4)
+                + (v1::B_BM + v1::B_BN) * 4 * 4
+        }
+        RelationVersion::V2 => {
+            v2::B_BM * (cpad + 8) * 4 + v2::STAGES * (v2::B_BM + v2::B_BN) * lda * ob
+        }
+    }
+}
+
+/// Padded operand geometry of a tensor-core call.
+#[derive(Clone, Copy, Debug)]
+struct Padded {
+    npad: usize,
+    cpad: usize,
+    /// Floats of the operand copy (rounded up to 16: 64-byte alignment of what follows).
+    qop_floats: usize,
+    /// Floats of the packed pixel bins `[Np]` that follow it (rounded up to 16).
+    pixbin_floats: usize,
+}
+
+impl Padded {
+    /// Floats of the operand copy and the pixel bins.
+    fn floats(&self) -> usize {
+        self.qop_floats + self.pixbin_floats
+    }
+}
+
+fn padded(s: &RelationShape, p: Precision) -> Padded {
+    let (ob, _) = operand(p);
+    let npad = s.pixels().next_multiple_of(ROW_PAD);
+    let cpad = s.c.next_multiple_of(CHAN_PAD);
+    Padded {
+        npad,
+        cpad,
+        qop_floats: (s.b * npad * cpad * ob / 4).next_multiple_of(16),
+        pixbin_floats: npad.next_multiple_of(16),
+    }
+}
+
+/// The kernels of one tensor-core version at one precision (and, for v2's forward, n).
+struct TcKernels {
+    normalize: Kernel,
+    forward: Kernel,
+    backward: Kernel,
+    /// Threads per block and rows `i` per block, forward and backward.
+    fwd_block: (u32, usize),
+    bwd_block: (u32, usize),
+}
+
+fn tc_kernels(v: RelationVersion, p: Precision, n: usize) -> Option<TcKernels> {
+    use Precision::{Bf16, Tf32};
+    use RelationVersion::{V1, V2};
+    let normalize = match p {
+        Tf32 => kt::RELATION_TC_NORMALIZE_TF32,
+        Bf16 => kt::RELATION_TC_NORMALIZE_BF16,
+        Precision::Fp32 => return None,
+    };
+    let (forward, backward) = match (v, p) {
+        (V1, Tf32) => (
+            kt::RELATION_TC_V1_FORWARD_TF32,
+            kt::RELATION_TC_V1_BACKWARD_TF32,
+        ),
+        (V1, Bf16) => (
+            kt::RELATION_TC_V1_FORWARD_BF16,
+            kt::RELATION_TC_V1_BACKWARD_BF16,
+        ),
+        (V2, Tf32) => (
+            match v2::nbt(n) {
+                2 => kt::RELATION_TC_V2_FORWARD_TF32_B2,
+                4 => kt::RELATION_TC_V2_FORWARD_TF32_B4,
+                _ => kt::RELATION_TC_V2_FORWARD_TF32_B8,
+            },
+            kt::RELATION_TC_V2_BACKWARD_TF32,
+        ),
+        (V2, Bf16) => (
+            match v2::nbt(n) {
+                2 => kt::RELATION_TC_V2_FORWARD_BF16_B2,
+                4 => kt::RELATION_TC_V2_FORWARD_BF16_B4,
+                _ => kt::RELATION_TC_V2_FORWARD_BF16_B8,
+            },
+            kt::RELATION_TC_V2_BACKWARD_BF16,
+        ),
+        _ => return None,
+    };
+    let (fwd_block, bwd_block) = match v {
+        V1 => ((v1::THREADS, v1::F_BM), (v1::THREADS, v1::B_BM)),
+        _ => ((v2::F_THREADS, v2::F_BM), (v2::B_THREADS, v2::B_BM)),
+    };
+    Some(TcKernels {
+        normalize,
+        forward,
+        backward,
+        fwd_block,
+        bwd_block,
+    })
+}
+
+/// Why `v` cannot run `s` at `p` on `be` (None: it can).
+fn unsupported(
+    be: &CudaBackend,
+    v: RelationVersion,
+    p: Precision,
+    s: &RelationShape,
+    backward: bool,
+) -> Option<String> {
+    if !v.supports(p) {
+        let ps: Vec<_> = v.precisions().iter().map(|p| p.to_string()).collect();
+        return Some(format!(
+            "relation version {v} computes in {} only, not {p}",
+            ps.join(", ")
+        ));
+    }
+    if s.n == 0 || s.n > MAX_BINS_SIDE || s.h < s.n || s.w < s.n {
+        return Some(format!(
+            "relation: bins n = {} must be in 1..={MAX_BINS_SIDE} and at most the map's sides \
+             ({}×{})",
+            s.n, s.h, s.w
+        ));
+    }
+    if v == RelationVersion::Simt {
+        return None;
+    }
+    if v == RelationVersion::V2 && !backward && s.n > v2::MAX_N {
+        return Some(format!(
+            "relation version v2 forward keeps n² ≤ {} bins in registers; n = {}",
+            v2::MAX_N * v2::MAX_N,
+            s.n
+        ));
+    }
+    let pd = padded(s, p);
+    if i32::try_from(s.b * pd.npad).is_err() || i32::try_from(pd.npad * pd.cpad).is_err() {
+        return Some(format!(
+            "relation version {v}: {} rows of {} channels exceed the kernels' 32-bit range",
+            s.b * pd.npad,
+            pd.cpad
+        ));
+    }
+    let smem = if backward {
+        backward_smem(v, p, s.n, s.c)
+    } else {
+        forward_smem(v, p, s.n)
+    };
+    if smem > be.max_smem_optin {
+        return Some(format!(
+            "relation version {v} {}: needs {smem} bytes of shared memory for n = {}, C = {}; \
+             {} allows {}",
+            if backward { "backward" } else { "forward" },
+            s.n,
+            s.c,
+            be.name,
+            be.max_smem_optin
+        ));
+    }
+    None
+}
+
+/// Tensor-core versions, fastest first.
+const TC_PREFERENCE: [RelationVersion; 2] = [RelationVersion::V2, RelationVersion::V1];
+
+fn env_override() -> Option<RelationVersion> {
+    static V: OnceLock<Option<RelationVersion>> = OnceLock::new();
+    *V.get_or_init(|| {
+        std::env::var("PRRNET_RELATION_VERSION")
+            .ok()
+            .and_then(|s| s.parse().ok())
+    })
+}
+
+impl CudaBackend {
+    /// The version the relation operations use for `s` at precision `p` (the forward when
+    /// `backward` is false): fp32 → [`RelationVersion::Simt`]; TF32/BF16 → the fastest
+    /// tensor-core version that supports the shape on this device, else simt.
+    /// `PRRNET_RELATION_VERSION` overrides the TF32/BF16 choice when that version can run it.
+    pub fn relation_dispatch(
+        &self,
+        p: Precision,
+        s: &RelationShape,
+        backward: bool,
+    ) -> RelationVersion {
+        if p == Precision::Fp32 {
+            return RelationVersion::Simt;
+        }
+        if let Some(v) = env_override() {
+            if v == RelationVersion::Simt || unsupported(self, v, p, s, backward).is_none() {
+                return v;
+            }
+        }
+        TC_PREFERENCE
+            .iter()
+            .copied()
+            .find(|&v| unsupported(self, v, p, s, backward).is_none())
+            .unwrap_or(RelationVersion::Simt)
+    }
+
+    /// Whether `v` can run the relation `s` at `p` on this device (forward, and backward when
+    /// `backward`); the error says why not.
+    pub fn relation_version_check(
+        &self,
+        v: RelationVersion,
+        p: Precision,
+        s: &RelationShape,
+        backward: bool,
+    ) -> Result<()> {
+        match unsupported(self, v, p, s, false).or_else(|| {
+            if backward {
+                unsupported(self, v, p, s, true)
+            } else {
+                None
+            }
+        }) {
+            Some(why) => Err(Error::Device(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// [`crate::backend::Backend::relation`] with a named version and precision (regardless of
+    /// the backend's precision setting): `f: [B,N,C]` → `norms`, `lsum: [B,N]`, `p: [B,N,n,n]`.
+    /// An error when the version does not compute in `precision` or cannot run the shape.
+    #[allow(clippy::too_many_arguments)]
+    pub fn relation_forward_version(
+        &self,
+        v: RelationVersion,
+        precision: Precision,
+        s: &RelationShape,
+        f: Tensor,
+        norms: Tensor,
+        lsum: Tensor,
+        p: Tensor,
+    ) -> Result<()> {
+        if let Some(why) = unsupported(self, v, precision, s, false) {
+            return Err(Error::Device(why));
+        }
+        match v {
+            RelationVersion::Simt => super::relation::simt_forward(self, s, f, norms, lsum, p),
+            _ => tc_forward(self, v, precision, s, f, norms, lsum, p),
+        }
+    }
+
+    /// [`crate::backend::Backend::relation_backward`] with a named version and precision:
+    /// `df += ∂L/∂f` given `dp = ∂L/∂p` and the forward's `norms`, `lsum`, `p`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn relation_backward_version(
+        &self,
+        v: RelationVersion,
+        precision: Precision,
+        s: &RelationShape,
+        f: Tensor,
+        norms: Tensor,
+        lsum: Tensor,
+        p: Tensor,
+        dp: Tensor,
+        df: Tensor,
+    ) -> Result<()> {
+        if let Some(why) = unsupported(self, v, precision, s, true) {
+            return Err(Error::Device(why));
+        }
+        match v {
+            RelationVersion::Simt => {
+                super::relation::simt_backward(self, s, f, norms, lsum, p, dp, df)
+            }
+            _ => tc_backward(self, v, precision, s, f, norms, lsum, p, dp, df),
+        }
+    }
+}
+
+/// The operand copy (rows padded to `ROW_PAD`, channels to `CHAN_PAD`), the norms and the
+/// packed pixel bins (each skipped when its pointer is 0).
+#[allow(clippy::too_many_arguments)]
+fn tc_normalize(
+    be: &CudaBackend,
+    k: Kernel,
+    s: &RelationShape,
+    pd: &Padded,
+    f: u64,
+    qop: u64,
+    norms: u64,
+    pixbins: u64,
+) -> Result<()> {
+    let rows = s.b * pd.npad;
+    be.launch(
+        k,
+        (rows.div_ceil(8) as u32, 1, 1),
+        (256, 1, 1),
+        0,
+        &[
+            Arg::Ptr(f),
+            Arg::I32(int("relation batch", s.b)?),
+            Arg::I32(int("relation pixels", s.pixels())?),
+            Arg::I32(int("relation padded pixels", pd.npad)?),
+            Arg::I32(int("relation channels", s.c)?),
+            Arg::I32(int("relation padded channels", pd.cpad)?),
+            Arg::I32(s.h as i32),
+            Arg::I32(s.w as i32),
+            Arg::I32(s.n as i32),
+            Arg::Ptr(qop),
+            Arg::Ptr(norms),
+            Arg::Ptr(pixbins),
+        ],
+    )
+}
+
+fn grid(s: &RelationShape, rows_per_block: usize) -> Result<(u32, u32, u32)> {
+    if s.b > 65535 {
+        return Err(Error::Device(format!(
+            "relation: batch {} exceeds the grid's 65535 images",
+            s.b
+        )));
+    }
+    Ok((s.pixels().div_ceil(rows_per_block) as u32, s.b as u32, 1))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn tc_forward(
+    be: &CudaBackend,
+    v: RelationVersion,
+    prec: Precision,
+    s: &RelationShape,
+    f: Tensor,
+    norms: Tensor,
+    lsum: Tensor,
+    p: Tensor,
+) -> Result<()> {
+    let (np, c, nb) = (s.pixels(), s.c, s.bins());
+    check_len("relation f", f, s.b * np * c)?;
+    check_len("relation norms", norms, s.b * np)?;
+    check_len("relation lsum", lsum, s.b * np)?;
+    check_len("relation p", p, s.b * np * nb)?;
+    if s.b == 0 {
+        return Ok(());
+    }
+    let k = tc_kernels(v, prec, s.n)
+        .ok_or_else(|| Error::Device(format!("relation version {v} has no {prec} kernels")))?;
+    let (fp, nrm, lp, pp) = (be.ptr(f)?, be.ptr(norms)?, be.ptr(lsum)?, be.ptr(p)?);
+    let pd = padded(s, prec);
+    let smem = forward_smem(v, prec, s.n);
+    be.allow_dynamic_smem(k.forward, smem, 0)?;
+    let g = grid(s, k.fwd_block.1)?;
+    let dims = [
+        Arg::I32(int("relation pixels", np)?),
+        Arg::I32(int("relation padded pixels", pd.npad)?),
+        Arg::I32(int("relation padded channels", pd.cpad)?),
+        Arg::I32(s.h as i32),
+        Arg::I32(s.w as i32),
+        Arg::I32(s.n as i32),
+        Arg::Ptr(lp),
+        Arg::Ptr(pp),
+    ];
+    be.with_workspace(pd.floats(), |ws| {
+        let qop = ws;
+        let pixbins = qop + (pd.qop_floats * 4) as u64;
+        let with_bins = v == RelationVersion::V2;
+        tc_normalize(
+            be,
+            k.normalize,
+            s,
+            &pd,
+            fp,
+            qop,
+            nrm,
+            if with_bins { pixbins } else { 0 },
+        )?;
+        let mut args = vec![Arg::Ptr(qop)];
+        if with_bins {
+            args.push(Arg::Ptr(pixbins));
+        }
+        args.extend_from_slice(&dims);
+        be.launch(k.forward, g, (k.fwd_block.0, 1, 1), smem as u32, &args)
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn tc_backward(
+    be: &CudaBackend,
+    v: RelationVersion,
+    prec: Precision,
+    s: &RelationShape,
+    f: Tensor,
+    norms: Tensor,
+    lsum: Tensor,
+    p: Tensor,
+    dp: Tensor,
+    df: Tensor,
+) -> Result<()> {
+    let (np, c, nb) = (s.pixels(), s.c, s.bins());
+    check_len("relation f", f, s.b * np * c)?;
+    check_len("relation df", df, s.b * np * c)?;
+    check_len("relation norms", norms, s.b * np)?;
+    check_len("relation lsum", lsum, s.b * np)?;
+    check_len("relation p", p, s.b * np * nb)?;
+    check_len("relation dp", dp, s.b * np * nb)?;
+    if s.b == 0 {
+        return Ok(());
+    }
+    let k = tc_kernels(v, prec, s.n)
+        .ok_or_else(|| Error::Device(format!("relation version {v} has no {prec} kernels")))?;
+    let (fp, nrm, lp, pp, dpp, dfp) = (
+        be.ptr(f)?,
+        be.ptr(norms)?,
+        be.ptr(lsum)?,
+        be.ptr(p)?,
+        be.ptr(dp)?,
+        be.ptr(df)?,
+    );
+    let pd = padded(s, prec);
+    let smem = backward_smem(v, prec, s.n, s.c);
+    be.allow_dynamic_smem(k.backward, smem, 0)?;
+    let g = grid(s, k.bwd_block.1)?;
+    let rows = s.b * np;
+    let v_len = rows.next_multiple_of(16);
+    let gt_len = rows * nb;
+    be.with_workspace(pd.floats() + 2 * v_len + gt_len, |ws| {
+        let qop = ws;
+        let pixbins = qop + (pd.qop_floats * 4) as u64;
+        let qnorm = pixbins + (pd.pixbin_floats * 4) as u64;
+        let dvec = qnorm + (v_len * 4) as u64;
+        let gt = dvec + (v_len * 4) as u64;
+        let with_bins = v == RelationVersion::V2;
+        tc_normalize(
+            be,
+            k.normalize,
+            s,
+            &pd,
+            fp,
+            qop,
+            qnorm,
+            if with_bins { pixbins } else { 0 },
+        )?;
+        be.launch(
+            ks::RELATION_BACKWARD_ROWS,
+            (rows.div_ceil(256) as u32, 1, 1),
+            (256, 1, 1),
+            0,
+            &[
+                Arg::Ptr(pp),
+                Arg::Ptr(dpp),
+                Arg::I32(int("relation rows", rows)?),
+                Arg::I32(s.h as i32),
+                Arg::I32(s.w as i32),
+                Arg::I32(s.n as i32),
+                Arg::Ptr(dvec),
+                Arg::Ptr(gt),
+            ],
+        )?;
+        let head = [Arg::Ptr(fp), Arg::Ptr(qnorm), Arg::Ptr(nrm), Arg::Ptr(lp)];
+        let dims = [
+            Arg::I32(int("relation pixels", np)?),
+            Arg::I32(int("relation padded pixels", pd.npad)?),
+            Arg::I32(int("relation channels", c)?),
+            Arg::I32(int("relation padded channels", pd.cpad)?),
+        ];
+        let mut args = vec![Arg::Ptr(qop)];
+        if with_bins {
+            // v2: (qop, pixbins, f, qnorm, norms, lsum, dvec, gt, npix, npad, c, cpad, n, df)
+            args.push(Arg::Ptr(pixbins));
+            args.extend_from_slice(&head);
+            args.extend_from_slice(&[Arg::Ptr(dvec), Arg::Ptr(gt)]);
+            args.extend_from_slice(&dims);
+            args.push(Arg::I32(s.n as i32));
+        } else {
+            // v1: (qop, f, qnorm, norms, lsum, dvec, gt, npix, npad, c, cpad, h, w, n, df)
+            args.extend_from_slice(&head);
+            args.extend_from_slice(&[Arg::Ptr(dvec), Arg::Ptr(gt)]);
+            args.extend_from_slice(&dims);
+            args.extend_from_slice(&[
+                Arg::I32(s.h as i32),
+                Arg::I32(s.w as i32),
+                Arg::I32(s.n as i32),
+            ]);
+        }
+        args.push(Arg::Ptr(dfp));
+        be.launch(k.backward, g, (k.bwd_block.0, 1, 1), smem as u32, &args)
+    })
+}
+
+// ---- models for the benchmark ----------------------------------------------------------------
+
+/// Bytes of workspace one call of version `v` uses (the operand copy or SIMT's f32 `q`, and the
+/// backward's scratch vectors).
+pub fn relation_workspace_bytes(
+    v: RelationVersion,
+    p: Precision,
+    s: &RelationShape,
+    backward: bool,
+) -> usize {
+    let rows = s.b * s.pixels();
+    let scratch = if backward {
+        2 * rows.next_multiple_of(16) + rows * s.bins()
+    } else {
+        0
+    };
+    let q = match v {
+        RelationVersion::Simt => (rows * s.c).next_multiple_of(16),
+        _ => padded(s, p).floats(),
+    };
+    (q + scratch) * 4
+}
+
+/// Nominal floating-point work of one call, the benchmark's denominator (per image, N = h·w):
+/// forward `2·N²·C` (Q·Qᵀ) `+ 2·N²` (exp and the row/bin accumulation of every score);
+/// backward `3·2·N²·C` (the score recomputation plus the two GEMMs dS·Q and dSᵀ·Q of the
+/// textbook backward) `+ 8·N²` (exp, g, dS for both orientations). Versions that fuse dS·Q and
+/// dSᵀ·Q into one GEMM (all of ours) execute about `2·2·N²·C`; the nominal count is the same
+/// for every implementation, so rates compare.
+pub fn relation_flops(s: &RelationShape, backward: bool) -> f64 {
+    let (n2, c) = ((s.pixels() * s.pixels()) as f64, s.c as f64);
+    let per_image = if backward {
+        6.0 * n2 * c + 8.0 * n2
+    } else {
+        2.0 * n2 * c + 2.0 * n2
+    };
+    s.b as f64 * per_image
+}
+
+/// Bytes a version moves between L2/DRAM and the SMs in one call (the model, per image):
+/// every block re-reads its row tile and each column tile of the operand copy once per tile pair
+/// (forward: `⌈N/BM⌉·⌈N/BN⌉·(BM + BN)·Cp·e` bytes, `e` the operand size; the backward reads the
+/// column tile twice, for the scores and for `dq`, plus its row tile once per pair), plus the
+/// compulsory traffic: `f` read by the normalisation, the operand copy written, `p`, `lsum`,
+/// `norms` written (backward: `p`, `dp`, `f` read, `df` read and written, `gt` and `D`).
+pub fn relation_bytes(v: RelationVersion, p: Precision, s: &RelationShape, backward: bool) -> f64 {
+    let (np, c, nb) = (s.pixels() as f64, s.c as f64, s.bins() as f64);
+    let (ob, cp, bm, bn, col_reads) = match v {
+        RelationVersion::Simt => {
+            if backward {
+                (4.0, c, 16.0, 32.0, 2.0)
+            } else {
+                (4.0, c, 32.0, 32.0, 1.0)
+            }
+        }
+        RelationVersion::V1 | RelationVersion::V2 => {
+            let (ob, _) = operand(p);
+            let cp = s.c.next_multiple_of(CHAN_PAD) as f64;
+            let (fb, bb) = if v == RelationVersion::V1 {
+                ((v1::F_BM, v1::F_BN), (v1::B_BM, v1::B_BN))
+            } else {
+                ((v2::F_BM, v2::F_BN), (v2::B_BM, v2::B_BN))
+            };
+            if backward {
+                (ob as f64, cp, bb.0 as f64, bb.1 as f64, 2.0)
+            } else {
+                (ob as f64, cp, fb.0 as f64, fb.1 as f64, 1.0)
+            }
+        }
+    };
+    let tiles = (np / bm).ceil() * (np / bn).ceil();
+    let tile_traffic = tiles * (bm + col_reads * bn) * cp * ob;
+    let compulsory = if backward {
+        np * c * 4.0 * 4.0 + np * cp * ob + np * nb * 4.0 * 4.0 + np * 4.0 * 4.0
+    } else {
+        np * c * 4.0 + np * cp * ob + np * nb * 4.0 + 2.0 * np * 4.0
+    };
+    s.b as f64 * (tile_traffic + compulsory)
+}
