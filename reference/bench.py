@@ -23,7 +23,6 @@ import contextlib
 import gc
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -35,29 +34,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import prrnet_ref as R  # noqa: E402
+from bench_common import device_name, set_precision  # noqa: E402
 
 
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"cpu: {model} ({torch.get_num_threads()} threads)"
-
-
-def set_precision(precision: str, device: str) -> None:
-    tf32 = precision == "tf32"
-    if device == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
-    torch.set_float32_matmul_precision("high" if tf32 else "highest")
 
 
 def make_batch(batch: int, size: int, device: str, seed: int = 0):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
+import os
 import resource
 import statistics
 import sys
@@ -35,6 +35,9 @@ import time
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_common import device_name, set_precision  # noqa: E402
 
 
 def relation_flops(b: int, n_pix: int, c: int, backward: bool) -> float:
@@ -51,27 +54,6 @@ def bytes_model(b: int, n_pix: int, c: int, nb: int, precision: str, backward: b
     return b * per_image
 
 
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"cpu: {model} ({torch.get_num_threads()} threads)"
-
-
-def set_precision(precision: str, device: str) -> None:
-    tf32 = precision == "tf32"
-    if device == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
-    torch.set_float32_matmul_precision("high" if tf32 else "highest")
 
 
 def autocast_for(precision: str, device: str):

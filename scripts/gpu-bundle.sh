@@ -41,7 +41,7 @@ strip "$out"/bin/*
 # The embedded kernel images (cubins for sm_80/sm_90 and PTX, in every executable) compress
 # about 4×: ship bin/*.gz; run.sh unpacks them on first use.
 gzip -9 "$out"/bin/*
-cp reference/bench.py reference/prrnet_ref.py "$out/reference/"
+cp reference/bench.py reference/bench_common.py reference/prrnet_ref.py "$out/reference/"
 [ -f reference/bench_relation.py ] && cp reference/bench_relation.py "$out/reference/"
 cp scripts/perf-report.py "$out/scripts/"
 cp scripts/gpu-run.sh "$out/run.sh"

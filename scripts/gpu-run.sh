@@ -125,8 +125,11 @@ tests_phase() {
         step sanitizer_memcheck_tiny 60 "${san[@]}" --tool memcheck "$bin/gpu_model_parity" \
             tiny --test-threads 1
         if [ -x "$bin/gpu_relation" ]; then
+            # The small shapes cover every tail and bin case; W30 size under memcheck is slow.
             step sanitizer_memcheck_relation 60 "${san[@]}" --tool memcheck \
-                "$bin/gpu_relation" --test-threads 1
+                "$bin/gpu_relation" --test-threads 1 --skip w30_at_299
+            step sanitizer_racecheck_relation 60 "${san[@]}" --tool racecheck \
+                "$bin/gpu_relation" --test-threads 1 --skip w30_at_299
         fi
     fi
 }

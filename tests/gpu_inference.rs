@@ -10,7 +10,7 @@ mod common;
 use std::sync::Arc;
 
 use prrnet::backend::cpu::CpuBackend;
-use prrnet::backend::{Backend, Precision};
+use prrnet::backend::Precision;
 use prrnet::config::Config;
 use prrnet::data::dataset;
 use prrnet::data::loader::{Loader, LoaderOptions};
@@ -19,18 +19,6 @@ use prrnet::model::prrnet::NamedArray;
 use prrnet::model::{Batch, Mode, PrrNet};
 use prrnet::rng::Rng;
 use prrnet::train::{self, LoaderSource, Schedule, TrainOptions};
-
-fn open_gpu(test: &str) -> Option<Box<dyn Backend>> {
-    let require = std::env::var("PRRNET_REQUIRE_GPU").is_ok_and(|v| v == "1");
-    match prrnet::backend::cuda::open(0) {
-        Ok(be) => Some(be),
-        Err(e) if require => panic!("{test}: PRRNET_REQUIRE_GPU=1 but no usable GPU: {e}"),
-        Err(e) => {
-            eprintln!("SKIP {test}: no usable GPU ({e}); set PRRNET_REQUIRE_GPU=1 to fail instead");
-            None
-        }
-    }
-}
 
 fn set_image(net: &mut PrrNet, image: &[f32]) {
     net.set_input(&Batch {
@@ -57,7 +45,7 @@ fn compare(a: &[NamedArray], b: &[NamedArray], tol: f64, what: &str) {
 
 /// Folded inference plan on the GPU (plain and graph forwards) against the CPU eval forward.
 fn folded_case(test: &str, preset: &str, size: usize, batch: usize) {
-    let Some(gpu) = open_gpu(test) else {
+    let Some(gpu) = common::open_gpu(test) else {
         return;
     };
     let mut cfg = Config::preset(preset).unwrap();
@@ -112,7 +100,7 @@ fn folded_and_graph_w30_299() {
 /// verdicts (threshold 0.5) must agree with fp32 on at least 99.5% of the images.
 #[test]
 fn reduced_precision_verdicts() {
-    let Some(gpu) = open_gpu("reduced_precision_verdicts") else {
+    let Some(gpu) = common::open_gpu("reduced_precision_verdicts") else {
         return;
     };
     let (size, batch) = (64usize, 32usize);
@@ -209,7 +197,7 @@ fn detect_end_to_end_throughput() {
     use prrnet::detect::records::{Format, RecordWriter};
     use prrnet::detect::{inputs, Detector, DetectorOptions};
     use rayon::prelude::*;
-    if open_gpu("detect_end_to_end_throughput").is_none() {
+    if common::open_gpu("detect_end_to_end_throughput").is_none() {
         return;
     }
     let (batch, count) = (64usize, 640usize);

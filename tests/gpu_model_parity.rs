@@ -4,36 +4,22 @@
 //! `w30_299_train_step_matches_cpu`), parameters after Adam within 1e-5 (relative L2).
 //! Skips without a GPU; fails instead under `PRRNET_REQUIRE_GPU=1`.
 
+mod common;
+
 use prrnet::backend::cpu::CpuBackend;
 use prrnet::model::{Batch, Mode, PrrNet};
 use prrnet::rng::Rng;
 use prrnet::{Backend, Config};
-
-fn open_gpu(test: &str) -> Option<Box<dyn Backend>> {
-    let require = std::env::var("PRRNET_REQUIRE_GPU").is_ok_and(|v| v == "1");
-    match prrnet::backend::cuda::open(0) {
-        Ok(be) => Some(be),
-        Err(e) if require => panic!("{test}: PRRNET_REQUIRE_GPU=1 but no usable GPU: {e}"),
-        Err(e) => {
-            eprintln!("SKIP {test}: no usable GPU ({e}); set PRRNET_REQUIRE_GPU=1 to fail instead");
-            None
-        }
-    }
-}
 
 /// Whether `err` is within `tol` (NaN is not).
 fn within(err: f64, tol: f64) -> bool {
     err <= tol
 }
 
-fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    num.sqrt() / den.sqrt().max(1e-30)
-}
-
 fn run(test: &str, cfg: Config, b: usize, grad_tol: f64) {
-    let Some(gpu) = open_gpu(test) else { return };
+    let Some(gpu) = common::open_gpu(test) else {
+        return;
+    };
     let s = cfg.size;
     let mut rng = Rng::new(11);
     let image = rng.vec(b * 3 * s * s, |r| r.normal());
@@ -75,7 +61,7 @@ fn run(test: &str, cfg: Config, b: usize, grad_tol: f64) {
         if name == "score" {
             continue;
         }
-        let err = rel_l2(&g, c);
+        let err = common::rel_l2(&g, c);
         if !within(err, 1e-4) {
             failures.push(format!("{name}: {err:.2e}"));
         }
@@ -93,13 +79,13 @@ fn run(test: &str, cfg: Config, b: usize, grad_tol: f64) {
         if norm < 1e-5 {
             continue; // analytically zero (bias before train-mode BatchNorm)
         }
-        let err = rel_l2(&g, &c);
+        let err = common::rel_l2(&g, &c);
         let tol = if e.trainable { grad_tol } else { 1e-3 };
         if !within(err, tol) {
             failures.push(format!("grad/state {}: {err:.2e}", e.name));
         }
     }
-    let err = rel_l2(&gpu.input_grad().unwrap(), &cpu.input_grad().unwrap());
+    let err = common::rel_l2(&gpu.input_grad().unwrap(), &cpu.input_grad().unwrap());
     if !within(err, grad_tol) {
         failures.push(format!("grad.image: {err:.2e}"));
     }
@@ -120,7 +106,7 @@ fn run(test: &str, cfg: Config, b: usize, grad_tol: f64) {
     for e in nets[0].entries().iter().filter(|e| e.trainable) {
         let c = nets[0].read(e.tensor).unwrap();
         let g = nets[1].read(e.tensor).unwrap();
-        let err = rel_l2(&g, &c);
+        let err = common::rel_l2(&g, &c);
         if !within(err, 1e-5) {
             failures.push(format!("param after Adam {}: {err:.2e}", e.name));
         }

@@ -16,23 +16,12 @@
 //! Without a usable GPU each test prints a skip message and passes; with
 //! `PRRNET_REQUIRE_GPU=1` it fails instead.
 
+mod common;
+
 use prrnet::backend::cpu::CpuBackend;
 use prrnet::backend::*;
 use prrnet::rng::Rng;
 use prrnet::tensor::Tensor;
-
-/// Open GPU 0, or explain why the test is skipped (fails instead under PRRNET_REQUIRE_GPU=1).
-fn open_gpu(test: &str) -> Option<Box<dyn Backend>> {
-    let require = std::env::var("PRRNET_REQUIRE_GPU").is_ok_and(|v| v == "1");
-    match prrnet::backend::cuda::open(0) {
-        Ok(be) => Some(be),
-        Err(e) if require => panic!("{test}: PRRNET_REQUIRE_GPU=1 but no usable GPU: {e}"),
-        Err(e) => {
-            eprintln!("SKIP {test}: no usable GPU ({e}); set PRRNET_REQUIRE_GPU=1 to fail instead");
-            None
-        }
-    }
-}
 
 const TOL: f64 = 1e-5;
 
@@ -45,7 +34,7 @@ struct Pair {
 
 impl Pair {
     fn new(test: &str, seed: u64) -> Option<Pair> {
-        open_gpu(test).map(|gpu| Pair {
+        common::open_gpu(test).map(|gpu| Pair {
             cpu: CpuBackend::new(),
             gpu,
             rng: Rng::new(seed),
@@ -813,7 +802,7 @@ fn adam() {
 
 #[test]
 fn allocation_and_errors() {
-    let Some(mut gpu) = open_gpu("allocation_and_errors") else {
+    let Some(mut gpu) = common::open_gpu("allocation_and_errors") else {
         return;
     };
     let before = gpu.allocated_bytes();

@@ -204,3 +204,17 @@ pub fn copy_params(from: &prrnet::model::PrrNet, to: &prrnet::model::PrrNet) {
         to.write(b.tensor, &from.read(a.tensor).unwrap()).unwrap();
     }
 }
+
+/// Open GPU 0, or explain why the calling test is skipped; under `PRRNET_REQUIRE_GPU=1` a
+/// missing GPU fails the test instead.
+pub fn open_gpu(test: &str) -> Option<Box<dyn Backend>> {
+    let require = std::env::var("PRRNET_REQUIRE_GPU").is_ok_and(|v| v == "1");
+    match prrnet::backend::cuda::open(0) {
+        Ok(be) => Some(be),
+        Err(e) if require => panic!("{test}: PRRNET_REQUIRE_GPU=1 but no usable GPU: {e}"),
+        Err(e) => {
+            eprintln!("SKIP {test}: no usable GPU ({e}); set PRRNET_REQUIRE_GPU=1 to fail instead");
+            None
+        }
+    }
+}

@@ -166,22 +166,7 @@ pub(crate) fn simt_backward(
         let dvec = scratch_norms + (v_len * 4) as u64;
         let gt = dvec + (v_len * 4) as u64;
         normalize(be, s, fp, q, scratch_norms)?;
-        be.launch(
-            k::RELATION_BACKWARD_ROWS,
-            (rows.div_ceil(256) as u32, 1, 1),
-            (256, 1, 1),
-            0,
-            &[
-                Arg::Ptr(pp),
-                Arg::Ptr(dpp),
-                Arg::I32(int("relation rows", rows)?),
-                Arg::I32(s.h as i32),
-                Arg::I32(s.w as i32),
-                Arg::I32(s.n as i32),
-                Arg::Ptr(dvec),
-                Arg::Ptr(gt),
-            ],
-        )?;
+        backward_rows(be, s, pp, dpp, dvec, gt)?;
         be.launch(
             k::RELATION_BACKWARD,
             (np.div_ceil(BWD_TI) as u32, s.b as u32, 1),
@@ -202,4 +187,33 @@ pub(crate) fn simt_backward(
             ],
         )
     })
+}
+
+/// `D_i = Σ_b P_ib G_ib` into `dvec [B·N]` and `gt_ib = G_ib / |b|` into `gt [B·N, n²]`
+/// (relation_backward_rows), the first step of every backward version.
+pub(crate) fn backward_rows(
+    be: &CudaBackend,
+    s: &RelationShape,
+    p: u64,
+    dp: u64,
+    dvec: u64,
+    gt: u64,
+) -> Result<()> {
+    let rows = s.b * s.pixels();
+    be.launch(
+        k::RELATION_BACKWARD_ROWS,
+        (rows.div_ceil(256) as u32, 1, 1),
+        (256, 1, 1),
+        0,
+        &[
+            Arg::Ptr(p),
+            Arg::Ptr(dp),
+            Arg::I32(int("relation rows", rows)?),
+            Arg::I32(s.h as i32),
+            Arg::I32(s.w as i32),
+            Arg::I32(s.n as i32),
+            Arg::Ptr(dvec),
+            Arg::Ptr(gt),
+        ],
+    )
 }

@@ -25,7 +25,6 @@ use std::str::FromStr;
 use std::sync::OnceLock;
 
 use super::context::{check_len, int, Arg, CudaBackend, Kernel};
-use super::kernels::names::relation as ks;
 use super::kernels::names::relation_tc as kt;
 use crate::backend::{Precision, RelationShape, MAX_BINS_SIDE};
 use crate::error::{Error, Result};
@@ -631,22 +630,7 @@ fn tc_backward(
             qnorm,
             if with_bins { pixbins } else { 0 },
         )?;
-        be.launch(
-            ks::RELATION_BACKWARD_ROWS,
-            (rows.div_ceil(256) as u32, 1, 1),
-            (256, 1, 1),
-            0,
-            &[
-                Arg::Ptr(pp),
-                Arg::Ptr(dpp),
-                Arg::I32(int("relation rows", rows)?),
-                Arg::I32(s.h as i32),
-                Arg::I32(s.w as i32),
-                Arg::I32(s.n as i32),
-                Arg::Ptr(dvec),
-                Arg::Ptr(gt),
-            ],
-        )?;
+        super::relation::backward_rows(be, s, pp, dpp, dvec, gt)?;
         let head = [Arg::Ptr(fp), Arg::Ptr(qnorm), Arg::Ptr(nrm), Arg::Ptr(lp)];
         let dims = [
             Arg::I32(int("relation pixels", np)?),
