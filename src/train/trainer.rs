@@ -207,7 +207,12 @@ pub fn evaluate(net: &mut PrrNet, data: &dyn DataSource) -> Result<Evaluation> {
             label: Some(&full.label),
             mask_weight: Some(&full.mask_weight),
         })?;
-        net.forward(Mode::EVAL)?;
+        if net.is_inference() {
+            // `prrnet eval`: the recorded forward on GPUs (plain on the CPU).
+            net.forward_graph()?;
+        } else {
+            net.forward(Mode::EVAL)?;
+        }
         loss_sum += net.losses()?.loss as f64;
         batches += 1;
         let (score, mask) = net.predictions()?;

@@ -402,8 +402,10 @@ impl CudaBackend {
             .map_err(|_| Error::Device("staging lock poisoned".into()))?;
         if staging.as_ref().is_none_or(|s| s.len() < len) {
             *staging = None;
+            // Plain (cached) page-locked memory, not write-combined: `fill` writes with strides
+            // (the NCHW → NHWC transpose), which write-combining buffers handle badly.
             // SAFETY: f32 is valid for any bit pattern; `fill` writes before the copy reads.
-            match unsafe { self.ctx.alloc_pinned::<f32>(len) } {
+            match unsafe { self.ctx.alloc_pinned_with_flags::<f32>(len, 0) } {
                 Ok(s) => *staging = Some(s),
                 Err(_) => {
                     drop(staging);
