@@ -369,6 +369,23 @@ pub trait Backend: Send + Sync {
         bias: Option<Tensor>,
         y: Tensor,
     ) -> Result<()>;
+    /// `y = relu?(conv2d(x, w) + bias + residual?)`: a convolution with its BatchNorm folded
+    /// in, and the unit's epilogue (inference plans). Backends may fuse the epilogue into the
+    /// convolution; by default it is a separate pass.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_bias_act(
+        &self,
+        s: &ConvShape,
+        x: Tensor,
+        w: Tensor,
+        bias: Tensor,
+        residual: Option<Tensor>,
+        relu: bool,
+        y: Tensor,
+    ) -> Result<()> {
+        self.conv2d(s, x, w, None, y)?;
+        self.bias_act_inplace(s.b * s.ho * s.wo, s.cout, y, bias, residual, relu)
+    }
     #[allow(clippy::too_many_arguments)]
     fn conv2d_backward(
         &self,
