@@ -84,6 +84,8 @@ pub struct CudaBackend {
     pub(crate) max_smem_optin: usize,
     /// The current [`Precision`] as its discriminant.
     precision: AtomicU8,
+    /// The current [`super::ConvAlgo`] as its discriminant (`PRRNET_CONV_ALGO` at creation).
+    pub(crate) conv_algo: AtomicU8,
     /// Grow-only page-locked staging area for `upload_with`.
     pinned: Mutex<Option<cudarc::driver::PinnedHostSlice<f32>>>,
     /// Instantiated CUDA graphs, addressed by index.
@@ -132,6 +134,7 @@ impl CudaBackend {
             .map(|img| load_file(&ctx, img, cc))
             .collect::<Result<Vec<_>>>()?;
         let blas = Blas::new(stream.clone())?;
+        let conv_algo = super::ConvAlgo::from_env()?;
         Ok(CudaBackend {
             ctx,
             stream,
@@ -147,6 +150,7 @@ impl CudaBackend {
             cc,
             max_smem_optin,
             precision: AtomicU8::new(Precision::Fp32 as u8),
+            conv_algo: AtomicU8::new(conv_algo as u8),
             graphs: Mutex::new(Vec::new()),
             pinned: Mutex::new(None),
         })

@@ -12,6 +12,7 @@
 mod blas;
 mod context;
 mod conv;
+mod conv_implicit;
 mod elementwise;
 mod graph;
 mod head;
@@ -25,6 +26,7 @@ mod resample;
 mod timing;
 
 pub use context::CudaBackend;
+pub use conv_implicit::ConvAlgo;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};

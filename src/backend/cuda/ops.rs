@@ -2,7 +2,7 @@
 //! dispatching to its family file (named like the kernel file and the CPU twin).
 
 use super::context::CudaBackend;
-use super::{conv, elementwise as ew, head, loss, norm, relation, resample};
+use super::{conv, conv_implicit, elementwise as ew, head, loss, norm, relation, resample};
 use crate::backend::*;
 use crate::error::Result;
 use crate::tensor::{BufId, Tensor};
@@ -120,7 +120,19 @@ impl Backend for CudaBackend {
         bias: Option<Tensor>,
         y: Tensor,
     ) -> Result<()> {
-        conv::conv2d(self, s, x, w, bias, y)
+        conv_implicit::conv2d(self, s, x, w, bias, y)
+    }
+    fn conv2d_bias_act(
+        &self,
+        s: &ConvShape,
+        x: Tensor,
+        w: Tensor,
+        bias: Tensor,
+        residual: Option<Tensor>,
+        relu: bool,
+        y: Tensor,
+    ) -> Result<()> {
+        conv_implicit::conv2d_bias_act(self, s, x, w, bias, residual, relu, y)
     }
     fn conv2d_backward(
         &self,

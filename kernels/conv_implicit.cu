@@ -1,0 +1,348 @@
+// conv_implicit.cu: implicit-GEMM convolution forward over channels-last activations, with the
+// folded-BatchNorm epilogue fused in. Host side: src/backend/cuda/conv_implicit.rs (dispatch,
+// fallback to im2col + cuBLAS). Index arithmetic mirrored by reference/emulate_conv_implicit.py.
+//
+// ---- the GEMM view ---------------------------------------------------------------------------
+//   x [B, H, W, Cin] (NHWC), w [Cout, k, k, Cin] (OHWI), y [B, Ho, Wo, Cout] (NHWC).
+//   M = B·Ho·Wo output pixels (m = (b·Ho + oy)·Wo + ox), N = Cout, K = k·k·Cin with the K index
+//   kg = (ky·k + kx)·Cin + ci, the order of OHWI: w is a row-major [N, K] matrix and y a
+//   row-major [M, N] matrix, y = A·wᵀ with
+//     A[m, kg] = x[b, oy·s + ky − p, ox·s + kx − p, ci]   (0 outside the image).
+//   A is never materialised: each K-chunk of a block's A tile is gathered from x while it is
+//   staged into shared memory. im2col wrote and re-read A (k²/s² times the input) through DRAM;
+//   here x is read from L2/L1 (neighbouring output pixels share input pixels) and A only exists
+//   tile by tile in shared memory.
+//   Epilogue (fused): y = relu?(acc + bias?[n] + residual?[m, n]) with relu(t) = t < 0 ? 0 : t
+//   (NaN stays NaN), in the order of kernels/elementwise.cu `bias_act_inplace`.
+//
+// ---- shared by both versions -------------------------------------------------------------------
+// Per block, a pixel table in shared memory (BM entries): rowb = b·H (−1 past M), iy0 = oy·s − p,
+// ix0 = ox·s − p, so the gather needs no division by Ho/Wo inside the K loop. Staging mapping:
+// thread t owns ONE K column kl = t mod BK of the chunk and the rows r0 + (T/BK)·j, r0 = t / BK;
+// its tap (ky, kx, ci) is decoded once per chunk, and consecutive threads read consecutive ci of
+// one pixel (coalesced when Cin ≥ BK; any Cin works, e.g. the stem's 3). The same mapping stages
+// the weight tile: consecutive threads read consecutive kg of one output channel.
+// Software pipeline (both versions): chunk c + 1 is loaded from global memory into registers
+// while chunk c is computed from shared memory; 2 barriers per chunk. Every tail (M, N, K not
+// multiples of the tile) is handled by zero-filling the staged tiles and masking the stores.
+// 64-bit arithmetic for every global offset (((b·H + iy)·W + ix)·Cin + ci, m·Cout + n, n·K + kg).
+//
+// ---- simt (Fp32): exact f32 FMA, f32 accumulation ----------------------------------------------
+//   Block 256 threads, output tile BM × BN = 64 × 64, K-chunks of BK = 16, each thread a 4 × 4
+//   register block (rows 4·ty.., columns 4·tx.., tx = t mod 16, ty = t / 16). A and B tiles are
+//   stored k-major (As[BK][BM + 4], Bs[BK][BN + 4]) so the inner loop reads one float4 of A
+//   (broadcast within a half-warp) and one float4 of B per k: 2 LDS.128 per 16 FMA. Each output
+//   sums its K terms in ascending kg order with fmaf: deterministic. Grid (⌈M/64⌉, ⌈N/64⌉).
+//   Shared memory: 2 × 16 × 68 × 4 + 768 = 9.5 KB (static).
+//
+// ---- tc (Tf32, Bf16): WMMA tensor cores, f32 accumulation ----------------------------------------
+//   Block 128 threads (4 warps, 2 × 2), tile BM × BN = 64 × 64, BK = 32; warp (wm, wn) owns the
+//   32 × 32 sub-tile at (32·wm, 32·wn) as 2 × 2 accumulator fragments 16 × 16. Operands are
+//   rounded when staged: TF32 by wmma::__float_to_tf32 (round to nearest, stored as f32),
+//   BF16 by __float2bfloat16_rn. As [BM][LDA] row-major (m × k), Bs [BN][LDA] (n × k, read as a
+//   col-major K × N matrix_b); LDA = 36 floats (TF32) / 40 bf16 (BF16): multiples of 16 bytes
+//   as WMMA requires, rows offset by 4 banks. wmma k-steps: 4 × k8 (TF32) / 2 × k16 (BF16).
+//   Epilogue: the accumulators go through a shared staging tile Cs [BM][BN + 4] f32 that aliases
+//   As/Bs (a barrier first), then each thread writes elements t, t + 128, … of the 64 × 64 tile
+//   (a warp writes 32 consecutive channels of one pixel: coalesced) with the fused epilogue.
+//   Shared memory: max(128 × 36 × 4, 64 × 68 × 4) + 768 = 19.2 KB (TF32), 18.2 KB (BF16).
+//   Grid (⌈M/64⌉, ⌈N/64⌉). Deterministic (fixed k order per fragment).
+#include <cuda_bf16.h>
+#include <mma.h>
+
+#include "common.cuh"
+
+using namespace nvcuda;
+
+// ---- shared helpers -------------------------------------------------------------------------
+
+// The pixel table of the block's BM output rows starting at m0 (see the header).
+template <int BM>
+__device__ __forceinline__ void pixel_table(int m0, int mtotal, int ho, int wo, int h, int stride,
+                                            int pad, int* rowb, int* iy0, int* ix0) {
+    for (int i = threadIdx.x; i < BM; i += blockDim.x) {
+        const int m = m0 + i;
+        if (m < mtotal) {
+            const int ox = m % wo;
+            const int t = m / wo;
+            const int oy = t % ho;
+            const int b = t / ho;
+            rowb[i] = b * h;
+            iy0[i] = oy * stride - pad;
+            ix0[i] = ox * stride - pad;
+        } else {
+            rowb[i] = -1;
+            iy0[i] = 0;
+            ix0[i] = 0;
+        }
+    }
+}
+
+// One K column of the GEMM: kg = (ky·k + kx)·Cin + ci; ok = kg < K.
+struct Tap {
+    int ky, kx, ci;
+    bool ok;
+};
+
+__device__ __forceinline__ Tap tap_of(int kg, int kdim, int cin, int k) {
+    Tap t;
+    t.ok = kg < kdim;
+    const int kidx = kg / cin;
+    t.ci = kg - kidx * cin;
+    t.ky = kidx / k;
+    t.kx = kidx - t.ky * k;
+    return t;
+}
+
+// A[m, kg] for the pixel (rowb, iy0, ix0) and tap t: x[b, iy, ix, ci], 0 outside.
+__device__ __forceinline__ float gather_a(const float* __restrict__ x, int rowb, int iy0, int ix0,
+                                          const Tap& t, int h, int w, int cin) {
+    if (rowb < 0 || !t.ok) return 0.0f;
+    const int iy = iy0 + t.ky, ix = ix0 + t.kx;
+    if (iy < 0 || iy >= h || ix < 0 || ix >= w) return 0.0f;
+    return __ldg(x + ((i64)(rowb + iy) * w + ix) * cin + t.ci);
+}
+
+// w[n, kg], 0 past N or K.
+__device__ __forceinline__ float gather_w(const float* __restrict__ wt, int n, int cout, int kg,
+                                          const Tap& t, int kdim) {
+    if (!t.ok || n >= cout) return 0.0f;
+    return __ldg(wt + (i64)n * kdim + kg);
+}
+
+// relu?(acc + bias?[n] + residual?[idx]), as bias_act_inplace (NaN stays NaN).
+__device__ __forceinline__ float epilogue(float acc, const float* __restrict__ bias,
+                                          const float* residual, i64 idx, int n, int relu) {
+    float t = acc;
+    if (bias != nullptr) t = t + bias[n];
+    if (residual != nullptr) t = t + residual[idx];
+    return (relu && t < 0.0f) ? 0.0f : t;
+}
+
+// =============================================================================================
+// simt: exact f32
+// =============================================================================================
+
+namespace simt {
+constexpr int BM = 64, BN = 64, BK = 16, THREADS = 256;
+constexpr int TM = 4, TN = 4;           // register block per thread
+constexpr int LDA = BM + 4, LDB = BN + 4;  // k-major tiles, rows 16-byte aligned
+constexpr int ROWS = THREADS / BK;      // 16 staged rows per step
+constexpr int A_PER = BM / ROWS;        // 4 A elements per thread and chunk
+constexpr int B_PER = BN / ROWS;        // 4 B elements per thread and chunk
+static_assert(THREADS % BK == 0 && BM % ROWS == 0 && BN % ROWS == 0, "staging mapping");
+static_assert((BM / TM) * (BN / TN) == THREADS, "one register block per thread");
+static_assert(BN / TN == 16, "tx = t mod 16");
+}  // namespace simt
+
+extern "C" __global__ void __launch_bounds__(256) conv_implicit_simt(const float* __restrict__ x, const float* __restrict__ wt, const float* __restrict__ bias, const float* residual, float* y, int mtotal, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int relu) {
+    using namespace simt;
+    __shared__ __align__(16) float As[BK][LDA];
+    __shared__ __align__(16) float Bs[BK][LDB];
+    __shared__ int s_rowb[BM], s_iy0[BM], s_ix0[BM];
+
+    const int tid = threadIdx.x;
+    const int kdim = k * k * cin;
+    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+    pixel_table<BM>(m0, mtotal, ho, wo, h, stride, pad, s_rowb, s_iy0, s_ix0);
+    __syncthreads();
+
+    const int kl = tid % BK, r0 = tid / BK;  // staging: K column and first row
+    const int tx = tid % 16, ty = tid / 16;  // compute: columns 4·tx.., rows 4·ty..
+    float ra[A_PER], rb[B_PER];
+    float acc[TM][TN];
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] = 0.0f;
+
+    auto load = [&](int k0) {
+        const int kg = k0 + kl;
+        const Tap t = tap_of(kg, kdim, cin, k);
+#pragma unroll
+        for (int j = 0; j < A_PER; ++j) {
+            const int ml = r0 + ROWS * j;
+            ra[j] = gather_a(x, s_rowb[ml], s_iy0[ml], s_ix0[ml], t, h, w, cin);
+        }
+#pragma unroll
+        for (int j = 0; j < B_PER; ++j) rb[j] = gather_w(wt, n0 + r0 + ROWS * j, cout, kg, t, kdim);
+    };
+
+    const int nk = (kdim + BK - 1) / BK;
+    if (nk > 0) load(0);
+    for (int c = 0; c < nk; ++c) {
+        __syncthreads();  // every thread is done reading the previous chunk
+#pragma unroll
+        for (int j = 0; j < A_PER; ++j) As[kl][r0 + ROWS * j] = ra[j];
+#pragma unroll
+        for (int j = 0; j < B_PER; ++j) Bs[kl][r0 + ROWS * j] = rb[j];
+        __syncthreads();
+        if (c + 1 < nk) load((c + 1) * BK);  // in flight while this chunk is computed
+#pragma unroll
+        for (int kk = 0; kk < BK; ++kk) {
+            const float4 a = *reinterpret_cast<const float4*>(&As[kk][ty * TM]);
+            const float4 b = *reinterpret_cast<const float4*>(&Bs[kk][tx * TN]);
+            const float av[TM] = {a.x, a.y, a.z, a.w};
+            const float bv[TN] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+            for (int i = 0; i < TM; ++i)
+#pragma unroll
+                for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+        }
+    }
+
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+        const int m = m0 + ty * TM + i;
+        if (m >= mtotal) continue;
+#pragma unroll
+        for (int j = 0; j < TN; ++j) {
+            const int n = n0 + tx * TN + j;
+            if (n >= cout) continue;
+            const i64 idx = (i64)m * cout + n;
+            y[idx] = epilogue(acc[i][j], bias, residual, idx, n, relu);
+        }
+    }
+}
+
+// =============================================================================================
+// tc: WMMA tensor cores (TF32 / BF16 operands, f32 accumulation)
+// =============================================================================================
+
+namespace tc {
+constexpr int BM = 64, BN = 64, BK = 32, THREADS = 128;
+constexpr int LDC = BN + 4;          // staging tile pitch (floats), multiple of 4
+constexpr int ROWS = THREADS / BK;   // 4 staged rows per step (one per warp)
+constexpr int A_PER = BM / ROWS;     // 16
+constexpr int B_PER = BN / ROWS;     // 16
+static_assert(BK == 32, "one K column per lane");
+static_assert(THREADS == 128 && BM == 64 && BN == 64, "4 warps of 32 × 32");
+
+struct OpTf32 {
+    typedef float T;
+    typedef wmma::precision::tf32 Frag;
+    static constexpr bool IS_TF32 = true;
+    static constexpr int K = 8;
+    static constexpr int LDA = 36;  // 144 B rows
+    __device__ __forceinline__ static float from_float(float v) { return wmma::__float_to_tf32(v); }
+};
+
+struct OpBf16 {
+    typedef __nv_bfloat16 T;
+    typedef __nv_bfloat16 Frag;
+    static constexpr bool IS_TF32 = false;
+    static constexpr int K = 16;
+    static constexpr int LDA = 40;  // 80 B rows
+    __device__ __forceinline__ static __nv_bfloat16 from_float(float v) {
+        return __float2bfloat16_rn(v);
+    }
+};
+
+__host__ __device__ constexpr int cmax(int a, int b) { return a > b ? a : b; }
+
+template <class Op>
+__device__ __forceinline__ void conv_tc(const float* __restrict__ x, const float* __restrict__ wt,
+                                        const float* __restrict__ bias, const float* residual,
+                                        float* y, int mtotal, int h, int w, int cin, int ho,
+                                        int wo, int cout, int k, int stride, int pad, int relu) {
+    typedef typename Op::T T;
+    constexpr int LDA = Op::LDA;
+    constexpr int AB_BYTES = (BM + BN) * LDA * (int)sizeof(T);
+    constexpr int C_BYTES = BM * LDC * (int)sizeof(float);
+    static_assert((16 * LDA * (int)sizeof(T)) % 32 == 0, "fragment rows 32-byte aligned");
+    static_assert((BM * LDA * (int)sizeof(T)) % 32 == 0, "Bs 32-byte aligned");
+    static_assert((16 * LDC * 4) % 32 == 0, "staging rows 32-byte aligned");
+    __shared__ __align__(128) unsigned char smem[cmax(AB_BYTES, C_BYTES)];
+    __shared__ int s_rowb[BM], s_iy0[BM], s_ix0[BM];
+    T* As = reinterpret_cast<T*>(smem);  // [BM][LDA]
+    T* Bs = As + BM * LDA;               // [BN][LDA]
+    float* Cs = reinterpret_cast<float*>(smem);  // [BM][LDC], after the main loop
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wm = warp >> 1, wn = warp & 1;
+    const int kdim = k * k * cin;
+    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+    pixel_table<BM>(m0, mtotal, ho, wo, h, stride, pad, s_rowb, s_iy0, s_ix0);
+    __syncthreads();
+
+    wmma::fragment<wmma::accumulator, 16, 16, Op::K, float> acc[2][2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+
+    // Staging: K column kl = lane, rows warp + 4·j.
+    float ra[A_PER], rb[B_PER];
+    auto load = [&](int k0) {
+        const int kg = k0 + lane;
+        const Tap t = tap_of(kg, kdim, cin, k);
+#pragma unroll
+        for (int j = 0; j < A_PER; ++j) {
+            const int ml = warp + ROWS * j;
+            ra[j] = gather_a(x, s_rowb[ml], s_iy0[ml], s_ix0[ml], t, h, w, cin);
+        }
+#pragma unroll
+        for (int j = 0; j < B_PER; ++j) rb[j] = gather_w(wt, n0 + warp + ROWS * j, cout, kg, t, kdim);
+    };
+
+    const int nk = (kdim + BK - 1) / BK;
+    if (nk > 0) load(0);
+    for (int c = 0; c < nk; ++c) {
+        __syncthreads();  // every warp is done reading the previous chunk
+#pragma unroll
+        for (int j = 0; j < A_PER; ++j) As[(warp + ROWS * j) * LDA + lane] = Op::from_float(ra[j]);
+#pragma unroll
+        for (int j = 0; j < B_PER; ++j) Bs[(warp + ROWS * j) * LDA + lane] = Op::from_float(rb[j]);
+        __syncthreads();
+        if (c + 1 < nk) load((c + 1) * BK);  // in flight while this chunk is computed
+#pragma unroll
+        for (int kk = 0; kk < BK; kk += Op::K) {
+            wmma::fragment<wmma::matrix_a, 16, 16, Op::K, typename Op::Frag, wmma::row_major> fa[2];
+            wmma::fragment<wmma::matrix_b, 16, 16, Op::K, typename Op::Frag, wmma::col_major> fb[2];
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                wmma::load_matrix_sync(fa[i], As + (wm * 32 + i * 16) * LDA + kk, LDA);
+                wmma::load_matrix_sync(fb[i], Bs + (wn * 32 + i * 16) * LDA + kk, LDA);
+                if constexpr (Op::IS_TF32) {
+                    // Already TF32 values (rounded when staged); the API asks for the conversion.
+#pragma unroll
+                    for (int e = 0; e < fa[i].num_elements; ++e)
+                        fa[i].x[e] = wmma::__float_to_tf32(fa[i].x[e]);
+#pragma unroll
+                    for (int e = 0; e < fb[i].num_elements; ++e)
+                        fb[i].x[e] = wmma::__float_to_tf32(fb[i].x[e]);
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < 2; ++i)
+#pragma unroll
+                for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+        }
+    }
+
+    __syncthreads();  // Cs aliases As/Bs: every warp is done with its last chunk
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+            wmma::store_matrix_sync(Cs + (wm * 32 + i * 16) * LDC + wn * 32 + j * 16, acc[i][j],
+                                    LDC, wmma::mem_row_major);
+    __syncthreads();
+    for (int e = tid; e < BM * BN; e += THREADS) {
+        const int ml = e / BN, nl = e - (e / BN) * BN;
+        const int m = m0 + ml, n = n0 + nl;
+        if (m < mtotal && n < cout) {
+            const i64 idx = (i64)m * cout + n;
+            y[idx] = epilogue(Cs[ml * LDC + nl], bias, residual, idx, n, relu);
+        }
+    }
+}
+}  // namespace tc
+
+extern "C" __global__ void __launch_bounds__(128) conv_implicit_tf32(const float* __restrict__ x, const float* __restrict__ wt, const float* __restrict__ bias, const float* residual, float* y, int mtotal, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int relu) {
+    tc::conv_tc<tc::OpTf32>(x, wt, bias, residual, y, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, relu);
+}
+
+extern "C" __global__ void __launch_bounds__(128) conv_implicit_bf16(const float* __restrict__ x, const float* __restrict__ wt, const float* __restrict__ bias, const float* residual, float* y, int mtotal, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int relu) {
+    tc::conv_tc<tc::OpBf16>(x, wt, bias, residual, y, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, relu);
+}

@@ -1,0 +1,214 @@
+//! Implicit-GEMM convolution forward (kernels/conv_implicit.cu) with the folded-BatchNorm
+//! epilogue fused in, and the dispatch between it and the im2col + cuBLAS path of `conv.rs`.
+//!
+//! - [`ConvAlgo::Implicit`] (the default): every non-pointwise convolution forward runs
+//!   `conv_implicit_simt` (precision Fp32: exact f32 FMA) or `conv_implicit_{tf32,bf16}` (WMMA
+//!   tensor cores, f32 accumulation), which gather the im2col matrix tile by tile in shared
+//!   memory instead of writing it to a workspace, and apply `relu?(acc + bias? + residual?)`
+//!   before the single store of `y`.
+//! - [`ConvAlgo::Im2col`]: the previous path (im2col into a workspace, cuBLAS GEMM, then
+//!   `bias_add` / `bias_act_inplace` as separate passes), kept as the fallback.
+//!
+//! Pointwise convolutions (1×1, stride 1, no padding) always stay on cuBLAS. The algorithm is
+//! chosen with [`CudaBackend::set_conv_algo`]; `PRRNET_CONV_ALGO=im2col|implicit` sets the
+//! initial choice when the backend is created. Backward always uses `conv.rs`.
+
+use std::sync::atomic::Ordering;
+
+use super::context::{check_len, int, Arg, CudaBackend, Kernel};
+use super::kernels::names::conv_implicit as kci;
+use super::{conv, elementwise as ew};
+use crate::backend::{ConvShape, Precision};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// How non-pointwise convolution forwards run on the GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum ConvAlgo {
+    /// im2col into a workspace + cuBLAS GEMM (+ a separate epilogue pass).
+    Im2col = 0,
+    /// Implicit GEMM (kernels/conv_implicit.cu) with the epilogue fused.
+    #[default]
+    Implicit = 1,
+}
+
+impl ConvAlgo {
+    pub fn name(self) -> &'static str {
+        match self {
+            ConvAlgo::Im2col => "im2col",
+            ConvAlgo::Implicit => "implicit",
+        }
+    }
+
+    pub(crate) fn from_u8(v: u8) -> ConvAlgo {
+        if v == ConvAlgo::Im2col as u8 {
+            ConvAlgo::Im2col
+        } else {
+            ConvAlgo::Implicit
+        }
+    }
+
+    /// The initial algorithm: `PRRNET_CONV_ALGO` when set, else [`ConvAlgo::Implicit`].
+    pub(crate) fn from_env() -> Result<ConvAlgo> {
+        match std::env::var("PRRNET_CONV_ALGO") {
+            Ok(v) if !v.trim().is_empty() => v.trim().parse(),
+            _ => Ok(ConvAlgo::default()),
+        }
+    }
+}
+
+impl std::str::FromStr for ConvAlgo {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "im2col" => Ok(ConvAlgo::Im2col),
+            "implicit" => Ok(ConvAlgo::Implicit),
+            _ => Err(Error::Config(format!(
+                "unknown convolution algorithm `{s}` (PRRNET_CONV_ALGO: expected im2col or implicit)"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for ConvAlgo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl CudaBackend {
+    /// Choose how later non-pointwise convolution forwards run (see [`ConvAlgo`]).
+    pub fn set_conv_algo(&self, a: ConvAlgo) {
+        self.conv_algo.store(a as u8, Ordering::Relaxed);
+    }
+
+    /// The current convolution algorithm.
+    pub fn conv_algo(&self) -> ConvAlgo {
+        ConvAlgo::from_u8(self.conv_algo.load(Ordering::Relaxed))
+    }
+}
+
+/// Output tile of every implicit kernel (`BM × BN` in kernels/conv_implicit.cu).
+const TILE_M: usize = 64;
+const TILE_N: usize = 64;
+/// Threads per block: simt 256 (4 × 4 outputs each), tc 128 (4 warps of 32 × 32).
+const SIMT_THREADS: u32 = 256;
+const TC_THREADS: u32 = 128;
+
+/// The kernel and block size for a precision.
+fn kernel_for(p: Precision) -> (Kernel, u32) {
+    match p {
+        Precision::Fp32 => (kci::CONV_IMPLICIT_SIMT, SIMT_THREADS),
+        Precision::Tf32 => (kci::CONV_IMPLICIT_TF32, TC_THREADS),
+        Precision::Bf16 => (kci::CONV_IMPLICIT_BF16, TC_THREADS),
+    }
+}
+
+/// `y = relu?(conv(x, w) + bias? + residual?)` with the implicit-GEMM kernel of the backend's
+/// precision. Lengths are checked by the callers.
+#[allow(clippy::too_many_arguments)]
+fn launch_implicit(
+    be: &CudaBackend,
+    s: &ConvShape,
+    x: Tensor,
+    w: Tensor,
+    bias: Option<Tensor>,
+    residual: Option<Tensor>,
+    relu: bool,
+    y: Tensor,
+) -> Result<()> {
+    let m = s.b * s.ho * s.wo;
+    if m == 0 || s.cout == 0 {
+        return Ok(());
+    }
+    // Every dimension, and the products the kernels form in 32 bits, must fit an int:
+    // m, k·k·Cin, B·H (the pixel table's rowb); global offsets are 64-bit in the kernels.
+    // Tile origins and chunk counts are formed past the end (m0 + 63, k0 + 31): keep headroom.
+    let grid_m = m.div_ceil(TILE_M);
+    int("conv output pixels (rounded to the tile)", grid_m * TILE_M)?;
+    int("conv k·k·Cin (rounded to the chunk)", s.col_k() + 64)?;
+    int("conv B·H", s.b * s.h)?;
+    let grid_n = s.cout.div_ceil(TILE_N);
+    if grid_n > 65535 {
+        return Err(Error::Device(format!(
+            "conv {s:?}: grid ({grid_m}, {grid_n}) exceeds the launch limits"
+        )));
+    }
+    let (kernel, threads) = kernel_for(be.precision_impl());
+    be.launch(
+        kernel,
+        (grid_m as u32, grid_n as u32, 1),
+        (threads, 1, 1),
+        0,
+        &[
+            Arg::Ptr(be.ptr(x)?),
+            Arg::Ptr(be.ptr(w)?),
+            Arg::Ptr(be.optr(bias)?),
+            Arg::Ptr(be.optr(residual)?),
+            Arg::Ptr(be.ptr(y)?),
+            Arg::I32(int("conv output pixels", m)?),
+            Arg::I32(int("h", s.h)?),
+            Arg::I32(int("w", s.w)?),
+            Arg::I32(int("cin", s.cin)?),
+            Arg::I32(int("ho", s.ho)?),
+            Arg::I32(int("wo", s.wo)?),
+            Arg::I32(int("cout", s.cout)?),
+            Arg::I32(int("k", s.k)?),
+            Arg::I32(int("stride", s.stride)?),
+            Arg::I32(int("pad", s.pad)?),
+            Arg::I32(relu as i32),
+        ],
+    )
+}
+
+fn check_shapes(s: &ConvShape, x: Tensor, w: Tensor, y: Tensor) -> Result<()> {
+    check_len("conv x", x, s.x_len())?;
+    check_len("conv w", w, s.w_len())?;
+    check_len("conv y", y, s.y_len())
+}
+
+/// `Backend::conv2d` on the GPU: implicit GEMM for non-pointwise shapes (unless the algorithm
+/// is [`ConvAlgo::Im2col`]), `conv.rs` otherwise.
+pub(crate) fn conv2d(
+    be: &CudaBackend,
+    s: &ConvShape,
+    x: Tensor,
+    w: Tensor,
+    bias: Option<Tensor>,
+    y: Tensor,
+) -> Result<()> {
+    if s.is_pointwise() || be.conv_algo() == ConvAlgo::Im2col {
+        return conv::conv2d(be, s, x, w, bias, y);
+    }
+    check_shapes(s, x, w, y)?;
+    if let Some(b) = bias {
+        check_len("conv bias", b, s.cout)?;
+    }
+    launch_implicit(be, s, x, w, bias, None, false, y)
+}
+
+/// `Backend::conv2d_bias_act` on the GPU: one fused kernel for non-pointwise shapes (unless
+/// the algorithm is [`ConvAlgo::Im2col`]); otherwise the convolution, then `bias_act_inplace`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv2d_bias_act(
+    be: &CudaBackend,
+    s: &ConvShape,
+    x: Tensor,
+    w: Tensor,
+    bias: Tensor,
+    residual: Option<Tensor>,
+    relu: bool,
+    y: Tensor,
+) -> Result<()> {
+    if s.is_pointwise() || be.conv_algo() == ConvAlgo::Im2col {
+        conv::conv2d(be, s, x, w, None, y)?;
+        return ew::bias_act_inplace(be, s.b * s.ho * s.wo, s.cout, y, bias, residual, relu);
+    }
+    check_shapes(s, x, w, y)?;
+    check_len("conv bias", bias, s.cout)?;
+    if let Some(r) = residual {
+        check_len("conv residual", r, s.y_len())?;
+    }
+    launch_implicit(be, s, x, w, Some(bias), residual, relu, y)
+}

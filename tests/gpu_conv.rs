@@ -1,0 +1,238 @@
+//! GPU convolution forward (`conv2d`, `conv2d_bias_act`) against the CPU backend, for both
+//! algorithms (im2col + cuBLAS, implicit GEMM) × every precision (fp32, tf32, bf16), on the
+//! W30 shapes at 299×299 (batch 2) and on odd shapes that exercise every tile tail.
+//!
+//! Outputs are poisoned with NaN before every launch (a forgotten element fails); inputs are
+//! random normal values. Each launch runs twice and the two results must be bitwise equal.
+//! Tolerances (relative L2 against the CPU's f32): fp32 1e-5, tf32 1e-3, bf16 1e-2.
+//!
+//! Without a usable GPU the tests print a skip message and pass; with `PRRNET_REQUIRE_GPU=1`
+//! they fail instead.
+
+mod common;
+
+use prrnet::backend::cpu::CpuBackend;
+use prrnet::backend::cuda::{open_cuda, ConvAlgo, CudaBackend};
+use prrnet::backend::{Backend, ConvShape, Precision};
+use prrnet::rng::Rng;
+use prrnet::tensor::Tensor;
+
+/// The concrete CUDA backend (for `set_conv_algo`), with `common::open_gpu`'s skip logic.
+fn open_concrete(test: &str) -> Option<CudaBackend> {
+    let require = std::env::var("PRRNET_REQUIRE_GPU").is_ok_and(|v| v == "1");
+    match open_cuda(0) {
+        Ok(be) => Some(be),
+        Err(e) if require => panic!("{test}: PRRNET_REQUIRE_GPU=1 but no usable GPU: {e}"),
+        Err(e) => {
+            eprintln!("SKIP {test}: no usable GPU ({e}); set PRRNET_REQUIRE_GPU=1 to fail instead");
+            None
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn shape(
+    b: usize,
+    h: usize,
+    w: usize,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+) -> ConvShape {
+    ConvShape::new(b, h, w, cin, cout, k, stride, pad)
+}
+
+fn shapes() -> Vec<(&'static str, ConvShape)> {
+    vec![
+        // W30 at 299×299, batch 2: the branch 3×3 convolutions …
+        ("w30 75x75 30->30", shape(2, 75, 75, 30, 30, 3, 1, 1)),
+        ("w30 38x38 60->60", shape(2, 38, 38, 60, 60, 3, 1, 1)),
+        ("w30 19x19 120->120", shape(2, 19, 19, 120, 120, 3, 1, 1)),
+        ("w30 10x10 240->240", shape(2, 10, 10, 240, 240, 3, 1, 1)),
+        // … the stride-2 fuse / transition convolutions …
+        ("w30 s2 75->38 30->60", shape(2, 75, 75, 30, 60, 3, 2, 1)),
+        ("w30 s2 38->19 60->120", shape(2, 38, 38, 60, 120, 3, 2, 1)),
+        (
+            "w30 s2 19->10 120->240",
+            shape(2, 19, 19, 120, 240, 3, 2, 1),
+        ),
+        ("w30 s2 75->38 30->30", shape(2, 75, 75, 30, 30, 3, 2, 1)),
+        // … and the stem.
+        ("stem 299->150 3->64", shape(2, 299, 299, 3, 64, 3, 2, 1)),
+        ("stem 150->75 64->64", shape(2, 150, 150, 64, 64, 3, 2, 1)),
+        // Odd shapes (every tail; the relation head's unpadded k = 3 and k = n − 2).
+        ("odd 7x5 3->5 k3 s1 p1", shape(2, 7, 5, 3, 5, 3, 1, 1)),
+        ("odd 8x8 1->4 k3 p0", shape(2, 8, 8, 1, 4, 3, 1, 0)),
+        ("odd 6x6 5->3 k4 p0", shape(2, 6, 6, 5, 3, 4, 1, 0)),
+        ("odd 9x11 13->17 k3 s2 p1", shape(2, 9, 11, 13, 17, 3, 2, 1)),
+        // Pointwise: stays on cuBLAS under both algorithms (the dispatch).
+        ("pointwise 10x10 30->60", shape(2, 10, 10, 30, 60, 1, 1, 0)),
+    ]
+}
+
+/// Inputs and CPU results of one shape.
+struct Reference {
+    x: Vec<f32>,
+    w: Vec<f32>,
+    bias: Vec<f32>,
+    residual: Vec<f32>,
+    /// conv2d without bias, with bias.
+    conv: Vec<f32>,
+    conv_bias: Vec<f32>,
+    /// conv2d_bias_act for (residual, relu) = (F, F), (F, T), (T, F), (T, T).
+    act: Vec<Vec<f32>>,
+}
+
+/// (label, operation, expected output).
+type Case<'a> = (String, Box<dyn Fn(&CudaBackend)>, &'a Vec<f32>);
+
+const COMBOS: [(bool, bool); 4] = [(false, false), (false, true), (true, false), (true, true)];
+
+fn reference(s: &ConvShape, rng: &mut Rng) -> Reference {
+    let x = common::randn(rng, s.x_len(), 1.0);
+    let w = common::randn(rng, s.w_len(), (1.0 / s.col_k() as f64).sqrt());
+    let bias = common::randn(rng, s.cout, 0.5);
+    let residual = common::randn(rng, s.y_len(), 0.5);
+    let mut cpu = CpuBackend::new();
+    let (xt, wt) = (common::put(&mut cpu, &x), common::put(&mut cpu, &w));
+    let bt = common::put(&mut cpu, &bias);
+    let rt = common::put(&mut cpu, &residual);
+    let yt = common::put(&mut cpu, &vec![f32::NAN; s.y_len()]);
+    cpu.conv2d(s, xt, wt, None, yt).unwrap();
+    let conv = common::get(&cpu, yt);
+    let rows = s.b * s.ho * s.wo;
+    let epilogue = |cpu: &CpuBackend, res: Option<Tensor>, relu: bool| {
+        cpu.upload(yt, &conv).unwrap();
+        cpu.bias_act_inplace(rows, s.cout, yt, bt, res, relu)
+            .unwrap();
+        common::get(cpu, yt)
+    };
+    let conv_bias = epilogue(&cpu, None, false);
+    let act = COMBOS
+        .iter()
+        .map(|&(res, relu)| epilogue(&cpu, res.then_some(rt), relu))
+        .collect();
+    Reference {
+        x,
+        w,
+        bias,
+        residual,
+        conv,
+        conv_bias,
+        act,
+    }
+}
+
+fn put_gpu(gpu: &mut CudaBackend, data: &[f32]) -> Tensor {
+    let t = Tensor::new(gpu.alloc(data.len()).unwrap(), 0, data.len());
+    gpu.upload(t, data).unwrap();
+    t
+}
+
+fn tolerance(p: Precision) -> f64 {
+    match p {
+        Precision::Fp32 => 1e-5,
+        Precision::Tf32 => 1e-3,
+        Precision::Bf16 => 1e-2,
+    }
+}
+
+#[test]
+fn conv_algo_names_parse() {
+    assert_eq!("im2col".parse::<ConvAlgo>().unwrap(), ConvAlgo::Im2col);
+    assert_eq!("Implicit".parse::<ConvAlgo>().unwrap(), ConvAlgo::Implicit);
+    assert!("winograd".parse::<ConvAlgo>().is_err());
+    assert_eq!(ConvAlgo::default(), ConvAlgo::Implicit);
+    assert_eq!(ConvAlgo::Im2col.to_string(), "im2col");
+}
+
+#[test]
+fn conv_forward_matches_cpu_every_algo_and_precision() {
+    // The trait-object path must open too (the same skip / require behaviour).
+    if common::open_gpu("conv_forward_matches_cpu_every_algo_and_precision").is_none() {
+        return;
+    }
+    let Some(mut gpu) = open_concrete("conv_forward_matches_cpu_every_algo_and_precision") else {
+        return;
+    };
+    let mut rng = Rng::new(0x5EED_C0DE);
+    let mut failures = Vec::new();
+    for (name, s) in shapes() {
+        let r = reference(&s, &mut rng);
+        let x = put_gpu(&mut gpu, &r.x);
+        let w = put_gpu(&mut gpu, &r.w);
+        let bias = put_gpu(&mut gpu, &r.bias);
+        let residual = put_gpu(&mut gpu, &r.residual);
+        let poison = vec![f32::NAN; s.y_len()];
+        let y = put_gpu(&mut gpu, &poison);
+        for algo in [ConvAlgo::Im2col, ConvAlgo::Implicit] {
+            gpu.set_conv_algo(algo);
+            assert_eq!(gpu.conv_algo(), algo);
+            for p in [Precision::Fp32, Precision::Tf32, Precision::Bf16] {
+                gpu.set_precision(p).unwrap();
+                let tol = tolerance(p);
+                // (label, operation, expected)
+                let mut cases: Vec<Case> = vec![
+                    (
+                        "conv2d".into(),
+                        Box::new(move |g: &CudaBackend| g.conv2d(&s, x, w, None, y).unwrap()),
+                        &r.conv,
+                    ),
+                    (
+                        "conv2d+bias".into(),
+                        Box::new(move |g: &CudaBackend| g.conv2d(&s, x, w, Some(bias), y).unwrap()),
+                        &r.conv_bias,
+                    ),
+                ];
+                for (i, &(res, relu)) in COMBOS.iter().enumerate() {
+                    cases.push((
+                        format!("conv2d_bias_act(residual={res}, relu={relu})"),
+                        Box::new(move |g: &CudaBackend| {
+                            g.conv2d_bias_act(&s, x, w, bias, res.then_some(residual), relu, y)
+                                .unwrap()
+                        }),
+                        &r.act[i],
+                    ));
+                }
+                for (label, op, want) in &cases {
+                    let mut outs = Vec::new();
+                    for _ in 0..2 {
+                        gpu.upload(y, &poison).unwrap();
+                        op(&gpu);
+                        let mut got = vec![0.0; s.y_len()];
+                        gpu.download(y, &mut got).unwrap();
+                        outs.push(got);
+                    }
+                    let err = common::rel_l2(&outs[0], want);
+                    let finite = outs[0].iter().all(|v| v.is_finite());
+                    let same = outs[0]
+                        .iter()
+                        .zip(&outs[1])
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    let ok = finite && err <= tol && same;
+                    eprintln!(
+                        "{} {name:26} {algo:8} {p} {label:42} rel err {err:.2e}{}{}",
+                        if ok { "ok  " } else { "FAIL" },
+                        if finite { "" } else { " (non-finite output)" },
+                        if same { "" } else { " (not deterministic)" },
+                    );
+                    if !ok {
+                        failures.push(format!(
+                            "{name} {algo} {p} {label}: rel err {err:.2e} (tol {tol:.0e}), \
+                             finite {finite}, deterministic {same}"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    gpu.set_precision(Precision::Fp32).unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} failure(s):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
