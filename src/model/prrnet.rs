@@ -471,9 +471,7 @@ impl PrrNet {
                         .into(),
                 ));
             }
-            if !self.folded_fresh.get() {
-                self.fold_batchnorm()?;
-            }
+            self.ensure_folded()?;
         }
         let cb = self.ctx(mode, true, false);
         let ch = self.ctx(mode, false, false);
@@ -502,8 +500,8 @@ impl PrrNet {
         if !self.be.supports_graphs() || self.profile.is_some() {
             return self.forward(Mode::EVAL);
         }
-        if self.is_inference() && !self.folded_fresh.get() {
-            self.fold_batchnorm()?;
+        if self.is_inference() {
+            self.ensure_folded()?;
         }
         let id = match self.graph {
             Some(id) => id,
@@ -533,6 +531,15 @@ impl PrrNet {
         let ended = self.be.graph_end();
         ran?;
         ended
+    }
+
+    /// Refold when a parameter or statistic changed since the last folding.
+    fn ensure_folded(&self) -> Result<()> {
+        if self.folded_fresh.get() {
+            Ok(())
+        } else {
+            self.fold_batchnorm()
+        }
     }
 
     /// Recompute the folded weights of every backbone conv + BatchNorm unit from the current

@@ -27,6 +27,28 @@ fn check_shape(s: &RelationShape) -> Result<()> {
     Ok(())
 }
 
+/// The tensor lengths every relation version checks: the forward's, and with `grads` the
+/// backward's `dp` and `df`.
+pub(crate) fn check_tensors(
+    s: &RelationShape,
+    f: Tensor,
+    norms: Tensor,
+    lsum: Tensor,
+    p: Tensor,
+    grads: Option<(Tensor, Tensor)>,
+) -> Result<()> {
+    let (np, c, nb) = (s.pixels(), s.c, s.bins());
+    check_len("relation f", f, s.b * np * c)?;
+    check_len("relation norms", norms, s.b * np)?;
+    check_len("relation lsum", lsum, s.b * np)?;
+    check_len("relation p", p, s.b * np * nb)?;
+    if let Some((dp, df)) = grads {
+        check_len("relation dp", dp, s.b * np * nb)?;
+        check_len("relation df", df, s.b * np * c)?;
+    }
+    Ok(())
+}
+
 /// q = f / max(‖f‖, 1e-12) into `q`, ‖f‖ into `norms`.
 fn normalize(be: &CudaBackend, s: &RelationShape, f: u64, q: u64, norms: u64) -> Result<()> {
     let pixels = s.b * s.pixels();
@@ -92,10 +114,7 @@ pub(crate) fn simt_forward(
 ) -> Result<()> {
     check_shape(s)?;
     let (np, c, nb) = (s.pixels(), s.c, s.bins());
-    check_len("relation f", f, s.b * np * c)?;
-    check_len("relation norms", norms, s.b * np)?;
-    check_len("relation lsum", lsum, s.b * np)?;
-    check_len("relation p", p, s.b * np * nb)?;
+    super::relation::check_tensors(s, f, norms, lsum, p, None)?;
     if s.b == 0 {
         return Ok(());
     }
@@ -137,12 +156,7 @@ pub(crate) fn simt_backward(
 ) -> Result<()> {
     check_shape(s)?;
     let (np, c, nb) = (s.pixels(), s.c, s.bins());
-    check_len("relation f", f, s.b * np * c)?;
-    check_len("relation df", df, s.b * np * c)?;
-    check_len("relation norms", norms, s.b * np)?;
-    check_len("relation lsum", lsum, s.b * np)?;
-    check_len("relation p", p, s.b * np * nb)?;
-    check_len("relation dp", dp, s.b * np * nb)?;
+    super::relation::check_tensors(s, f, norms, lsum, p, Some((dp, df)))?;
     if s.b == 0 {
         return Ok(());
     }

@@ -24,7 +24,7 @@
 use std::str::FromStr;
 use std::sync::OnceLock;
 
-use super::context::{check_len, int, Arg, CudaBackend, Kernel};
+use super::context::{int, Arg, CudaBackend, Kernel};
 use super::kernels::names::relation_tc as kt;
 use crate::backend::{Precision, RelationShape, MAX_BINS_SIDE};
 use crate::error::{Error, Result};
@@ -525,11 +525,8 @@ fn tc_forward(
     lsum: Tensor,
     p: Tensor,
 ) -> Result<()> {
-    let (np, c, nb) = (s.pixels(), s.c, s.bins());
-    check_len("relation f", f, s.b * np * c)?;
-    check_len("relation norms", norms, s.b * np)?;
-    check_len("relation lsum", lsum, s.b * np)?;
-    check_len("relation p", p, s.b * np * nb)?;
+    let np = s.pixels();
+    super::relation::check_tensors(s, f, norms, lsum, p, None)?;
     if s.b == 0 {
         return Ok(());
     }
@@ -587,12 +584,7 @@ fn tc_backward(
     df: Tensor,
 ) -> Result<()> {
     let (np, c, nb) = (s.pixels(), s.c, s.bins());
-    check_len("relation f", f, s.b * np * c)?;
-    check_len("relation df", df, s.b * np * c)?;
-    check_len("relation norms", norms, s.b * np)?;
-    check_len("relation lsum", lsum, s.b * np)?;
-    check_len("relation p", p, s.b * np * nb)?;
-    check_len("relation dp", dp, s.b * np * nb)?;
+    super::relation::check_tensors(s, f, norms, lsum, p, Some((dp, df)))?;
     if s.b == 0 {
         return Ok(());
     }
