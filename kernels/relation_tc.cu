@@ -460,17 +460,31 @@ namespace v2 {
 constexpr int KC = 32;      // channels per pipeline chunk
 constexpr int STAGES = 3;   // chunks in flight
 
+// (PRRNET_CUDA_EMU: tools/cuda-emu runs these kernels on the CPU; it emulates the two inline-PTX
+// families below from the PTX ISA's definitions.)
 __device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src) {
+#ifdef PRRNET_CUDA_EMU
+    ::emu::cp_async(smem_dst, gmem_src, 16);
+#else
     const unsigned s = (unsigned)__cvta_generic_to_shared(smem_dst);
     const size_t g = __cvta_generic_to_global(gmem_src);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(g) : "memory");
+#endif
 }
 __device__ __forceinline__ void cp_async_commit() {
+#ifdef PRRNET_CUDA_EMU
+    ::emu::cp_async_commit();
+#else
     asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
 }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
+#ifdef PRRNET_CUDA_EMU
+    ::emu::cp_async_wait(N);
+#else
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
 }
 
 // D += A·B, m16n8k8, TF32 inputs (bit patterns with zero low 13 bits), f32 accumulators.
@@ -478,20 +492,28 @@ __device__ __forceinline__ void cp_async_wait() {
 // b0 (k = t, n = g), b1 (k = t+4, n = g); d0 (g, 2t), d1 (g, 2t+1), d2 (g+8, 2t), d3 (g+8, 2t+1).
 __device__ __forceinline__ void mma_tf32(float (&d)[4], const unsigned (&a)[4],
                                          unsigned b0, unsigned b1) {
+#ifdef PRRNET_CUDA_EMU
+    ::emu::mma_m16n8k8_tf32(d, a[0], a[1], a[2], a[3], b0, b1);
+#else
     asm volatile(
         "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
 }
 
 __device__ __forceinline__ void mma_tf32(float (&d)[4], unsigned a0, unsigned a1, unsigned a2,
                                          unsigned a3, unsigned b0, unsigned b1) {
+#ifdef PRRNET_CUDA_EMU
+    ::emu::mma_m16n8k8_tf32(d, a0, a1, a2, a3, b0, b1);
+#else
     asm volatile(
         "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
 }
 
 // D += A·B, m16n8k16, BF16 pairs (lower k in the low half), f32 accumulators.
@@ -499,11 +521,15 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], unsigned a0, unsigned a1
 // b0 (k = 2t..2t+1, n = g), b1 (k = 2t+8..2t+9, n = g); d as for TF32.
 __device__ __forceinline__ void mma_bf16(float (&d)[4], const unsigned (&a)[4],
                                          unsigned b0, unsigned b1) {
+#ifdef PRRNET_CUDA_EMU
+    ::emu::mma_m16n8k16_bf16(d, a[0], a[1], a[2], a[3], b0, b1);
+#else
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
 }
 
 __device__ __forceinline__ unsigned tf32_bits(float x) {

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The project's test command (README): installs the pinned CUDA compiler if needed, builds
 # every kernel (failing when one does not compile), and runs the whole test suite.
-# GPU parity tests skip without a GPU; PRRNET_REQUIRE_GPU=1 makes them fail instead.
+# GPU parity tests skip without a GPU; PRRNET_REQUIRE_GPU=1 makes them fail instead. The GPU tests
+# then run a second time against cuda-emu (scripts/test-emu.sh), the kernels emulated on the CPU,
+# so they never go unexercised; PRRNET_SKIP_EMU=1 leaves that step out.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -19,3 +21,6 @@ cargo build --release --all-targets
 # The profiling build (NVTX ranges) must keep compiling too.
 cargo build --release --features nvtx
 cargo test --release
+if [ "${PRRNET_SKIP_EMU:-0}" != 1 ]; then
+    bash scripts/test-emu.sh
+fi

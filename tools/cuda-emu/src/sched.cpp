@@ -1,0 +1,518 @@
+// cuda-emu: runs one kernel launch on the CPU. Blocks run one after another on the calling host
+// thread; inside a block every CUDA thread is a fiber (its own stack, switched by emu_switch).
+// A fiber runs until it finishes or reaches a synchronisation point (__syncthreads, a warp
+// collective), so the order of execution between barriers is an ordinary sequential one and
+// the result depends only on the kernel (set PRRNET_EMU_ORDER=reverse to run fibers in the
+// opposite order, which exposes reads of shared memory that lack a barrier).
+//
+// Checked here, and reported as a launch failure naming the kernel and block: a barrier that
+// can never complete (a __syncthreads some threads skip, lanes disagreeing on a warp collective,
+// a collective naming lanes that have exited), a block larger than 1024 threads.
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "emu.h"
+#include "emu_sched.h"
+
+extern "C" void emu_switch(void** save_sp, void* new_sp);
+extern "C" void emu_fiber_start();
+
+namespace emu {
+
+thread_local dim3 t_thread, t_block, t_bdim, t_gdim;
+
+namespace {
+
+constexpr size_t STACK_BYTES = 256 * 1024;
+constexpr size_t PAGE = 4096;
+
+enum State : uint8_t { READY, AT_BAR, AT_WARP, DONE, FAILED };
+
+struct Copy {
+    void* dst;
+    unsigned n;
+    unsigned char bytes[16];
+};
+
+struct Fiber {
+    dim3 tid;
+    State st;
+    void* sp;
+    char* stack;  // lowest usable address (a guard page lies below it)
+    unsigned mask;
+    CollectiveFn fn;
+    void* data;
+    std::vector<Copy> open;
+    std::deque<std::vector<Copy>> committed;
+};
+
+// Everything about the block being run on this host thread.
+struct Run {
+    std::vector<Fiber> fibers;
+    int n = 0;
+    int cur = -1;
+    void* sched_sp = nullptr;
+    const std::function<void()>* body = nullptr;
+    char* dyn = nullptr;  // dynamic shared memory of the current block
+    size_t dyn_cap = 0;   // bytes mapped for it, ending at a guard page
+    char* dyn_map = nullptr;
+    size_t dyn_map_len = 0;
+    std::string error;
+    const char* kernel = nullptr;
+};
+
+thread_local Run g;
+thread_local bool in_fiber = false;
+
+struct Failure {
+    std::string msg;
+};
+
+bool reverse_order() {
+    static const bool rev = [] {
+        const char* v = getenv("PRRNET_EMU_ORDER");
+        return v && std::string(v) == "reverse";
+    }();
+    return rev;
+}
+
+char* map_guarded(size_t usable, char** base, size_t* len) {
+    size_t total = usable + PAGE;
+    void* p = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+    if (p == MAP_FAILED) {
+        perror("cuda-emu: mmap");
+        abort();
+    }
+    *base = static_cast<char*>(p);
+    *len = total;
+    return static_cast<char*>(p);
+}
+
+void ensure_fibers(int n) {
+    while ((int)g.fibers.size() < n) {
+        Fiber f{};
+        char* base;
+        size_t len;
+        map_guarded(STACK_BYTES, &base, &len);
+        mprotect(base, PAGE, PROT_NONE);  // stack overflow faults instead of corrupting
+        f.stack = base + PAGE;
+        g.fibers.push_back(std::move(f));
+    }
+}
+
+// The dynamic shared memory ends where a guard page begins, so overrunning it faults.
+void ensure_dyn(size_t bytes) {
+    size_t want = (bytes + PAGE - 1) / PAGE * PAGE;
+    if (want == 0) want = PAGE;
+    if (g.dyn_map && want <= g.dyn_cap) return;
+    if (g.dyn_map) munmap(g.dyn_map, g.dyn_map_len);
+    size_t len = want + PAGE;
+    void* p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        perror("cuda-emu: mmap");
+        abort();
+    }
+    g.dyn_map = static_cast<char*>(p);
+    g.dyn_map_len = len;
+    g.dyn_cap = want;
+    mprotect(g.dyn_map + want, PAGE, PROT_NONE);
+}
+
+void* fiber_init(char* stack_lo) {
+    // Stack top, 16-byte aligned; the first switch pops 8 bytes of MXCSR/FPU control, six
+    // registers, then "returns" into emu_fiber_start with rsp ≡ 0 (mod 16).
+    uintptr_t top = (reinterpret_cast<uintptr_t>(stack_lo) + STACK_BYTES) & ~uintptr_t(15);
+    uint64_t* sp = reinterpret_cast<uint64_t*>(top - 16);
+    *--sp = reinterpret_cast<uint64_t>(&emu_fiber_start);
+    for (int i = 0; i < 6; ++i) *--sp = 0;
+    --sp;
+    uint32_t mxcsr;
+    asm volatile("stmxcsr %0" : "=m"(mxcsr));
+    uint16_t fpcw;
+    asm volatile("fnstcw %0" : "=m"(fpcw));
+    memcpy(reinterpret_cast<char*>(sp), &mxcsr, 4);
+    memcpy(reinterpret_cast<char*>(sp) + 4, &fpcw, 2);
+    return sp;
+}
+
+void to_scheduler() {
+    Fiber& f = g.fibers[g.cur];
+    emu_switch(&f.sp, g.sched_sp);
+}
+
+std::string describe_states() {
+    int bar = 0, warp = 0, done = 0;
+    for (int i = 0; i < g.n; ++i) {
+        State s = g.fibers[i].st;
+        bar += s == AT_BAR;
+        warp += s == AT_WARP;
+        done += s == DONE;
+    }
+    char buf[200];
+    snprintf(buf, sizeof buf, "%d of %d threads wait at __syncthreads, %d at warp collectives, %d have exited",
+             bar, g.n, warp, done);
+    return buf;
+}
+
+// Release every warp collective whose participants have all arrived. Returns whether any did.
+bool resolve_warps() {
+    bool progressed = false;
+    for (int w0 = 0; w0 < g.n; w0 += 32) {
+        const int lanes = std::min(32, g.n - w0);
+        const unsigned exists = lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1);
+        for (int l = 0; l < lanes; ++l) {
+            Fiber& f = g.fibers[w0 + l];
+            if (f.st != AT_WARP) continue;
+            if (!((f.mask >> l) & 1u))
+                throw Failure{"a lane calls a warp collective with a mask that excludes itself"};
+            const unsigned need = f.mask & exists;
+            bool ready = true;
+            for (int r = 0; r < lanes; ++r) {
+                if (!((need >> r) & 1u)) continue;
+                Fiber& o = g.fibers[w0 + r];
+                if (o.st == DONE)
+                    throw Failure{"a warp collective's mask names lane " + std::to_string(r) +
+                                  ", which has exited"};
+                if (o.st != AT_WARP) {
+                    ready = false;
+                    continue;
+                }
+                if (o.mask != f.mask || o.fn != f.fn)
+                    throw Failure{"lanes of one warp wait at different collectives (divergent "
+                                  "shuffle, ballot or WMMA call)"};
+            }
+            if (!ready) continue;
+            void* data[32] = {};
+            for (int r = 0; r < lanes; ++r)
+                if ((need >> r) & 1u) data[r] = g.fibers[w0 + r].data;
+            f.fn(data, need);
+            for (int r = 0; r < lanes; ++r)
+                if ((need >> r) & 1u) g.fibers[w0 + r].st = READY;
+            progressed = true;
+        }
+    }
+    return progressed;
+}
+
+void warn_once(const char* kernel, const char* what) {
+    static std::mutex m;
+    static std::set<std::string> seen;
+    std::lock_guard<std::mutex> lock(m);
+    std::string key = std::string(kernel) + what;
+    if (seen.insert(key).second) fprintf(stderr, "cuda-emu: warning: kernel %s: %s\n", kernel, what);
+}
+
+void run_block(size_t smem) {
+    if (smem) memset(g.dyn, 0xff, smem);
+    for (int i = 0; i < g.n; ++i) {
+        Fiber& f = g.fibers[i];
+        const unsigned bx = t_bdim.x, by = t_bdim.y;
+        f.tid = dim3{i % bx, (i / bx) % by, i / (bx * by)};
+        f.st = READY;
+        f.sp = fiber_init(f.stack);
+        f.open.clear();
+        f.committed.clear();
+    }
+    const bool rev = reverse_order();
+    for (;;) {
+        for (int k = 0; k < g.n; ++k) {
+            const int i = rev ? g.n - 1 - k : k;
+            Fiber& f = g.fibers[i];
+            if (f.st != READY) continue;
+            g.cur = i;
+            t_thread = f.tid;
+            in_fiber = true;
+            emu_switch(&g.sched_sp, f.sp);
+            in_fiber = false;
+            if (f.st == FAILED) throw Failure{g.error};
+        }
+        int done = 0, bar = 0;
+        for (int i = 0; i < g.n; ++i) {
+            done += g.fibers[i].st == DONE;
+            bar += g.fibers[i].st == AT_BAR;
+        }
+        if (done == g.n) return;
+        bool progressed = resolve_warps();
+        if (!progressed && bar > 0 && bar + done == g.n) {
+            if (done > 0)
+                warn_once(g.kernel, "__syncthreads is reached after some threads of the block exited");
+            for (int i = 0; i < g.n; ++i)
+                if (g.fibers[i].st == AT_BAR) g.fibers[i].st = READY;
+            progressed = true;
+        }
+        if (!progressed) throw Failure{"deadlock: " + describe_states()};
+    }
+}
+
+}  // namespace
+
+// ---- device-side entry points --------------------------------------------------------------
+
+[[noreturn]] void fail(const char* fmt, ...) {
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (in_fiber) {
+        char where[96];
+        snprintf(where, sizeof where, " (thread %u,%u,%u)", t_thread.x, t_thread.y, t_thread.z);
+        g.error = std::string(buf) + where;
+        Fiber& f = g.fibers[g.cur];
+        f.st = FAILED;
+        to_scheduler();
+        abort();  // a failed fiber is never resumed
+    }
+    throw Failure{buf};
+}
+
+void syncthreads() {
+    if (!in_fiber) fail("__syncthreads outside a kernel");
+    g.fibers[g.cur].st = AT_BAR;
+    to_scheduler();
+}
+
+void warp_collective(unsigned mask, CollectiveFn fn, void* data) {
+    if (!in_fiber) fail("warp collective outside a kernel");
+    Fiber& f = g.fibers[g.cur];
+    f.st = AT_WARP;
+    f.mask = mask;
+    f.fn = fn;
+    f.data = data;
+    to_scheduler();
+}
+
+void* dyn_smem() { return g.dyn; }
+
+void cp_async(void* dst, const void* src, unsigned bytes) {
+    if (bytes != 4 && bytes != 8 && bytes != 16) fail("cp.async of %u bytes", bytes);
+    if (reinterpret_cast<uintptr_t>(dst) % bytes || reinterpret_cast<uintptr_t>(src) % bytes)
+        fail("cp.async of %u bytes from %p to %p is misaligned", bytes, src, dst);
+    Copy c;
+    c.dst = dst;
+    c.n = bytes;
+    memcpy(c.bytes, src, bytes);
+    g.fibers[g.cur].open.push_back(c);
+}
+
+void cp_async_commit() {
+    Fiber& f = g.fibers[g.cur];
+    f.committed.push_back(std::move(f.open));
+    f.open.clear();
+}
+
+void cp_async_wait(int pending) {
+    Fiber& f = g.fibers[g.cur];
+    while ((int)f.committed.size() > pending) {
+        for (const Copy& c : f.committed.front()) memcpy(c.dst, c.bytes, c.n);
+        f.committed.pop_front();
+    }
+}
+
+void shfl_collective(void* const* lanes, unsigned) {
+    for (int l = 0; l < 32; ++l) {
+        auto* d = static_cast<ShflData*>(lanes[l]);
+        if (!d) continue;
+        const int w = d->width;
+        if (w <= 0 || w > 32 || (w & (w - 1))) fail("shuffle width %d is not a power of two <= 32", w);
+        const int base = l & ~(w - 1);
+        int src = l;
+        switch (d->kind) {
+            case SHFL_XOR: src = base + ((l - base) ^ d->arg) % w; break;
+            case SHFL_DOWN: src = (l - base) + d->arg < w ? l + d->arg : l; break;
+            case SHFL_UP: src = (l - base) - d->arg >= 0 ? l - d->arg : l; break;
+            case SHFL_IDX: src = base + (d->arg % w); break;
+        }
+        auto* s = static_cast<ShflData*>(lanes[src]);
+        // Reading a lane that does not take part is undefined in CUDA: give a NaN pattern.
+        d->out = s ? s->v : 0x7ff4dead7ff4deadull;
+    }
+}
+
+void ballot_collective(void* const* lanes, unsigned) {
+    unsigned r = 0;
+    for (int l = 0; l < 32; ++l)
+        if (lanes[l] && static_cast<VoteData*>(lanes[l])->pred) r |= 1u << l;
+    for (int l = 0; l < 32; ++l)
+        if (lanes[l]) static_cast<VoteData*>(lanes[l])->out = r;
+}
+
+void syncwarp_collective(void* const*, unsigned) {}
+
+// ---- mma.sync --------------------------------------------------------------------------------
+namespace {
+struct MmaLane {
+    float* d;
+    unsigned a[4];
+    unsigned b[2];
+};
+
+float bf16_lo(unsigned v) { return from_bits(v << 16); }
+float bf16_hi(unsigned v) { return from_bits(v & 0xffff0000u); }
+
+// D (16×8) += A (16×K) · B (K×8), all lanes present; gather, multiply, scatter.
+template <int K>
+void mma_finish(void* const* lanes, unsigned mask, const float (&A)[16][K], const float (&B)[K][8]) {
+    (void)mask;
+    for (int l = 0; l < 32; ++l) {
+        auto* m = static_cast<MmaLane*>(lanes[l]);
+        const int gq = l >> 2, t = l & 3;
+        const int rows[4] = {gq, gq, gq + 8, gq + 8};
+        const int cols[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
+        for (int i = 0; i < 4; ++i) {
+            float acc = m->d[i];
+            for (int k = 0; k < K; ++k) acc += A[rows[i]][k] * B[k][cols[i]];
+            m->d[i] = acc;
+        }
+    }
+}
+
+void mma_tf32_collective(void* const* lanes, unsigned mask) {
+    if (mask != 0xffffffffu) fail("mma.sync needs the whole warp (mask %08x)", mask);
+    float A[16][8], B[8][8];
+    for (int l = 0; l < 32; ++l) {
+        auto* m = static_cast<MmaLane*>(lanes[l]);
+        const int gq = l >> 2, t = l & 3;
+        A[gq][t] = trunc_tf32(from_bits(m->a[0]));
+        A[gq + 8][t] = trunc_tf32(from_bits(m->a[1]));
+        A[gq][t + 4] = trunc_tf32(from_bits(m->a[2]));
+        A[gq + 8][t + 4] = trunc_tf32(from_bits(m->a[3]));
+        B[t][gq] = trunc_tf32(from_bits(m->b[0]));
+        B[t + 4][gq] = trunc_tf32(from_bits(m->b[1]));
+    }
+    mma_finish<8>(lanes, mask, A, B);
+}
+
+void mma_bf16_collective(void* const* lanes, unsigned mask) {
+    if (mask != 0xffffffffu) fail("mma.sync needs the whole warp (mask %08x)", mask);
+    float A[16][16], B[16][8];
+    for (int l = 0; l < 32; ++l) {
+        auto* m = static_cast<MmaLane*>(lanes[l]);
+        const int gq = l >> 2, t = l & 3;
+        const int r[4] = {gq, gq + 8, gq, gq + 8};
+        const int c[4] = {2 * t, 2 * t, 2 * t + 8, 2 * t + 8};
+        for (int i = 0; i < 4; ++i) {
+            A[r[i]][c[i]] = bf16_lo(m->a[i]);
+            A[r[i]][c[i] + 1] = bf16_hi(m->a[i]);
+        }
+        B[2 * t][gq] = bf16_lo(m->b[0]);
+        B[2 * t + 1][gq] = bf16_hi(m->b[0]);
+        B[2 * t + 8][gq] = bf16_lo(m->b[1]);
+        B[2 * t + 9][gq] = bf16_hi(m->b[1]);
+    }
+    mma_finish<16>(lanes, mask, A, B);
+}
+}  // namespace
+
+void mma_m16n8k8_tf32(float (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                      unsigned b0, unsigned b1) {
+    MmaLane m{d, {a0, a1, a2, a3}, {b0, b1}};
+    warp_collective(0xffffffffu, mma_tf32_collective, &m);
+}
+
+void mma_m16n8k16_bf16(float (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                       unsigned b0, unsigned b1) {
+    MmaLane m{d, {a0, a1, a2, a3}, {b0, b1}};
+    warp_collective(0xffffffffu, mma_bf16_collective, &m);
+}
+
+// ---- the launch ------------------------------------------------------------------------------
+
+thread_local const char* current_kernel = nullptr;
+
+std::string run_kernel(const char* name, dim3 grid, dim3 block, size_t smem,
+                       const std::function<void()>& body) {
+    const uint64_t threads = (uint64_t)block.x * block.y * block.z;
+    if (threads == 0 || threads > 1024) return "block of " + std::to_string(threads) + " threads";
+    if (grid.x == 0 || grid.y == 0 || grid.z == 0) return "empty grid";
+    g.n = (int)threads;
+    g.body = &body;
+    g.kernel = name;
+    g.error.clear();
+    ensure_fibers(g.n);
+    ensure_dyn(smem);
+    g.dyn = smem ? g.dyn_map + g.dyn_cap - ((smem + 127) / 128 * 128) : g.dyn_map + g.dyn_cap;
+    t_bdim = block;
+    t_gdim = grid;
+    current_kernel = name;
+    std::string err;
+    try {
+        for (unsigned z = 0; z < grid.z && err.empty(); ++z)
+            for (unsigned y = 0; y < grid.y && err.empty(); ++y)
+                for (unsigned x = 0; x < grid.x; ++x) {
+                    t_block = dim3{x, y, z};
+                    run_block(smem);
+                }
+    } catch (const Failure& f) {
+        char where[96];
+        snprintf(where, sizeof where, "block (%u,%u,%u): ", t_block.x, t_block.y, t_block.z);
+        err = where + f.msg;
+    }
+    current_kernel = nullptr;
+    return err;
+}
+
+// ---- invalid memory accesses -----------------------------------------------------------------
+namespace {
+struct sigaction old_segv;
+
+void on_segv(int sig, siginfo_t* info, void* uctx) {
+    if (current_kernel) {
+        char buf[400];
+        int n = snprintf(buf, sizeof buf,
+                         "\ncuda-emu: invalid memory access at %p in kernel %s, block (%u,%u,%u), "
+                         "thread (%u,%u,%u) (past the end of a device buffer, of dynamic shared "
+                         "memory, or a fiber stack overflow)\n",
+                         info->si_addr, current_kernel, t_block.x, t_block.y, t_block.z,
+                         t_thread.x, t_thread.y, t_thread.z);
+        if (n > 0) {
+            ssize_t w = write(2, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf);
+            (void)w;
+        }
+        signal(SIGSEGV, SIG_DFL);
+        return;  // the access faults again, now fatally
+    }
+    if (old_segv.sa_flags & SA_SIGINFO) {
+        old_segv.sa_sigaction(sig, info, uctx);
+    } else if (old_segv.sa_handler != SIG_IGN && old_segv.sa_handler != SIG_DFL) {
+        old_segv.sa_handler(sig);
+    } else {
+        signal(SIGSEGV, SIG_DFL);
+    }
+}
+}  // namespace
+
+void install_fault_reporter() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        struct sigaction sa {};
+        sa.sa_sigaction = on_segv;
+        sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGSEGV, &sa, &old_segv);
+    });
+}
+
+}  // namespace emu
+
+extern "C" void emu_fiber_main() {
+    using namespace emu;
+    (*g.body)();
+    Fiber& f = g.fibers[g.cur];
+    f.st = DONE;
+    emu_switch(&f.sp, g.sched_sp);
+    abort();
+}

@@ -1,0 +1,139 @@
+// cuda-emu self-test: the emulator's own semantics, checked before any kernel trusts it.
+// build.py compiles this against the library and runs it; a failure fails the build.
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <string>
+#include <vector>
+
+#include "emu.h"
+#include "emu_sched.h"
+
+using emu::dim3;
+
+static int failures = 0;
+#define CHECK(cond, ...)                          \
+    do {                                          \
+        if (!(cond)) {                            \
+            fprintf(stderr, "selftest: FAILED: "); \
+            fprintf(stderr, __VA_ARGS__);         \
+            fprintf(stderr, "\n");                \
+            ++failures;                           \
+        }                                         \
+    } while (0)
+
+static std::string launch(unsigned blocks, unsigned threads, size_t smem, std::function<void()> body) {
+    return emu::run_kernel("selftest", dim3{blocks, 1, 1}, dim3{threads, 1, 1}, smem, body);
+}
+
+int main() {
+    // A barrier orders every thread's write before every thread's read.
+    {
+        std::vector<int> out(256);
+        std::string e = launch(2, 128, 0, [&] {
+            __shared__ int s[128];
+            s[threadIdx.x] = (int)(threadIdx.x + 1000 * blockIdx.x);
+            __syncthreads();
+            out[blockIdx.x * 128 + threadIdx.x] = s[127 - threadIdx.x];
+        });
+        CHECK(e.empty(), "barrier kernel: %s", e.c_str());
+        bool ok = true;
+        for (int b = 0; b < 2; ++b)
+            for (int t = 0; t < 128; ++t) ok &= out[b * 128 + t] == 127 - t + 1000 * b;
+        CHECK(ok, "barrier: a thread read a value written after the barrier");
+    }
+    // Half a warp at __syncthreads, the other half at a full-warp shuffle: neither can
+    // complete, a deadlock, reported as an error.
+    {
+        std::string e = launch(1, 64, 0, [&] {
+            if (threadIdx.x < 16) {
+                __syncthreads();
+            } else {
+                int v = __shfl_xor_sync(0xffffffffu, 1, 1);
+                (void)v;
+                __syncthreads();
+            }
+        });
+        CHECK(e.find("deadlock") != std::string::npos, "divergent barrier not reported: '%s'", e.c_str());
+    }
+    // Shuffles: xor butterfly, down with out-of-range lanes keeping their own value, idx.
+    {
+        std::vector<float> sum(64), down(64), idx(64);
+        std::string e = launch(1, 64, 0, [&] {
+            float v = (float)threadIdx.x;
+            float s = v;
+            for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+            sum[threadIdx.x] = s;
+            down[threadIdx.x] = __shfl_down_sync(0xffffffffu, v, 4);
+            idx[threadIdx.x] = __shfl_sync(0xffffffffu, v, 3);
+        });
+        CHECK(e.empty(), "shuffle kernel: %s", e.c_str());
+        for (int t = 0; t < 64; ++t) {
+            const int w = t / 32 * 32, l = t % 32;
+            const float want_sum = (float)(32 * w + 31 * 32 / 2);
+            CHECK(sum[t] == want_sum, "xor sum lane %d: %g, want %g", t, sum[t], want_sum);
+            CHECK(down[t] == (l + 4 < 32 ? t + 4 : t), "shfl_down lane %d: %g", t, down[t]);
+            CHECK(idx[t] == w + 3, "shfl idx lane %d: %g", t, idx[t]);
+        }
+    }
+    // A collective whose mask names an exited lane is an error.
+    {
+        std::string e = launch(1, 32, 0, [&] {
+            if (threadIdx.x == 5) return;
+            int v = __shfl_xor_sync(0xffffffffu, 1, 1);
+            (void)v;
+        });
+        CHECK(e.find("exited") != std::string::npos, "shuffle with an exited lane not reported: '%s'",
+              e.c_str());
+    }
+    // cp.async: the destination changes only at the wait that retires its group.
+    {
+        std::vector<float> src(4, 7.0f), seen(2);
+        std::string e = launch(1, 1, 64, [&] {
+            float* d = static_cast<float*>(emu::dyn_smem());
+            emu::cp_async(d, src.data(), 16);
+            emu::cp_async_commit();
+            emu::cp_async_wait(1);
+            seen[0] = d[0];  // still the poison: one group may remain in flight
+            emu::cp_async_wait(0);
+            seen[1] = d[0];
+        });
+        CHECK(e.empty(), "cp.async kernel: %s", e.c_str());
+        CHECK(seen[0] != seen[0], "cp.async landed before its wait (read %g)", seen[0]);
+        CHECK(seen[1] == 7.0f, "cp.async did not land at wait_group 0 (read %g)", seen[1]);
+    }
+    // mma.sync m16n8k8 TF32 with the PTX ISA fragment layout: D = A·B + C.
+    {
+        float A[16][8], B[8][8], C[16][8], D[16][8];
+        for (int i = 0; i < 16; ++i)
+            for (int k = 0; k < 8; ++k) A[i][k] = (float)((i * 3 + k * 5) % 7 - 3);
+        for (int k = 0; k < 8; ++k)
+            for (int j = 0; j < 8; ++j) B[k][j] = (float)((k * 2 + j * 7) % 5 - 2);
+        for (int i = 0; i < 16; ++i)
+            for (int j = 0; j < 8; ++j) C[i][j] = (float)(i - j);
+        std::string e = launch(1, 32, 0, [&] {
+            const int l = threadIdx.x, g = l / 4, t = l % 4;
+            float d[4] = {C[g][2 * t], C[g][2 * t + 1], C[g + 8][2 * t], C[g + 8][2 * t + 1]};
+            emu::mma_m16n8k8_tf32(d, __float_as_uint(A[g][t]), __float_as_uint(A[g + 8][t]),
+                                  __float_as_uint(A[g][t + 4]), __float_as_uint(A[g + 8][t + 4]),
+                                  __float_as_uint(B[t][g]), __float_as_uint(B[t + 4][g]));
+            D[g][2 * t] = d[0];
+            D[g][2 * t + 1] = d[1];
+            D[g + 8][2 * t] = d[2];
+            D[g + 8][2 * t + 1] = d[3];
+        });
+        CHECK(e.empty(), "mma kernel: %s", e.c_str());
+        for (int i = 0; i < 16; ++i)
+            for (int j = 0; j < 8; ++j) {
+                float want = C[i][j];
+                for (int k = 0; k < 8; ++k) want += A[i][k] * B[k][j];
+                CHECK(D[i][j] == want, "mma D[%d][%d] = %g, want %g", i, j, D[i][j], want);
+            }
+    }
+    if (failures) {
+        fprintf(stderr, "cuda-emu selftest: %d failure(s)\n", failures);
+        return 1;
+    }
+    printf("cuda-emu selftest: ok\n");
+    return 0;
+}
