@@ -57,3 +57,20 @@ extern "C" __global__ void col2im_add(const float* __restrict__ dcol, float* __r
         dx[i] = acc;
     }
 }
+
+// The weights of the transposed convolution that gives dx for a stride-1 convolution:
+//   wt[ci, ky, kx, co] = w[co, k−1−ky, k−1−kx, ci]      (w: OHWI [Cout, k, k, Cin])
+// so that dx += conv(dy, wt, stride 1, pad k−1−p) runs on the implicit-GEMM forward kernels
+// (src/backend/cuda/conv_implicit.rs `conv2d_backward`). total = Cout·k·k·Cin.
+extern "C" __global__ void conv_flip_weights(const float* __restrict__ w, float* __restrict__ wt,
+                                             int cout, int k, int cin, i64 total) {
+    GRID_STRIDE(i, total) {
+        const int co = (int)(i % cout);
+        i64 t = i / cout;
+        const int kx = (int)(t % k);
+        t /= k;
+        const int ky = (int)(t % k);
+        const i64 ci = t / k;
+        wt[i] = w[(((i64)co * k + (k - 1 - ky)) * k + (k - 1 - kx)) * cin + ci];
+    }
+}

@@ -13,7 +13,10 @@
 //   here x is read from L2/L1 (neighbouring output pixels share input pixels) and A only exists
 //   tile by tile in shared memory.
 //   Epilogue (fused): y = relu?(acc + bias?[n] + residual?[m, n]) with relu(t) = t < 0 ? 0 : t
-//   (NaN stays NaN), in the order of kernels/elementwise.cu `bias_act_inplace`.
+//   (NaN stays NaN), in the order of kernels/elementwise.cu `bias_act_inplace`. residual may be
+//   y itself (each element is read before it is written, by the same thread): the backward of
+//   a stride-1 convolution uses that to accumulate dx += conv(dy, flipped w) (conv.cu
+//   `conv_flip_weights`, src/backend/cuda/conv_implicit.rs `conv2d_backward`).
 //
 // ---- shared by both versions -------------------------------------------------------------------
 // Per block, a pixel table in shared memory (BM entries): rowb = b·H (−1 past M), iy0 = oy·s − p,

@@ -236,3 +236,114 @@ fn conv_forward_matches_cpu_every_algo_and_precision() {
         failures.join("\n")
     );
 }
+
+/// `conv2d_backward` (dx, dw, dbias, each accumulated onto earlier contents) against the CPU,
+/// both algorithms × every precision: with the implicit algorithm the data gradient of a
+/// stride-1 convolution runs as a forward convolution of dy with the flipped weights; stride 2
+/// and pointwise shapes keep the im2col path. Also dx alone and dw alone (the dispatch).
+#[test]
+fn conv_backward_matches_cpu_every_algo_and_precision() {
+    let Some(mut gpu) = open_concrete("conv_backward_matches_cpu_every_algo_and_precision") else {
+        return;
+    };
+    let mut rng = Rng::new(0xBAC4_C0DE);
+    let mut failures = Vec::new();
+    let picked = shapes()
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with("stem") && !name.contains("38->19"));
+    for (name, s) in picked {
+        let x = common::randn(&mut rng, s.x_len(), 1.0);
+        let w = common::randn(&mut rng, s.w_len(), (1.0 / s.col_k() as f64).sqrt());
+        let dy = common::randn(&mut rng, s.y_len(), 1.0);
+        let dx0 = common::randn(&mut rng, s.x_len(), 0.5);
+        let dw0 = common::randn(&mut rng, s.w_len(), 0.5);
+        let db0 = common::randn(&mut rng, s.cout, 0.5);
+        // CPU: every gradient at once, and dx alone / dw alone (the same values).
+        let mut cpu = CpuBackend::new();
+        let [xc, wc, dyc] = [&x, &w, &dy].map(|v| common::put(&mut cpu, v));
+        let [dxc, dwc, dbc] = [&dx0, &dw0, &db0].map(|v| common::put(&mut cpu, v));
+        cpu.conv2d_backward(&s, xc, wc, dyc, Some(dxc), Some(dwc), Some(dbc))
+            .unwrap();
+        let want = [dxc, dwc, dbc].map(|t| common::get(&cpu, t));
+
+        let [xg, wg, dyg] = [&x, &w, &dy].map(|v| put_gpu(&mut gpu, v));
+        let [dxg, dwg, dbg] = [&dx0, &dw0, &db0].map(|v| put_gpu(&mut gpu, v));
+        for algo in [ConvAlgo::Im2col, ConvAlgo::Implicit] {
+            gpu.set_conv_algo(algo);
+            for p in [Precision::Fp32, Precision::Tf32, Precision::Bf16] {
+                gpu.set_precision(p).unwrap();
+                let tol = tolerance(p);
+                // (label, dx?, dw?, dbias?)
+                let cases = [
+                    ("all", true, true, true),
+                    ("dx", true, false, false),
+                    ("dw", false, true, false),
+                ];
+                for (label, want_dx, want_dw, want_db) in cases {
+                    let mut runs = Vec::new();
+                    for _ in 0..2 {
+                        for (t, v) in [(dxg, &dx0), (dwg, &dw0), (dbg, &db0)] {
+                            gpu.upload(t, v).unwrap();
+                        }
+                        gpu.conv2d_backward(
+                            &s,
+                            xg,
+                            wg,
+                            dyg,
+                            want_dx.then_some(dxg),
+                            want_dw.then_some(dwg),
+                            want_db.then_some(dbg),
+                        )
+                        .unwrap();
+                        runs.push([dxg, dwg, dbg].map(|t| {
+                            let mut v = vec![0.0; t.len];
+                            gpu.download(t, &mut v).unwrap();
+                            v
+                        }));
+                    }
+                    let asked = [want_dx, want_dw, want_db];
+                    let initial = [&dx0, &dw0, &db0];
+                    for (i, what) in ["dx", "dw", "dbias"].iter().enumerate() {
+                        let got = &runs[0][i];
+                        // Not asked for: must be left exactly as it was.
+                        let (err, ok_val) = if asked[i] {
+                            let e = common::rel_l2(got, &want[i]);
+                            (e, e <= tol)
+                        } else {
+                            let same = got
+                                .iter()
+                                .zip(initial[i].iter())
+                                .all(|(a, b)| a.to_bits() == b.to_bits());
+                            (if same { 0.0 } else { f64::INFINITY }, same)
+                        };
+                        let same = got
+                            .iter()
+                            .zip(&runs[1][i])
+                            .all(|(a, b)| a.to_bits() == b.to_bits());
+                        let finite = got.iter().all(|v| v.is_finite());
+                        let ok = ok_val && same && finite;
+                        eprintln!(
+                            "{} {name:26} {algo:8} {p} {label:3} {what:5} rel err {err:.2e}{}{}",
+                            if ok { "ok  " } else { "FAIL" },
+                            if finite { "" } else { " (non-finite)" },
+                            if same { "" } else { " (not deterministic)" },
+                        );
+                        if !ok {
+                            failures.push(format!(
+                                "{name} {algo} {p} {label} {what}: rel err {err:.2e} (tol {tol:.0e}), \
+                                 finite {finite}, deterministic {same}"
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    gpu.set_precision(Precision::Fp32).unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} failure(s):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

@@ -11,11 +11,14 @@
 //!
 //! Pointwise convolutions (1×1, stride 1, no padding) always stay on cuBLAS. The algorithm is
 //! chosen with [`CudaBackend::set_conv_algo`]; `PRRNET_CONV_ALGO=im2col|implicit` sets the
-//! initial choice when the backend is created. Backward always uses `conv.rs`.
+//! initial choice when the backend is created. Backward: with the implicit algorithm, the
+//! data gradient of a stride-1 convolution runs on the same kernels (see
+//! [`conv2d_backward`]); everything else stays on `conv.rs`.
 
 use std::sync::atomic::Ordering;
 
 use super::context::{check_len, int, Arg, CudaBackend, Kernel};
+use super::kernels::names::conv as kc;
 use super::kernels::names::conv_implicit as kci;
 use super::{conv, elementwise as ew};
 use crate::backend::{ConvShape, Precision};
@@ -118,6 +121,19 @@ fn launch_implicit(
     relu: bool,
     y: Tensor,
 ) -> Result<()> {
+    let ptrs = [
+        be.ptr(x)?,
+        be.ptr(w)?,
+        be.optr(bias)?,
+        be.optr(residual)?,
+        be.ptr(y)?,
+    ];
+    launch_implicit_ptrs(be, s, ptrs, relu)
+}
+
+/// [`launch_implicit`] on device addresses `[x, w, bias, residual, y]` (0: absent). `residual`
+/// may equal `y` (the kernels read each element before writing it, in the same thread).
+fn launch_implicit_ptrs(be: &CudaBackend, s: &ConvShape, ptrs: [u64; 5], relu: bool) -> Result<()> {
     let m = s.b * s.ho * s.wo;
     if m == 0 || s.cout == 0 {
         return Ok(());
@@ -136,17 +152,18 @@ fn launch_implicit(
         )));
     }
     let (kernel, threads) = kernel_for(be.precision_impl());
+    let [x, w, bias, residual, y] = ptrs;
     be.launch(
         kernel,
         (grid_m as u32, grid_n as u32, 1),
         (threads, 1, 1),
         0,
         &[
-            Arg::Ptr(be.ptr(x)?),
-            Arg::Ptr(be.ptr(w)?),
-            Arg::Ptr(be.optr(bias)?),
-            Arg::Ptr(be.optr(residual)?),
-            Arg::Ptr(be.ptr(y)?),
+            Arg::Ptr(x),
+            Arg::Ptr(w),
+            Arg::Ptr(bias),
+            Arg::Ptr(residual),
+            Arg::Ptr(y),
             Arg::I32(int("conv output pixels", m)?),
             Arg::I32(int("h", s.h)?),
             Arg::I32(int("w", s.w)?),
@@ -211,4 +228,73 @@ pub(crate) fn conv2d_bias_act(
         check_len("conv residual", r, s.y_len())?;
     }
     launch_implicit(be, s, x, w, Some(bias), residual, relu, y)
+}
+
+/// The stride-1 convolution whose forward is the data gradient of `s`: input dy
+/// `[B, Ho, Wo, Cout]`, output dx `[B, H, W, Cin]`, weights flipped and transposed, padding
+/// k − 1 − p. `None` where that does not hold (stride > 1, padding ≥ k, pointwise).
+fn transposed(s: &ConvShape) -> Option<ConvShape> {
+    if s.is_pointwise() || s.stride != 1 || s.pad >= s.k {
+        return None;
+    }
+    let t = ConvShape {
+        b: s.b,
+        h: s.ho,
+        w: s.wo,
+        cin: s.cout,
+        cout: s.cin,
+        k: s.k,
+        stride: 1,
+        pad: s.k - 1 - s.pad,
+        ho: s.h,
+        wo: s.w,
+    };
+    // The output size of the transposed convolution is the input's by construction.
+    debug_assert_eq!(t.ho, t.h + 2 * t.pad + 1 - t.k);
+    Some(t)
+}
+
+/// `Backend::conv2d_backward` on the GPU. With the implicit algorithm, the data gradient of a
+/// stride-1 convolution is `dx += conv(dy, flip(w)ᵀ, pad k − 1 − p)` on the implicit-GEMM
+/// forward kernels (the accumulation is the epilogue's residual term, with residual = y = dx),
+/// so the k²-times-larger column gradient of the im2col path is never written. The weight
+/// gradient, the bias gradient and every other shape stay on `conv.rs` (im2col + cuBLAS).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv2d_backward(
+    be: &CudaBackend,
+    s: &ConvShape,
+    x: Tensor,
+    w: Tensor,
+    dy: Tensor,
+    dx: Option<Tensor>,
+    dw: Option<Tensor>,
+    dbias: Option<Tensor>,
+) -> Result<()> {
+    let (Some(dx_t), Some(t)) = (dx, transposed(s)) else {
+        return conv::conv2d_backward(be, s, x, w, dy, dx, dw, dbias);
+    };
+    if be.conv_algo() == ConvAlgo::Im2col {
+        return conv::conv2d_backward(be, s, x, w, dy, dx, dw, dbias);
+    }
+    check_len("conv w", w, s.w_len())?;
+    check_len("conv dy", dy, s.y_len())?;
+    check_len("conv dx", dx_t, s.x_len())?;
+    let wlen = s.w_len();
+    let (wp, dyp, dxp) = (be.ptr(w)?, be.ptr(dy)?, be.ptr(dx_t)?);
+    be.with_workspace(wlen, |wt| {
+        be.launch_1d(
+            kc::CONV_FLIP_WEIGHTS,
+            wlen,
+            &[
+                Arg::Ptr(wp),
+                Arg::Ptr(wt),
+                Arg::I32(int("cout", s.cout)?),
+                Arg::I32(int("k", s.k)?),
+                Arg::I32(int("cin", s.cin)?),
+                Arg::I64(wlen as i64),
+            ],
+        )?;
+        launch_implicit_ptrs(be, &t, [dyp, wt, 0, dxp, dxp], false)
+    })?;
+    conv::conv2d_backward(be, s, x, w, dy, None, dw, dbias)
 }

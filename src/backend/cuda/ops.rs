@@ -144,7 +144,7 @@ impl Backend for CudaBackend {
         dw: Option<Tensor>,
         dbias: Option<Tensor>,
     ) -> Result<()> {
-        conv::conv2d_backward(self, s, x, w, dy, dx, dw, dbias)
+        conv_implicit::conv2d_backward(self, s, x, w, dy, dx, dw, dbias)
     }
     fn linear(
         &self,
