@@ -9,7 +9,8 @@
 # perf   the measured peaks (`prrnet bench --peaks`), `prrnet bench --breakdown` for W30 at
 #        299×299, batch 64 (inference and training; fp32 and bf16 first, then tf32), PyTorch
 #        eager with the same stage breakdown, the relation-map benchmarks when bundled, an nsys
-#        capture of a 3-iteration training window with its kernel summary, torch.compile where
+#        capture of a 3-iteration training window with its kernel summary, W30 training with
+#        PRRNET_CONV_ALGO=im2col (the convolution algorithms compared), torch.compile where
 #        time is left, and finally scripts/perf-report.py writing LOGDIR/PERFORMANCE-tables.md.
 # all    tests, then perf, within one budget.
 #
@@ -191,6 +192,13 @@ perf_phase() {
     fi
     prrnet_bench tf32 infer
     prrnet_bench tf32 train
+    # The default convolution algorithm (implicit GEMM) against im2col + cuBLAS, training
+    # (forward and the data gradient use it), to decide the default by measurement.
+    for p in fp32 bf16; do
+        step "conv_im2col_prrnet_bench_${preset}_train_$p" 60 env PRRNET_CONV_ALGO=im2col \
+            "$prrnet" bench --device "$dev" --preset "$preset" --size "$size" --batch "$batch" \
+            --precision "$p" --iters "$iters" --warmup 2 --train --json
+    done
     if [ "$have_torch" = 1 ]; then
         torch_bench pytorch_rest 200 \
             compile:bf16:infer,compile:fp32:infer,eager:tf32:infer,eager:tf32:train,compile:bf16:train,compile:fp32:train,compile:tf32:infer,compile:tf32:train
@@ -215,7 +223,7 @@ esac
 
 echo
 echo "== results (logs in $logs) =="
-for f in "$logs"/prrnet_bench_*.log "$logs"/pytorch_*.log "$logs"/peaks.log; do
+for f in "$logs"/prrnet_bench_*.log "$logs"/conv_im2col_*.log "$logs"/pytorch_*.log "$logs"/peaks.log; do
     [ -f "$f" ] || continue
     grep '^{' "$f" | "$py" -c '
 import json, sys
@@ -228,7 +236,7 @@ for line in sys.stdin:
         print("peaks: fp32 %.1f, tf32 %.1f, bf16 %.1f TFLOP/s; copy %.0f GB/s" % (
             r["fp32_tflops"], r["tf32_tflops"], r["bf16_tflops"], r["dram_gbps"]))
     elif "ms_median" in r:
-        print("%-16s %-5s %-5s %-6s %9.2f ms %9.1f img/s" % (r.get("impl", "?"), r.get("precision", "?"),
+        print("%-16s %-5s %-5s %-6s %9.2f ms %9.1f img/s" % (r.get("impl", "?") + ("/" + r["conv_algo"] if r.get("conv_algo") == "im2col" else ""), r.get("precision", "?"),
               r.get("mode", "?"), str(r.get("batch", "")), r["ms_median"], r.get("images_per_s", 0)))
     elif "error" in r or "skipped" in r:
         print("%-16s %-5s %-5s %s" % (r.get("impl", "?"), r.get("precision", "?"), r.get("mode", "?"),

@@ -118,10 +118,39 @@ def failed_bench_runs(path):
         tail = []
     reason = next((l for l in reversed(tail) if l.startswith("TIMEOUT") or l.startswith("skipped")),
                   None) or next((l for l in tail if l.startswith("error")), None) or "no result"
-    return [{"impl": "prrnet", "preset": arg("--preset", "w30"), "size": _int(arg("--size")),
-             "batch": _int(arg("--batch", "4")), "precision": arg("--precision", "fp32"),
-             "mode": "train" if "--train" in words else "infer", "error": reason,
-             "_file": os.path.basename(path)}]
+    rec = {"impl": "prrnet", "preset": arg("--preset", "w30"), "size": _int(arg("--size")),
+           "batch": _int(arg("--batch", "4")), "precision": arg("--precision", "fp32"),
+           "mode": "train" if "--train" in words else "infer", "error": reason,
+           "_file": os.path.basename(path)}
+    algo = next((w.split("=", 1)[1] for w in words if w.startswith("PRRNET_CONV_ALGO=")), None)
+    if algo:
+        rec["conv_algo"] = algo
+    return [rec]
+
+
+def is_im2col(r):
+    return r.get("impl") == "prrnet" and r.get("conv_algo") == "im2col"
+
+
+def conv_algo_table(bench, im2col):
+    """prrnet with the default (implicit-GEMM) convolutions against the same configuration
+    with PRRNET_CONV_ALGO=im2col, from the same run."""
+    if not im2col:
+        return "No `PRRNET_CONV_ALGO=im2col` runs in this folder."
+    rows = []
+    for r in im2col:
+        key = (r.get("preset"), r.get("size"), r.get("batch"), r.get("precision"), r.get("mode"))
+        d = latest([x for x in bench if x.get("impl") == "prrnet" and "error" not in x and
+                    (x.get("preset"), x.get("size"), x.get("batch"), x.get("precision"),
+                     x.get("mode")) == key])
+        ms_i = d.get("ms_median") if d else None
+        ms_c = r.get("ms_median")
+        ratio = fmt(ms_c / ms_i, ".2f", "×") if ms_i and ms_c else DASH
+        rows.append([key[0], key[1], key[2], key[3], key[4],
+                     fmt(ms_i, ".2f") if ms_i else DASH,
+                     fmt(ms_c, ".2f") if ms_c else (r.get("error") or DASH), ratio])
+    return md_table(["preset", "size", "batch", "precision", "mode", "implicit ms", "im2col ms",
+                     "im2col / implicit"], rows)
 
 
 def _int(v):
@@ -467,6 +496,9 @@ def main(argv=None):
     bench = [r for f in files for r in failed_bench_runs(f)]
     bench += [r for r in recs if r.get("impl") in IMPLS and r.get("kind") != "peaks"
               and not is_relation(r) and "mode" in r]
+    # The im2col comparison runs have their own table; every other table is the default.
+    im2col = [r for r in bench if is_im2col(r)]
+    bench = [r for r in bench if not is_im2col(r)]
     kern = []
     for f in files:
         rows = parse_kern_sum(f)
@@ -493,6 +525,10 @@ def main(argv=None):
     out.append("#### Top kernels (nsys)")
     out.append("")
     out.append(kernels(kern, args.window_iters))
+    out.append("")
+    out.append("#### Convolution algorithm (prrnet: implicit GEMM, the default, vs im2col + cuBLAS)")
+    out.append("")
+    out.append(conv_algo_table(bench, im2col))
     out.append("")
     out.append("#### Relation map benchmarks")
     out.append("")

@@ -52,6 +52,10 @@ pub struct BenchResult {
     pub peak_mem_bytes: u64,
     /// How iterations and stages were timed: `cuda-events` or `host-clock`.
     pub timer: String,
+    /// On a GPU: how non-pointwise convolutions ran (`implicit` or `im2col`,
+    /// `PRRNET_CONV_ALGO`), so the two can be compared run against run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conv_algo: Option<String>,
     /// Median milliseconds per stage (with `breakdown`), in execution order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<(String, f64)>,
@@ -265,6 +269,16 @@ pub fn run(be: Box<dyn Backend>, o: &BenchOptions) -> Result<BenchResult> {
             "cuda-events"
         }
         .into(),
+        // The algorithm the CUDA backend read from the environment when it was created.
+        conv_algo: if net.backend().is_host() {
+            None
+        } else {
+            Some(
+                crate::backend::cuda::ConvAlgo::from_env()?
+                    .name()
+                    .to_string(),
+            )
+        },
         stages,
         breakdown,
         breakdown_step_ms: (!step_ms.is_empty()).then(|| median(step_ms)),

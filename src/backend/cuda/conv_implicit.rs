@@ -270,12 +270,11 @@ pub(crate) fn conv2d_backward(
     dw: Option<Tensor>,
     dbias: Option<Tensor>,
 ) -> Result<()> {
-    let (Some(dx_t), Some(t)) = (dx, transposed(s)) else {
-        return conv::conv2d_backward(be, s, x, w, dy, dx, dw, dbias);
+    let (dx_t, t) = match (dx, transposed(s)) {
+        (Some(dx_t), Some(t)) if be.conv_algo() == ConvAlgo::Implicit => (dx_t, t),
+        _ => return conv::conv2d_backward(be, s, x, w, dy, dx, dw, dbias),
     };
-    if be.conv_algo() == ConvAlgo::Im2col {
-        return conv::conv2d_backward(be, s, x, w, dy, dx, dw, dbias);
-    }
+    check_len("conv x", x, s.x_len())?;
     check_len("conv w", w, s.w_len())?;
     check_len("conv dy", dy, s.y_len())?;
     check_len("conv dx", dx_t, s.x_len())?;
