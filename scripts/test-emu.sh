@@ -8,7 +8,8 @@
 #
 # Skipped here because emulation makes them too slow (they run in the GPU bundle):
 #   W30-at-299 cases, the 6-epoch training in reduced_precision_verdicts, the detect throughput.
-# Extra cargo test arguments are passed on (e.g. `bash scripts/test-emu.sh -- relation`).
+# PRRNET_EMU_FULL=1 runs the W30-at-299 cases too (the whole-network one takes about 15 minutes
+# on 2 cores). Extra arguments go to the test binaries (e.g. `bash scripts/test-emu.sh relation`).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -18,6 +19,8 @@ export PRRNET_REQUIRE_GPU=1
 export PRRNET_REQUIRE_KERNELS=1
 tests=()
 for f in tests/gpu_*.rs; do tests+=(--test "$(basename "$f" .rs)"); done
-cargo test --release "${tests[@]}" -- \
-    --skip w30_299 --skip w30_at_299 --skip reduced_precision_verdicts \
-    --skip detect_end_to_end_throughput "$@"
+skips=(--skip reduced_precision_verdicts --skip detect_end_to_end_throughput)
+if [ "${PRRNET_EMU_FULL:-0}" != 1 ]; then
+    skips+=(--skip w30_299 --skip w30_at_299)
+fi
+cargo test --release "${tests[@]}" -- "${skips[@]}" "$@"

@@ -139,6 +139,17 @@ fn tolerance(p: Precision) -> f64 {
     }
 }
 
+/// Back to fp32 for whoever uses the backend next, then fail with every collected mismatch.
+fn finish(gpu: &CudaBackend, failures: &[String]) {
+    gpu.set_precision(Precision::Fp32).unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} failure(s):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
 #[test]
 fn conv_algo_names_parse() {
     assert_eq!("im2col".parse::<ConvAlgo>().unwrap(), ConvAlgo::Im2col);
@@ -228,13 +239,7 @@ fn conv_forward_matches_cpu_every_algo_and_precision() {
             }
         }
     }
-    gpu.set_precision(Precision::Fp32).unwrap();
-    assert!(
-        failures.is_empty(),
-        "{} failure(s):\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    finish(&gpu, &failures);
 }
 
 /// `conv2d_backward` (dx, dw, dbias, each accumulated onto earlier contents) against the CPU,
@@ -339,11 +344,5 @@ fn conv_backward_matches_cpu_every_algo_and_precision() {
             }
         }
     }
-    gpu.set_precision(Precision::Fp32).unwrap();
-    assert!(
-        failures.is_empty(),
-        "{} failure(s):\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    finish(&gpu, &failures);
 }

@@ -312,17 +312,24 @@ inline void check_wmma_pointer(const char* what, E* p, unsigned ldm) {
         ::emu::fail("wmma::%s: ldm %u is not a multiple of 16 bytes", what, ldm);
 }
 
-template <class F, class E>
-void load_collective(void* const* lanes, unsigned) {
-    const MemData<F, E>* first = nullptr;
+// The lanes' shared MemData: every lane must pass the same pointer and ldm.
+template <class D>
+const D* agreed(void* const* lanes, const char* what) {
+    const D* first = nullptr;
     for (int l = 0; l < 32; ++l) {
-        auto* d = static_cast<const MemData<F, E>*>(lanes[l]);
+        auto* d = static_cast<const D*>(lanes[l]);
         if (!d) continue;
         if (!first) first = d;
         if (d->ptr != first->ptr || d->ldm != first->ldm)
-            ::emu::fail("wmma::load_matrix_sync: lanes %d and others pass different pointers or ldm", l);
+            ::emu::fail("wmma::%s: lane %d passes another pointer or ldm than the first lane", what, l);
     }
-    check_wmma_pointer("load_matrix_sync", first->ptr, first->ldm);
+    check_wmma_pointer(what, first->ptr, first->ldm);
+    return first;
+}
+
+template <class F, class E>
+void load_collective(void* const* lanes, unsigned) {
+    agreed<MemData<F, E>>(lanes, "load_matrix_sync");
     for (int l = 0; l < 32; ++l) {
         auto* d = static_cast<const MemData<F, E>*>(lanes[l]);
         if (!d) continue;
@@ -335,15 +342,7 @@ void load_collective(void* const* lanes, unsigned) {
 
 template <class F, class E>
 void store_collective(void* const* lanes, unsigned) {
-    const MemData<F, E>* first = nullptr;
-    for (int l = 0; l < 32; ++l) {
-        auto* d = static_cast<const MemData<F, E>*>(lanes[l]);
-        if (!d) continue;
-        if (!first) first = d;
-        if (d->ptr != first->ptr || d->ldm != first->ldm)
-            ::emu::fail("wmma::store_matrix_sync: lanes pass different pointers or ldm");
-    }
-    check_wmma_pointer("store_matrix_sync", first->ptr, first->ldm);
+    const MemData<F, E>* first = agreed<MemData<F, E>>(lanes, "store_matrix_sync");
     for (int r = 0; r < F::rows; ++r)
         for (int c = 0; c < F::cols; ++c) {
             E v = first->frag->x[r * F::cols + c];
