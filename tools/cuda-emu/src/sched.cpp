@@ -331,7 +331,12 @@ void shfl_collective(void* const* lanes, unsigned) {
         const int base = l & ~(w - 1);
         int src = l;
         switch (d->kind) {
-            case SHFL_XOR: src = base + ((l - base) ^ d->arg) % w; break;
+            case SHFL_XOR: {
+                // CUDA: a source in a later width-segment gives the lane its own value.
+                const int s = l ^ d->arg;
+                src = s >= base + w ? l : s;
+                break;
+            }
             case SHFL_DOWN: src = (l - base) + d->arg < w ? l + d->arg : l; break;
             case SHFL_UP: src = (l - base) - d->arg >= 0 ? l - d->arg : l; break;
             case SHFL_IDX: src = base + (d->arg % w); break;
