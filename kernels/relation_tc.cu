@@ -490,19 +490,6 @@ __device__ __forceinline__ void cp_async_wait() {
 // D += A·B, m16n8k8, TF32 inputs (bit patterns with zero low 13 bits), f32 accumulators.
 // Fragments (g = lane / 4, t = lane % 4): a0 (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4);
 // b0 (k = t, n = g), b1 (k = t+4, n = g); d0 (g, 2t), d1 (g, 2t+1), d2 (g+8, 2t), d3 (g+8, 2t+1).
-__device__ __forceinline__ void mma_tf32(float (&d)[4], const unsigned (&a)[4],
-                                         unsigned b0, unsigned b1) {
-#ifdef PRRNET_CUDA_EMU
-    ::emu::mma_m16n8k8_tf32(d, a[0], a[1], a[2], a[3], b0, b1);
-#else
-    asm volatile(
-        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#endif
-}
-
 __device__ __forceinline__ void mma_tf32(float (&d)[4], unsigned a0, unsigned a1, unsigned a2,
                                          unsigned a3, unsigned b0, unsigned b1) {
 #ifdef PRRNET_CUDA_EMU
@@ -514,6 +501,11 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], unsigned a0, unsigned a1
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 #endif
+}
+
+__device__ __forceinline__ void mma_tf32(float (&d)[4], const unsigned (&a)[4],
+                                         unsigned b0, unsigned b1) {
+    mma_tf32(d, a[0], a[1], a[2], a[3], b0, b1);
 }
 
 // D += A·B, m16n8k16, BF16 pairs (lower k in the low half), f32 accumulators.
