@@ -24,6 +24,7 @@
 # Overrides for a smoke test without a GPU (the perf phase runs on the CPU then):
 # PRRNET_PERF_DEVICE (cuda), PRRNET_PERF_PRESET (w30), PRRNET_PERF_SIZE (299),
 # PRRNET_PERF_BATCH (64), PRRNET_PERF_ITERS (5), PRRNET_PYTHON (python3).
+# PRRNET_GPU_ONLY=REGEX runs only the steps whose names match (e.g. 'relation|im2col').
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 logs="${1:-$here/logs}"
@@ -56,12 +57,28 @@ for gz in "$here"/bin/*.gz; do
     fi
 done
 prrnet="$bin/prrnet"
+# cudarc opens libcublas.so.13 by name: when the host's loader cannot find it (a toolkit outside
+# the ld.so cache, or only PyTorch's wheel copy), put the first folder that holds it on the path.
+if ! ldconfig -p 2>/dev/null | grep -q 'libcublas\.so\.13 '; then
+    for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+        $(find /usr/local /opt -maxdepth 10 -name 'libcublas.so.13' -printf '%h\n' 2>/dev/null); do
+        if [ -e "$d/libcublas.so.13" ]; then
+            export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+            break
+        fi
+    done
+fi
 # Seconds kept back at the end of perf/all for perf-report.py and the summary.
 reserve=0
 [ "$phase" != tests ] && reserve=20
 declare -a rows
 step() { # name, cap in seconds, command...
     local name="$1" cap="$2"; shift 2
+    # PRRNET_GPU_ONLY: run only the steps whose names match this regular expression (a
+    # second device call that fills in what the first one had no time for).
+    if [ -n "${PRRNET_GPU_ONLY:-}" ] && ! [[ "$name" =~ $PRRNET_GPU_ONLY ]]; then
+        return
+    fi
     local left=$((budget - reserve - SECONDS)) t0=$SECONDS status rc
     if [ "$left" -lt 15 ]; then
         rows+=("$(printf '%-34s %-7s %4ds' "$name" SKIP 0)")
@@ -91,6 +108,8 @@ meta() {
         echo "gpu: $(timeout 20 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm \
             --format=csv,noheader 2>/dev/null | head -n 1 || true)"
         echo "phase: $phase"
+        echo "LD_LIBRARY_PATH: ${LD_LIBRARY_PATH:-}"
+        echo "nsys: $(command -v nsys || echo none); ncu: $(command -v ncu || echo none)"
         echo "bundle: $here"
     } >"$logs/meta.log"
     timeout 30 nvidia-smi >"$logs/nvidia-smi.log" 2>&1
@@ -168,10 +187,14 @@ perf_phase() {
     fi
     # The relation map alone (kernels vs PyTorch), when the bundle has its benchmarks.
     if "$prrnet" help 2>/dev/null | grep -q "bench-relation"; then
-        for p in fp32 bf16 tf32; do
+        # Tensor-core versions in bf16 and tf32; the exact-f32 simt version (seconds per call
+        # at W30 size) with fewer iterations.
+        for p in bf16 tf32; do
             step "prrnet_bench_relation_$p" 40 "$prrnet" bench-relation --precision "$p" \
-                --backward --json
+                --version tc --backward --iters 5 --warmup 1 --json
         done
+        step prrnet_bench_relation_fp32 40 "$prrnet" bench-relation --precision fp32 \
+            --version simt --backward --iters 3 --warmup 1 --json
     fi
     if [ "$have_torch" = 1 ] && [ -f "$here/reference/bench_relation.py" ]; then
         for p in fp32 bf16 tf32; do
@@ -190,6 +213,14 @@ perf_phase() {
                 --report cuda_gpu_kern_sum --report nvtx_sum "$logs/prrnet-train-fp32.nsys-rep"
         fi
     fi
+    if ! command -v nsys >/dev/null && command -v ncu >/dev/null && [ "$dev" = cuda ]; then
+        # Without nsys, the kernel table comes from ncu: one training iteration, one metric (the
+        # kernel's duration, one pass, so no replay), clocks left as they run.
+        step ncu_train_fp32 75 ncu --profile-from-start off --clock-control none \
+            --metrics gpu__time_duration.sum --csv --log-file "$logs/ncu_train_fp32.csv" \
+            "$prrnet" bench --device cuda --preset "$preset" --size "$size" --batch "$batch" \
+            --train --iters 3 --warmup 1 --profile-window 2:1
+    fi
     prrnet_bench tf32 infer
     prrnet_bench tf32 train
     # The default convolution algorithm (implicit GEMM) against im2col + cuBLAS, training
@@ -201,7 +232,7 @@ perf_phase() {
     done
     if [ "$have_torch" = 1 ]; then
         torch_bench pytorch_rest 200 \
-            compile:bf16:infer,compile:fp32:infer,eager:tf32:infer,eager:tf32:train,compile:bf16:train,compile:fp32:train,compile:tf32:infer,compile:tf32:train
+            eager:tf32:infer,eager:tf32:train,compile:bf16:infer,compile:fp32:infer,compile:bf16:train,compile:fp32:train,compile:tf32:infer,compile:tf32:train
     fi
 }
 

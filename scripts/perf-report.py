@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import glob
 import io
 import json
@@ -64,7 +65,7 @@ def md_table(header, rows):
 
 def read_files(logdir):
     files = []
-    for pat in ("*.log", "*.jsonl", "*.json", "*.csv", "*.txt"):
+    for pat in ("*.log", "*.jsonl", "*.json", "*.csv", "*.csv.gz", "*.txt"):
         files.extend(glob.glob(os.path.join(logdir, pat)))
     return sorted(set(files))
 
@@ -250,6 +251,41 @@ def parse_kern_sum(path):
     return []
 
 
+NCU_UNITS_NS = {"nsecond": 1.0, "ns": 1.0, "usecond": 1e3, "us": 1e3, "msecond": 1e6, "ms": 1e6,
+                "second": 1e9, "s": 1e9}
+
+
+def parse_ncu_csv(path):
+    """Kernel-summary rows from `ncu --csv --metrics gpu__time_duration.sum` output (one row per
+    profiled launch), summed per kernel name into the rows parse_kern_sum returns. The run
+    script uses this when nsys is absent."""
+    try:
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rt", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    start = next((i for i, l in enumerate(lines) if l.startswith('"ID"') and "Kernel Name" in l),
+                 None)
+    if start is None:
+        return []
+    per = {}
+    for r in csv.DictReader(io.StringIO("\n".join(lines[start:]))):
+        if (r.get("Metric Name") or "") != "gpu__time_duration.sum":
+            continue
+        v = _num(r.get("Metric Value") or "")
+        scale = NCU_UNITS_NS.get((r.get("Metric Unit") or "").strip())
+        if v is None or scale is None:
+            continue
+        name = (r.get("Kernel Name") or "?").strip()
+        acc = per.setdefault(name, [0.0, 0])
+        acc[0] += v * scale
+        acc[1] += 1
+    total = sum(t for t, _ in per.values())
+    return [{"name": n, "total_ns": t, "instances": c, "avg_ns": t / c,
+             "pct": 100.0 * t / total if total else None} for n, (t, c) in per.items()]
+
+
 # ---- tables --------------------------------------------------------------------------------
 
 def latest(recs):
@@ -409,11 +445,11 @@ def floors(bench, peaks):
     return "\n".join(out)
 
 
-def kernels(kern, window_iters, limit=10):
+def kernels(kern, limit=10):
     out = []
     if not kern:
-        return "No `nsys stats --report cuda_gpu_kern_sum` output in this folder."
-    for path, rows in kern:
+        return "No `nsys stats --report cuda_gpu_kern_sum` or `ncu` kernel output in this folder."
+    for path, rows, window_iters in kern:
         rows = sorted(rows, key=lambda r: -r["total_ns"])
         total = sum(r["total_ns"] for r in rows)
         out.append(f"From `{os.path.basename(path)}` ({window_iters} iteration(s) in the capture "
@@ -484,6 +520,8 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="write the markdown here (default: stdout)")
     ap.add_argument("--window-iters", type=int, default=3,
                     help="iterations in the nsys capture window (kernel times are divided by it)")
+    ap.add_argument("--ncu-window-iters", type=int, default=1,
+                    help="iterations in the ncu capture window (ncu_*.csv files)")
     args = ap.parse_args(argv)
     if not os.path.isdir(args.logdir):
         print(f"perf-report: {args.logdir} is not a folder", file=sys.stderr)
@@ -503,7 +541,11 @@ def main(argv=None):
     for f in files:
         rows = parse_kern_sum(f)
         if rows:
-            kern.append((f, rows))
+            kern.append((f, rows, args.window_iters))
+        elif os.path.basename(f).startswith("ncu_"):
+            rows = parse_ncu_csv(f)
+            if rows:
+                kern.append((f, rows, args.ncu_window_iters))
     meta = parse_meta(args.logdir)
     cmds = [(os.path.basename(f), first_command(f)) for f in files]
     cmds = [(f, c) for f, c in cmds if c]
@@ -522,9 +564,9 @@ def main(argv=None):
     out.append("")
     out.append(floors(bench, peaks))
     out.append("")
-    out.append("#### Top kernels (nsys)")
+    out.append("#### Top kernels (nsys, or ncu without it)")
     out.append("")
-    out.append(kernels(kern, args.window_iters))
+    out.append(kernels(kern))
     out.append("")
     out.append("#### Convolution algorithm (prrnet: implicit GEMM, the default, vs im2col + cuBLAS)")
     out.append("")

@@ -49,7 +49,8 @@ pub struct BenchRelationArgs {
     /// fp32 | tf32 | bf16 (the simt version always computes in fp32)
     #[arg(long, default_value = "tf32")]
     pub precision: String,
-    /// A version (simt, v1, …) or `all` (every version of the precision, and simt).
+    /// A version (simt, v1, …), `tc` (every tensor-core version of the precision) or `all`
+    /// (those, then simt).
     #[arg(long, default_value = "all")]
     pub version: String,
     #[arg(long, default_value_t = 10)]
@@ -284,14 +285,17 @@ fn runners(a: &BenchRelationArgs, prec: Precision, cpu: bool) -> Result<Vec<Runn
             Runner::Cuda(v, Precision::Fp32)
         }
     };
-    if a.version == "all" {
-        let mut out = vec![Runner::Cuda(RelationVersion::Simt, Precision::Fp32)];
-        out.extend(
-            relation_versions()
-                .iter()
-                .filter(|v| **v != RelationVersion::Simt && v.supports(prec))
-                .map(|&v| Runner::Cuda(v, prec)),
-        );
+    if a.version == "all" || a.version == "tc" {
+        // The tensor-core versions first and the exact-f32 simt baseline last: at W30 size simt
+        // takes seconds per call, and a run cut short should still have the fast numbers.
+        let mut out: Vec<Runner> = relation_versions()
+            .iter()
+            .filter(|v| **v != RelationVersion::Simt && v.supports(prec))
+            .map(|&v| Runner::Cuda(v, prec))
+            .collect();
+        if a.version == "all" {
+            out.push(Runner::Cuda(RelationVersion::Simt, Precision::Fp32));
+        }
         return Ok(out);
     }
     let v: RelationVersion = a.version.parse()?;

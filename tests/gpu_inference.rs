@@ -188,6 +188,58 @@ fn reduced_precision_verdicts() {
     }
 }
 
+/// The pipelined batch stream on the GPU (the next batch uploaded while the previous forward
+/// runs; graph replay; a partial last batch) gives the CPU detector's results, input by input.
+#[test]
+fn detect_batches_pipelined_match_cpu() {
+    use prrnet::detect::{Detector, DetectorOptions};
+    if common::open_gpu("detect_batches_pipelined_match_cpu").is_none() {
+        return;
+    }
+    let root = common::tmp_dir("gpu-detect-pipelined");
+    let cfg = Config::preset("tiny").unwrap();
+    let mut cpu = PrrNet::new(&cfg, Box::new(CpuBackend::new()), 1, false).unwrap();
+    common::randomise_with_bn(&mut cpu, 8);
+    let weights = root.join("tiny.safetensors");
+    prrnet::io::checkpoint::save(&cpu, &weights).unwrap();
+    let one = 3 * cfg.size * cfg.size;
+    // 11 inputs in batches of 4: two full batches in the pipeline, then a partial one.
+    let inputs: Vec<Vec<f32>> = (0..11)
+        .map(|i| Rng::new(100 + i).vec(one, |r| r.normal()))
+        .collect();
+    let open = |device| {
+        let opts = DetectorOptions {
+            batch: 4,
+            ..DetectorOptions::default()
+        };
+        Detector::open(&weights, device, opts).unwrap()
+    };
+    let want = open(prrnet::backend::DeviceRequest::Cpu)
+        .detect_preprocessed(&inputs)
+        .unwrap();
+    assert!(
+        want.iter().any(|d| (d.score - want[0].score).abs() > 1e-6),
+        "the inputs must score differently, or a batch mix-up could not show"
+    );
+    let gpu = open(prrnet::backend::DeviceRequest::Cuda(0));
+    // Twice: the second run replays the graph recorded by the first.
+    for run in 0..2 {
+        let got = gpu.detect_preprocessed(&inputs).unwrap();
+        assert_eq!(got.len(), inputs.len());
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g.score - w.score).abs() <= 1e-4,
+                "run {run}, input {i}: score {} vs CPU {}",
+                g.score,
+                w.score
+            );
+            let e = common::rel_l2(&g.mask, &w.mask);
+            assert!(e <= 1e-4, "run {run}, input {i}: mask relative L2 {e:.2e}");
+        }
+    }
+    std::fs::remove_dir_all(&root).ok();
+}
+
 /// `detect` over a folder of JPEGs (decode, resize, forward, records) against the pure forward
 /// rate of the same network, W30 at 299×299, batch 64: decoding must not be the bottleneck
 /// (end to end ≥ 80% of the forward rate).

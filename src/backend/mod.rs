@@ -249,7 +249,8 @@ pub trait Backend: Send + Sync {
     fn download(&self, src: Tensor, dst: &mut [f32]) -> Result<()>;
     /// Upload `dst.len` values that `fill` writes into a host staging area: on a GPU, page-
     /// locked memory (the copy runs at full DMA speed, with no extra host copy); on the CPU,
-    /// the destination itself.
+    /// the destination itself. It returns once `fill` has run; on a GPU the copy may still be
+    /// in flight, ordered after the work already enqueued and before any enqueued later.
     fn upload_with(&self, dst: Tensor, fill: &mut dyn FnMut(&mut [f32])) -> Result<()> {
         let mut v = vec![0.0; dst.len];
         fill(&mut v);

@@ -47,7 +47,7 @@ use crate::backend::{self, DeviceRequest};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::io::{checkpoint, dump, tensors::TensorFile};
-use crate::model::{Batch, Mode, PrrNet};
+use crate::model::{Mode, PrrNet};
 
 /// How a [`Detector`] is opened.
 #[derive(Clone, Debug)]
@@ -198,61 +198,33 @@ impl Detector {
     }
 
     /// Score inputs already made by [`Detector::preprocess`] (each `[3, S, S]`).
-    pub fn detect_preprocessed<T: AsRef<[f32]>>(&self, inputs: &[T]) -> Result<Vec<Detection>> {
-        let s = self.cfg.size;
-        let one = 3 * s * s;
-        for (i, x) in inputs.iter().enumerate() {
-            if x.as_ref().len() != one {
-                return Err(Error::Config(format!(
-                    "input {i} has {} values, expected [3, {s}, {s}]",
-                    x.as_ref().len()
-                )));
+    pub fn detect_preprocessed<T: AsRef<[f32]> + Sync>(
+        &self,
+        inputs: &[T],
+    ) -> Result<Vec<Detection>> {
+        let mut out = Vec::with_capacity(inputs.len());
+        let mut stream = self.batch_stream();
+        for chunk in inputs.chunks(self.batch) {
+            if let Some(done) = stream.submit(chunk)? {
+                out.extend(done);
             }
         }
-        let mut out = Vec::with_capacity(inputs.len());
-        let mut staging = vec![0f32; self.batch * one];
-        for chunk in inputs.chunks(self.batch) {
-            for (slot, x) in staging.chunks_mut(one).zip(chunk) {
-                slot.copy_from_slice(x.as_ref());
-            }
-            // Padding slots are zero images; nothing in an eval-mode pass mixes batch entries.
-            staging[chunk.len() * one..].fill(0.0);
-            let (scores, masks) = self.forward_batch(&staging)?;
-            out.extend(self.detections(&scores, &masks, chunk.len()));
+        if let Some(done) = stream.finish()? {
+            out.extend(done);
         }
         Ok(out)
     }
 
-    /// One full batch through the network: scores `[B]` and masks `[B, H, W]`.
-    fn forward_batch(&self, images: &[f32]) -> Result<(Vec<f32>, Vec<f32>)> {
-        // A panic in another caller leaves nothing half-done that the next pass depends on:
-        // every pass uploads its whole input first.
-        let mut net = self.net.lock().unwrap_or_else(|p| p.into_inner());
-        {
-            let mut prof = self.profiling.lock().unwrap_or_else(|p| p.into_inner());
-            let i = prof.1;
-            prof.0.before(net.backend(), i)?;
-            prof.1 += 1;
+    /// A pipeline of batches through this detector: each [`BatchStream::submit`] stages and
+    /// uploads its batch while the network still works on the one before (on a GPU, the host
+    /// side of batch k + 1 overlaps the forward of batch k). The stream holds the network until
+    /// it is dropped; other threads' calls wait for it.
+    pub fn batch_stream(&self) -> BatchStream<'_> {
+        BatchStream {
+            det: self,
+            net: self.net.lock().unwrap_or_else(|p| p.into_inner()),
+            in_flight: None,
         }
-        net.set_input(&Batch {
-            image: images,
-            mask: None,
-            label: None,
-            mask_weight: None,
-        })?;
-        use std::sync::atomic::Ordering::Relaxed;
-        if self.graphs.load(Relaxed) {
-            if let Err(e) = net.forward_graph() {
-                self.graphs.store(false, Relaxed);
-                eprintln!("warning: CUDA graph replay unavailable ({e}); running plain forwards");
-                net.forward(Mode::EVAL)?;
-            }
-        } else {
-            net.forward(Mode::EVAL)?;
-        }
-        let scores = net.read(net.rr.score)?;
-        let masks = net.read(net.pr.mask_prob)?;
-        Ok((scores, masks))
     }
 
     fn detections(&self, scores: &[f32], masks: &[f32], count: usize) -> Vec<Detection> {
@@ -272,6 +244,57 @@ impl Detector {
                 }
             })
             .collect()
+    }
+}
+
+/// Batches in flight through a [`Detector`] (see [`Detector::batch_stream`]).
+pub struct BatchStream<'a> {
+    det: &'a Detector,
+    net: std::sync::MutexGuard<'a, PrrNet>,
+    /// How many real images the forward in flight holds.
+    in_flight: Option<usize>,
+}
+
+impl BatchStream<'_> {
+    /// Start scoring `inputs` (at most the detector's batch, each `[3, S, S]` from
+    /// [`Detector::preprocess`]; the batch is padded with zero images). Returns the detections
+    /// of the batch submitted before this one, if any.
+    pub fn submit<T: AsRef<[f32]> + Sync>(
+        &mut self,
+        inputs: &[T],
+    ) -> Result<Option<Vec<Detection>>> {
+        // Stage and upload first: the copy is ordered after the forward in flight, which has
+        // already read its input, and before this batch's forward.
+        self.net.set_images(inputs)?;
+        let done = self.finish()?;
+        {
+            let mut prof = self.det.profiling.lock().unwrap_or_else(|p| p.into_inner());
+            let i = prof.1;
+            prof.0.before(self.net.backend(), i)?;
+            prof.1 += 1;
+        }
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.det.graphs.load(Relaxed) {
+            if let Err(e) = self.net.forward_graph() {
+                self.det.graphs.store(false, Relaxed);
+                eprintln!("warning: CUDA graph replay unavailable ({e}); running plain forwards");
+                self.net.forward(Mode::EVAL)?;
+            }
+        } else {
+            self.net.forward(Mode::EVAL)?;
+        }
+        self.in_flight = Some(inputs.len());
+        Ok(done)
+    }
+
+    /// Wait for the batch in flight and return its detections (`None` when there is none).
+    pub fn finish(&mut self) -> Result<Option<Vec<Detection>>> {
+        let Some(count) = self.in_flight.take() else {
+            return Ok(None);
+        };
+        let scores = self.net.read(self.net.rr.score)?;
+        let masks = self.net.read(self.net.pr.mask_prob)?;
+        Ok(Some(self.det.detections(&scores, &masks, count)))
     }
 }
 

@@ -219,6 +219,11 @@ fn consume(
         }
         order.push(index, r, out)
     };
+    // The batch whose forward is in flight: its detections come back when the next batch is
+    // submitted (or at the end), so its records and pictures are made while the network works
+    // on the next one.
+    let mut stream = det.batch_stream();
+    let mut in_flight: Vec<Loaded> = Vec::new();
     let mut finished = false;
     while !finished {
         match rx.recv() {
@@ -247,40 +252,57 @@ fn consume(
                 .iter()
                 .map(|l| l.result.as_ref().map_or(&[][..], |p| p.input.as_slice()))
                 .collect();
-            let dets = det.detect_preprocessed(&inputs)?;
-            let records: Vec<(usize, Record)> = items
-                .into_par_iter()
-                .zip(dets)
-                .map(|(l, d)| {
-                    let Loaded {
-                        index,
-                        label,
-                        picture,
-                        result,
-                    } = l;
-                    let p = result.expect("only prepared inputs are pending");
-                    let outcome = match pictures(dirs, &picture, p, &d.mask, d.mask_side) {
-                        Ok(()) => Outcome::Scored {
-                            score: d.score,
-                            fake: d.fake,
-                            mask_fraction: d.mask_fraction,
-                        },
-                        Err(e) => Outcome::Failed(format!("cannot write picture: {e}")),
-                    };
-                    (
-                        index,
-                        Record {
-                            path: label,
-                            outcome,
-                        },
-                    )
-                })
-                .collect();
-            for (index, r) in records {
-                record(index, r, out)?;
+            let done = stream.submit(&inputs)?;
+            let previous = std::mem::replace(&mut in_flight, items);
+            if let Some(dets) = done {
+                for (index, r) in scored_records(dirs, previous, dets) {
+                    record(index, r, out)?;
+                }
             }
         }
         out.flush()?;
     }
+    if let Some(dets) = stream.finish()? {
+        for (index, r) in scored_records(dirs, std::mem::take(&mut in_flight), dets) {
+            record(index, r, out)?;
+        }
+        out.flush()?;
+    }
     Ok(())
+}
+
+/// The records (and pictures) of one scored batch, in parallel; `(input index, record)`.
+fn scored_records(
+    dirs: &PictureDirs,
+    items: Vec<Loaded>,
+    dets: Vec<super::Detection>,
+) -> Vec<(usize, Record)> {
+    items
+        .into_par_iter()
+        .zip(dets)
+        .map(|(l, d)| {
+            let Loaded {
+                index,
+                label,
+                picture,
+                result,
+            } = l;
+            let p = result.expect("only prepared inputs are scored");
+            let outcome = match pictures(dirs, &picture, p, &d.mask, d.mask_side) {
+                Ok(()) => Outcome::Scored {
+                    score: d.score,
+                    fake: d.fake,
+                    mask_fraction: d.mask_fraction,
+                },
+                Err(e) => Outcome::Failed(format!("cannot write picture: {e}")),
+            };
+            (
+                index,
+                Record {
+                    path: label,
+                    outcome,
+                },
+            )
+        })
+        .collect()
 }

@@ -391,6 +391,47 @@ impl PrrNet {
         }
     }
 
+    /// Upload unlabelled images, each `[3, S, S]` (PyTorch layout), into the first slots of the
+    /// batch; the slots after them get zero images. The inference path: no copy of the whole
+    /// batch on the host, and, on a GPU, the upload runs in stream order (it may still be in
+    /// flight, behind an earlier forward, when this returns).
+    pub fn set_images<T: AsRef<[f32]> + Sync>(&mut self, images: &[T]) -> Result<()> {
+        let (b, s) = (self.batch, self.cfg.size);
+        if images.len() > b {
+            return Err(Error::Config(format!(
+                "{} images for a batch of {b}",
+                images.len()
+            )));
+        }
+        for (i, x) in images.iter().enumerate() {
+            if x.as_ref().len() != 3 * s * s {
+                return Err(Error::Config(format!(
+                    "image {i} has {} values, expected [3, {s}, {s}]",
+                    x.as_ref().len()
+                )));
+            }
+        }
+        self.upload_images(images)?;
+        self.labelled = false;
+        Ok(())
+    }
+
+    /// The input tensor `[B, S, S, 3]` from per-image `[3, S, S]` slices (zero images after
+    /// them), transposed straight into the staging area, one image per worker thread.
+    fn upload_images<T: AsRef<[f32]> + Sync>(&self, images: &[T]) -> Result<()> {
+        use rayon::prelude::*;
+        let s = self.cfg.size;
+        let one = 3 * s * s;
+        self.be.upload_with(self.hrnet.input, &mut |dst| {
+            dst.par_chunks_mut(one)
+                .enumerate()
+                .for_each(|(i, y)| match images.get(i) {
+                    Some(x) => nchw_to_nhwc_into(x.as_ref(), 1, 3, s, s, y),
+                    None => y.fill(0.0),
+                })
+        })
+    }
+
     /// Upload one batch (PyTorch layouts, converted here to channels-last).
     pub fn set_input(&mut self, batch: &Batch) -> Result<()> {
         let (b, s) = (self.batch, self.cfg.size);
@@ -400,9 +441,8 @@ impl PrrNet {
                 batch.image.len()
             )));
         }
-        self.be.upload_with(self.hrnet.input, &mut |dst| {
-            nchw_to_nhwc_into(batch.image, b, 3, s, s, dst)
-        })?;
+        let one = 3 * s * s;
+        self.upload_images(&batch.image.chunks(one).collect::<Vec<_>>())?;
         self.labelled = batch.label.is_some();
         if let Some(label) = batch.label {
             if label.len() != b {

@@ -87,7 +87,7 @@ pub struct CudaBackend {
     /// The current [`super::ConvAlgo`] as its discriminant (`PRRNET_CONV_ALGO` at creation).
     pub(crate) conv_algo: AtomicU8,
     /// Grow-only page-locked staging area for `upload_with`.
-    pinned: Mutex<Option<cudarc::driver::PinnedHostSlice<f32>>>,
+    pinned: Mutex<Staging>,
     /// Instantiated CUDA graphs, addressed by index.
     pub(crate) graphs: Mutex<Vec<super::graph::Graph>>,
 }
@@ -152,7 +152,7 @@ impl CudaBackend {
             precision: AtomicU8::new(Precision::Fp32 as u8),
             conv_algo: AtomicU8::new(conv_algo as u8),
             graphs: Mutex::new(Vec::new()),
-            pinned: Mutex::new(None),
+            pinned: Mutex::new(Staging::default()),
         })
     }
 
@@ -404,13 +404,15 @@ impl CudaBackend {
             .pinned
             .lock()
             .map_err(|_| Error::Device("staging lock poisoned".into()))?;
-        if staging.as_ref().is_none_or(|s| s.len() < len) {
-            *staging = None;
+        // The previous upload's copy may still be reading the staging area.
+        staging.wait()?;
+        if staging.buf.as_ref().is_none_or(|s| s.len() < len) {
+            staging.buf = None;
             // Plain (cached) page-locked memory, not write-combined: `fill` writes with strides
             // (the NCHW → NHWC transpose), which write-combining buffers handle badly.
             // SAFETY: f32 is valid for any bit pattern; `fill` writes before the copy reads.
             match unsafe { self.ctx.alloc_pinned_with_flags::<f32>(len, 0) } {
-                Ok(s) => *staging = Some(s),
+                Ok(s) => staging.buf = Some(s),
                 Err(_) => {
                     drop(staging);
                     let mut v = vec![0.0; len];
@@ -420,17 +422,25 @@ impl CudaBackend {
             }
         }
         let host = staging
+            .buf
             .as_mut()
             .expect("staging allocated above")
             .as_mut_slice()
             .map_err(|e| dev_err("page-locked staging memory", e))?;
         let host = &mut host[..len];
         fill(host);
-        // SAFETY: destination range checked; we wait for the copy before the staging area can
-        // be written again (the lock is held until then).
+        // SAFETY: destination range checked. The copy runs in stream order (after the work
+        // already enqueued, before any enqueued later), so the caller may go on at once: an
+        // inference pipeline stages the next batch while the network still works on this one.
+        // The staging area is not written again before the event recorded here has passed.
         unsafe { cudarc::driver::result::memcpy_htod_async(p, &*host, self.stream.cu_stream()) }
             .map_err(|e| dev_err("host-to-device copy", e))?;
-        self.synchronize_stream()
+        staging.copied = Some(
+            self.stream
+                .record_event(None)
+                .map_err(|e| dev_err("cuEventRecord (staging copy)", e))?,
+        );
+        Ok(())
     }
 
     pub(crate) fn download_from(&self, src: Tensor, dst: &mut [f32]) -> Result<()> {
@@ -496,4 +506,29 @@ fn load_file(
             })
         })
         .collect()
+}
+
+/// The page-locked staging area of `upload_with` and the event after its last copy.
+#[derive(Default)]
+struct Staging {
+    buf: Option<cudarc::driver::PinnedHostSlice<f32>>,
+    copied: Option<cudarc::driver::CudaEvent>,
+}
+
+impl Staging {
+    /// Wait until the last copy out of the staging area has finished.
+    fn wait(&mut self) -> Result<()> {
+        if let Some(ev) = self.copied.take() {
+            ev.synchronize()
+                .map_err(|e| dev_err("cuEventSynchronize (staging copy)", e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // Page-locked memory must outlive the DMA reading it.
+        let _ = self.wait();
+    }
 }
