@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU host (copied into the bundle as run.sh). Usage:
 #
-#   bash run.sh LOGDIR [tests|perf|all]      (default: all)
+#   bash run.sh LOGDIR [tests|perf|compile|all]      (default: all)
 #
 # tests  every GPU test executable with PRRNET_REQUIRE_GPU=1 (gpu_parity, gpu_model_parity,
 #        gpu_relation when bundled, then any other bin/gpu_*), then compute-sanitizer
@@ -12,6 +12,8 @@
 #        capture of a 3-iteration training window with its kernel summary, W30 training with
 #        PRRNET_CONV_ALGO=im2col (the convolution algorithms compared), torch.compile where
 #        time is left, and finally scripts/perf-report.py writing LOGDIR/PERFORMANCE-tables.md.
+# compile  PyTorch's torch.compile matrix (and eager TF32 training), which perf rarely has time
+#        for: a third call into the same LOGDIR, whose report then covers all three.
 # all    tests, then perf, within one budget.
 #
 # Time: each phase (or `all` as a whole) runs within PRRNET_GPU_BUDGET_S (default 280 s; perf
@@ -30,8 +32,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 logs="${1:-$here/logs}"
 phase="${2:-all}"
 case "$phase" in
-    tests | perf | all) ;;
-    *) echo "usage: run.sh LOGDIR [tests|perf|all]" >&2; exit 2 ;;
+    tests | perf | compile | all) ;;
+    *) echo "usage: run.sh LOGDIR [tests|perf|compile|all]" >&2; exit 2 ;;
 esac
 mkdir -p "$logs"
 logs="$(cd "$logs" && pwd)"
@@ -236,6 +238,15 @@ perf_phase() {
     fi
 }
 
+compile_phase() {
+    if timeout 60 "$py" -c "import torch, timm" 2>/dev/null; then
+        torch_bench pytorch_compile "$((budget - reserve))" \
+            eager:tf32:train,compile:bf16:infer,compile:bf16:train,compile:fp32:infer,compile:tf32:infer,compile:fp32:train,compile:tf32:train
+    else
+        echo "compile: no torch/timm in $py" >&2
+    fi
+}
+
 report() {
     if [ -f "$here/scripts/perf-report.py" ]; then
         timeout 30 "$py" "$here/scripts/perf-report.py" "$logs" --window-iters 3 \
@@ -249,6 +260,7 @@ meta
 case "$phase" in
     tests) tests_phase ;;
     perf) perf_phase; report ;;
+    compile) compile_phase; report ;;
     all) tests_phase; perf_phase; report ;;
 esac
 
