@@ -119,10 +119,10 @@ meta() {
 }
 
 tests_phase() {
-    step gpu_parity 120 "$bin/gpu_parity" --test-threads 1
-    step gpu_model_parity 150 "$bin/gpu_model_parity" --test-threads 1
+    step gpu_parity 120 "$bin/gpu_parity" --test-threads 1 --nocapture
+    step gpu_model_parity 150 "$bin/gpu_model_parity" --test-threads 1 --nocapture
     if [ -x "$bin/gpu_relation" ]; then
-        step gpu_relation 90 "$bin/gpu_relation" --test-threads 1
+        step gpu_relation 90 "$bin/gpu_relation" --test-threads 1 --nocapture
     fi
     # Any other GPU test executable in the bundle (tests/gpu_*.rs), in name order.
     local exe t
@@ -130,7 +130,7 @@ tests_phase() {
         [ -x "$exe" ] && [ "${exe%.gz}" = "$exe" ] || continue
         t=$(basename "$exe")
         case "$t" in gpu_parity | gpu_model_parity | gpu_relation) continue ;; esac
-        step "$t" 90 "$exe" --test-threads 1
+        step "$t" 90 "$exe" --test-threads 1 --nocapture
     done
     if command -v compute-sanitizer >/dev/null; then
         # `--report-api-errors no`: failed API calls would count as sanitizer errors, and
@@ -216,12 +216,18 @@ perf_phase() {
         fi
     fi
     if ! command -v nsys >/dev/null && command -v ncu >/dev/null && [ "$dev" = cuda ]; then
-        # Without nsys, the kernel table comes from ncu: one training iteration, one metric (the
-        # kernel's duration, one pass, so no replay), clocks left as they run.
-        step ncu_train_fp32 75 ncu --profile-from-start off --clock-control none \
-            --metrics gpu__time_duration.sum --csv --log-file "$logs/ncu_train_fp32.csv" \
+        # Without nsys, the kernel tables come from ncu: one iteration, one metric (the
+        # kernel's duration, one pass, so no replay), clocks left as they run. BF16: on the
+        # H100 these took 12 s (inference) and 65 s (training); fp32 training did not finish
+        # in 75 s (its relation backward alone is 1.7 s, and ncu serialises every launch).
+        step ncu_infer_bf16 45 ncu --profile-from-start off --clock-control none \
+            --metrics gpu__time_duration.sum --csv --log-file "$logs/ncu_infer_bf16.csv" \
             "$prrnet" bench --device cuda --preset "$preset" --size "$size" --batch "$batch" \
-            --train --iters 3 --warmup 1 --profile-window 2:1
+            --precision bf16 --iters 3 --warmup 1 --profile-window 2:1
+        step ncu_train_bf16 90 ncu --profile-from-start off --clock-control none \
+            --metrics gpu__time_duration.sum --csv --log-file "$logs/ncu_train_bf16.csv" \
+            "$prrnet" bench --device cuda --preset "$preset" --size "$size" --batch "$batch" \
+            --precision bf16 --train --iters 2 --warmup 0 --profile-window 1:1
     fi
     prrnet_bench tf32 infer
     prrnet_bench tf32 train
