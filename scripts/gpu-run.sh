@@ -174,6 +174,10 @@ torch_bench() { # name, cap, configs (IMPL:PRECISION:MODE,...)
         --configs "$3" --deadline-s $((cap > 40 ? cap - 40 : 1))
 }
 
+# PyTorch's torch.compile matrix, most wanted first (perf runs it while time is left; the
+# compile phase runs it with a budget of its own).
+compile_configs=compile:bf16:infer,compile:bf16:train,compile:fp32:infer,compile:fp32:train,compile:tf32:infer,compile:tf32:train
+
 perf_phase() {
     step peaks 60 "$prrnet" bench --device "$dev" --peaks --iters 10 --warmup 3 --json
     # The most important first: fp32 and bf16, inference and training.
@@ -239,15 +243,13 @@ perf_phase() {
             --precision "$p" --iters "$iters" --warmup 2 --train --json
     done
     if [ "$have_torch" = 1 ]; then
-        torch_bench pytorch_rest 200 \
-            eager:tf32:infer,eager:tf32:train,compile:bf16:infer,compile:fp32:infer,compile:bf16:train,compile:fp32:train,compile:tf32:infer,compile:tf32:train
+        torch_bench pytorch_rest 200 "eager:tf32:infer,eager:tf32:train,$compile_configs"
     fi
 }
 
 compile_phase() {
     if timeout 60 "$py" -c "import torch, timm" 2>/dev/null; then
-        torch_bench pytorch_compile "$((budget - reserve))" \
-            eager:tf32:train,compile:bf16:infer,compile:bf16:train,compile:fp32:infer,compile:tf32:infer,compile:fp32:train,compile:tf32:train
+        torch_bench pytorch_compile "$((budget - reserve))" "eager:tf32:train,$compile_configs"
     else
         echo "compile: no torch/timm in $py" >&2
     fi
