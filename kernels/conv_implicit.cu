@@ -54,6 +54,8 @@
 #include <mma.h>
 
 #include "common.cuh"
+#include "conv_gather.cuh"
+#include "wmma_ops.cuh"
 
 using namespace nvcuda;
 
@@ -79,31 +81,6 @@ __device__ __forceinline__ void pixel_table(int m0, int mtotal, int ho, int wo, 
             ix0[i] = 0;
         }
     }
-}
-
-// One K column of the GEMM: kg = (ky·k + kx)·Cin + ci; ok = kg < K.
-struct Tap {
-    int ky, kx, ci;
-    bool ok;
-};
-
-__device__ __forceinline__ Tap tap_of(int kg, int kdim, int cin, int k) {
-    Tap t;
-    t.ok = kg < kdim;
-    const int kidx = kg / cin;
-    t.ci = kg - kidx * cin;
-    t.ky = kidx / k;
-    t.kx = kidx - t.ky * k;
-    return t;
-}
-
-// A[m, kg] for the pixel (rowb, iy0, ix0) and tap t: x[b, iy, ix, ci], 0 outside.
-__device__ __forceinline__ float gather_a(const float* __restrict__ x, int rowb, int iy0, int ix0,
-                                          const Tap& t, int h, int w, int cin) {
-    if (rowb < 0 || !t.ok) return 0.0f;
-    const int iy = iy0 + t.ky, ix = ix0 + t.kx;
-    if (iy < 0 || iy >= h || ix < 0 || ix >= w) return 0.0f;
-    return __ldg(x + ((i64)(rowb + iy) * w + ix) * cin + t.ci);
 }
 
 // w[n, kg], 0 past N or K.
@@ -221,26 +198,6 @@ constexpr int B_PER = BN / ROWS;     // 16
 static_assert(BK == 32, "one K column per lane");
 static_assert(THREADS == 128 && BM == 64 && BN == 64, "4 warps of 32 × 32");
 
-struct OpTf32 {
-    typedef float T;
-    typedef wmma::precision::tf32 Frag;
-    static constexpr bool IS_TF32 = true;
-    static constexpr int K = 8;
-    static constexpr int LDA = 36;  // 144 B rows
-    __device__ __forceinline__ static float from_float(float v) { return wmma::__float_to_tf32(v); }
-};
-
-struct OpBf16 {
-    typedef __nv_bfloat16 T;
-    typedef __nv_bfloat16 Frag;
-    static constexpr bool IS_TF32 = false;
-    static constexpr int K = 16;
-    static constexpr int LDA = 40;  // 80 B rows
-    __device__ __forceinline__ static __nv_bfloat16 from_float(float v) {
-        return __float2bfloat16_rn(v);
-    }
-};
-
 __host__ __device__ constexpr int cmax(int a, int b) { return a > b ? a : b; }
 
 template <class Op>
@@ -343,9 +300,9 @@ __device__ __forceinline__ void conv_tc(const float* __restrict__ x, const float
 }  // namespace tc
 
 extern "C" __global__ void __launch_bounds__(128) conv_implicit_tf32(const float* __restrict__ x, const float* __restrict__ wt, const float* __restrict__ bias, const float* residual, float* y, int mtotal, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int relu) {
-    tc::conv_tc<tc::OpTf32>(x, wt, bias, residual, y, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, relu);
+    tc::conv_tc<OpTf32>(x, wt, bias, residual, y, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, relu);
 }
 
 extern "C" __global__ void __launch_bounds__(128) conv_implicit_bf16(const float* __restrict__ x, const float* __restrict__ wt, const float* __restrict__ bias, const float* residual, float* y, int mtotal, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int relu) {
-    tc::conv_tc<tc::OpBf16>(x, wt, bias, residual, y, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, relu);
+    tc::conv_tc<OpBf16>(x, wt, bias, residual, y, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, relu);
 }

@@ -524,6 +524,59 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const unsigned (&a)[4],
 #endif
 }
 
+// ldmatrix.sync.aligned.m8n8.x{NUM}[.trans].shared.b16: lane l passes the address of row l % 8
+// of matrix l / 8 (16 bytes, 16-byte aligned); register m receives matrix m's elements
+// (g, 2t..2t+1), with TRANS (2t..2t+1, g), the smaller column (row) in the low half.
+template <int NUM, bool TRANS>
+__device__ __forceinline__ void ldsm(unsigned (&r)[NUM], const void* row) {
+#ifdef PRRNET_CUDA_EMU
+    ::emu::ldmatrix(r, NUM, TRANS, row);
+#else
+    const unsigned s = (unsigned)__cvta_generic_to_shared(row);
+    if constexpr (NUM == 4 && TRANS) {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(s));
+    } else if constexpr (NUM == 4) {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(s));
+    } else {
+        static_assert(NUM == 2 && TRANS, "ldsm: only x4, x4.trans and x2.trans are used");
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+                     : "=r"(r[0]), "=r"(r[1])
+                     : "r"(s));
+    }
+#endif
+}
+
+// BF16 fragments by ldmatrix from a tile with row pitch `ld` elements (rows 16-byte aligned).
+// A of m16n8k16 (rows r0.., k0..) from a row-major [row][k] tile: a0..a3 are the 8×8 matrices
+// (rows +0, k +0), (+8, +0), (+0, +8), (+8, +8).
+__device__ __forceinline__ void ldsm_a(const __nv_bfloat16* s, int ld, int r0, int k0, int lane,
+                                       unsigned (&a)[4]) {
+    const int m = lane >> 3;
+    ldsm<4, false>(a, s + (r0 + (lane & 7) + 8 * (m & 1)) * ld + k0 + 8 * (m >> 1));
+}
+// B of two n8 tiles (n0.., n0 + 8..; k0..) from an [n][k] tile: b[0], b[1] of the first,
+// b[2], b[3] of the second.
+__device__ __forceinline__ void ldsm_b2(const __nv_bfloat16* s, int ld, int n0, int k0, int lane,
+                                        unsigned (&b)[4]) {
+    const int m = lane >> 3;
+    ldsm<4, false>(b, s + (n0 + (lane & 7) + 8 * (m >> 1)) * ld + k0 + 8 * (m & 1));
+}
+// The same from a [k][n] tile (transposed load): rows k0.., columns n0...
+__device__ __forceinline__ void ldsm_bt2(const __nv_bfloat16* s, int ld, int k0, int n0, int lane,
+                                         unsigned (&b)[4]) {
+    const int m = lane >> 3;
+    ldsm<4, true>(b, s + (k0 + (lane & 7) + 8 * (m & 1)) * ld + n0 + 8 * (m >> 1));
+}
+// B of one n8 tile from a [k][n] tile (lanes 16–31 repeat lanes 0–15's addresses, unused).
+__device__ __forceinline__ void ldsm_bt1(const __nv_bfloat16* s, int ld, int k0, int n0, int lane,
+                                         unsigned (&b)[2]) {
+    ldsm<2, true>(b, s + (k0 + (lane & 7) + 8 * ((lane >> 3) & 1)) * ld + n0);
+}
+
 __device__ __forceinline__ unsigned tf32_bits(float x) {
     return __float_as_uint(wmma::__float_to_tf32(x));
 }
@@ -602,7 +655,7 @@ constexpr int F_THREADS = 256;
 constexpr int F_BM = 128;
 constexpr int F_BN = 128;
 
-template <class Op, int NBT>
+template <class Op, int NBT, bool LDSM = false>
 __device__ __forceinline__ void forward(const typename Op::T* __restrict__ qop,
                                         const unsigned* __restrict__ pixbins, int npix,
                                         int npad, int cpad, int h, int w, int n,
@@ -667,6 +720,23 @@ __device__ __forceinline__ void forward(const typename Op::T* __restrict__ qop,
 #pragma unroll
         for (int k0 = 0; k0 < KC; k0 += KSTEP) {
             unsigned a[2][4];
+            if constexpr (LDSM) {
+                // v3: one ldmatrix per A fragment and per two B fragments (6 loads per 16 MMAs
+                // instead of 24).
+                static_assert(!Op::IS_TF32, "ldmatrix fragments are BF16 only");
+                ldsm_a(sI, Op::LDA, wr * 32, k0, lane, a[0]);
+                ldsm_a(sI, Op::LDA, wr * 32 + 16, k0, lane, a[1]);
+#pragma unroll
+                for (int x = 0; x < 8; x += 2) {
+                    unsigned bb[4];
+                    ldsm_b2(sJ, Op::LDA, wc * 64 + x * 8, k0, lane, bb);
+                    mma<Op>(acc[0][x], a[0], bb[0], bb[1]);
+                    mma<Op>(acc[1][x], a[1], bb[0], bb[1]);
+                    mma<Op>(acc[0][x + 1], a[0], bb[2], bb[3]);
+                    mma<Op>(acc[1][x + 1], a[1], bb[2], bb[3]);
+                }
+                continue;
+            }
             frag_a<Op>(sI, wr * 32, k0, g, tq, a[0]);
             frag_a<Op>(sI, wr * 32 + 16, k0, g, tq, a[1]);
 #pragma unroll
@@ -1045,6 +1115,276 @@ __device__ __forceinline__ void backward(const typename Op::T* __restrict__ qop,
 
 }  // namespace v2
 
+// =============================================================================================
+// v3 (BF16): the v2 forward with ldmatrix fragment loads, and a backward that keeps dq in
+// registers.
+// =============================================================================================
+//
+// Why a new backward: v2's keeps dq [64][Cp] in shared memory and adds every 32-channel chunk's
+// product into it (a load and a store per accumulator per chunk, two barriers per chunk), with
+// 4 warps per SM and each B fragment assembled from four 16-bit loads; on the H100 it ran at
+// about 5% of the tensor-core rate. Here:
+//
+// Block = 256 threads (8 warps) × 64 rows i, grid (⌈N/64⌉, B); 64-column tiles j.
+//   Shared memory: Q_I [64][Cp + 8] bf16 (loaded once), Q_J [2][64][Cp + 8] bf16 (double
+//   buffer: tile jt + 1 is copied with cp.async while tile jt is computed), M [64][72] bf16,
+//   gt of the row tile [64][nb] and of the column tile [2][64][nb] f32, the column tile's packed
+//   bins, l and D [2][3][64]. Row pitches ≡ 16 bytes (mod 128) or ≡ 80: every ldmatrix phase
+//   (8 rows of 16 bytes) is conflict-free.
+// Per column tile jt:
+//   1. S [64 × 64] = Q_I·Q_Jᵀ: warp (wr, wc) = (warp / 4, warp % 4) owns rows 32·wr.., columns
+//      16·wc.. (2 m16 × 2 n8 accumulators); per k16 step 2 ldmatrix.x4 for A, 1 for B.
+//   2. M = dS + dSᵀ in registers (as v2, with g_ij, g_ji gathered from the gt tables in shared
+//      memory), rounded to BF16 and stored to M [64][72]. Barrier.
+//   3. dq [64 × Cp] += M·Q_J: warp (wr, wn) = (warp / 4, warp % 4) owns rows 32·wr.. and
+//      channels wn·Cp/4.. (Cp/32 ≤ 15 n8 tiles, 2 × 15 × 4 = 120 f32 registers): per k16 step
+//      (4 per tile) 2 ldmatrix.x4 for A (M) and one ldmatrix.x4.trans per two n8 tiles of B
+//      (Q_J read as [k = j][n = channel]).
+//   One barrier at the top of the next tile (its data landed; everyone is done with M and with
+//   the buffer the next copy overwrites).
+// Finally dq goes through shared memory (f32 [64][Cp + 8], over the Q_J buffers) to the
+// normalisation backward, one warp per row.
+// Each dq element sums its column tiles in order, each tile's 64 products in the MMA's fixed
+// order: deterministic, no atomics. Cp ≤ 480 (C ≤ 480; the host falls back to v2 above).
+namespace v3 {
+
+constexpr int THREADS = 256;
+constexpr int BM = 64;
+constexpr int BN = 64;
+constexpr int MAX_NT = 15;  // dq n8 tiles per warp: Cp / 32
+constexpr int LDM = BN + 8;  // M row pitch (bf16): 144 bytes
+
+// Byte offsets of the shared-memory regions (host: src/backend/cuda/relation_tc.rs `v3`).
+struct Smem {
+    int qi, qj, m, gti, gtj, col, total;
+    __device__ Smem(int cpad, int nb) {
+        const int ldq = cpad + 8;
+        qi = 0;
+        qj = qi + align128(BM * ldq * 2);
+        m = qj + align128(2 * BN * ldq * 2);
+        gti = m + align128(BM * LDM * 2);
+        gtj = gti + align128(BM * nb * 4);
+        col = gtj + align128(2 * BN * nb * 4);
+        total = col + 2 * 3 * BN * 4;
+    }
+};
+
+__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
+#ifdef PRRNET_CUDA_EMU
+    ::emu::cp_async(dst, src, 4);
+#else
+    const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
+    const size_t g = __cvta_generic_to_global(src);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(g) : "memory");
+#endif
+}
+
+__device__ __forceinline__ void backward_bf16(
+    const __nv_bfloat16* __restrict__ qop, const unsigned* __restrict__ pixbins,
+    const float* __restrict__ f, const float* __restrict__ qnorm, const float* __restrict__ norms,
+    const float* __restrict__ lsum, const float* __restrict__ dvec, const float* __restrict__ gt,
+    int npix, int npad, int c, int cpad, int n, float* __restrict__ df) {
+    typedef __nv_bfloat16 T;
+    extern __shared__ __align__(128) unsigned char smem[];
+    const int nb = n * n, ldq = cpad + 8, nt = cpad / 32;
+    const Smem L(cpad, nb);
+    T* qi = reinterpret_cast<T*>(smem + L.qi);
+    T* qj = reinterpret_cast<T*>(smem + L.qj);  // [2][BN][ldq]
+    T* ms = reinterpret_cast<T*>(smem + L.m);
+    float* gti = reinterpret_cast<float*>(smem + L.gti);
+    float* gtj = reinterpret_cast<float*>(smem + L.gtj);  // [2][BN][nb]
+    unsigned char* col = smem + L.col;                  // [2] × {pixbins, l, D} [BN]
+
+    const int b = blockIdx.y, i0 = blockIdx.x * BM, t = threadIdx.x;
+    const int warp = t >> 5, lane = t & 31, g = lane >> 2, tq = lane & 3;
+    const int wr = warp >> 2, wc = warp & 3;
+    const i64 base = (i64)b * npix;
+    const T* qb = qop + (i64)b * npad * cpad;
+    const int nj = (npix + BN - 1) / BN;
+    const int vpr = cpad / 8;  // 16-byte vectors per operand row
+
+    // Copies of column tile jt into buffer `buf` (rows beyond N: operand rows are zero up to
+    // Np ≥ 64·nj; gt, l and D are not copied and never read).
+    auto load_j = [&](int jt, int buf) {
+        const int j0 = jt * BN;
+        T* dst = qj + buf * BN * ldq;
+        for (int v = t; v < BN * vpr; v += THREADS) {
+            const int r = v / vpr, cc = (v - r * vpr) * 8;
+            v2::cp_async16(dst + r * ldq + cc, qb + (i64)(j0 + r) * cpad + cc);
+        }
+        const int rows = min(BN, npix - j0);
+        float* gd = gtj + buf * BN * nb;
+        const float* gs = gt + (base + j0) * nb;
+        for (int e = t; e < rows * nb; e += THREADS) cp_async4(gd + e, gs + e);
+        // Thread t < 3·BN copies word t of {pixbins, l, D} [BN] (every pixbins entry: j < Np).
+        unsigned char* cb = col + buf * 3 * BN * 4;
+        const int part = t / BN, r = t - part * BN;
+        if (part == 0) cp_async4(cb + t * 4, pixbins + j0 + r);
+        else if (part == 1 && r < rows) cp_async4(cb + t * 4, lsum + base + j0 + r);
+        else if (part == 2 && r < rows) cp_async4(cb + t * 4, dvec + base + j0 + r);
+    };
+
+    // The row tile: operands and gt rows (i < N).
+    for (int v = t; v < BM * vpr; v += THREADS) {
+        const int r = v / vpr, cc = (v - r * vpr) * 8;
+        v2::cp_async16(qi + r * ldq + cc, qb + (i64)(i0 + r) * cpad + cc);
+    }
+    {
+        const int rows = min(BM, npix - i0);
+        const float* gs = gt + (base + i0) * nb;
+        for (int e = t; e < rows * nb; e += THREADS) cp_async4(gti + e, gs + e);
+    }
+    load_j(0, 0);
+    v2::cp_async_commit();
+
+    // This thread's four score rows: (m, hh) ↔ local row 32·wr + 16·m + g + 8·hh.
+    bool okI[2][2];
+    unsigned pkI[2][2];
+    float invlI[2][2], dI[2][2];
+#pragma unroll
+    for (int m = 0; m < 2; ++m)
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+            const int i = i0 + wr * 32 + m * 16 + g + 8 * hh;
+            okI[m][hh] = i < npix;
+            pkI[m][hh] = __ldg(pixbins + i);  // i < Np
+            invlI[m][hh] = okI[m][hh] ? 1.0f / lsum[base + i] : 0.0f;
+            dI[m][hh] = okI[m][hh] ? dvec[base + i] : 0.0f;
+        }
+
+    float dq[2][MAX_NT][4];
+#pragma unroll
+    for (int m = 0; m < 2; ++m)
+#pragma unroll
+        for (int x = 0; x < MAX_NT; ++x)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) dq[m][x][e] = 0.0f;
+    const int cw0 = wc * (cpad / 4);  // this warp's first dq channel
+
+    for (int jt = 0; jt < nj; ++jt) {
+        const int buf = jt & 1;
+        v2::cp_async_wait<0>();
+        __syncthreads();  // tile jt landed; M and buffer buf ^ 1 are free
+        if (jt + 1 < nj) load_j(jt + 1, buf ^ 1);
+        v2::cp_async_commit();
+        const T* sj = qj + buf * BN * ldq;
+        const float* gtJ = gtj + buf * BN * nb;
+        const unsigned* pkJs = reinterpret_cast<const unsigned*>(col + buf * 3 * BN * 4);
+        const float* lJs = reinterpret_cast<const float*>(pkJs + BN);
+        const float* dJs = lJs + BN;
+
+        // 1. Scores: rows 32·wr.., columns 16·wc.. of the tile.
+        float acc[2][2][4];
+#pragma unroll
+        for (int m = 0; m < 2; ++m)
+#pragma unroll
+            for (int x = 0; x < 2; ++x)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) acc[m][x][e] = 0.0f;
+        for (int k0 = 0; k0 < cpad; k0 += 16) {
+            unsigned a0[4], a1[4], bb[4];
+            v2::ldsm_a(qi, ldq, wr * 32, k0, lane, a0);
+            v2::ldsm_a(qi, ldq, wr * 32 + 16, k0, lane, a1);
+            v2::ldsm_b2(sj, ldq, wc * 16, k0, lane, bb);
+            v2::mma_bf16(acc[0][0], a0, bb[0], bb[1]);
+            v2::mma_bf16(acc[1][0], a1, bb[0], bb[1]);
+            v2::mma_bf16(acc[0][1], a0, bb[2], bb[3]);
+            v2::mma_bf16(acc[1][1], a1, bb[2], bb[3]);
+        }
+
+        // 2. M_ij = e_ij (g_ij − D_i) / l_i + e_ij (g_ji − D_j) / l_j (0 outside N); the
+        // accumulator (m, x, e) is row 32·wr + 16·m + g + 8·(e / 2), column 16·wc + 8·x + 2·tq
+        // + e % 2.
+#pragma unroll
+        for (int x = 0; x < 2; ++x) {
+            float mv[2][2][2];  // [m][hh][q]
+#pragma unroll
+            for (int q = 0; q < 2; ++q) {
+                const int jl = wc * 16 + x * 8 + 2 * tq + q;
+                const bool okj = jt * BN + jl < npix;
+                const unsigned pkJ = pkJs[jl];
+                const float invlJ = okj ? 1.0f / lJs[jl] : 0.0f;
+                const float dJ = okj ? dJs[jl] : 0.0f;
+#pragma unroll
+                for (int m = 0; m < 2; ++m)
+#pragma unroll
+                    for (int hh = 0; hh < 2; ++hh) {
+                        float v = 0.0f;
+                        if (okj && okI[m][hh]) {
+                            const int il = wr * 32 + m * 16 + g + 8 * hh;
+                            const float ex = __expf(acc[m][x][2 * hh + q] - 1.0f);
+                            const float gij = bins_sum(gti + il * nb, n, pkJ & 0xFF,
+                                                       (pkJ >> 8) & 0xFF, (pkJ >> 16) & 0xFF,
+                                                       pkJ >> 24);
+                            const unsigned pi = pkI[m][hh];
+                            const float gji = bins_sum(gtJ + jl * nb, n, pi & 0xFF,
+                                                       (pi >> 8) & 0xFF, (pi >> 16) & 0xFF,
+                                                       pi >> 24);
+                            v = ex * invlI[m][hh] * (gij - dI[m][hh]) + ex * invlJ * (gji - dJ);
+                        }
+                        mv[m][hh][q] = v;
+                    }
+            }
+#pragma unroll
+            for (int m = 0; m < 2; ++m)
+#pragma unroll
+                for (int hh = 0; hh < 2; ++hh) {
+                    const int il = wr * 32 + m * 16 + g + 8 * hh;
+                    *reinterpret_cast<unsigned*>(ms + il * LDM + wc * 16 + x * 8 + 2 * tq) =
+                        v2::bf16_pair(mv[m][hh][0], mv[m][hh][1]);
+                }
+        }
+        __syncthreads();  // M complete
+
+        // 3. dq[rows 32·wr.., channels cw0..] += M[rows, 0..64) · Q_J[0..64, channels].
+#pragma unroll
+        for (int k0 = 0; k0 < BN; k0 += 16) {
+            unsigned a0[4], a1[4];
+            v2::ldsm_a(ms, LDM, wr * 32, k0, lane, a0);
+            v2::ldsm_a(ms, LDM, wr * 32 + 16, k0, lane, a1);
+#pragma unroll
+            for (int x = 0; x < MAX_NT; x += 2) {
+                if (x + 1 < nt) {
+                    unsigned bb[4];
+                    v2::ldsm_bt2(sj, ldq, k0, cw0 + x * 8, lane, bb);
+                    v2::mma_bf16(dq[0][x], a0, bb[0], bb[1]);
+                    v2::mma_bf16(dq[1][x], a1, bb[0], bb[1]);
+                    v2::mma_bf16(dq[0][x + 1], a0, bb[2], bb[3]);
+                    v2::mma_bf16(dq[1][x + 1], a1, bb[2], bb[3]);
+                } else if (x < nt) {
+                    unsigned bb[2];
+                    v2::ldsm_bt1(sj, ldq, k0, cw0 + x * 8, lane, bb);
+                    v2::mma_bf16(dq[0][x], a0, bb[0], bb[1]);
+                    v2::mma_bf16(dq[1][x], a1, bb[0], bb[1]);
+                }
+            }
+        }
+    }
+    v2::cp_async_wait<0>();
+    __syncthreads();  // every warp is done with Q_J: its bytes become dq [BM][ldq] f32
+
+    float* dqs = reinterpret_cast<float*>(qj);
+#pragma unroll
+    for (int m = 0; m < 2; ++m)
+#pragma unroll
+        for (int x = 0; x < MAX_NT; ++x) {
+            if (x >= nt) continue;
+            const int row = wr * 32 + m * 16 + g, ch = cw0 + x * 8 + 2 * tq;
+            *reinterpret_cast<float2*>(dqs + row * ldq + ch) = make_float2(dq[m][x][0], dq[m][x][1]);
+            *reinterpret_cast<float2*>(dqs + (row + 8) * ldq + ch) = make_float2(dq[m][x][2], dq[m][x][3]);
+        }
+    __syncthreads();
+    // Normalisation backward, one warp per row.
+    for (int rr = warp; rr < BM; rr += THREADS / 32) {
+        const int i = i0 + rr;
+        if (i >= npix) continue;  // uniform per warp
+        norm_backward_row(f + (base + i) * c, dqs + rr * ldq, c, qnorm[base + i], norms[base + i],
+                          df + (base + i) * c, lane);
+    }
+}
+
+}  // namespace v3
+
 extern "C" __global__ void __launch_bounds__(256, 1) relation_tc_v2_forward_tf32_b2(const float* __restrict__ qop, const unsigned* __restrict__ pixbins, int npix, int npad, int cpad, int h, int w, int n, float* __restrict__ lsum, float* __restrict__ p) {
     v2::forward<OpTf32, 2>(qop, pixbins, npix, npad, cpad, h, w, n, lsum, p);
 }
@@ -1069,4 +1409,17 @@ extern "C" __global__ void __launch_bounds__(128, 1) relation_tc_v2_backward_tf3
 }
 extern "C" __global__ void __launch_bounds__(128, 1) relation_tc_v2_backward_bf16(const __nv_bfloat16* __restrict__ qop, const unsigned* __restrict__ pixbins, const float* __restrict__ f, const float* __restrict__ qnorm, const float* __restrict__ norms, const float* __restrict__ lsum, const float* __restrict__ dvec, const float* __restrict__ gt, int npix, int npad, int c, int cpad, int n, float* __restrict__ df) {
     v2::backward<OpBf16>(qop, pixbins, f, qnorm, norms, lsum, dvec, gt, npix, npad, c, cpad, n, df);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 1) relation_tc_v3_forward_bf16_b2(const __nv_bfloat16* __restrict__ qop, const unsigned* __restrict__ pixbins, int npix, int npad, int cpad, int h, int w, int n, float* __restrict__ lsum, float* __restrict__ p) {
+    v2::forward<OpBf16, 2, true>(qop, pixbins, npix, npad, cpad, h, w, n, lsum, p);
+}
+extern "C" __global__ void __launch_bounds__(256, 1) relation_tc_v3_forward_bf16_b4(const __nv_bfloat16* __restrict__ qop, const unsigned* __restrict__ pixbins, int npix, int npad, int cpad, int h, int w, int n, float* __restrict__ lsum, float* __restrict__ p) {
+    v2::forward<OpBf16, 4, true>(qop, pixbins, npix, npad, cpad, h, w, n, lsum, p);
+}
+extern "C" __global__ void __launch_bounds__(256, 1) relation_tc_v3_forward_bf16_b8(const __nv_bfloat16* __restrict__ qop, const unsigned* __restrict__ pixbins, int npix, int npad, int cpad, int h, int w, int n, float* __restrict__ lsum, float* __restrict__ p) {
+    v2::forward<OpBf16, 8, true>(qop, pixbins, npix, npad, cpad, h, w, n, lsum, p);
+}
+extern "C" __global__ void __launch_bounds__(256, 1) relation_tc_v3_backward_bf16(const __nv_bfloat16* __restrict__ qop, const unsigned* __restrict__ pixbins, const float* __restrict__ f, const float* __restrict__ qnorm, const float* __restrict__ norms, const float* __restrict__ lsum, const float* __restrict__ dvec, const float* __restrict__ gt, int npix, int npad, int c, int cpad, int n, float* __restrict__ df) {
+    v3::backward_bf16(qop, pixbins, f, qnorm, norms, lsum, dvec, gt, npix, npad, c, cpad, n, df);
 }

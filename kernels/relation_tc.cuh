@@ -5,32 +5,7 @@
 #include <mma.h>
 
 #include "common.cuh"
-
-// ---- operand types ---------------------------------------------------------------------------
-// The tensor-core operand copy of q: TF32 values stored as f32 (rounded to nearest, ties away,
-// by cvt.rna.tf32.f32, so the low 13 mantissa bits are zero) or BF16 (round to nearest even).
-
-struct OpTf32 {
-    typedef float T;
-    typedef nvcuda::wmma::precision::tf32 Frag;
-    static constexpr bool IS_TF32 = true;
-    static constexpr int K = 8;     // WMMA k for TF32
-    static constexpr int LDA = 36;  // smem row pitch (elements) of a 32-channel chunk: 144 B
-    __device__ __forceinline__ static float from_float(float x) {
-        return nvcuda::wmma::__float_to_tf32(x);
-    }
-};
-
-struct OpBf16 {
-    typedef __nv_bfloat16 T;
-    typedef __nv_bfloat16 Frag;
-    static constexpr bool IS_TF32 = false;
-    static constexpr int K = 16;    // WMMA k for BF16
-    static constexpr int LDA = 40;  // smem row pitch (elements) of a 32-channel chunk: 80 B
-    __device__ __forceinline__ static __nv_bfloat16 from_float(float x) {
-        return __float2bfloat16_rn(x);
-    }
-};
+#include "wmma_ops.cuh"
 
 __host__ __device__ constexpr int align128(int bytes) { return (bytes + 127) & ~127; }
 

@@ -12,15 +12,15 @@
 //! Pointwise convolutions (1×1, stride 1, no padding) always stay on cuBLAS. The algorithm is
 //! chosen with [`CudaBackend::set_conv_algo`]; `PRRNET_CONV_ALGO=im2col|implicit` sets the
 //! initial choice when the backend is created. Backward: with the implicit algorithm, the
-//! data gradient of a stride-1 convolution runs on the same kernels (see
-//! [`conv2d_backward`]); everything else stays on `conv.rs`.
+//! data gradient of a stride-1 convolution runs on the same kernels and the TF32 / BF16 weight
+//! gradient on `conv_wgrad.rs` (see [`conv2d_backward`]); everything else stays on `conv.rs`.
 
 use std::sync::atomic::Ordering;
 
 use super::context::{check_len, int, Arg, CudaBackend, Kernel};
 use super::kernels::names::conv as kc;
 use super::kernels::names::conv_implicit as kci;
-use super::{conv, elementwise as ew};
+use super::{conv, conv_wgrad, elementwise as ew};
 use crate::backend::{ConvShape, Precision};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -254,11 +254,14 @@ fn transposed(s: &ConvShape) -> Option<ConvShape> {
     Some(t)
 }
 
-/// `Backend::conv2d_backward` on the GPU. With the implicit algorithm, the data gradient of a
-/// stride-1 convolution is `dx += conv(dy, flip(w)ᵀ, pad k − 1 − p)` on the implicit-GEMM
-/// forward kernels (the accumulation is the epilogue's residual term, with residual = y = dx),
-/// so the k²-times-larger column gradient of the im2col path is never written. The weight
-/// gradient, the bias gradient and every other shape stay on `conv.rs` (im2col + cuBLAS).
+/// `Backend::conv2d_backward` on the GPU. With the implicit algorithm:
+/// - the data gradient of a stride-1 convolution is `dx += conv(dy, flip(w)ᵀ, pad k − 1 − p)` on
+///   the implicit-GEMM forward kernels (the accumulation is the epilogue's residual term, with
+///   residual = y = dx), so the k²-times-larger column gradient of the im2col path is never
+///   written;
+/// - the weight gradient at TF32 / BF16 is `conv_wgrad.rs` (implicit, split over the pixels).
+///
+/// The bias gradient and everything else stay on `conv.rs` (im2col + cuBLAS).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn conv2d_backward(
     be: &CudaBackend,
@@ -270,30 +273,40 @@ pub(crate) fn conv2d_backward(
     dw: Option<Tensor>,
     dbias: Option<Tensor>,
 ) -> Result<()> {
-    let (dx_t, t) = match (dx, transposed(s)) {
-        (Some(dx_t), Some(t)) if be.conv_algo() == ConvAlgo::Implicit => (dx_t, t),
-        _ => return conv::conv2d_backward(be, s, x, w, dy, dx, dw, dbias),
-    };
+    if s.is_pointwise() || be.conv_algo() != ConvAlgo::Implicit {
+        return conv::conv2d_backward(be, s, x, w, dy, dx, dw, dbias);
+    }
     check_len("conv x", x, s.x_len())?;
     check_len("conv w", w, s.w_len())?;
     check_len("conv dy", dy, s.y_len())?;
-    check_len("conv dx", dx_t, s.x_len())?;
-    let wlen = s.w_len();
-    let (wp, dyp, dxp) = (be.ptr(w)?, be.ptr(dy)?, be.ptr(dx_t)?);
-    be.with_workspace(wlen, |wt| {
-        be.launch_1d(
-            kc::CONV_FLIP_WEIGHTS,
-            wlen,
-            &[
-                Arg::Ptr(wp),
-                Arg::Ptr(wt),
-                Arg::I32(int("cout", s.cout)?),
-                Arg::I32(int("k", s.k)?),
-                Arg::I32(int("cin", s.cin)?),
-                Arg::I64(wlen as i64),
-            ],
-        )?;
-        launch_implicit_ptrs(be, &t, [dyp, wt, 0, dxp, dxp], false)
-    })?;
-    conv::conv2d_backward(be, s, x, w, dy, None, dw, dbias)
+    let (mut dx_rest, mut dw_rest) = (dx, dw);
+    if let (Some(dx_t), Some(t)) = (dx, transposed(s)) {
+        check_len("conv dx", dx_t, s.x_len())?;
+        let wlen = s.w_len();
+        let (wp, dyp, dxp) = (be.ptr(w)?, be.ptr(dy)?, be.ptr(dx_t)?);
+        be.with_workspace(wlen, |wt| {
+            be.launch_1d(
+                kc::CONV_FLIP_WEIGHTS,
+                wlen,
+                &[
+                    Arg::Ptr(wp),
+                    Arg::Ptr(wt),
+                    Arg::I32(int("cout", s.cout)?),
+                    Arg::I32(int("k", s.k)?),
+                    Arg::I32(int("cin", s.cin)?),
+                    Arg::I64(wlen as i64),
+                ],
+            )?;
+            launch_implicit_ptrs(be, &t, [dyp, wt, 0, dxp, dxp], false)
+        })?;
+        dx_rest = None;
+    }
+    if let Some(dw_t) = dw {
+        if conv_wgrad::supports(be.precision_impl()) {
+            check_len("conv dw", dw_t, s.w_len())?;
+            conv_wgrad::conv2d_wgrad(be, s, x, dy, dw_t)?;
+            dw_rest = None;
+        }
+    }
+    conv::conv2d_backward(be, s, x, w, dy, dx_rest, dw_rest, dbias)
 }

@@ -13,6 +13,7 @@ mod blas;
 mod context;
 mod conv;
 mod conv_implicit;
+mod conv_wgrad;
 mod elementwise;
 mod graph;
 mod head;

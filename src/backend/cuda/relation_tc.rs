@@ -7,6 +7,10 @@
 //! - [`RelationVersion::V2`]: kernels/relation_tc.cu `v2`, `mma.sync` from registers, a 3-stage
 //!   `cp.async` pipeline, register-resident epilogues (the bin sums as a second MMA against the
 //!   0/1 bin membership; `M = dS + dSᵀ` turned into A fragments in place). Forward needs n ≤ 8.
+//! - [`RelationVersion::V3`] (BF16 only): kernels/relation_tc.cu `v3`, v2's forward with
+//!   `ldmatrix` fragment loads; a backward with 8 warps that keeps `dq` in registers (one
+//!   `M` tile through shared memory per column tile, `Q_J` double-buffered whole). Forward needs
+//!   n ≤ 8, backward C ≤ 480.
 //!
 //! The tensor-core versions read a padded operand copy of `q` that their normalisation kernel
 //! writes into the workspace: `[B, Np, Cp]` with `Np` = N rounded up to 128 and `Cp` = C rounded
@@ -39,12 +43,15 @@ pub enum RelationVersion {
     V1,
     /// `mma.sync` tensor cores, `cp.async` pipeline, register epilogues (TF32, BF16).
     V2,
+    /// `ldmatrix` + `mma.sync`, `dq` in registers in the backward (BF16).
+    V3,
 }
 
-const ALL_VERSIONS: [RelationVersion; 3] = [
+const ALL_VERSIONS: [RelationVersion; 4] = [
     RelationVersion::Simt,
     RelationVersion::V1,
     RelationVersion::V2,
+    RelationVersion::V3,
 ];
 
 /// Every version, the exact one first.
@@ -59,6 +66,7 @@ impl RelationVersion {
             RelationVersion::Simt => "simt",
             RelationVersion::V1 => "v1",
             RelationVersion::V2 => "v2",
+            RelationVersion::V3 => "v3",
         }
     }
 
@@ -67,6 +75,7 @@ impl RelationVersion {
         match self {
             RelationVersion::Simt => &[Precision::Fp32],
             RelationVersion::V1 | RelationVersion::V2 => &[Precision::Tf32, Precision::Bf16],
+            RelationVersion::V3 => &[Precision::Bf16],
         }
     }
 
@@ -83,6 +92,10 @@ impl RelationVersion {
             RelationVersion::V2 => {
                 "mma.sync tensor cores: 128x128 forward / 64x64 backward tiles, 3-stage cp.async \
                  pipeline, bins as a second MMA and M = dS + dS^T in registers (relation_tc.cu v2)"
+            }
+            RelationVersion::V3 => {
+                "ldmatrix + mma.sync: v2's forward; backward 64x64 tiles on 8 warps with dq in \
+                 registers, Q_J double-buffered, M through shared memory (relation_tc.cu v3)"
             }
         }
     }
@@ -166,6 +179,28 @@ mod v2 {
     }
 }
 
+mod v3 {
+    pub const THREADS: u32 = 256;
+    pub const BM: usize = 64;
+    pub const BN: usize = 64;
+    /// M tile row pitch (bf16).
+    pub const LDM: usize = BN + 8;
+    /// Largest padded channel count of the backward (dq's Cp/32 n8 tiles per warp in registers).
+    pub const MAX_CPAD: usize = 480;
+
+    /// Dynamic shared memory of the backward (kernels/relation_tc.cu `v3::Smem`).
+    pub fn backward_smem(cpad: usize, nb: usize) -> usize {
+        let a = super::a128;
+        let ldq = cpad + 8;
+        a(BM * ldq * 2)
+            + a(2 * BN * ldq * 2)
+            + a(BM * LDM * 2)
+            + a(BM * nb * 4)
+            + a(2 * BN * nb * 4)
+            + 2 * 3 * BN * 4
+    }
+}
+
 /// Dynamic shared memory of a version's forward kernel.
 fn forward_smem(v: RelationVersion, p: Precision, n: usize) -> usize {
     let (ob, lda) = operand(p);
@@ -179,7 +214,7 @@ fn forward_smem(v: RelationVersion, p: Precision, n: usize) -> usize {
                 + a128(v1::F_BN * 4)
                 + nb * v1::F_BM * 4
         }
-        RelationVersion::V2 => {
+        RelationVersion::V2 | RelationVersion::V3 => {
             let stages = v2::STAGES * (v2::F_BM + v2::F_BN) * lda * ob;
             let combine = v2::F_BM * (v2::nbt(n) * 8 + 1) * 4;
             stages.max(combine)
@@ -209,6 +244,7 @@ fn backward_smem(v: RelationVersion, p: Precision, n: usize, c: usize) -> usize 
         RelationVersion::V2 => {
             v2::B_BM * (cpad + 8) * 4 + v2::STAGES * (v2::B_BM + v2::B_BN) * lda * ob
         }
+        RelationVersion::V3 => v3::backward_smem(cpad, nb),
     }
 }
 
@@ -254,7 +290,7 @@ struct TcKernels {
 
 fn tc_kernels(v: RelationVersion, p: Precision, n: usize) -> Option<TcKernels> {
     use Precision::{Bf16, Tf32};
-    use RelationVersion::{V1, V2};
+    use RelationVersion::{V1, V2, V3};
     let normalize = match p {
         Tf32 => kt::RELATION_TC_NORMALIZE_TF32,
         Bf16 => kt::RELATION_TC_NORMALIZE_BF16,
@@ -285,10 +321,19 @@ fn tc_kernels(v: RelationVersion, p: Precision, n: usize) -> Option<TcKernels> {
             },
             kt::RELATION_TC_V2_BACKWARD_BF16,
         ),
+        (V3, Bf16) => (
+            match v2::nbt(n) {
+                2 => kt::RELATION_TC_V3_FORWARD_BF16_B2,
+                4 => kt::RELATION_TC_V3_FORWARD_BF16_B4,
+                _ => kt::RELATION_TC_V3_FORWARD_BF16_B8,
+            },
+            kt::RELATION_TC_V3_BACKWARD_BF16,
+        ),
         _ => return None,
     };
     let (fwd_block, bwd_block) = match v {
         V1 => ((v1::THREADS, v1::F_BM), (v1::THREADS, v1::B_BM)),
+        V3 => ((v2::F_THREADS, v2::F_BM), (v3::THREADS, v3::BM)),
         _ => ((v2::F_THREADS, v2::F_BM), (v2::B_THREADS, v2::B_BM)),
     };
     Some(TcKernels {
@@ -325,14 +370,22 @@ fn unsupported(
     if v == RelationVersion::Simt {
         return None;
     }
-    if v == RelationVersion::V2 && !backward && s.n > v2::MAX_N {
+    let tc2 = matches!(v, RelationVersion::V2 | RelationVersion::V3);
+    if tc2 && !backward && s.n > v2::MAX_N {
         return Some(format!(
-            "relation version v2 forward keeps n² ≤ {} bins in registers; n = {}",
+            "relation version {v} forward keeps n² ≤ {} bins in registers; n = {}",
             v2::MAX_N * v2::MAX_N,
             s.n
         ));
     }
     let pd = padded(s, p);
+    if v == RelationVersion::V3 && backward && pd.cpad > v3::MAX_CPAD {
+        return Some(format!(
+            "relation version v3 backward keeps dq of at most {} channels in registers; C = {}",
+            v3::MAX_CPAD,
+            s.c
+        ));
+    }
     if i32::try_from(s.b * pd.npad).is_err() || i32::try_from(pd.npad * pd.cpad).is_err() {
         return Some(format!(
             "relation version {v}: {} rows of {} channels exceed the kernels' 32-bit range",
@@ -360,7 +413,11 @@ fn unsupported(
 }
 
 /// Tensor-core versions, fastest first.
-const TC_PREFERENCE: [RelationVersion; 2] = [RelationVersion::V2, RelationVersion::V1];
+const TC_PREFERENCE: [RelationVersion; 3] = [
+    RelationVersion::V3,
+    RelationVersion::V2,
+    RelationVersion::V1,
+];
 
 fn env_override() -> Option<RelationVersion> {
     static V: OnceLock<Option<RelationVersion>> = OnceLock::new();
@@ -550,7 +607,7 @@ fn tc_forward(
     be.with_workspace(pd.floats(), |ws| {
         let qop = ws;
         let pixbins = qop + (pd.qop_floats * 4) as u64;
-        let with_bins = v == RelationVersion::V2;
+        let with_bins = v != RelationVersion::V1;
         tc_normalize(
             be,
             k.normalize,
@@ -611,7 +668,7 @@ fn tc_backward(
         let qnorm = pixbins + (pd.pixbin_floats * 4) as u64;
         let dvec = qnorm + (v_len * 4) as u64;
         let gt = dvec + (v_len * 4) as u64;
-        let with_bins = v == RelationVersion::V2;
+        let with_bins = v != RelationVersion::V1;
         tc_normalize(
             be,
             k.normalize,
@@ -632,7 +689,7 @@ fn tc_backward(
         ];
         let mut args = vec![Arg::Ptr(qop)];
         if with_bins {
-            // v2: (qop, pixbins, f, qnorm, norms, lsum, dvec, gt, npix, npad, c, cpad, n, df)
+            // v2, v3: (qop, pixbins, f, qnorm, norms, lsum, dvec, gt, npix, npad, c, cpad, n, df)
             args.push(Arg::Ptr(pixbins));
             args.extend_from_slice(&head);
             args.extend_from_slice(&[Arg::Ptr(dvec), Arg::Ptr(gt)]);
@@ -696,7 +753,8 @@ pub fn relation_flops(s: &RelationShape, backward: bool) -> f64 {
 /// Bytes a version moves between L2/DRAM and the SMs in one call (the model, per image):
 /// every block re-reads its row tile and each column tile of the operand copy once per tile pair
 /// (forward: `⌈N/BM⌉·⌈N/BN⌉·(BM + BN)·Cp·e` bytes, `e` the operand size; the backward reads the
-/// column tile twice, for the scores and for `dq`, plus its row tile once per pair), plus the
+/// column tile twice, for the scores and for `dq`, plus its row tile once per pair; v3's
+/// backward reads the column tile once and its row tile once per block), plus the
 /// compulsory traffic: `f` read by the normalisation, the operand copy written, `p`, `lsum`,
 /// `norms` written (backward: `p`, `dp`, `f` read, `df` read and written, `gt` and `D`).
 pub fn relation_bytes(v: RelationVersion, p: Precision, s: &RelationShape, backward: bool) -> f64 {
@@ -709,23 +767,36 @@ pub fn relation_bytes(v: RelationVersion, p: Precision, s: &RelationShape, backw
                 (4.0, c, 32.0, 32.0, 1.0)
             }
         }
-        RelationVersion::V1 | RelationVersion::V2 => {
+        RelationVersion::V1 | RelationVersion::V2 | RelationVersion::V3 => {
             let (ob, _) = operand(p);
             let cp = s.c.next_multiple_of(CHAN_PAD) as f64;
-            let (fb, bb) = if v == RelationVersion::V1 {
-                ((v1::F_BM, v1::F_BN), (v1::B_BM, v1::B_BN))
-            } else {
-                ((v2::F_BM, v2::F_BN), (v2::B_BM, v2::B_BN))
+            let (fb, bb) = match v {
+                RelationVersion::V1 => ((v1::F_BM, v1::F_BN), (v1::B_BM, v1::B_BN)),
+                RelationVersion::V3 => ((v2::F_BM, v2::F_BN), (v3::BM, v3::BN)),
+                _ => ((v2::F_BM, v2::F_BN), (v2::B_BM, v2::B_BN)),
             };
-            if backward {
+            if backward && v == RelationVersion::V3 {
+                (ob as f64, cp, 0.0, bb.1 as f64, 1.0)
+            } else if backward {
                 (ob as f64, cp, bb.0 as f64, bb.1 as f64, 2.0)
             } else {
                 (ob as f64, cp, fb.0 as f64, fb.1 as f64, 1.0)
             }
         }
     };
-    let tiles = (np / bm).ceil() * (np / bn).ceil();
-    let tile_traffic = tiles * (bm + col_reads * bn) * cp * ob;
+    // Row tiles per image (v3's backward: its row tile once per block, `bm` = 0 per pair).
+    let row_tiles = if backward && v == RelationVersion::V3 {
+        (np / v3::BM as f64).ceil()
+    } else {
+        (np / bm).ceil()
+    };
+    let tiles = row_tiles * (np / bn).ceil();
+    let once = if bm == 0.0 {
+        row_tiles * v3::BM as f64 * cp * ob
+    } else {
+        0.0
+    };
+    let tile_traffic = tiles * (bm + col_reads * bn) * cp * ob + once;
     let compulsory = if backward {
         np * c * 4.0 * 4.0 + np * cp * ob + np * nb * 4.0 * 4.0 + np * 4.0 * 4.0
     } else {

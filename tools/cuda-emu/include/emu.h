@@ -124,6 +124,12 @@ void mma_m16n8k8_tf32(float (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsi
 void mma_m16n8k16_bf16(float (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
                        unsigned b0, unsigned b1);
 
+// ldmatrix.sync.aligned.m8n8.x{1,2,4}[.trans].shared.b16: lane l names row l % 8 of matrix
+// l / 8 (16 bytes; lanes from 8·num on are ignored). Register m of lane T receives matrix m's
+// b16 elements (T/4, 2(T%4)) and (T/4, 2(T%4) + 1), the first in the low half; with .trans
+// (2(T%4), T/4) and (2(T%4) + 1, T/4).
+void ldmatrix(unsigned* r, int num, bool trans, const void* row);
+
 }  // namespace emu
 
 #define threadIdx (::emu::t_thread)

@@ -434,6 +434,47 @@ void mma_m16n8k16_bf16(float (&d)[4], unsigned a0, unsigned a1, unsigned a2, uns
     warp_collective(0xffffffffu, mma_bf16_collective, &m);
 }
 
+// ---- ldmatrix --------------------------------------------------------------------------------
+namespace {
+struct LdsmLane {
+    unsigned* r;
+    const void* row;
+    int num;
+    bool trans;
+};
+
+void ldmatrix_collective(void* const* lanes, unsigned mask) {
+    if (mask != 0xffffffffu) fail("ldmatrix needs the whole warp (mask %08x)", mask);
+    const auto* l0 = static_cast<LdsmLane*>(lanes[0]);
+    const int num = l0->num;
+    const bool trans = l0->trans;
+    if (num != 1 && num != 2 && num != 4) fail("ldmatrix .x%d", num);
+    uint16_t m[4][8][8];
+    for (int l = 0; l < 32; ++l) {
+        const auto* d = static_cast<LdsmLane*>(lanes[l]);
+        if (d->num != num || d->trans != trans) fail("ldmatrix: lanes disagree on .x/.trans");
+        if (l >= 8 * num) continue;
+        const auto a = reinterpret_cast<uintptr_t>(d->row);
+        if (a == 0 || a % 16) fail("ldmatrix: lane %d row address %p is not 16-byte aligned", l, d->row);
+        memcpy(m[l / 8][l % 8], d->row, 16);
+    }
+    for (int l = 0; l < 32; ++l) {
+        auto* d = static_cast<LdsmLane*>(lanes[l]);
+        const int g = l / 4, t = l % 4;
+        for (int k = 0; k < num; ++k) {
+            const uint16_t lo = trans ? m[k][2 * t][g] : m[k][g][2 * t];
+            const uint16_t hi = trans ? m[k][2 * t + 1][g] : m[k][g][2 * t + 1];
+            d->r[k] = (unsigned)lo | ((unsigned)hi << 16);
+        }
+    }
+}
+}  // namespace
+
+void ldmatrix(unsigned* r, int num, bool trans, const void* row) {
+    LdsmLane d{r, row, num, trans};
+    warp_collective(0xffffffffu, ldmatrix_collective, &d);
+}
+
 // ---- the launch ------------------------------------------------------------------------------
 
 thread_local const char* current_kernel = nullptr;

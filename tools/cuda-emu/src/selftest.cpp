@@ -130,6 +130,34 @@ int main() {
                 CHECK(D[i][j] == want, "mma D[%d][%d] = %g, want %g", i, j, D[i][j], want);
             }
     }
+    // ldmatrix .x4 and .x4.trans: a 16×16 b16 matrix X[r][c] = r·16 + c (as raw bits) in 16-byte
+    // rows; lane l names row (l % 8) + 8·((l / 8) % 2), columns 8·(l / 16).. (matrix l / 8).
+    // Plain: register m of lane T holds X[8·(m % 2) + T/4][8·(m / 2) + 2(T%4) + {0, 1}], the
+    // m16n8k16 A fragment; trans: X[8·(m % 2) + 2(T%4) + {0, 1}][8·(m / 2) + T/4].
+    {
+        alignas(16) uint16_t X[16][16];
+        for (int r = 0; r < 16; ++r)
+            for (int c = 0; c < 16; ++c) X[r][c] = (uint16_t)(r * 16 + c);
+        unsigned got[2][32][4];
+        std::string e = launch(1, 32, 0, [&] {
+            const int l = threadIdx.x;
+            const uint16_t* row = &X[(l % 8) + 8 * ((l / 8) % 2)][8 * (l / 16)];
+            emu::ldmatrix(got[0][l], 4, false, row);
+            emu::ldmatrix(got[1][l], 4, true, row);
+        });
+        CHECK(e.empty(), "ldmatrix kernel: %s", e.c_str());
+        for (int l = 0; l < 32; ++l)
+            for (int m = 0; m < 4; ++m) {
+                const int r0 = 8 * (m % 2), c0 = 8 * (m / 2), g = l / 4, t = l % 4;
+                const unsigned plain = X[r0 + g][c0 + 2 * t] | (X[r0 + g][c0 + 2 * t + 1] << 16);
+                const unsigned trans =
+                    X[r0 + 2 * t][c0 + g] | ((unsigned)X[r0 + 2 * t + 1][c0 + g] << 16);
+                CHECK(got[0][l][m] == plain, "ldmatrix lane %d reg %d = %08x, want %08x", l, m,
+                      got[0][l][m], plain);
+                CHECK(got[1][l][m] == trans, "ldmatrix.trans lane %d reg %d = %08x, want %08x", l,
+                      m, got[1][l][m], trans);
+            }
+    }
     if (failures) {
         fprintf(stderr, "cuda-emu selftest: %d failure(s)\n", failures);
         return 1;

@@ -1,0 +1,191 @@
+// conv_wgrad.cu: the weight gradient of a k×k convolution as an implicit GEMM on tensor cores
+// (TF32 / BF16 operands, f32 accumulation), split over the output pixels. Host side:
+// src/backend/cuda/conv_wgrad.rs. Replaces im2col + a cuBLAS GEMM over the written column
+// matrix (k²/s² times the input, written and read back through DRAM) for TF32 and BF16.
+//
+// ---- the GEMM view ---------------------------------------------------------------------------
+//   dw[co, kg] += Σ_m dy[m, co] · A[m, kg],   m = (b·Ho + oy)·Wo + ox over all B·Ho·Wo pixels,
+//   A the im2col matrix (conv_gather.cuh), gathered from x while it is staged: a GEMM
+//   C [Cout × K] = dyᵀ [Cout × M] · A [M × K] whose reduction runs over the pixels. Outputs are
+//   few (Cout·K, a few thousand to half a million) and M is large (360 000 at 75×75, batch 64),
+//   so the pixels are split into `splits` contiguous slices of `mper` (a multiple of BK): block
+//   (x, y, z) computes the 64 × 64 output tile (co0 = 64·x, kg0 = 64·y) over slice z and writes
+//   it to part [splits][Cout][K]; conv_wgrad_reduce then adds the slices into dw in ascending z.
+//   Fixed slices and a fixed order: deterministic run to run (for a given shape).
+//
+// ---- conv_wgrad_{tf32,bf16} ------------------------------------------------------------------
+//   Block 128 threads (4 warps, 2 × 2), output tile BM × BN = 64 (co) × 64 (kg), chunks of
+//   BK = 32 pixels; warp (wm, wn) owns the 32 × 32 sub-tile (32·wm, 32·wn) as 2 × 2 WMMA
+//   accumulators. Staged tiles, pixel-major (the chunk's pixel is the WMMA k):
+//     Ds [BK][LDD]: Ds[r][co] = dy[m0 + r, co0 + co], read as the col-major matrix_a (co × m);
+//     As [BK][LDB]: As[r][kg] = A[m0 + r, kg0 + kg], the row-major matrix_b (m × kg).
+//   LDD = LDB = 72 (BF16, 144-byte rows) / 68 (TF32, 272-byte rows): WMMA's pitch rules, and
+//   every fragment pointer 32-byte aligned. Staging: thread t owns column t mod 64 of both tiles
+//   (its kg's tap decoded once per block) and pixels t / 64 + 2·j, j < 16, walked from the
+//   chunk's first pixel without divisions; consecutive threads read consecutive channels of
+//   dy (co) and of x (ci): coalesced. Software pipeline as conv_implicit.cu: chunk c + 1 is
+//   gathered into registers while chunk c is computed; 2 barriers per chunk. Epilogue through a
+//   staging tile Cs [64][68] f32 aliasing Ds/As, masked to Cout × K.
+//   Shared memory: max(2 × 32 × 72 × 2, 64 × 68 × 4) = 17.4 KB (BF16), 17.4 KB (TF32).
+#include <cuda_bf16.h>
+#include <mma.h>
+
+#include "common.cuh"
+#include "conv_gather.cuh"
+#include "wmma_ops.cuh"
+
+using namespace nvcuda;
+
+namespace wgrad {
+constexpr int BM = 64, BN = 64, BK = 32, THREADS = 128;
+constexpr int LDC = BN + 4;           // staging tile pitch (floats)
+constexpr int PER = BK * BN / THREADS;  // 16 staged elements of each tile per thread
+static_assert(BM == BN && BN == 64 && THREADS == 128, "thread t owns column t mod 64");
+
+template <class Op>
+struct Pitch {
+    // WMMA: ldm a multiple of 8 (16-bit) / 4 (32-bit) elements; 16-row k-steps 32-byte aligned.
+    static constexpr int LD = Op::IS_TF32 ? BN + 4 : BN + 8;
+};
+
+__host__ __device__ constexpr int cmax(int a, int b) { return a > b ? a : b; }
+
+// A staging walk's current output pixel: image, row, column.
+struct Pixel {
+    int b, oy, ox;
+};
+
+template <class Op>
+__device__ __forceinline__ void wgrad_tc(const float* __restrict__ x, const float* __restrict__ dy,
+                                         float* __restrict__ part, int mtotal, int h, int w,
+                                         int cin, int ho, int wo, int cout, int k, int stride,
+                                         int pad, int mper) {
+    typedef typename Op::T T;
+    constexpr int LD = Pitch<Op>::LD;
+    constexpr int TILE_BYTES = BK * LD * (int)sizeof(T);
+    constexpr int C_BYTES = BM * LDC * (int)sizeof(float);
+    static_assert((Op::K * LD * (int)sizeof(T)) % 32 == 0, "k-step rows 32-byte aligned");
+    static_assert(TILE_BYTES % 32 == 0, "As 32-byte aligned");
+    __shared__ __align__(128) unsigned char smem[cmax(2 * TILE_BYTES, C_BYTES)];
+    T* Ds = reinterpret_cast<T*>(smem);                // [BK][LD]: dy, pixel-major
+    T* As = reinterpret_cast<T*>(smem + TILE_BYTES);   // [BK][LD]: im2col, pixel-major
+    float* Cs = reinterpret_cast<float*>(smem);        // [BM][LDC], after the main loop
+
+    const int tid = threadIdx.x, warp = tid >> 5;
+    const int wm = warp >> 1, wn = warp & 1;
+    const int kdim = k * k * cin;
+    const int co0 = blockIdx.x * BM, kg0 = blockIdx.y * BN;
+    const int mbeg = blockIdx.z * mper, mend = min(mtotal, mbeg + mper);
+
+    // Staging: column cl of both tiles, pixels r0 + 2·j of each chunk.
+    const int cl = tid & (BN - 1), r0 = tid / BN;
+    const int co = co0 + cl, kg = kg0 + cl;
+    const Tap tap = tap_of(kg, kdim, cin, k);
+    const bool co_ok = co < cout;
+
+    wmma::fragment<wmma::accumulator, 16, 16, Op::K, float> acc[2][2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+
+    float rd[PER], ra[PER];
+    auto load = [&](int m0) {
+        // The first pixel of this thread in the chunk, then steps of 2 (wo ≥ 1: a carry loop).
+        int m = m0 + r0;
+        Pixel p;
+        {
+            const int q = m / wo;
+            p.ox = m - q * wo;
+            p.b = q / ho;
+            p.oy = q - p.b * ho;
+        }
+#pragma unroll
+        for (int j = 0; j < PER; ++j) {
+            const bool ok = m < mend;
+            rd[j] = ok && co_ok ? __ldg(dy + (i64)m * cout + co) : 0.0f;
+            ra[j] = ok ? gather_a(x, p.b * h, p.oy * stride - pad, p.ox * stride - pad, tap, h, w,
+                                  cin)
+                       : 0.0f;
+            m += 2;
+            p.ox += 2;
+            while (p.ox >= wo) {
+                p.ox -= wo;
+                if (++p.oy == ho) {
+                    p.oy = 0;
+                    ++p.b;
+                }
+            }
+        }
+    };
+
+    const int nchunks = mend > mbeg ? (mend - mbeg + BK - 1) / BK : 0;
+    if (nchunks > 0) load(mbeg);
+    for (int c = 0; c < nchunks; ++c) {
+        __syncthreads();  // every warp is done reading the previous chunk
+#pragma unroll
+        for (int j = 0; j < PER; ++j) {
+            Ds[(r0 + 2 * j) * LD + cl] = Op::from_float(rd[j]);
+            As[(r0 + 2 * j) * LD + cl] = Op::from_float(ra[j]);
+        }
+        __syncthreads();
+        if (c + 1 < nchunks) load(mbeg + (c + 1) * BK);  // in flight while this chunk is computed
+#pragma unroll
+        for (int kk = 0; kk < BK; kk += Op::K) {
+            wmma::fragment<wmma::matrix_a, 16, 16, Op::K, typename Op::Frag, wmma::col_major> fa[2];
+            wmma::fragment<wmma::matrix_b, 16, 16, Op::K, typename Op::Frag, wmma::row_major> fb[2];
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                wmma::load_matrix_sync(fa[i], Ds + kk * LD + wm * 32 + i * 16, LD);
+                wmma::load_matrix_sync(fb[i], As + kk * LD + wn * 32 + i * 16, LD);
+                if constexpr (Op::IS_TF32) {
+                    // Already TF32 values (rounded when staged); the API asks for the conversion.
+#pragma unroll
+                    for (int e = 0; e < fa[i].num_elements; ++e)
+                        fa[i].x[e] = wmma::__float_to_tf32(fa[i].x[e]);
+#pragma unroll
+                    for (int e = 0; e < fb[i].num_elements; ++e)
+                        fb[i].x[e] = wmma::__float_to_tf32(fb[i].x[e]);
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < 2; ++i)
+#pragma unroll
+                for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+        }
+    }
+
+    __syncthreads();  // Cs aliases Ds/As: every warp is done with its last chunk
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+            wmma::store_matrix_sync(Cs + (wm * 32 + i * 16) * LDC + wn * 32 + j * 16, acc[i][j],
+                                    LDC, wmma::mem_row_major);
+    __syncthreads();
+    float* dst = part + (i64)blockIdx.z * cout * kdim;
+    for (int e = tid; e < BM * BN; e += THREADS) {
+        const int ml = e / BN, nl = e - (e / BN) * BN;
+        const int o = co0 + ml, g = kg0 + nl;
+        if (o < cout && g < kdim) dst[(i64)o * kdim + g] = Cs[ml * LDC + nl];
+    }
+}
+}  // namespace wgrad
+
+// part: [splits][Cout][K] (K = k·k·Cin); grid (⌈Cout/64⌉, ⌈K/64⌉, splits), 128 threads.
+extern "C" __global__ void __launch_bounds__(128) conv_wgrad_tf32(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ part, int mtotal, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int mper) {
+    wgrad::wgrad_tc<OpTf32>(x, dy, part, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, mper);
+}
+
+extern "C" __global__ void __launch_bounds__(128) conv_wgrad_bf16(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ part, int mtotal, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int mper) {
+    wgrad::wgrad_tc<OpBf16>(x, dy, part, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, mper);
+}
+
+// dw[i] += Σ_{z < splits} part[z·len + i], z ascending (one thread per element; grid-stride).
+extern "C" __global__ void conv_wgrad_reduce(const float* __restrict__ part, float* __restrict__ dw, int splits, i64 len) {
+    GRID_STRIDE(i, len) {
+        float s = 0.0f;
+        for (int z = 0; z < splits; ++z) s += part[(i64)z * len + i];
+        dw[i] += s;
+    }
+}
