@@ -285,17 +285,17 @@ fn all_versions(test: &str, shapes: &[RelationShape]) {
                 let tag = format!("{} {v} {prec}", c.name());
                 if let Err(e) = be.relation_version_check(v, prec, &s, true) {
                     // A version may refuse a shape only for the shared memory it needs (a
-                    // smaller device) or, for the forward, for a limit it documents (v2: n ≤ 8).
+                    // smaller device) or for a register limit it documents (v2/v3 forward:
+                    // n ≤ 8; v3 backward: C ≤ 480).
                     let why = e.to_string();
                     assert!(
-                        why.contains("shared memory") || why.contains("bins in registers"),
+                        why.contains("shared memory") || why.contains("in registers"),
                         "{tag}: the version refuses the shape: {why}"
                     );
                     eprintln!("{tag}: {why}");
                 }
                 let fwd_ok = be.relation_version_check(v, prec, &s, false).is_ok();
-                let bwd_ok = fwd_ok && be.relation_version_check(v, prec, &s, true).is_ok()
-                    || !fwd_ok && be.relation_dispatch(prec, &s, true) == v;
+                let bwd_ok = be.relation_backward_check(v, prec, &s).is_ok();
                 if !bwd_ok {
                     eprintln!("SKIP {tag}");
                     continue;
@@ -368,13 +368,22 @@ fn odd_shapes() {
                 c: 40,
                 n: 5,
             },
-            // n = 9 > 8: v2's forward refuses (v1 runs it), v2's backward still runs.
+            // n = 9 > 8: the v2 and v3 forwards refuse (v1 runs it), their backwards still run.
             RelationShape {
                 b: 1,
                 h: 20,
                 w: 18,
                 c: 24,
                 n: 9,
+            },
+            // C = 490 > 480: v3's backward refuses (dq would not fit its registers), its
+            // forward runs; the BF16 backward dispatch falls back to v2.
+            RelationShape {
+                b: 1,
+                h: 9,
+                w: 7,
+                c: 490,
+                n: 3,
             },
         ],
     );
@@ -453,6 +462,16 @@ fn dispatch_follows_the_precision() {
         be.set_precision(Precision::Fp32).unwrap();
         eprintln!("{prec}: forward {v}, backward {vb}");
     }
+    // v3's backward keeps dq in registers for C ≤ 480 only: beyond, BF16 falls back.
+    let wide = RelationShape { c: 490, ..s };
+    assert!(be
+        .relation_backward_check(RelationVersion::V3, Precision::Bf16, &wide)
+        .is_err());
+    let vb = be.relation_dispatch(Precision::Bf16, &wide, true);
+    assert!(
+        vb != RelationVersion::V3 && vb.supports(Precision::Bf16),
+        "C = 490: BF16 backward dispatch chose {vb}"
+    );
 }
 
 #[test]

@@ -475,6 +475,20 @@ impl CudaBackend {
         }
     }
 
+    /// Whether `v`'s backward alone can run the relation `s` at `p` on this device (on the
+    /// outputs of another version's forward, when its own forward refuses the shape).
+    pub fn relation_backward_check(
+        &self,
+        v: RelationVersion,
+        p: Precision,
+        s: &RelationShape,
+    ) -> Result<()> {
+        match unsupported(self, v, p, s, true) {
+            Some(why) => Err(Error::Device(why)),
+            None => Ok(()),
+        }
+    }
+
     /// [`crate::backend::Backend::relation`] with a named version and precision (regardless of
     /// the backend's precision setting): `f: [B,N,C]` → `norms`, `lsum: [B,N]`, `p: [B,N,n,n]`.
     /// An error when the version does not compute in `precision` or cannot run the shape.
