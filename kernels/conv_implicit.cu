@@ -45,6 +45,11 @@
 //   BF16 by __float2bfloat16_rn. As [BM][LDA] row-major (m × k), Bs [BN][LDA] (n × k, read as a
 //   col-major K × N matrix_b); LDA = 36 floats (TF32) / 40 bf16 (BF16): multiples of 16 bytes
 //   as WMMA requires, rows offset by 4 banks. wmma k-steps: 4 × k8 (TF32) / 2 × k16 (BF16).
+//   Staging by VEC ∈ {1, 2, 4} consecutive K columns per load (conv_implicit_{tf32,bf16}{,_v2,
+//   _v4}; the host takes the widest VEC with VEC | Cin and x, w VEC·4-byte aligned): VEC | Cin
+//   keeps the VEC columns in one tap, so each is one float2/float4 load of x (and of w) and one
+//   8-, 4- or 2-byte shared store, with the tap decoded once per VEC columns. Thread t owns
+//   columns VEC·(t mod 32/VEC).. and rows t / (32/VEC) + (128·VEC/32)·j.
 //   Epilogue: the accumulators go through a shared staging tile Cs [BM][BN + 4] f32 that aliases
 //   As/Bs (a barrier first), then each thread writes elements t, t + 128, … of the 64 × 64 tile
 //   (a warp writes 32 consecutive channels of one pixel: coalesced) with the fused epilogue.
@@ -192,15 +197,66 @@ extern "C" __global__ void __launch_bounds__(256) conv_implicit_simt(const float
 namespace tc {
 constexpr int BM = 64, BN = 64, BK = 32, THREADS = 128;
 constexpr int LDC = BN + 4;          // staging tile pitch (floats), multiple of 4
-constexpr int ROWS = THREADS / BK;   // 4 staged rows per step (one per warp)
-constexpr int A_PER = BM / ROWS;     // 16
-constexpr int B_PER = BN / ROWS;     // 16
-static_assert(BK == 32, "one K column per lane");
 static_assert(THREADS == 128 && BM == 64 && BN == 64, "4 warps of 32 × 32");
+
+// Staging of VEC consecutive K columns per load (VEC | Cin, so they share one tap, and the
+// addresses are VEC·4-byte aligned: the host checks x and w): CV threads per staged row, RS
+// rows per step, PER rows per thread. VEC = 1 is one K column per lane, rows warp + 4·j.
+template <int VEC>
+struct Stage {
+    static_assert(VEC == 1 || VEC == 2 || VEC == 4, "VEC: 1, 2 or 4 floats");
+    static constexpr int CV = BK / VEC;
+    static constexpr int RS = THREADS / CV;
+    static constexpr int PER = BM / RS;
+    static_assert(BM == BN && BM % RS == 0, "the same mapping stages A and B");
+};
+
+// VEC floats from `p` (VEC·4-byte aligned), zero when !ok.
+template <int VEC>
+__device__ __forceinline__ void load_vec(const float* __restrict__ p, bool ok, float (&v)[VEC]) {
+    if constexpr (VEC == 4) {
+        const float4 t = ok ? __ldg(reinterpret_cast<const float4*>(p)) : make_float4(0, 0, 0, 0);
+        v[0] = t.x, v[1] = t.y, v[2] = t.z, v[3] = t.w;
+    } else if constexpr (VEC == 2) {
+        const float2 t = ok ? __ldg(reinterpret_cast<const float2*>(p)) : make_float2(0, 0);
+        v[0] = t.x, v[1] = t.y;
+    } else {
+        v[0] = ok ? __ldg(p) : 0.0f;
+    }
+}
+
+// VEC rounded operands to shared memory in one store (dst is VEC·sizeof(T)-byte aligned).
+template <class Op, int VEC>
+__device__ __forceinline__ void store_vec(typename Op::T* dst, const float (&v)[VEC]) {
+    if constexpr (Op::IS_TF32) {
+        if constexpr (VEC == 4)
+            *reinterpret_cast<float4*>(dst) = make_float4(Op::from_float(v[0]), Op::from_float(v[1]),
+                                                          Op::from_float(v[2]), Op::from_float(v[3]));
+        else if constexpr (VEC == 2)
+            *reinterpret_cast<float2*>(dst) = make_float2(Op::from_float(v[0]), Op::from_float(v[1]));
+        else
+            dst[0] = Op::from_float(v[0]);
+    } else {
+        if constexpr (VEC == 1) {
+            dst[0] = Op::from_float(v[0]);
+        } else {
+            unsigned u[VEC / 2];
+#pragma unroll
+            for (int i = 0; i < VEC / 2; ++i) {
+                const __nv_bfloat162 p = __floats2bfloat162_rn(v[2 * i], v[2 * i + 1]);
+                u[i] = *reinterpret_cast<const unsigned*>(&p);
+            }
+            if constexpr (VEC == 4)
+                *reinterpret_cast<uint2*>(dst) = make_uint2(u[0], u[1]);
+            else
+                *reinterpret_cast<unsigned*>(dst) = u[0];
+        }
+    }
+}
 
 __host__ __device__ constexpr int cmax(int a, int b) { return a > b ? a : b; }
 
-template <class Op>
+template <class Op, int VEC>
 __device__ __forceinline__ void conv_tc(const float* __restrict__ x, const float* __restrict__ wt,
                                         const float* __restrict__ bias, const float* residual,
                                         float* y, int mtotal, int h, int w, int cin, int ho,
@@ -218,7 +274,7 @@ __device__ __forceinline__ void conv_tc(const float* __restrict__ x, const float
     T* Bs = As + BM * LDA;               // [BN][LDA]
     float* Cs = reinterpret_cast<float*>(smem);  // [BM][LDC], after the main loop
 
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int tid = threadIdx.x, warp = tid >> 5;
     const int wm = warp >> 1, wn = warp & 1;
     const int kdim = k * k * cin;
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
@@ -231,18 +287,23 @@ __device__ __forceinline__ void conv_tc(const float* __restrict__ x, const float
 #pragma unroll
         for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
 
-    // Staging: K column kl = lane, rows warp + 4·j.
-    float ra[A_PER], rb[B_PER];
+    // Staging: K columns kc.. kc + VEC − 1 (kc = VEC · (tid mod CV)), rows r0 + RS·j.
+    typedef Stage<VEC> S;
+    const int kc = (tid % S::CV) * VEC, r0 = tid / S::CV;
+    float ra[S::PER][VEC], rb[S::PER][VEC];
     auto load = [&](int k0) {
-        const int kg = k0 + lane;
+        const int kg = k0 + kc;
         const Tap t = tap_of(kg, kdim, cin, k);
 #pragma unroll
-        for (int j = 0; j < A_PER; ++j) {
-            const int ml = warp + ROWS * j;
-            ra[j] = gather_a(x, s_rowb[ml], s_iy0[ml], s_ix0[ml], t, h, w, cin);
+        for (int j = 0; j < S::PER; ++j) {
+            const int ml = r0 + S::RS * j;
+            const int rowb = s_rowb[ml], iy = s_iy0[ml] + t.ky, ix = s_ix0[ml] + t.kx;
+            const bool ok = rowb >= 0 && t.ok && iy >= 0 && iy < h && ix >= 0 && ix < w;
+            load_vec<VEC>(x + (ok ? ((i64)(rowb + iy) * w + ix) * cin + t.ci : 0), ok, ra[j]);
+            const int n = n0 + r0 + S::RS * j;
+            const bool okw = t.ok && n < cout;
+            load_vec<VEC>(wt + (okw ? (i64)n * kdim + kg : 0), okw, rb[j]);
         }
-#pragma unroll
-        for (int j = 0; j < B_PER; ++j) rb[j] = gather_w(wt, n0 + warp + ROWS * j, cout, kg, t, kdim);
     };
 
     const int nk = (kdim + BK - 1) / BK;
@@ -250,9 +311,10 @@ __device__ __forceinline__ void conv_tc(const float* __restrict__ x, const float
     for (int c = 0; c < nk; ++c) {
         __syncthreads();  // every warp is done reading the previous chunk
 #pragma unroll
-        for (int j = 0; j < A_PER; ++j) As[(warp + ROWS * j) * LDA + lane] = Op::from_float(ra[j]);
-#pragma unroll
-        for (int j = 0; j < B_PER; ++j) Bs[(warp + ROWS * j) * LDA + lane] = Op::from_float(rb[j]);
+        for (int j = 0; j < S::PER; ++j) {
+            store_vec<Op, VEC>(As + (r0 + S::RS * j) * LDA + kc, ra[j]);
+            store_vec<Op, VEC>(Bs + (r0 + S::RS * j) * LDA + kc, rb[j]);
+        }
         __syncthreads();
         if (c + 1 < nk) load((c + 1) * BK);  // in flight while this chunk is computed
 #pragma unroll
@@ -299,10 +361,27 @@ __device__ __forceinline__ void conv_tc(const float* __restrict__ x, const float
 }
 }  // namespace tc
 
+// _v2 / _v4: VEC = 2 / 4 (Cin a multiple of VEC; x and w VEC·4-byte aligned).
 extern "C" __global__ void __launch_bounds__(128) conv_implicit_tf32(const float* __restrict__ x, const float* __restrict__ wt, const float* __restrict__ bias, const float* residual, float* y, int mtotal, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int relu) {
-    tc::conv_tc<OpTf32>(x, wt, bias, residual, y, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, relu);
+    tc::conv_tc<OpTf32, 1>(x, wt, bias, residual, y, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, relu);
+}
+
+extern "C" __global__ void __launch_bounds__(128) conv_implicit_tf32_v2(const float* __restrict__ x, const float* __restrict__ wt, const float* __restrict__ bias, const float* residual, float* y, int mtotal, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int relu) {
+    tc::conv_tc<OpTf32, 2>(x, wt, bias, residual, y, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, relu);
+}
+
+extern "C" __global__ void __launch_bounds__(128) conv_implicit_tf32_v4(const float* __restrict__ x, const float* __restrict__ wt, const float* __restrict__ bias, const float* residual, float* y, int mtotal, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int relu) {
+    tc::conv_tc<OpTf32, 4>(x, wt, bias, residual, y, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, relu);
 }
 
 extern "C" __global__ void __launch_bounds__(128) conv_implicit_bf16(const float* __restrict__ x, const float* __restrict__ wt, const float* __restrict__ bias, const float* residual, float* y, int mtotal, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int relu) {
-    tc::conv_tc<OpBf16>(x, wt, bias, residual, y, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, relu);
+    tc::conv_tc<OpBf16, 1>(x, wt, bias, residual, y, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, relu);
+}
+
+extern "C" __global__ void __launch_bounds__(128) conv_implicit_bf16_v2(const float* __restrict__ x, const float* __restrict__ wt, const float* __restrict__ bias, const float* residual, float* y, int mtotal, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int relu) {
+    tc::conv_tc<OpBf16, 2>(x, wt, bias, residual, y, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, relu);
+}
+
+extern "C" __global__ void __launch_bounds__(128) conv_implicit_bf16_v4(const float* __restrict__ x, const float* __restrict__ wt, const float* __restrict__ bias, const float* residual, float* y, int mtotal, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int relu) {
+    tc::conv_tc<OpBf16, 4>(x, wt, bias, residual, y, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, relu);
 }

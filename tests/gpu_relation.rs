@@ -376,6 +376,15 @@ fn odd_shapes() {
                 c: 24,
                 n: 9,
             },
+            // C = 450 as W30 (Cp = 480): v3's widest dq (15 n8 tiles per warp, the last one
+            // loaded alone) and its largest shared memory; N = 72 ends in a partial tile.
+            RelationShape {
+                b: 1,
+                h: 9,
+                w: 8,
+                c: 450,
+                n: 3,
+            },
             // C = 490 > 480: v3's backward refuses (dq would not fit its registers), its
             // forward runs; the BF16 backward dispatch falls back to v2.
             RelationShape {

@@ -99,12 +99,25 @@ const TILE_N: usize = 64;
 const SIMT_THREADS: u32 = 256;
 const TC_THREADS: u32 = 128;
 
-/// The kernel and block size for a precision.
-fn kernel_for(p: Precision) -> (Kernel, u32) {
-    match p {
-        Precision::Fp32 => (kci::CONV_IMPLICIT_SIMT, SIMT_THREADS),
-        Precision::Tf32 => (kci::CONV_IMPLICIT_TF32, TC_THREADS),
-        Precision::Bf16 => (kci::CONV_IMPLICIT_BF16, TC_THREADS),
+/// The widest staging vector (floats) of the tensor-core kernels for `cin` input channels and
+/// the device addresses of x and w: VEC | Cin and both VEC·4-byte aligned.
+fn staging_vec(cin: usize, x: u64, w: u64) -> usize {
+    [4usize, 2]
+        .into_iter()
+        .find(|&v| cin % v == 0 && x % (4 * v as u64) == 0 && w % (4 * v as u64) == 0)
+        .unwrap_or(1)
+}
+
+/// The kernel and block size for a precision and staging vector.
+fn kernel_for(p: Precision, vec: usize) -> (Kernel, u32) {
+    match (p, vec) {
+        (Precision::Fp32, _) => (kci::CONV_IMPLICIT_SIMT, SIMT_THREADS),
+        (Precision::Tf32, 4) => (kci::CONV_IMPLICIT_TF32_V4, TC_THREADS),
+        (Precision::Tf32, 2) => (kci::CONV_IMPLICIT_TF32_V2, TC_THREADS),
+        (Precision::Tf32, _) => (kci::CONV_IMPLICIT_TF32, TC_THREADS),
+        (Precision::Bf16, 4) => (kci::CONV_IMPLICIT_BF16_V4, TC_THREADS),
+        (Precision::Bf16, 2) => (kci::CONV_IMPLICIT_BF16_V2, TC_THREADS),
+        (Precision::Bf16, _) => (kci::CONV_IMPLICIT_BF16, TC_THREADS),
     }
 }
 
@@ -151,8 +164,8 @@ fn launch_implicit_ptrs(be: &CudaBackend, s: &ConvShape, ptrs: [u64; 5], relu: b
             "conv {s:?}: grid ({grid_m}, {grid_n}) exceeds the launch limits"
         )));
     }
-    let (kernel, threads) = kernel_for(be.precision_impl());
     let [x, w, bias, residual, y] = ptrs;
+    let (kernel, threads) = kernel_for(be.precision_impl(), staging_vec(s.cin, x, w));
     be.launch(
         kernel,
         (grid_m as u32, grid_n as u32, 1),

@@ -228,6 +228,7 @@ struct __align__(8) uint2 {
 inline float2 make_float2(float x, float y) { return float2{x, y}; }
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 inline int2 make_int2(int x, int y) { return int2{x, y}; }
+inline uint2 make_uint2(unsigned x, unsigned y) { return uint2{x, y}; }
 
 // ---- BF16 ----------------------------------------------------------------------------------
 struct __nv_bfloat16 {
