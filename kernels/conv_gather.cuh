@@ -3,6 +3,8 @@
 // m = (b·Ho + oy)·Wo + ox and kg = (ky·k + kx)·Cin + ci (0 outside the image).
 #pragma once
 
+#include <cuda_bf16.h>
+
 #include "common.cuh"
 
 // One K column of the GEMM: kg = (ky·k + kx)·Cin + ci; ok = kg < K.
@@ -29,3 +31,50 @@ __device__ __forceinline__ float gather_a(const float* __restrict__ x, int rowb,
     if (iy < 0 || iy >= h || ix < 0 || ix >= w) return 0.0f;
     return __ldg(x + ((i64)(rowb + iy) * w + ix) * cin + t.ci);
 }
+
+// ---- staging VEC consecutive K columns at once (conv_implicit.cu, conv_wgrad.cu) ----------
+
+// VEC floats from `p` (VEC·4-byte aligned), zero when !ok.
+template <int VEC>
+__device__ __forceinline__ void load_vec(const float* __restrict__ p, bool ok, float (&v)[VEC]) {
+    if constexpr (VEC == 4) {
+        const float4 t = ok ? __ldg(reinterpret_cast<const float4*>(p)) : make_float4(0, 0, 0, 0);
+        v[0] = t.x, v[1] = t.y, v[2] = t.z, v[3] = t.w;
+    } else if constexpr (VEC == 2) {
+        const float2 t = ok ? __ldg(reinterpret_cast<const float2*>(p)) : make_float2(0, 0);
+        v[0] = t.x, v[1] = t.y;
+    } else {
+        v[0] = ok ? __ldg(p) : 0.0f;
+    }
+}
+
+// VEC rounded operands to shared memory in one store (dst is VEC·sizeof(T)-byte aligned).
+template <class Op, int VEC>
+__device__ __forceinline__ void store_vec(typename Op::T* dst, const float (&v)[VEC]) {
+    if constexpr (Op::IS_TF32) {
+        if constexpr (VEC == 4)
+            *reinterpret_cast<float4*>(dst) = make_float4(Op::from_float(v[0]), Op::from_float(v[1]),
+                                                          Op::from_float(v[2]), Op::from_float(v[3]));
+        else if constexpr (VEC == 2)
+            *reinterpret_cast<float2*>(dst) = make_float2(Op::from_float(v[0]), Op::from_float(v[1]));
+        else
+            dst[0] = Op::from_float(v[0]);
+    } else {
+        if constexpr (VEC == 1) {
+            dst[0] = Op::from_float(v[0]);
+        } else {
+            unsigned u[VEC / 2];
+#pragma unroll
+            for (int i = 0; i < VEC / 2; ++i) {
+                const __nv_bfloat162 p = __floats2bfloat162_rn(v[2 * i], v[2 * i + 1]);
+                u[i] = *reinterpret_cast<const unsigned*>(&p);
+            }
+            if constexpr (VEC == 4)
+                *reinterpret_cast<uint2*>(dst) = make_uint2(u[0], u[1]);
+            else
+                *reinterpret_cast<unsigned*>(dst) = u[0];
+        }
+    }
+}
+
+__host__ __device__ constexpr int cmax(int a, int b) { return a > b ? a : b; }

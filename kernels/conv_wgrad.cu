@@ -20,10 +20,12 @@
 //     Ds [BK][LDD]: Ds[r][co] = dy[m0 + r, co0 + co], read as the col-major matrix_a (co × m);
 //     As [BK][LDB]: As[r][kg] = A[m0 + r, kg0 + kg], the row-major matrix_b (m × kg).
 //   LDD = LDB = 72 (BF16, 144-byte rows) / 68 (TF32, 272-byte rows): WMMA's pitch rules, and
-//   every fragment pointer 32-byte aligned. Staging: thread t owns column t mod 64 of both tiles
-//   (its kg's tap decoded once per block) and pixels t / 64 + 2·j, j < 16, walked from the
-//   chunk's first pixel without divisions; consecutive threads read consecutive channels of
-//   dy (co) and of x (ci): coalesced. Software pipeline as conv_implicit.cu: chunk c + 1 is
+//   every fragment pointer 32-byte aligned. Staging by VEC ∈ {1, 2, 4} consecutive columns
+//   (conv_wgrad_{tf32,bf16}{,_v2,_v4}; the host takes the widest VEC dividing Cin and Cout with
+//   x and dy VEC·4-byte aligned): thread t owns columns VEC·(t mod 64/VEC).. of both tiles (its
+//   kg's tap decoded once per block) and pixels t / (64/VEC) + (2·VEC)·j of each chunk, walked
+//   from the chunk's first pixel without divisions; consecutive threads read consecutive
+//   channels of dy (co) and of x (ci): coalesced, one float2/float4 load per group. Software pipeline as conv_implicit.cu: chunk c + 1 is
 //   gathered into registers while chunk c is computed; 2 barriers per chunk. Epilogue through a
 //   staging tile Cs [64][68] f32 aliasing Ds/As, masked to Cout × K.
 //   Shared memory: max(2 × 32 × 72 × 2, 64 × 68 × 4) = 17.4 KB (BF16), 17.4 KB (TF32).
@@ -38,9 +40,19 @@ using namespace nvcuda;
 
 namespace wgrad {
 constexpr int BM = 64, BN = 64, BK = 32, THREADS = 128;
-constexpr int LDC = BN + 4;           // staging tile pitch (floats)
-constexpr int PER = BK * BN / THREADS;  // 16 staged elements of each tile per thread
-static_assert(BM == BN && BN == 64 && THREADS == 128, "thread t owns column t mod 64");
+constexpr int LDC = BN + 4;  // staging tile pitch (floats)
+static_assert(BM == BN && BN == 64 && THREADS == 128, "4 warps of 32 × 32");
+
+// Staging of VEC consecutive columns per load (VEC | Cin and VEC | Cout, x and dy VEC·4-byte
+// aligned: the host checks): CV threads per staged pixel row, RS rows per step, PER per thread.
+template <int VEC>
+struct Stage {
+    static_assert(VEC == 1 || VEC == 2 || VEC == 4, "VEC: 1, 2 or 4 floats");
+    static constexpr int CV = BN / VEC;
+    static constexpr int RS = THREADS / CV;
+    static constexpr int PER = BK / RS;
+    static_assert(BK % RS == 0, "whole rows per thread");
+};
 
 template <class Op>
 struct Pitch {
@@ -55,7 +67,7 @@ struct Pixel {
     int b, oy, ox;
 };
 
-template <class Op>
+template <class Op, int VEC>
 __device__ __forceinline__ void wgrad_tc(const float* __restrict__ x, const float* __restrict__ dy,
                                          float* __restrict__ part, int mtotal, int h, int w,
                                          int cin, int ho, int wo, int cout, int k, int stride,
@@ -77,11 +89,12 @@ __device__ __forceinline__ void wgrad_tc(const float* __restrict__ x, const floa
     const int co0 = blockIdx.x * BM, kg0 = blockIdx.y * BN;
     const int mbeg = blockIdx.z * mper, mend = min(mtotal, mbeg + mper);
 
-    // Staging: column cl of both tiles, pixels r0 + 2·j of each chunk.
-    const int cl = tid & (BN - 1), r0 = tid / BN;
+    // Staging: columns cl.. cl + VEC − 1 of both tiles, pixels r0 + RS·j of each chunk.
+    typedef Stage<VEC> S;
+    const int cl = (tid % S::CV) * VEC, r0 = tid / S::CV;
     const int co = co0 + cl, kg = kg0 + cl;
     const Tap tap = tap_of(kg, kdim, cin, k);
-    const bool co_ok = co < cout;
+    const bool co_ok = co < cout;  // VEC | Cout: the whole group
 
     wmma::fragment<wmma::accumulator, 16, 16, Op::K, float> acc[2][2];
 #pragma unroll
@@ -89,9 +102,9 @@ __device__ __forceinline__ void wgrad_tc(const float* __restrict__ x, const floa
 #pragma unroll
         for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
 
-    float rd[PER], ra[PER];
+    float rd[S::PER][VEC], ra[S::PER][VEC];
     auto load = [&](int m0) {
-        // The first pixel of this thread in the chunk, then steps of 2 (wo ≥ 1: a carry loop).
+        // The first pixel of this thread in the chunk, then steps of RS (a carry loop).
         int m = m0 + r0;
         Pixel p;
         {
@@ -101,14 +114,15 @@ __device__ __forceinline__ void wgrad_tc(const float* __restrict__ x, const floa
             p.oy = q - p.b * ho;
         }
 #pragma unroll
-        for (int j = 0; j < PER; ++j) {
+        for (int j = 0; j < S::PER; ++j) {
             const bool ok = m < mend;
-            rd[j] = ok && co_ok ? __ldg(dy + (i64)m * cout + co) : 0.0f;
-            ra[j] = ok ? gather_a(x, p.b * h, p.oy * stride - pad, p.ox * stride - pad, tap, h, w,
-                                  cin)
-                       : 0.0f;
-            m += 2;
-            p.ox += 2;
+            const bool okd = ok && co_ok;
+            load_vec<VEC>(dy + (okd ? (i64)m * cout + co : 0), okd, rd[j]);
+            const int iy = p.oy * stride - pad + tap.ky, ix = p.ox * stride - pad + tap.kx;
+            const bool oka = ok && tap.ok && iy >= 0 && iy < h && ix >= 0 && ix < w;
+            load_vec<VEC>(x + (oka ? ((i64)(p.b * h + iy) * w + ix) * cin + tap.ci : 0), oka, ra[j]);
+            m += S::RS;
+            p.ox += S::RS;
             while (p.ox >= wo) {
                 p.ox -= wo;
                 if (++p.oy == ho) {
@@ -124,9 +138,9 @@ __device__ __forceinline__ void wgrad_tc(const float* __restrict__ x, const floa
     for (int c = 0; c < nchunks; ++c) {
         __syncthreads();  // every warp is done reading the previous chunk
 #pragma unroll
-        for (int j = 0; j < PER; ++j) {
-            Ds[(r0 + 2 * j) * LD + cl] = Op::from_float(rd[j]);
-            As[(r0 + 2 * j) * LD + cl] = Op::from_float(ra[j]);
+        for (int j = 0; j < S::PER; ++j) {
+            store_vec<Op, VEC>(Ds + (r0 + S::RS * j) * LD + cl, rd[j]);
+            store_vec<Op, VEC>(As + (r0 + S::RS * j) * LD + cl, ra[j]);
         }
         __syncthreads();
         if (c + 1 < nchunks) load(mbeg + (c + 1) * BK);  // in flight while this chunk is computed
@@ -173,12 +187,29 @@ __device__ __forceinline__ void wgrad_tc(const float* __restrict__ x, const floa
 }  // namespace wgrad
 
 // part: [splits][Cout][K] (K = k·k·Cin); grid (⌈Cout/64⌉, ⌈K/64⌉, splits), 128 threads.
+// _v2 / _v4: VEC = 2 / 4.
 extern "C" __global__ void __launch_bounds__(128) conv_wgrad_tf32(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ part, int mtotal, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int mper) {
-    wgrad::wgrad_tc<OpTf32>(x, dy, part, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, mper);
+    wgrad::wgrad_tc<OpTf32, 1>(x, dy, part, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, mper);
+}
+
+extern "C" __global__ void __launch_bounds__(128) conv_wgrad_tf32_v2(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ part, int mtotal, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int mper) {
+    wgrad::wgrad_tc<OpTf32, 2>(x, dy, part, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, mper);
+}
+
+extern "C" __global__ void __launch_bounds__(128) conv_wgrad_tf32_v4(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ part, int mtotal, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int mper) {
+    wgrad::wgrad_tc<OpTf32, 4>(x, dy, part, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, mper);
 }
 
 extern "C" __global__ void __launch_bounds__(128) conv_wgrad_bf16(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ part, int mtotal, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int mper) {
-    wgrad::wgrad_tc<OpBf16>(x, dy, part, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, mper);
+    wgrad::wgrad_tc<OpBf16, 1>(x, dy, part, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, mper);
+}
+
+extern "C" __global__ void __launch_bounds__(128) conv_wgrad_bf16_v2(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ part, int mtotal, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int mper) {
+    wgrad::wgrad_tc<OpBf16, 2>(x, dy, part, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, mper);
+}
+
+extern "C" __global__ void __launch_bounds__(128) conv_wgrad_bf16_v4(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ part, int mtotal, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int mper) {
+    wgrad::wgrad_tc<OpBf16, 4>(x, dy, part, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, mper);
 }
 
 // dw[i] += Σ_{z < splits} part[z·len + i], z ascending (one thread per element; grid-stride).

@@ -47,11 +47,23 @@ pub(crate) fn conv2d_wgrad(
     dy: Tensor,
     dw: Tensor,
 ) -> Result<()> {
-    let p = be.precision_impl();
-    let kernel = match p {
-        Precision::Tf32 => kw::CONV_WGRAD_TF32,
-        Precision::Bf16 => kw::CONV_WGRAD_BF16,
-        Precision::Fp32 => {
+    let (xp, dyp, dwp) = (be.ptr(x)?, be.ptr(dy)?, be.ptr(dw)?);
+    // The widest staging vector: VEC | Cin and VEC | Cout, x and dy VEC·4-byte aligned.
+    let vec = [4usize, 2]
+        .into_iter()
+        .find(|&v| {
+            let a = 4 * v as u64;
+            s.cin % v == 0 && s.cout % v == 0 && xp % a == 0 && dyp % a == 0
+        })
+        .unwrap_or(1);
+    let kernel = match (be.precision_impl(), vec) {
+        (Precision::Tf32, 4) => kw::CONV_WGRAD_TF32_V4,
+        (Precision::Tf32, 2) => kw::CONV_WGRAD_TF32_V2,
+        (Precision::Tf32, _) => kw::CONV_WGRAD_TF32,
+        (Precision::Bf16, 4) => kw::CONV_WGRAD_BF16_V4,
+        (Precision::Bf16, 2) => kw::CONV_WGRAD_BF16_V2,
+        (Precision::Bf16, _) => kw::CONV_WGRAD_BF16,
+        (Precision::Fp32, _) => {
             return Err(Error::Device(
                 "conv_wgrad: the tensor-core weight gradient has no fp32 kernel".into(),
             ))
@@ -77,7 +89,6 @@ pub(crate) fn conv2d_wgrad(
         )));
     }
     let len = s.cout * kdim;
-    let (xp, dyp, dwp) = (be.ptr(x)?, be.ptr(dy)?, be.ptr(dw)?);
     be.with_workspace(splits * len, |part| {
         be.launch(
             kernel,
