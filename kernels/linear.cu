@@ -3,7 +3,7 @@
 //   bias_add:   y[r, j] += bias[j]                     y: [rows, n]
 //   bias_grad:  db[j] += Σ_r dy[r, j]  (f64, two-stage deterministic reduction, reduce.cuh)
 // Launch: bias_add 1-D grid-stride; bias_grad_partial block (32, 8) × grid (ceil(n/32), chunks),
-// bias_grad_finalize one thread per column.
+// bias_grad_finalize one warp per column (block 256, grid ⌈n/8⌉).
 // Memory traffic: bias_add reads/writes y once; bias_grad reads dy once plus chunks·n doubles.
 #include "reduce.cuh"
 
@@ -27,6 +27,8 @@ extern "C" __global__ void bias_grad_partial(const float* __restrict__ dy, int r
 
 extern "C" __global__ void bias_grad_finalize(const double* __restrict__ partial, int chunks,
                                               int n, float* __restrict__ db) {
-    int j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j < n) db[j] += (float)column_total(partial, 0, chunks, n, j);
+    const int j = finalize_column(n), lane = threadIdx.x & 31;
+    if (j < 0) return;
+    const double s = column_total_warp(partial, 0, chunks, n, j, lane);
+    if (lane == 0) db[j] += (float)s;
 }

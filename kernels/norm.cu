@@ -7,8 +7,9 @@
 //   dγ += sum_dx, dβ += sum_d, dresidual += dpre,
 //   dx += γ·rstd·(dpre − sum_d/rows − x̂·sum_dx/rows) (train) or γ·rstd·dpre (eval).
 // Every per-channel reduction is the deterministic two-stage reduction of reduce.cuh.
-// Launch: *_partial block (32, 8) × grid (ceil(C/32), chunks); *_finalize one thread per
-// channel; bn_apply / bn_backward_apply 1-D grid-stride.
+// Launch: *_partial block (32, 8) × grid (ceil(C/32), chunks); the reducing *_finalize one warp
+// per channel (block 256, grid ceil(C/8)), bn_eval_finalize one thread per channel; bn_apply /
+// bn_backward_apply 1-D grid-stride.
 // Memory traffic: train forward reads x three times and writes y once; backward reads x, y,
 // dy twice and writes dx (and dresidual) once.
 #include "reduce.cuh"
@@ -57,8 +58,10 @@ extern "C" __global__ void bn_sum_partial(const float* __restrict__ x, int rows,
 // mean64[ch] = Σx / rows.
 extern "C" __global__ void bn_mean_finalize(const double* __restrict__ partial, int chunks,
                                             int rows, int c, double* __restrict__ mean64) {
-    int ch = blockIdx.x * blockDim.x + threadIdx.x;
-    if (ch < c) mean64[ch] = column_total(partial, 0, chunks, c, ch) / (double)rows;
+    const int ch = finalize_column(c), lane = threadIdx.x & 31;
+    if (ch < 0) return;
+    const double sum = column_total_warp(partial, 0, chunks, c, ch, lane);
+    if (lane == 0) mean64[ch] = sum / (double)rows;
 }
 
 // partial: [chunks, C] doubles (Σ(x − μ)² per chunk).
@@ -75,10 +78,11 @@ extern "C" __global__ void bn_train_finalize(const double* __restrict__ partial,
                                              float* __restrict__ running_var,
                                              float* __restrict__ save_mean,
                                              float* __restrict__ save_rstd) {
-    int ch = blockIdx.x * blockDim.x + threadIdx.x;
-    if (ch >= c) return;
+    const int ch = finalize_column(c), lane = threadIdx.x & 31;
+    if (ch < 0) return;
+    const double var = column_total_warp(partial, 0, chunks, c, ch, lane) / (double)rows;
+    if (lane != 0) return;
     double mean = mean64[ch];
-    double var = column_total(partial, 0, chunks, c, ch) / (double)rows;
     double unbiased = rows > 1 ? var * (double)rows / (double)(rows - 1) : var;
     double mom = (double)momentum;
     running_mean[ch] = (float)((1.0 - mom) * (double)running_mean[ch] + mom * mean);
@@ -130,10 +134,11 @@ extern "C" __global__ void bn_backward_finalize(const double* __restrict__ parti
                                                 int c, double* __restrict__ sums64,
                                                 float* __restrict__ dgamma,
                                                 float* __restrict__ dbeta) {
-    int ch = blockIdx.x * blockDim.x + threadIdx.x;
-    if (ch >= c) return;
-    double sd = column_total(partial, 0, chunks, c, ch);
-    double sdx = column_total(partial, 1, chunks, c, ch);
+    const int ch = finalize_column(c), lane = threadIdx.x & 31;
+    if (ch < 0) return;
+    const double sd = column_total_warp(partial, 0, chunks, c, ch, lane);
+    const double sdx = column_total_warp(partial, 1, chunks, c, ch, lane);
+    if (lane != 0) return;
     sums64[ch] = sd;
     sums64[c + ch] = sdx;
     if (dgamma) dgamma[ch] += (float)sdx;

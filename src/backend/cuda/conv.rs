@@ -82,7 +82,7 @@ pub(crate) fn bias_grad(
         )?;
         be.launch(
             kl::BIAS_GRAD_FINALIZE,
-            (n.div_ceil(256) as u32, 1, 1),
+            finalize_grid(n),
             (256, 1, 1),
             0,
             &[
@@ -93,6 +93,12 @@ pub(crate) fn bias_grad(
             ],
         )
     })
+}
+
+/// Grid of a reducing `*_finalize` launch (block 256): one warp per column, 8 per block
+/// (`COLUMNS_PER_BLOCK` in kernels/reduce.cuh).
+pub(crate) fn finalize_grid(cols: usize) -> (u32, u32, u32) {
+    (cols.div_ceil(8) as u32, 1, 1)
 }
 
 /// Rows per chunk and chunk count of the two-stage column reductions (at most 1024 chunks).

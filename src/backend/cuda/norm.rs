@@ -3,7 +3,7 @@
 //! fixed-order sum per channel). Workspace: partials [2, chunks, C] f64, then [2C] f64 stats.
 
 use super::context::{check_len, int, Arg, CudaBackend};
-use super::conv::row_chunks;
+use super::conv::{finalize_grid, row_chunks};
 use super::kernels::names::norm as k;
 use crate::backend::{BatchNormGrads, BatchNormTensors, NormShape};
 use crate::error::Result;
@@ -38,6 +38,7 @@ pub(crate) fn forward(be: &CudaBackend, s: &NormShape, t: &BatchNormTensors) -> 
     let (rm, rv) = (be.ptr(t.running_mean)?, be.ptr(t.running_var)?);
     let ci = int("channels", c)?;
     let chan_grid = (c.div_ceil(256) as u32, 1, 1);
+    let warp_grid = finalize_grid(c);
     if s.train {
         let (rpc, chunks) = row_chunks(rows);
         let (need, stats_off) = layout(chunks, c);
@@ -61,7 +62,7 @@ pub(crate) fn forward(be: &CudaBackend, s: &NormShape, t: &BatchNormTensors) -> 
             )?;
             be.launch(
                 k::BN_MEAN_FINALIZE,
-                chan_grid,
+                warp_grid,
                 (256, 1, 1),
                 0,
                 &[
@@ -88,7 +89,7 @@ pub(crate) fn forward(be: &CudaBackend, s: &NormShape, t: &BatchNormTensors) -> 
             )?;
             be.launch(
                 k::BN_TRAIN_FINALIZE,
-                chan_grid,
+                warp_grid,
                 (256, 1, 1),
                 0,
                 &[
@@ -200,7 +201,7 @@ pub(crate) fn backward(
             )?;
             be.launch(
                 k::BN_BACKWARD_FINALIZE,
-                (c.div_ceil(256) as u32, 1, 1),
+                finalize_grid(c),
                 (256, 1, 1),
                 0,
                 &[
