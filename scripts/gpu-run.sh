@@ -242,6 +242,11 @@ perf_phase() {
             "$prrnet" bench --device "$dev" --preset "$preset" --size "$size" --batch "$batch" \
             --precision "$p" --iters "$iters" --warmup 2 --train --json
     done
+    # The BF16 training step with the previous relation version (v2) against the default
+    # (v3 where it fits): the whole-step effect of the relation kernels.
+    step "relation_v2_prrnet_bench_${preset}_train_bf16" 60 env PRRNET_RELATION_VERSION=v2 \
+        "$prrnet" bench --device "$dev" --preset "$preset" --size "$size" --batch "$batch" \
+        --precision bf16 --iters "$iters" --warmup 2 --train --json
     if [ "$have_torch" = 1 ]; then
         torch_bench pytorch_rest 200 "eager:tf32:infer,eager:tf32:train,$compile_configs"
     fi

@@ -133,13 +133,30 @@ def is_im2col(r):
     return r.get("impl") == "prrnet" and r.get("conv_algo") == "im2col"
 
 
+def is_relation_override(r):
+    """A prrnet run under PRRNET_RELATION_VERSION (gpu-run.sh names its log relation_v2_...)."""
+    return r.get("impl") == "prrnet" and r.get("_file", "").startswith("relation_v")
+
+
 def conv_algo_table(bench, im2col):
     """prrnet with the default (implicit-GEMM) convolutions against the same configuration
     with PRRNET_CONV_ALGO=im2col, from the same run."""
     if not im2col:
         return "No `PRRNET_CONV_ALGO=im2col` runs in this folder."
+    return variant_table(bench, im2col, "implicit ms", "im2col ms", "im2col / implicit")
+
+
+def relation_version_table(bench, older):
+    """prrnet with the dispatched relation version against PRRNET_RELATION_VERSION=v2."""
+    if not older:
+        return "No `PRRNET_RELATION_VERSION` runs in this folder."
+    return variant_table(bench, older, "default ms", "v2 ms", "v2 / default")
+
+
+def variant_table(bench, variants, default_col, variant_col, ratio_col):
+    """Each variant run beside the default run of the same configuration."""
     rows = []
-    for r in im2col:
+    for r in variants:
         key = (r.get("preset"), r.get("size"), r.get("batch"), r.get("precision"), r.get("mode"))
         d = latest([x for x in bench if x.get("impl") == "prrnet" and "error" not in x and
                     (x.get("preset"), x.get("size"), x.get("batch"), x.get("precision"),
@@ -150,8 +167,8 @@ def conv_algo_table(bench, im2col):
         rows.append([key[0], key[1], key[2], key[3], key[4],
                      fmt(ms_i, ".2f") if ms_i else DASH,
                      fmt(ms_c, ".2f") if ms_c else (r.get("error") or DASH), ratio])
-    return md_table(["preset", "size", "batch", "precision", "mode", "implicit ms", "im2col ms",
-                     "im2col / implicit"], rows)
+    return md_table(["preset", "size", "batch", "precision", "mode", default_col, variant_col,
+                     ratio_col], rows)
 
 
 def _int(v):
@@ -536,7 +553,8 @@ def main(argv=None):
               and not is_relation(r) and "mode" in r]
     # The im2col comparison runs have their own table; every other table is the default.
     im2col = [r for r in bench if is_im2col(r)]
-    bench = [r for r in bench if not is_im2col(r)]
+    older = [r for r in bench if is_relation_override(r)]
+    bench = [r for r in bench if not is_im2col(r) and not is_relation_override(r)]
     kern = []
     for f in files:
         rows = parse_kern_sum(f)
@@ -571,6 +589,10 @@ def main(argv=None):
     out.append("#### Convolution algorithm (prrnet: implicit GEMM, the default, vs im2col + cuBLAS)")
     out.append("")
     out.append(conv_algo_table(bench, im2col))
+    out.append("")
+    out.append("#### Relation version in the training step (the default vs v2)")
+    out.append("")
+    out.append(relation_version_table(bench, older))
     out.append("")
     out.append("#### Relation map benchmarks")
     out.append("")
