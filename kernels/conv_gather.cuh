@@ -77,4 +77,5 @@ __device__ __forceinline__ void store_vec(typename Op::T* dst, const float (&v)[
     }
 }
 
+// The larger of two byte counts (shared-memory arrays that alias).
 __host__ __device__ constexpr int cmax(int a, int b) { return a > b ? a : b; }

@@ -236,7 +236,7 @@ __device__ __forceinline__ void conv_tc(const float* __restrict__ x, const float
     pixel_table<BM>(m0, mtotal, ho, wo, h, stride, pad, s_rowb, s_iy0, s_ix0);
     __syncthreads();
 
-    wmma::fragment<wmma::accumulator, 16, 16, Op::K, float> acc[2][2];
+    Acc32<Op> acc[2][2];
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -273,37 +273,14 @@ __device__ __forceinline__ void conv_tc(const float* __restrict__ x, const float
         __syncthreads();
         if (c + 1 < nk) load((c + 1) * BK);  // in flight while this chunk is computed
 #pragma unroll
-        for (int kk = 0; kk < BK; kk += Op::K) {
-            wmma::fragment<wmma::matrix_a, 16, 16, Op::K, typename Op::Frag, wmma::row_major> fa[2];
-            wmma::fragment<wmma::matrix_b, 16, 16, Op::K, typename Op::Frag, wmma::col_major> fb[2];
-#pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                wmma::load_matrix_sync(fa[i], As + (wm * 32 + i * 16) * LDA + kk, LDA);
-                wmma::load_matrix_sync(fb[i], Bs + (wn * 32 + i * 16) * LDA + kk, LDA);
-                if constexpr (Op::IS_TF32) {
-                    // Already TF32 values (rounded when staged); the API asks for the conversion.
-#pragma unroll
-                    for (int e = 0; e < fa[i].num_elements; ++e)
-                        fa[i].x[e] = wmma::__float_to_tf32(fa[i].x[e]);
-#pragma unroll
-                    for (int e = 0; e < fb[i].num_elements; ++e)
-                        fb[i].x[e] = wmma::__float_to_tf32(fb[i].x[e]);
-                }
-            }
-#pragma unroll
-            for (int i = 0; i < 2; ++i)
-#pragma unroll
-                for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
-        }
+        for (int kk = 0; kk < BK; kk += Op::K)
+            mma_32x32<Op, wmma::row_major, wmma::col_major>(acc, As + wm * 32 * LDA + kk, 16 * LDA,
+                                                            LDA, Bs + wn * 32 * LDA + kk,
+                                                            16 * LDA, LDA);
     }
 
     __syncthreads();  // Cs aliases As/Bs: every warp is done with its last chunk
-#pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-            wmma::store_matrix_sync(Cs + (wm * 32 + i * 16) * LDC + wn * 32 + j * 16, acc[i][j],
-                                    LDC, wmma::mem_row_major);
+    store_32x32<Op>(Cs + wm * 32 * LDC + wn * 32, LDC, acc);
     __syncthreads();
     for (int e = tid; e < BM * BN; e += THREADS) {
         const int ml = e / BN, nl = e - (e / BN) * BN;

@@ -60,8 +60,6 @@ struct Pitch {
     static constexpr int LD = Op::IS_TF32 ? BN + 4 : BN + 8;
 };
 
-__host__ __device__ constexpr int cmax(int a, int b) { return a > b ? a : b; }
-
 // A staging walk's current output pixel: image, row, column.
 struct Pixel {
     int b, oy, ox;
@@ -96,7 +94,7 @@ __device__ __forceinline__ void wgrad_tc(const float* __restrict__ x, const floa
     const Tap tap = tap_of(kg, kdim, cin, k);
     const bool co_ok = co < cout;  // VEC | Cout: the whole group
 
-    wmma::fragment<wmma::accumulator, 16, 16, Op::K, float> acc[2][2];
+    Acc32<Op> acc[2][2];
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -145,37 +143,13 @@ __device__ __forceinline__ void wgrad_tc(const float* __restrict__ x, const floa
         __syncthreads();
         if (c + 1 < nchunks) load(mbeg + (c + 1) * BK);  // in flight while this chunk is computed
 #pragma unroll
-        for (int kk = 0; kk < BK; kk += Op::K) {
-            wmma::fragment<wmma::matrix_a, 16, 16, Op::K, typename Op::Frag, wmma::col_major> fa[2];
-            wmma::fragment<wmma::matrix_b, 16, 16, Op::K, typename Op::Frag, wmma::row_major> fb[2];
-#pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                wmma::load_matrix_sync(fa[i], Ds + kk * LD + wm * 32 + i * 16, LD);
-                wmma::load_matrix_sync(fb[i], As + kk * LD + wn * 32 + i * 16, LD);
-                if constexpr (Op::IS_TF32) {
-                    // Already TF32 values (rounded when staged); the API asks for the conversion.
-#pragma unroll
-                    for (int e = 0; e < fa[i].num_elements; ++e)
-                        fa[i].x[e] = wmma::__float_to_tf32(fa[i].x[e]);
-#pragma unroll
-                    for (int e = 0; e < fb[i].num_elements; ++e)
-                        fb[i].x[e] = wmma::__float_to_tf32(fb[i].x[e]);
-                }
-            }
-#pragma unroll
-            for (int i = 0; i < 2; ++i)
-#pragma unroll
-                for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
-        }
+        for (int kk = 0; kk < BK; kk += Op::K)
+            mma_32x32<Op, wmma::col_major, wmma::row_major>(acc, Ds + kk * LD + wm * 32, 16, LD,
+                                                            As + kk * LD + wn * 32, 16, LD);
     }
 
     __syncthreads();  // Cs aliases Ds/As: every warp is done with its last chunk
-#pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-            wmma::store_matrix_sync(Cs + (wm * 32 + i * 16) * LDC + wn * 32 + j * 16, acc[i][j],
-                                    LDC, wmma::mem_row_major);
+    store_32x32<Op>(Cs + wm * 32 * LDC + wn * 32, LDC, acc);
     __syncthreads();
     float* dst = part + (i64)blockIdx.z * cout * kdim;
     for (int e = tid; e < BM * BN; e += THREADS) {

@@ -63,7 +63,11 @@
 //   receiving its two contributions in a fixed order. Shared memory: 256·(Cp + 8) bytes +
 //   3 × 128 × 36 × 4 (TF32) or 3 × 128 × 40 × 2 (BF16): 176 KB / 152 KB at C = 450.
 //
-// ---- both --------------------------------------------------------------------------------
+// ---- v3 (BF16): v2's forward with ldmatrix fragments; a backward with dq in registers -------
+// Described at `namespace v3` below: 8 warps × 64 rows, Q_I resident and Q_J double-buffered
+// whole in shared memory, M through shared memory, every fragment by ldmatrix(.trans).
+//
+// ---- all --------------------------------------------------------------------------------
 // The backward computes M = dS + dSᵀ from one recomputed score tile (s_ij = s_ji), so
 //   ∂L/∂q = dS·Q + dSᵀ·Q is ONE pass with one GEMM per tile pair, and each block owns its rows'
 //   dq: no cross-block reduction, no atomics, deterministic run to run.

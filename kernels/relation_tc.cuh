@@ -1,4 +1,4 @@
-// relation_tc.cuh: operand traits and bin geometry helpers of relation_tc.cu.
+// relation_tc.cuh: bin geometry helpers of relation_tc.cu (operand types: wmma_ops.cuh).
 #pragma once
 
 #include <cuda_bf16.h>

@@ -31,3 +31,49 @@ struct OpBf16 {
         return __float2bfloat16_rn(x);
     }
 };
+
+// ---- a warp's 32 × 32 output tile as 2 × 2 WMMA 16 × 16 accumulators (conv_implicit.cu,
+// conv_wgrad.cu) ----------------------------------------------------------------------------
+
+template <class Op>
+using Acc32 = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, Op::K, float>;
+
+// One k-step: acc[i][j] += A_i · B_j with A_i the 16 × K fragment at a + i·a_step (layout LA,
+// pitch lda) and B_j the K × 16 fragment at b + j·b_step (layout LB, pitch ldb).
+template <class Op, class LA, class LB>
+__device__ __forceinline__ void mma_32x32(Acc32<Op> (&acc)[2][2], const typename Op::T* a,
+                                          int a_step, int lda, const typename Op::T* b,
+                                          int b_step, int ldb) {
+    using namespace nvcuda;
+    wmma::fragment<wmma::matrix_a, 16, 16, Op::K, typename Op::Frag, LA> fa[2];
+    wmma::fragment<wmma::matrix_b, 16, 16, Op::K, typename Op::Frag, LB> fb[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        wmma::load_matrix_sync(fa[i], a + i * a_step, lda);
+        wmma::load_matrix_sync(fb[i], b + i * b_step, ldb);
+        if constexpr (Op::IS_TF32) {
+            // Already TF32 values (rounded when staged); the API asks for the conversion.
+#pragma unroll
+            for (int e = 0; e < fa[i].num_elements; ++e)
+                fa[i].x[e] = wmma::__float_to_tf32(fa[i].x[e]);
+#pragma unroll
+            for (int e = 0; e < fb[i].num_elements; ++e)
+                fb[i].x[e] = wmma::__float_to_tf32(fb[i].x[e]);
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+}
+
+// The tile to row-major f32 at c (pitch ldc): fragment (i, j) at c + 16·i·ldc + 16·j.
+template <class Op>
+__device__ __forceinline__ void store_32x32(float* c, int ldc, const Acc32<Op> (&acc)[2][2]) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+            nvcuda::wmma::store_matrix_sync(c + 16 * i * ldc + 16 * j, acc[i][j], ldc,
+                                            nvcuda::wmma::mem_row_major);
+}
