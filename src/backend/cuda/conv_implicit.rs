@@ -177,19 +177,29 @@ fn launch_implicit_ptrs(be: &CudaBackend, s: &ConvShape, ptrs: [u64; 5], relu: b
             Arg::Ptr(bias),
             Arg::Ptr(residual),
             Arg::Ptr(y),
-            Arg::I32(int("conv output pixels", m)?),
-            Arg::I32(int("h", s.h)?),
-            Arg::I32(int("w", s.w)?),
-            Arg::I32(int("cin", s.cin)?),
-            Arg::I32(int("ho", s.ho)?),
-            Arg::I32(int("wo", s.wo)?),
-            Arg::I32(int("cout", s.cout)?),
-            Arg::I32(int("k", s.k)?),
-            Arg::I32(int("stride", s.stride)?),
-            Arg::I32(int("pad", s.pad)?),
-            Arg::I32(relu as i32),
-        ],
+        ]
+        .into_iter()
+        .chain(geometry_args(s)?)
+        .chain([Arg::I32(relu as i32)])
+        .collect::<Vec<_>>(),
     )
+}
+
+/// The geometry arguments every implicit kernel takes, in order: (mtotal = B·Ho·Wo, h, w, cin,
+/// ho, wo, cout, k, stride, pad).
+pub(crate) fn geometry_args(s: &ConvShape) -> Result<[Arg; 10]> {
+    Ok([
+        Arg::I32(int("conv output pixels", s.b * s.ho * s.wo)?),
+        Arg::I32(int("h", s.h)?),
+        Arg::I32(int("w", s.w)?),
+        Arg::I32(int("cin", s.cin)?),
+        Arg::I32(int("ho", s.ho)?),
+        Arg::I32(int("wo", s.wo)?),
+        Arg::I32(int("cout", s.cout)?),
+        Arg::I32(int("k", s.k)?),
+        Arg::I32(int("stride", s.stride)?),
+        Arg::I32(int("pad", s.pad)?),
+    ])
 }
 
 fn check_shapes(s: &ConvShape, x: Tensor, w: Tensor, y: Tensor) -> Result<()> {

@@ -6,6 +6,7 @@
 //! algorithm; fp32 (exact) and the im2col algorithm keep `conv.rs` (im2col + cuBLAS).
 
 use super::context::{int, Arg, CudaBackend};
+use super::conv_implicit::geometry_args;
 use super::kernels::names::conv_wgrad as kw;
 use crate::backend::{ConvShape, Precision};
 use crate::error::{Error, Result};
@@ -95,22 +96,11 @@ pub(crate) fn conv2d_wgrad(
             (gx as u32, gy as u32, splits as u32),
             (THREADS, 1, 1),
             0,
-            &[
-                Arg::Ptr(xp),
-                Arg::Ptr(dyp),
-                Arg::Ptr(part),
-                Arg::I32(int("conv output pixels", m)?),
-                Arg::I32(int("h", s.h)?),
-                Arg::I32(int("w", s.w)?),
-                Arg::I32(int("cin", s.cin)?),
-                Arg::I32(int("ho", s.ho)?),
-                Arg::I32(int("wo", s.wo)?),
-                Arg::I32(int("cout", s.cout)?),
-                Arg::I32(int("k", s.k)?),
-                Arg::I32(int("stride", s.stride)?),
-                Arg::I32(int("pad", s.pad)?),
-                Arg::I32(int("conv pixels per slice", mper)?),
-            ],
+            &[Arg::Ptr(xp), Arg::Ptr(dyp), Arg::Ptr(part)]
+                .into_iter()
+                .chain(geometry_args(s)?)
+                .chain([Arg::I32(int("conv pixels per slice", mper)?)])
+                .collect::<Vec<_>>(),
         )?;
         be.launch_1d(
             kw::CONV_WGRAD_REDUCE,
