@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU host (copied into the bundle as run.sh). Usage:
 #
-#   bash run.sh LOGDIR [tests|perf|compile|all]      (default: all)
+#   bash run.sh LOGDIR [tests|perf|compile|detail|all]      (default: all)
 #
 # tests  every GPU test executable with PRRNET_REQUIRE_GPU=1 (gpu_parity, gpu_model_parity,
 #        gpu_relation when bundled, then any other bin/gpu_*), then compute-sanitizer
@@ -14,6 +14,10 @@
 #        time is left, and finally scripts/perf-report.py writing LOGDIR/PERFORMANCE-tables.md.
 # compile  PyTorch's torch.compile matrix (and eager TF32 training), which perf rarely has time
 #        for: a third call into the same LOGDIR, whose report then covers all three.
+# detail Nsight Compute's detailed sections (throughput, memory, occupancy, warp stalls) for the
+#        kernels being tuned, one launch each: the relation v3 forward and backward (W30 size,
+#        BF16), and the BF16 implicit convolution and weight gradient in one training step.
+#        Plain-text reports in LOGDIR/nsight_detail_*.log, for reading, not for perf-report.
 # all    tests, then perf, within one budget.
 #
 # Time: each phase (or `all` as a whole) runs within PRRNET_GPU_BUDGET_S (default 280 s; perf
@@ -32,8 +36,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 logs="${1:-$here/logs}"
 phase="${2:-all}"
 case "$phase" in
-    tests | perf | compile | all) ;;
-    *) echo "usage: run.sh LOGDIR [tests|perf|compile|all]" >&2; exit 2 ;;
+    tests | perf | compile | detail | all) ;;
+    *) echo "usage: run.sh LOGDIR [tests|perf|compile|detail|all]" >&2; exit 2 ;;
 esac
 mkdir -p "$logs"
 logs="$(cd "$logs" && pwd)"
@@ -260,6 +264,26 @@ compile_phase() {
     fi
 }
 
+detail_phase() {
+    if ! command -v ncu >/dev/null || [ "$dev" != cuda ]; then
+        echo "detail: needs ncu and a CUDA device" >&2
+        return
+    fi
+    local ncu=(ncu --set detailed --clock-control none --launch-count 1)
+    local rel=("$prrnet" bench-relation --device cuda --batch "$batch" --precision bf16
+        --version v3 --backward --iters 1 --warmup 0 --gemm-side 0)
+    step nsight_detail_relation_v3_backward 90 "${ncu[@]}" -k regex:relation_tc_v3_backward \
+        "${rel[@]}"
+    step nsight_detail_relation_v3_forward 60 "${ncu[@]}" -k regex:relation_tc_v3_forward \
+        "${rel[@]}"
+    local train=("$prrnet" bench --device cuda --preset "$preset" --size "$size"
+        --batch "$batch" --precision bf16 --train --iters 2 --warmup 0 --profile-window 1:1)
+    step nsight_detail_conv_implicit_bf16 60 "${ncu[@]}" --profile-from-start off \
+        -k regex:conv_implicit_bf16 "${train[@]}"
+    step nsight_detail_conv_wgrad_bf16 60 "${ncu[@]}" --profile-from-start off \
+        -k regex:conv_wgrad_bf16 "${train[@]}"
+}
+
 report() {
     if [ -f "$here/scripts/perf-report.py" ]; then
         timeout 30 "$py" "$here/scripts/perf-report.py" "$logs" --window-iters 3 \
@@ -274,6 +298,7 @@ case "$phase" in
     tests) tests_phase ;;
     perf) perf_phase; report ;;
     compile) compile_phase; report ;;
+    detail) detail_phase ;;
     all) tests_phase; perf_phase; report ;;
 esac
 
