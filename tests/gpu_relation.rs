@@ -377,7 +377,8 @@ fn odd_shapes() {
                 n: 9,
             },
             // C = 450 as W30 (Cp = 480): v3's widest dq (15 n8 tiles per warp, the last one
-            // loaded alone) and its largest shared memory; N = 72 ends in a partial tile.
+            // loaded alone) and nearly its W30 shared memory (205 of 212 KB); N = 72 ends in a
+            // partial tile.
             RelationShape {
                 b: 1,
                 h: 9,
