@@ -1160,7 +1160,7 @@ constexpr int LDM = BN + 8;  // M row pitch (bf16): 144 bytes
 
 // Byte offsets of the shared-memory regions (host: src/backend/cuda/relation_tc.rs `v3`).
 struct Smem {
-    int qi, qj, m, gti, gtj, col, total;
+    int qi, qj, m, gti, gtj, col;
     __device__ Smem(int cpad, int nb) {
         const int ldq = cpad + 8;
         qi = 0;
@@ -1168,8 +1168,7 @@ struct Smem {
         m = qj + align128(2 * BN * ldq * 2);
         gti = m + align128(BM * LDM * 2);
         gtj = gti + align128(BM * nb * 4);
-        col = gtj + align128(2 * BN * nb * 4);
-        total = col + 2 * 3 * BN * 4;
+        col = gtj + align128(2 * BN * nb * 4);  // then 2 · 3 · BN words
     }
 };
 
@@ -1207,15 +1206,19 @@ __device__ __forceinline__ void backward_bf16(
     const int nj = (npix + BN - 1) / BN;
     const int vpr = cpad / 8;  // 16-byte vectors per operand row
 
+    // 64 operand rows from row0 into dst (pitch ldq), 16 bytes per cp.async.
+    static_assert(BM == BN, "one row count for both tiles");
+    auto copy_rows = [&](T* dst, int row0) {
+        for (int v = t; v < BN * vpr; v += THREADS) {
+            const int r = v / vpr, cc = (v - r * vpr) * 8;
+            v2::cp_async16(dst + r * ldq + cc, qb + (i64)(row0 + r) * cpad + cc);
+        }
+    };
     // Copies of column tile jt into buffer `buf` (rows beyond N: operand rows are zero up to
     // Np ≥ 64·nj; gt, l and D are not copied and never read).
     auto load_j = [&](int jt, int buf) {
         const int j0 = jt * BN;
-        T* dst = qj + buf * BN * ldq;
-        for (int v = t; v < BN * vpr; v += THREADS) {
-            const int r = v / vpr, cc = (v - r * vpr) * 8;
-            v2::cp_async16(dst + r * ldq + cc, qb + (i64)(j0 + r) * cpad + cc);
-        }
+        copy_rows(qj + buf * BN * ldq, j0);
         const int rows = min(BN, npix - j0);
         float* gd = gtj + buf * BN * nb;
         const float* gs = gt + (base + j0) * nb;
@@ -1229,10 +1232,7 @@ __device__ __forceinline__ void backward_bf16(
     };
 
     // The row tile: operands and gt rows (i < N).
-    for (int v = t; v < BM * vpr; v += THREADS) {
-        const int r = v / vpr, cc = (v - r * vpr) * 8;
-        v2::cp_async16(qi + r * ldq + cc, qb + (i64)(i0 + r) * cpad + cc);
-    }
+    copy_rows(qi, i0);
     {
         const int rows = min(BM, npix - i0);
         const float* gs = gt + (base + i0) * nb;

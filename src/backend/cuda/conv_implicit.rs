@@ -99,12 +99,15 @@ const TILE_N: usize = 64;
 const SIMT_THREADS: u32 = 256;
 const TC_THREADS: u32 = 128;
 
-/// The widest staging vector (floats) of the tensor-core kernels for `cin` input channels and
-/// the device addresses of x and w: VEC | Cin and both VEC·4-byte aligned.
-fn staging_vec(cin: usize, x: u64, w: u64) -> usize {
+/// The widest staging vector (floats) of the tensor-core kernels (here and in `conv_wgrad.rs`):
+/// the largest VEC ∈ {4, 2, 1} dividing every count in `channels` with every device address in
+/// `ptrs` VEC·4-byte aligned.
+pub(crate) fn staging_vec(channels: &[usize], ptrs: &[u64]) -> usize {
     [4usize, 2]
         .into_iter()
-        .find(|&v| cin % v == 0 && x % (4 * v as u64) == 0 && w % (4 * v as u64) == 0)
+        .find(|&v| {
+            channels.iter().all(|c| c % v == 0) && ptrs.iter().all(|p| p % (4 * v as u64) == 0)
+        })
         .unwrap_or(1)
 }
 
@@ -165,7 +168,7 @@ fn launch_implicit_ptrs(be: &CudaBackend, s: &ConvShape, ptrs: [u64; 5], relu: b
         )));
     }
     let [x, w, bias, residual, y] = ptrs;
-    let (kernel, threads) = kernel_for(be.precision_impl(), staging_vec(s.cin, x, w));
+    let (kernel, threads) = kernel_for(be.precision_impl(), staging_vec(&[s.cin], &[x, w]));
     be.launch(
         kernel,
         (grid_m as u32, grid_n as u32, 1),

@@ -6,7 +6,7 @@
 //! algorithm; fp32 (exact) and the im2col algorithm keep `conv.rs` (im2col + cuBLAS).
 
 use super::context::{int, Arg, CudaBackend};
-use super::conv_implicit::geometry_args;
+use super::conv_implicit::{geometry_args, staging_vec};
 use super::kernels::names::conv_wgrad as kw;
 use crate::backend::{ConvShape, Precision};
 use crate::error::{Error, Result};
@@ -49,14 +49,7 @@ pub(crate) fn conv2d_wgrad(
     dw: Tensor,
 ) -> Result<()> {
     let (xp, dyp, dwp) = (be.ptr(x)?, be.ptr(dy)?, be.ptr(dw)?);
-    // The widest staging vector: VEC | Cin and VEC | Cout, x and dy VEC·4-byte aligned.
-    let vec = [4usize, 2]
-        .into_iter()
-        .find(|&v| {
-            let a = 4 * v as u64;
-            s.cin % v == 0 && s.cout % v == 0 && xp % a == 0 && dyp % a == 0
-        })
-        .unwrap_or(1);
+    let vec = staging_vec(&[s.cin, s.cout], &[xp, dyp]);
     let kernel = match (be.precision_impl(), vec) {
         (Precision::Tf32, 4) => kw::CONV_WGRAD_TF32_V4,
         (Precision::Tf32, 2) => kw::CONV_WGRAD_TF32_V2,
@@ -76,7 +69,8 @@ pub(crate) fn conv2d_wgrad(
         return Ok(());
     }
     let (splits, mper) = slices(s);
-    // The kernel forms m0 + 63 and the tile origins in 32 bits; offsets are 64-bit.
+    // The kernel forms a slice's end (z·mper + mper) and the tile origins in 32 bits; offsets
+    // are 64-bit.
     int("conv output pixels (with a slice of headroom)", m + mper)?;
     int(
         "conv k·k·Cin (rounded to the tile)",
