@@ -34,6 +34,18 @@ __device__ __forceinline__ float gather_a(const float* __restrict__ x, int rowb,
 
 // ---- staging VEC consecutive K columns at once (conv_implicit.cu, conv_wgrad.cu) ----------
 
+// Which part of a ROWS × COLS tile a thread of THREADS stages, VEC consecutive columns per load:
+// CV threads per row, RS rows per step, PER rows per thread; thread t owns columns
+// VEC·(t mod CV).. and rows t / CV + RS·j.
+template <int COLS, int ROWS, int THREADS, int VEC>
+struct StageMap {
+    static_assert(VEC == 1 || VEC == 2 || VEC == 4, "VEC: 1, 2 or 4 floats");
+    static constexpr int CV = COLS / VEC;
+    static constexpr int RS = THREADS / CV;
+    static constexpr int PER = ROWS / RS;
+    static_assert(COLS % VEC == 0 && THREADS % CV == 0 && ROWS % RS == 0, "whole rows");
+};
+
 // VEC floats from `p` (VEC·4-byte aligned), zero when !ok.
 template <int VEC>
 __device__ __forceinline__ void load_vec(const float* __restrict__ p, bool ok, float (&v)[VEC]) {

@@ -200,16 +200,11 @@ constexpr int LDC = BN + 4;          // staging tile pitch (floats), multiple of
 static_assert(THREADS == 128 && BM == 64 && BN == 64, "4 warps of 32 × 32");
 
 // Staging of VEC consecutive K columns per load (VEC | Cin, so they share one tap, and the
-// addresses are VEC·4-byte aligned: the host checks x and w): CV threads per staged row, RS
-// rows per step, PER rows per thread. VEC = 1 is one K column per lane, rows warp + 4·j.
+// addresses are VEC·4-byte aligned: the host checks x and w), the same mapping for the A and
+// B tiles (BM = BN rows of BK columns). VEC = 1 is one K column per lane, rows warp + 4·j.
+static_assert(BM == BN, "the same mapping stages A and B");
 template <int VEC>
-struct Stage {
-    static_assert(VEC == 1 || VEC == 2 || VEC == 4, "VEC: 1, 2 or 4 floats");
-    static constexpr int CV = BK / VEC;
-    static constexpr int RS = THREADS / CV;
-    static constexpr int PER = BM / RS;
-    static_assert(BM == BN && BM % RS == 0, "the same mapping stages A and B");
-};
+using Stage = StageMap<BK, BM, THREADS, VEC>;
 
 template <class Op, int VEC>
 __device__ __forceinline__ void conv_tc(const float* __restrict__ x, const float* __restrict__ wt,

@@ -44,15 +44,9 @@ constexpr int LDC = BN + 4;  // staging tile pitch (floats)
 static_assert(BM == BN && BN == 64 && THREADS == 128, "4 warps of 32 × 32");
 
 // Staging of VEC consecutive columns per load (VEC | Cin and VEC | Cout, x and dy VEC·4-byte
-// aligned: the host checks): CV threads per staged pixel row, RS rows per step, PER per thread.
+// aligned: the host checks): BK pixel rows of BN (= BM) columns, for the dy and the A tiles.
 template <int VEC>
-struct Stage {
-    static_assert(VEC == 1 || VEC == 2 || VEC == 4, "VEC: 1, 2 or 4 floats");
-    static constexpr int CV = BN / VEC;
-    static constexpr int RS = THREADS / CV;
-    static constexpr int PER = BK / RS;
-    static_assert(BK % RS == 0, "whole rows per thread");
-};
+using Stage = StageMap<BN, BK, THREADS, VEC>;
 
 template <class Op>
 struct Pitch {
