@@ -133,9 +133,11 @@ def is_im2col(r):
     return r.get("impl") == "prrnet" and r.get("conv_algo") == "im2col"
 
 
-def is_relation_override(r):
-    """A prrnet run under PRRNET_RELATION_VERSION (gpu-run.sh names its log relation_v2_...)."""
-    return r.get("impl") == "prrnet" and r.get("_file", "").startswith("relation_v")
+def relation_override(r):
+    """The version of a prrnet run under PRRNET_RELATION_VERSION (gpu-run.sh names its log
+    relation_<version>_prrnet_bench_...), else None."""
+    m = re.match(r"relation_([a-z0-9]+)_prrnet_bench_", r.get("_file", ""))
+    return m.group(1) if m and r.get("impl") == "prrnet" else None
 
 
 def conv_algo_table(bench, im2col):
@@ -147,14 +149,17 @@ def conv_algo_table(bench, im2col):
 
 
 def relation_version_table(bench, older):
-    """prrnet with the dispatched relation version against PRRNET_RELATION_VERSION=v2."""
+    """prrnet with the dispatched relation version against the same configuration under
+    PRRNET_RELATION_VERSION=<version> (v2 for BF16, simt for fp32)."""
     if not older:
         return "No `PRRNET_RELATION_VERSION` runs in this folder."
-    return variant_table(bench, older, "default ms", "v2 ms", "v2 / default")
+    return variant_table(bench, older, "default ms", "override ms", "override / default",
+                         name=("override", relation_override))
 
 
-def variant_table(bench, variants, default_col, variant_col, ratio_col):
-    """Each variant run beside the default run of the same configuration."""
+def variant_table(bench, variants, default_col, variant_col, ratio_col, name=None):
+    """Each variant run beside the default run of the same configuration; `name` = (column,
+    function of the record) adds a column naming the variant."""
     rows = []
     for r in variants:
         key = (r.get("preset"), r.get("size"), r.get("batch"), r.get("precision"), r.get("mode"))
@@ -164,11 +169,12 @@ def variant_table(bench, variants, default_col, variant_col, ratio_col):
         ms_i = d.get("ms_median") if d else None
         ms_c = r.get("ms_median")
         ratio = fmt(ms_c / ms_i, ".2f", "×") if ms_i and ms_c else DASH
-        rows.append([key[0], key[1], key[2], key[3], key[4],
-                     fmt(ms_i, ".2f") if ms_i else DASH,
+        rows.append([key[0], key[1], key[2], key[3], key[4]] +
+                    ([name[1](r) or DASH] if name else []) +
+                    [fmt(ms_i, ".2f") if ms_i else DASH,
                      fmt(ms_c, ".2f") if ms_c else (r.get("error") or DASH), ratio])
-    return md_table(["preset", "size", "batch", "precision", "mode", default_col, variant_col,
-                     ratio_col], rows)
+    return md_table(["preset", "size", "batch", "precision", "mode"] +
+                    ([name[0]] if name else []) + [default_col, variant_col, ratio_col], rows)
 
 
 def _int(v):
@@ -412,8 +418,9 @@ def floors(bench, peaks):
         for s in stages:
             gflop, mm, gb, ms = s.get("gflop"), s.get("matmul_gflop"), s.get("gbytes"), s.get("ms")
             if gflop is not None and mm is not None and mm_rate and fp32_rate:
-                # Matrix products at this precision's GEMM rate, the rest at the fp32 rate.
-                comp = (mm / (mm_rate * 1e3)) + ((gflop - mm) / (fp32_rate * 1e3))
+                # Matrix products at this precision's GEMM rate, the rest at the fp32 rate:
+                # GFLOP / (TFLOP/s) = ms.
+                comp = mm / mm_rate + (gflop - mm) / fp32_rate
             else:
                 comp = None
             memf = gb / bw * 1e3 if (gb is not None and bw) else None
@@ -526,6 +533,10 @@ def relation_table(recs):
 
 
 def is_relation(r):
+    """A relation-benchmark record (not a whole-network run under PRRNET_RELATION_VERSION,
+    whose log name also says "relation")."""
+    if relation_override(r):
+        return False
     hay = " ".join(str(r.get(k, "")) for k in ("kind", "impl", "bench", "_file")).lower()
     return "relation" in hay
 
@@ -553,8 +564,8 @@ def main(argv=None):
               and not is_relation(r) and "mode" in r]
     # The im2col comparison runs have their own table; every other table is the default.
     im2col = [r for r in bench if is_im2col(r)]
-    older = [r for r in bench if is_relation_override(r)]
-    bench = [r for r in bench if not is_im2col(r) and not is_relation_override(r)]
+    older = [r for r in bench if relation_override(r)]
+    bench = [r for r in bench if not is_im2col(r) and not relation_override(r)]
     kern = []
     for f in files:
         rows = parse_kern_sum(f)
@@ -590,7 +601,7 @@ def main(argv=None):
     out.append("")
     out.append(conv_algo_table(bench, im2col))
     out.append("")
-    out.append("#### Relation version in the training step (the default vs v2)")
+    out.append("#### Relation version in the training step (the default vs an override)")
     out.append("")
     out.append(relation_version_table(bench, older))
     out.append("")

@@ -1,0 +1,182 @@
+//! `scripts/perf-report.py` on the committed H100 logs (docs/measurements/2026-11-27-h100/perf):
+//! the per-stage floors of docs/PERFORMANCE.md are recomputed here from the printed GFLOP, GB
+//! and measured peaks, so a unit slip in the report (it once printed compute floors 1000×
+//! too small) fails a test instead of reaching the performance record.
+//!
+//! fp32 tables only: there every FLOP runs at the one fp32 rate, so the compute floor is
+//! exactly GFLOP / (TFLOP/s) milliseconds, whatever the matrix-product share.
+
+use std::path::Path;
+use std::process::Command;
+
+const LOGS: &str = "docs/measurements/2026-11-27-h100/perf";
+
+fn report() -> String {
+    report_of(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join(LOGS),
+        "committed",
+    )
+}
+
+/// The report of the log folder `logs` (`tag` keeps concurrent tests' outputs apart).
+fn report_of(logs: &Path, tag: &str) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::env::temp_dir().join(format!(
+        "prrnet-perf-report-{tag}-{}.md",
+        std::process::id()
+    ));
+    let run = Command::new("python3")
+        .current_dir(root)
+        .arg("scripts/perf-report.py")
+        .arg(logs)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("python3 must be installed to run scripts/perf-report.py");
+    assert!(
+        run.status.success(),
+        "perf-report.py failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let text = std::fs::read_to_string(&out).expect("perf-report.py wrote no tables");
+    let _ = std::fs::remove_file(&out);
+    text
+}
+
+/// The number after `label` in `line` (e.g. "fp32 " → 51.8 in "fp32 51.8 TFLOP/s").
+fn number_after(line: &str, label: &str) -> f64 {
+    let rest = &line[line
+        .find(label)
+        .unwrap_or_else(|| panic!("no `{label}` in {line}"))
+        + label.len()..];
+    let num: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    num.parse()
+        .unwrap_or_else(|_| panic!("no number after `{label}` in {line}"))
+}
+
+fn cells(row: &str) -> Vec<&str> {
+    row.trim()
+        .trim_matches('|')
+        .split('|')
+        .map(str::trim)
+        .collect()
+}
+
+fn close(what: &str, got: f64, want: f64) {
+    // The table prints 3 decimals: allow that rounding plus 0.1%.
+    assert!(
+        (got - want).abs() <= 0.0006 + 1e-3 * want.abs(),
+        "{what}: the report says {got}, the printed inputs give {want}"
+    );
+}
+
+#[test]
+fn fp32_floors_follow_from_the_printed_work_and_the_measured_peaks() {
+    let text = report();
+    let peaks = text
+        .lines()
+        .find(|l| l.starts_with("Measured peaks ("))
+        .expect("the report names the measured peaks");
+    let fp32_tflops = number_after(peaks, "fp32 ");
+    let gbps = number_after(peaks, "memory ");
+    assert!(fp32_tflops > 1.0 && gbps > 100.0, "peaks: {peaks}");
+
+    let lines: Vec<&str> = text.lines().collect();
+    let mut rows_checked = 0;
+    for (k, line) in lines.iter().enumerate() {
+        if !(line.starts_with("**w30") && line.contains(", fp32**")) {
+            continue;
+        }
+        let header = lines[k + 2];
+        assert!(
+            header.contains("compute floor ms"),
+            "unexpected table: {header}"
+        );
+        for row in lines[k + 4..].iter().take_while(|l| l.starts_with('|')) {
+            let c = cells(row);
+            if c[0] == "**step**" {
+                continue;
+            }
+            let (gflop, gb): (f64, f64) = (c[1].parse().unwrap(), c[2].parse().unwrap());
+            let (comp, memf, floor): (f64, f64, f64) = (
+                c[3].parse().unwrap(),
+                c[4].parse().unwrap(),
+                c[5].parse().unwrap(),
+            );
+            let what = format!("{line} {}", c[0]);
+            close(&format!("{what} compute floor"), comp, gflop / fp32_tflops);
+            close(&format!("{what} memory floor"), memf, gb / gbps * 1e3);
+            close(&format!("{what} floor"), floor, comp.max(memf));
+            rows_checked += 1;
+        }
+    }
+    // Inference and training at fp32: 6 + 14 stage rows.
+    assert!(
+        rows_checked >= 20,
+        "only {rows_checked} fp32 stage rows found"
+    );
+    // The backbone forward at fp32 (1677 GFLOP at about 52 TFLOP/s) is compute-bound.
+    let backbone = lines
+        .iter()
+        .find(|l| l.starts_with("| fwd.backbone |"))
+        .unwrap();
+    let c = cells(backbone);
+    assert!(
+        c[3].parse::<f64>().unwrap() > c[4].parse::<f64>().unwrap(),
+        "{backbone}"
+    );
+}
+
+#[test]
+fn a_relation_version_override_run_gets_its_own_table() {
+    // gpu-run.sh names a whole-network run under PRRNET_RELATION_VERSION=<v>
+    // `relation_<v>_prrnet_bench_…`; its record must land in the override table beside the
+    // default run, not among the relation-kernel benchmarks (whose logs also say "relation").
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(LOGS);
+    let dir = std::env::temp_dir().join(format!("prrnet-perf-logs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+    }
+    let default_log = std::fs::read_to_string(dir.join("prrnet_bench_w30_train_fp32.log")).unwrap();
+    // The same run, 10% slower, as if measured with the simt version.
+    let slower = default_log.replace("\"ms_median\":2367.99", "\"ms_median\":2604.79");
+    assert_ne!(
+        slower, default_log,
+        "the committed fp32 training log changed"
+    );
+    std::fs::write(
+        dir.join("relation_simt_prrnet_bench_w30_train_fp32.log"),
+        slower,
+    )
+    .unwrap();
+    let text = report_of(&dir, "override");
+    let _ = std::fs::remove_dir_all(&dir);
+    let section = text
+        .split("#### Relation version in the training step")
+        .nth(1)
+        .expect("the report has the relation-version section");
+    let row = section
+        .lines()
+        .find(|l| l.starts_with("| w30 | 299 | 64 | fp32 | train |"))
+        .unwrap_or_else(|| panic!("no override row in:{section}"));
+    assert_eq!(
+        cells(row)[5..],
+        ["simt", "2367.99", "2604.79", "1.10×"],
+        "{row}"
+    );
+    let benchmarks = text
+        .split("#### Relation map benchmarks")
+        .nth(1)
+        .and_then(|t| t.split("#### Commands").next())
+        .unwrap();
+    assert!(
+        !benchmarks.contains("relation_simt_prrnet_bench"),
+        "the override run was listed among the relation benchmarks"
+    );
+}
