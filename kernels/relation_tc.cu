@@ -79,6 +79,7 @@
 //   from L2 (v2: 256 rows per 128×128 tile pair), backward with Q_J read twice per pair; writes
 //   N·(nb + 1) floats forward.
 #include "common.cuh"
+#include "mma_sync.cuh"
 #include "relation_tc.cuh"
 
 #include <mma.h>
@@ -124,6 +125,10 @@ __device__ __forceinline__ void normalize_tc(const float* __restrict__ f, int ba
 
 extern "C" __global__ void relation_tc_normalize_tf32(const float* __restrict__ f, int batch, int npix, int npad, int c, int cpad, int h, int w, int n, float* __restrict__ qop, float* __restrict__ norms, unsigned* __restrict__ pixbins) {
     normalize_tc<OpTf32>(f, batch, npix, npad, c, cpad, h, w, n, qop, norms, pixbins);
+}
+
+extern "C" __global__ void relation_tc_normalize_f32(const float* __restrict__ f, int batch, int npix, int npad, int c, int cpad, int h, int w, int n, float* __restrict__ qop, float* __restrict__ norms, unsigned* __restrict__ pixbins) {
+    normalize_tc<OpTf32x3>(f, batch, npix, npad, c, cpad, h, w, n, qop, norms, pixbins);
 }
 
 extern "C" __global__ void relation_tc_normalize_bf16(const float* __restrict__ f, int batch, int npix, int npad, int c, int cpad, int h, int w, int n, __nv_bfloat16* __restrict__ qop, float* __restrict__ norms, unsigned* __restrict__ pixbins) {
@@ -464,96 +469,6 @@ namespace v2 {
 constexpr int KC = 32;      // channels per pipeline chunk
 constexpr int STAGES = 3;   // chunks in flight
 
-// (PRRNET_CUDA_EMU: tools/cuda-emu runs these kernels on the CPU; it emulates the two inline-PTX
-// families below from the PTX ISA's definitions.)
-__device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src) {
-#ifdef PRRNET_CUDA_EMU
-    ::emu::cp_async(smem_dst, gmem_src, 16);
-#else
-    const unsigned s = (unsigned)__cvta_generic_to_shared(smem_dst);
-    const size_t g = __cvta_generic_to_global(gmem_src);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(g) : "memory");
-#endif
-}
-__device__ __forceinline__ void cp_async_commit() {
-#ifdef PRRNET_CUDA_EMU
-    ::emu::cp_async_commit();
-#else
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-#endif
-}
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-#ifdef PRRNET_CUDA_EMU
-    ::emu::cp_async_wait(N);
-#else
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-#endif
-}
-
-// D += A·B, m16n8k8, TF32 inputs (bit patterns with zero low 13 bits), f32 accumulators.
-// Fragments (g = lane / 4, t = lane % 4): a0 (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4);
-// b0 (k = t, n = g), b1 (k = t+4, n = g); d0 (g, 2t), d1 (g, 2t+1), d2 (g+8, 2t), d3 (g+8, 2t+1).
-__device__ __forceinline__ void mma_tf32(float (&d)[4], unsigned a0, unsigned a1, unsigned a2,
-                                         unsigned a3, unsigned b0, unsigned b1) {
-#ifdef PRRNET_CUDA_EMU
-    ::emu::mma_m16n8k8_tf32(d, a0, a1, a2, a3, b0, b1);
-#else
-    asm volatile(
-        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-#endif
-}
-
-__device__ __forceinline__ void mma_tf32(float (&d)[4], const unsigned (&a)[4],
-                                         unsigned b0, unsigned b1) {
-    mma_tf32(d, a[0], a[1], a[2], a[3], b0, b1);
-}
-
-// D += A·B, m16n8k16, BF16 pairs (lower k in the low half), f32 accumulators.
-// a0 (g, 2t..2t+1), a1 (g+8, 2t..), a2 (g, 2t+8..2t+9), a3 (g+8, 2t+8..);
-// b0 (k = 2t..2t+1, n = g), b1 (k = 2t+8..2t+9, n = g); d as for TF32.
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const unsigned (&a)[4],
-                                         unsigned b0, unsigned b1) {
-#ifdef PRRNET_CUDA_EMU
-    ::emu::mma_m16n8k16_bf16(d, a[0], a[1], a[2], a[3], b0, b1);
-#else
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#endif
-}
-
-// ldmatrix.sync.aligned.m8n8.x{NUM}[.trans].shared.b16: lane l passes the address of row l % 8
-// of matrix l / 8 (16 bytes, 16-byte aligned); register m receives matrix m's elements
-// (g, 2t..2t+1), with TRANS (2t..2t+1, g), the smaller column (row) in the low half.
-template <int NUM, bool TRANS>
-__device__ __forceinline__ void ldsm(unsigned (&r)[NUM], const void* row) {
-#ifdef PRRNET_CUDA_EMU
-    ::emu::ldmatrix(r, NUM, TRANS, row);
-#else
-    const unsigned s = (unsigned)__cvta_generic_to_shared(row);
-    if constexpr (NUM == 4 && TRANS) {
-        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                     : "r"(s));
-    } else if constexpr (NUM == 4) {
-        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                     : "r"(s));
-    } else {
-        static_assert(NUM == 2 && TRANS, "ldsm: only x4, x4.trans and x2.trans are used");
-        asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
-                     : "=r"(r[0]), "=r"(r[1])
-                     : "r"(s));
-    }
-#endif
-}
-
 // BF16 fragments by ldmatrix from a tile with row pitch `ld` elements (rows 16-byte aligned).
 // A of m16n8k16 (rows r0.., k0..) from a row-major [row][k] tile: a0..a3 are the 8×8 matrices
 // (rows +0, k +0), (+8, +0), (+0, +8), (+8, +8).
@@ -579,21 +494,6 @@ __device__ __forceinline__ void ldsm_bt2(const __nv_bfloat16* s, int ld, int k0,
 __device__ __forceinline__ void ldsm_bt1(const __nv_bfloat16* s, int ld, int k0, int n0, int lane,
                                          unsigned (&b)[2]) {
     ldsm<2, true>(b, s + (k0 + (lane & 7) + 8 * ((lane >> 3) & 1)) * ld + n0);
-}
-
-__device__ __forceinline__ unsigned tf32_bits(float x) {
-    return __float_as_uint(wmma::__float_to_tf32(x));
-}
-// Two floats as a BF16 pair: `lo` in the low half (the smaller k).
-__device__ __forceinline__ unsigned bf16_pair(float lo, float hi) {
-    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const unsigned*>(&v);
-}
-__device__ __forceinline__ unsigned ld32(const void* p) {
-    return *reinterpret_cast<const unsigned*>(p);
-}
-__device__ __forceinline__ unsigned ld16(const void* p) {
-    return *reinterpret_cast<const unsigned short*>(p);
 }
 
 // Copy `rows` rows × KC operands (global row stride `ld`, from column k0) into shared memory
@@ -724,6 +624,25 @@ __device__ __forceinline__ void forward(const typename Op::T* __restrict__ qop,
 #pragma unroll
         for (int k0 = 0; k0 < KC; k0 += KSTEP) {
             unsigned a[2][4];
+            if constexpr (Op::SPLIT) {
+                // 3×TF32: every fragment split once per k-step (A: 8 values, B: 16 per warp
+                // for 48 MMAs).
+                unsigned al[2][4];
+                frag_a<Op>(sI, wr * 32, k0, g, tq, a[0]);
+                frag_a<Op>(sI, wr * 32 + 16, k0, g, tq, a[1]);
+                split_frag(a[0], a[0], al[0]);
+                split_frag(a[1], a[1], al[1]);
+#pragma unroll
+                for (int x = 0; x < 8; ++x) {
+                    unsigned b0, b1, bh0, bh1, bl0, bl1;
+                    frag_b<Op>(sJ, wc * 64 + x * 8, k0, g, tq, b0, b1);
+                    split_tf32(__uint_as_float(b0), bh0, bl0);
+                    split_tf32(__uint_as_float(b1), bh1, bl1);
+                    mma_x3(acc[0][x], a[0], al[0], bh0, bh1, bl0, bl1);
+                    mma_x3(acc[1][x], a[1], al[1], bh0, bh1, bl0, bl1);
+                }
+                continue;
+            }
             if constexpr (LDSM) {
                 // v3: one ldmatrix per A fragment and per two B fragments (6 loads per 16 MMAs
                 // instead of 24).
@@ -775,24 +694,37 @@ __device__ __forceinline__ void forward(const typename Op::T* __restrict__ qop,
         if constexpr (Op::IS_TF32) {
             // One k8 step per score n-tile, with k permuted so that the accumulator registers
             // are the A fragment: k = t ↔ column 2t, k = t + 4 ↔ column 2t + 1
-            // (a0 = c0, a1 = c2, a2 = c1, a3 = c3), rounded to TF32 in place.
+            // (a0 = c0, a1 = c2, a2 = c1, a3 = c3), rounded to TF32 in place. 3×TF32: e is
+            // split, e_lo in `lo`; the 0/1 membership is exact, so two MMAs.
 #pragma unroll
             for (int x = 0; x < 8; ++x) {
                 const int j = jw + x * 8 + 2 * tq;
                 const unsigned pk0 = __ldg(pixbins + j), pk1 = __ldg(pixbins + j + 1);
+                [[maybe_unused]] unsigned lo[2][4];
 #pragma unroll
                 for (int m = 0; m < 2; ++m)
 #pragma unroll
-                    for (int e = 0; e < 4; ++e) acc[m][x][e] = wmma::__float_to_tf32(acc[m][x][e]);
+                    for (int e = 0; e < 4; ++e) {
+                        if constexpr (Op::SPLIT) {
+                            unsigned hi;
+                            split_tf32(acc[m][x][e], hi, lo[m][e]);
+                            acc[m][x][e] = __uint_as_float(hi);
+                        } else {
+                            acc[m][x][e] = wmma::__float_to_tf32(acc[m][x][e]);
+                        }
+                    }
 #pragma unroll
                 for (int bt = 0; bt < NBT; ++bt) {
                     const unsigned b0 = in_bin(pk0, bvu[bt]) ? 0x3F800000u : 0u;
                     const unsigned b1 = in_bin(pk1, bvu[bt]) ? 0x3F800000u : 0u;
 #pragma unroll
-                    for (int m = 0; m < 2; ++m)
+                    for (int m = 0; m < 2; ++m) {
+                        if constexpr (Op::SPLIT)
+                            mma_tf32(bacc[m][bt], lo[m][0], lo[m][2], lo[m][1], lo[m][3], b0, b1);
                         mma_tf32(bacc[m][bt], __float_as_uint(acc[m][x][0]),
                                  __float_as_uint(acc[m][x][2]), __float_as_uint(acc[m][x][1]),
                                  __float_as_uint(acc[m][x][3]), b0, b1);
+                    }
                 }
             }
         } else {
@@ -950,6 +882,7 @@ __device__ __forceinline__ void backward(const typename Op::T* __restrict__ qop,
     // M as A fragments: TF32 one per (m, score n-tile), BF16 one per (m, pair of n-tiles).
     constexpr int MK = Op::IS_TF32 ? 4 : 2;
     unsigned mf[2][MK][4];
+    [[maybe_unused]] unsigned mfl[2][MK][4];  // 3×TF32: the low parts of M
 
     auto load = [&](int u) {
         const int jt = u / (2 * nk), r = u - jt * 2 * nk;
@@ -980,14 +913,27 @@ __device__ __forceinline__ void backward(const typename Op::T* __restrict__ qop,
 #pragma unroll
             for (int k0 = 0; k0 < KC; k0 += KSTEP) {
                 unsigned a[2][4];
+                [[maybe_unused]] unsigned al[2][4];
                 frag_a<Op>(sI, wr * 32, k0, g, tq, a[0]);
                 frag_a<Op>(sI, wr * 32 + 16, k0, g, tq, a[1]);
+                if constexpr (Op::SPLIT) {
+                    split_frag(a[0], a[0], al[0]);
+                    split_frag(a[1], a[1], al[1]);
+                }
 #pragma unroll
                 for (int x = 0; x < 4; ++x) {
                     unsigned b0, b1;
                     frag_b<Op>(sJ, wc * 32 + x * 8, k0, g, tq, b0, b1);
-                    mma<Op>(acc[0][x], a[0], b0, b1);
-                    mma<Op>(acc[1][x], a[1], b0, b1);
+                    if constexpr (Op::SPLIT) {
+                        unsigned bh0, bh1, bl0, bl1;
+                        split_tf32(__uint_as_float(b0), bh0, bl0);
+                        split_tf32(__uint_as_float(b1), bh1, bl1);
+                        mma_x3(acc[0][x], a[0], al[0], bh0, bh1, bl0, bl1);
+                        mma_x3(acc[1][x], a[1], al[1], bh0, bh1, bl0, bl1);
+                    } else {
+                        mma<Op>(acc[0][x], a[0], b0, b1);
+                        mma<Op>(acc[1][x], a[1], b0, b1);
+                    }
                 }
             }
             if (r != nk - 1) continue;
@@ -1026,10 +972,17 @@ __device__ __forceinline__ void backward(const typename Op::T* __restrict__ qop,
                     // k permuted as in the forward: k = t ↔ column 2t, k = t + 4 ↔ 2t + 1.
 #pragma unroll
                     for (int x = 0; x < 4; ++x) {
-                        mf[m][x][0] = tf32_bits(acc[m][x][0]);
-                        mf[m][x][1] = tf32_bits(acc[m][x][2]);
-                        mf[m][x][2] = tf32_bits(acc[m][x][1]);
-                        mf[m][x][3] = tf32_bits(acc[m][x][3]);
+                        if constexpr (Op::SPLIT) {
+                            split_tf32(acc[m][x][0], mf[m][x][0], mfl[m][x][0]);
+                            split_tf32(acc[m][x][2], mf[m][x][1], mfl[m][x][1]);
+                            split_tf32(acc[m][x][1], mf[m][x][2], mfl[m][x][2]);
+                            split_tf32(acc[m][x][3], mf[m][x][3], mfl[m][x][3]);
+                        } else {
+                            mf[m][x][0] = tf32_bits(acc[m][x][0]);
+                            mf[m][x][1] = tf32_bits(acc[m][x][2]);
+                            mf[m][x][2] = tf32_bits(acc[m][x][1]);
+                            mf[m][x][3] = tf32_bits(acc[m][x][3]);
+                        }
                     }
                 } else {
 #pragma unroll
@@ -1077,8 +1030,16 @@ __device__ __forceinline__ void backward(const typename Op::T* __restrict__ qop,
                         const int ch = (ct0 + z) * 8 + g;
                         const unsigned b0 = ld32(sJ + jl * L + ch);
                         const unsigned b1 = ld32(sJ + (jl + 1) * L + ch);
-                        mma_tf32(d[0][z], mf[0][x], b0, b1);
-                        mma_tf32(d[1][z], mf[1][x], b0, b1);
+                        if constexpr (Op::SPLIT) {
+                            unsigned bh0, bh1, bl0, bl1;
+                            split_tf32(__uint_as_float(b0), bh0, bl0);
+                            split_tf32(__uint_as_float(b1), bh1, bl1);
+                            mma_x3(d[0][z], mf[0][x], mfl[0][x], bh0, bh1, bl0, bl1);
+                            mma_x3(d[1][z], mf[1][x], mfl[1][x], bh0, bh1, bl0, bl1);
+                        } else {
+                            mma_tf32(d[0][z], mf[0][x], b0, b1);
+                            mma_tf32(d[1][z], mf[1][x], b0, b1);
+                        }
                     }
                 }
             } else {
@@ -1211,7 +1172,7 @@ __device__ __forceinline__ void backward_bf16(
     auto copy_rows = [&](T* dst, int row0) {
         for (int v = t; v < BN * vpr; v += THREADS) {
             const int r = v / vpr, cc = (v - r * vpr) * 8;
-            v2::cp_async16(dst + r * ldq + cc, qb + (i64)(row0 + r) * cpad + cc);
+            cp_async16(dst + r * ldq + cc, qb + (i64)(row0 + r) * cpad + cc);
         }
     };
     // Copies of column tile jt into buffer `buf` (rows beyond N: operand rows are zero up to
@@ -1239,7 +1200,7 @@ __device__ __forceinline__ void backward_bf16(
         for (int e = t; e < rows * nb; e += THREADS) cp_async4(gti + e, gs + e);
     }
     load_j(0, 0);
-    v2::cp_async_commit();
+    cp_async_commit();
 
     // This thread's four score rows: (m, hh) ↔ local row 32·wr + 16·m + g + 8·hh.
     bool okI[2][2];
@@ -1267,10 +1228,10 @@ __device__ __forceinline__ void backward_bf16(
 
     for (int jt = 0; jt < nj; ++jt) {
         const int buf = jt & 1;
-        v2::cp_async_wait<0>();
+        cp_async_wait<0>();
         __syncthreads();  // tile jt landed; M and buffer buf ^ 1 are free
         if (jt + 1 < nj) load_j(jt + 1, buf ^ 1);
-        v2::cp_async_commit();
+        cp_async_commit();
         const T* sj = qj + buf * BN * ldq;
         const float* gtJ = gtj + buf * BN * nb;
         const unsigned* pkJs = reinterpret_cast<const unsigned*>(col + buf * 3 * BN * 4);
@@ -1290,10 +1251,10 @@ __device__ __forceinline__ void backward_bf16(
             v2::ldsm_a(qi, ldq, wr * 32, k0, lane, a0);
             v2::ldsm_a(qi, ldq, wr * 32 + 16, k0, lane, a1);
             v2::ldsm_b2(sj, ldq, wc * 16, k0, lane, bb);
-            v2::mma_bf16(acc[0][0], a0, bb[0], bb[1]);
-            v2::mma_bf16(acc[1][0], a1, bb[0], bb[1]);
-            v2::mma_bf16(acc[0][1], a0, bb[2], bb[3]);
-            v2::mma_bf16(acc[1][1], a1, bb[2], bb[3]);
+            mma_bf16(acc[0][0], a0, bb[0], bb[1]);
+            mma_bf16(acc[1][0], a1, bb[0], bb[1]);
+            mma_bf16(acc[0][1], a0, bb[2], bb[3]);
+            mma_bf16(acc[1][1], a1, bb[2], bb[3]);
         }
 
         // 2. M_ij = e_ij (g_ij − D_i) / l_i + e_ij (g_ji − D_j) / l_j (0 outside N); the
@@ -1335,7 +1296,7 @@ __device__ __forceinline__ void backward_bf16(
                 for (int hh = 0; hh < 2; ++hh) {
                     const int il = wr * 32 + m * 16 + g + 8 * hh;
                     *reinterpret_cast<unsigned*>(ms + il * LDM + wc * 16 + x * 8 + 2 * tq) =
-                        v2::bf16_pair(mv[m][hh][0], mv[m][hh][1]);
+                        bf16_pair(mv[m][hh][0], mv[m][hh][1]);
                 }
         }
         __syncthreads();  // M complete
@@ -1351,20 +1312,20 @@ __device__ __forceinline__ void backward_bf16(
                 if (x + 1 < nt) {
                     unsigned bb[4];
                     v2::ldsm_bt2(sj, ldq, k0, cw0 + x * 8, lane, bb);
-                    v2::mma_bf16(dq[0][x], a0, bb[0], bb[1]);
-                    v2::mma_bf16(dq[1][x], a1, bb[0], bb[1]);
-                    v2::mma_bf16(dq[0][x + 1], a0, bb[2], bb[3]);
-                    v2::mma_bf16(dq[1][x + 1], a1, bb[2], bb[3]);
+                    mma_bf16(dq[0][x], a0, bb[0], bb[1]);
+                    mma_bf16(dq[1][x], a1, bb[0], bb[1]);
+                    mma_bf16(dq[0][x + 1], a0, bb[2], bb[3]);
+                    mma_bf16(dq[1][x + 1], a1, bb[2], bb[3]);
                 } else if (x < nt) {
                     unsigned bb[2];
                     v2::ldsm_bt1(sj, ldq, k0, cw0 + x * 8, lane, bb);
-                    v2::mma_bf16(dq[0][x], a0, bb[0], bb[1]);
-                    v2::mma_bf16(dq[1][x], a1, bb[0], bb[1]);
+                    mma_bf16(dq[0][x], a0, bb[0], bb[1]);
+                    mma_bf16(dq[1][x], a1, bb[0], bb[1]);
                 }
             }
         }
     }
-    v2::cp_async_wait<0>();
+    cp_async_wait<0>();
     __syncthreads();  // every warp is done with Q_J: its bytes become dq [BM][ldq] f32
 
     float* dqs = reinterpret_cast<float*>(qj);
@@ -1426,4 +1387,18 @@ extern "C" __global__ void __launch_bounds__(256, 1) relation_tc_v3_forward_bf16
 }
 extern "C" __global__ void __launch_bounds__(256, 1) relation_tc_v3_backward_bf16(const __nv_bfloat16* __restrict__ qop, const unsigned* __restrict__ pixbins, const float* __restrict__ f, const float* __restrict__ qnorm, const float* __restrict__ norms, const float* __restrict__ lsum, const float* __restrict__ dvec, const float* __restrict__ gt, int npix, int npad, int c, int cpad, int n, float* __restrict__ df) {
     v3::backward_bf16(qop, pixbins, f, qnorm, norms, lsum, dvec, gt, npix, npad, c, cpad, n, df);
+}
+
+// split: v2's tiles and pipeline in 3×TF32 (fp32-accurate products, the operand copy exact f32).
+extern "C" __global__ void __launch_bounds__(256, 1) relation_tc_split_forward_b2(const float* __restrict__ qop, const unsigned* __restrict__ pixbins, int npix, int npad, int cpad, int h, int w, int n, float* __restrict__ lsum, float* __restrict__ p) {
+    v2::forward<OpTf32x3, 2>(qop, pixbins, npix, npad, cpad, h, w, n, lsum, p);
+}
+extern "C" __global__ void __launch_bounds__(256, 1) relation_tc_split_forward_b4(const float* __restrict__ qop, const unsigned* __restrict__ pixbins, int npix, int npad, int cpad, int h, int w, int n, float* __restrict__ lsum, float* __restrict__ p) {
+    v2::forward<OpTf32x3, 4>(qop, pixbins, npix, npad, cpad, h, w, n, lsum, p);
+}
+extern "C" __global__ void __launch_bounds__(256, 1) relation_tc_split_forward_b8(const float* __restrict__ qop, const unsigned* __restrict__ pixbins, int npix, int npad, int cpad, int h, int w, int n, float* __restrict__ lsum, float* __restrict__ p) {
+    v2::forward<OpTf32x3, 8>(qop, pixbins, npix, npad, cpad, h, w, n, lsum, p);
+}
+extern "C" __global__ void __launch_bounds__(128, 1) relation_tc_split_backward(const float* __restrict__ qop, const unsigned* __restrict__ pixbins, const float* __restrict__ f, const float* __restrict__ qnorm, const float* __restrict__ norms, const float* __restrict__ lsum, const float* __restrict__ dvec, const float* __restrict__ gt, int npix, int npad, int c, int cpad, int n, float* __restrict__ df) {
+    v2::backward<OpTf32x3>(qop, pixbins, f, qnorm, norms, lsum, dvec, gt, npix, npad, c, cpad, n, df);
 }

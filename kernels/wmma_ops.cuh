@@ -14,6 +14,7 @@ struct OpTf32 {
     typedef float T;
     typedef nvcuda::wmma::precision::tf32 Frag;
     static constexpr bool IS_TF32 = true;
+    static constexpr bool SPLIT = false;
     static constexpr int K = 8;     // WMMA k for TF32
     static constexpr int LDA = 36;  // 144-byte rows
     __device__ __forceinline__ static float from_float(float x) {
@@ -25,11 +26,26 @@ struct OpBf16 {
     typedef __nv_bfloat16 T;
     typedef __nv_bfloat16 Frag;
     static constexpr bool IS_TF32 = false;
+    static constexpr bool SPLIT = false;
     static constexpr int K = 16;    // WMMA k for BF16
     static constexpr int LDA = 40;  // 80-byte rows
     __device__ __forceinline__ static __nv_bfloat16 from_float(float x) {
         return __float2bfloat16_rn(x);
     }
+};
+
+// fp32-accurate products on the TF32 tensor cores ("3×TF32"): the operand stays exact f32 in
+// memory and in shared memory; each fragment value x is split when loaded into hi = tf32(x) and
+// lo = tf32(x − hi) (|x − hi − lo| ≲ 2⁻²² |x|), and a·b becomes hi·hi + hi·lo + lo·hi, three
+// TF32 MMAs with f32 accumulation (the dropped lo·lo is below 2⁻²² of the product). Used by
+// relation_tc.cu's `split` version (mma.sync only: no WMMA fragments of this type exist).
+struct OpTf32x3 {
+    typedef float T;
+    static constexpr bool IS_TF32 = true;
+    static constexpr bool SPLIT = true;
+    static constexpr int K = 8;
+    static constexpr int LDA = 36;
+    __device__ __forceinline__ static float from_float(float x) { return x; }
 };
 
 // ---- a warp's 32 × 32 output tile as 2 × 2 WMMA 16 × 16 accumulators (conv_implicit.cu,

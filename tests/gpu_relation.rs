@@ -9,7 +9,8 @@
 //! - Forward outputs are poisoned with NaN before every launch.
 //! - Each version's backward consumes its own forward's `norms`, `lsum`, `p` (as in training);
 //!   the CPU's backward consumes the CPU's. The increment `df_after − df_before` is compared.
-//! - Tolerance (relative L2, `‖gpu − ref‖ / ‖ref‖`): fp32 (simt) 1e-5, TF32 1e-3, BF16 1e-2.
+//! - Tolerance (relative L2, `‖gpu − ref‖ / ‖ref‖`): fp32 (simt, split) 1e-5, TF32 1e-3,
+//!   BF16 1e-2.
 //!   An f64 emulation of the tensor-core numerics (operands rounded to TF32/BF16, f32
 //!   accumulation) predicts about 5e-4 (TF32) and 4e-3 (BF16) for `df`, 1e-4 at most for `p`.
 //! - The CPU reference of each shape is computed once and shared by all versions.
@@ -426,10 +427,24 @@ fn dispatch_follows_the_precision() {
         c: 45,
         n: 5,
     };
-    assert_eq!(
-        be.relation_dispatch(Precision::Fp32, &s, false),
-        RelationVersion::Simt
-    );
+    // fp32 runs on the tensor cores in 3×TF32 wherever the split kernels fit the device.
+    for backward in [false, true] {
+        let split_fits = if backward {
+            be.relation_backward_check(RelationVersion::Split, Precision::Fp32, &s)
+        } else {
+            be.relation_version_check(RelationVersion::Split, Precision::Fp32, &s, false)
+        }
+        .is_ok();
+        assert_eq!(
+            be.relation_dispatch(Precision::Fp32, &s, backward),
+            if split_fits {
+                RelationVersion::Split
+            } else {
+                RelationVersion::Simt
+            },
+            "fp32 dispatch (backward: {backward})"
+        );
+    }
     let c = reference(s, 7);
     let bufs = Bufs::new(&mut be, &c);
     for prec in [Precision::Fp32, Precision::Tf32, Precision::Bf16] {
@@ -494,6 +509,8 @@ fn version_names_and_precisions() {
     }
     assert!(RelationVersion::Simt.supports(Precision::Fp32));
     assert!(!RelationVersion::Simt.supports(Precision::Tf32));
+    assert!(RelationVersion::Split.supports(Precision::Fp32));
+    assert!(!RelationVersion::Split.supports(Precision::Tf32));
     assert!(relation_versions()
         .iter()
         .any(|v| v.supports(Precision::Tf32)));

@@ -1,7 +1,7 @@
 //! The relation map's kernel versions (SPEC §4.1) and the public API to run a named one.
 //!
 //! - [`RelationVersion::Simt`]: kernels/relation.cu, exact f32 on the CUDA cores (f64
-//!   accumulators); the only version for [`Precision::Fp32`].
+//!   accumulators): the plain fp32 version, and every precision's fallback.
 //! - [`RelationVersion::V1`]: kernels/relation_tc.cu `v1`, WMMA tensor cores (TF32 or BF16
 //!   inputs, f32 accumulation), every tile through shared memory: the simple one.
 //! - [`RelationVersion::V2`]: kernels/relation_tc.cu `v2`, `mma.sync` from registers, a 3-stage
@@ -11,19 +11,25 @@
 //!   `ldmatrix` fragment loads; a backward with 8 warps that keeps `dq` in registers (one
 //!   `M` tile through shared memory per column tile, `Q_J` double-buffered whole). Forward needs
 //!   n ≤ 8, backward C ≤ 480.
+//! - [`RelationVersion::Split`] ([`Precision::Fp32`]): v2's kernels in "3×TF32": the operand
+//!   copy stays exact f32 and every product `a·b` is `hi·hi + hi·lo + lo·hi` of TF32 halves
+//!   (`x = hi + lo` to about 2⁻²² relative), three tensor-core MMAs with f32 accumulation.
+//!   fp32 accuracy (the tests hold it to simt's 1e-5) at a third of the TF32 rate, which is
+//!   still above the CUDA cores' f32 rate. Forward needs n ≤ 8.
 //!
 //! The tensor-core versions read a padded operand copy of `q` that their normalisation kernel
 //! writes into the workspace: `[B, Np, Cp]` with `Np` = N rounded up to 128 and `Cp` = C rounded
-//! up to 32, zero beyond N and C (TF32: f32 values rounded to TF32; BF16: 2-byte values), so the
+//! up to 32, zero beyond N and C (TF32: f32 values rounded to TF32; split: exact f32; BF16: 2-byte values), so the
 //! GEMM loops need no bounds checks. Workspace (floats, each part rounded up to 16):
 //! forward `qop`, `pixbins [Np]` (every pixel's bins, packed; v2); backward the same, then the
 //! recomputed norms `[B·N]`, `D [B·N]`, `gt [B·N, n²]`.
 //!
 //! [`CudaBackend::relation_forward_version`] / [`CudaBackend::relation_backward_version`] run a
 //! named version; the `Backend` operations dispatch with [`CudaBackend::relation_dispatch`]:
-//! fp32 → simt; TF32/BF16 → the fastest tensor-core version that supports the shape (and fits
-//! the device's shared memory), simt when none does. `PRRNET_RELATION_VERSION=simt|v1|…`
-//! overrides the choice for TF32/BF16 when the named version supports the call.
+//! every precision → the fastest tensor-core version that computes in it and supports the
+//! shape (and fits the device's shared memory), simt when none does.
+//! `PRRNET_RELATION_VERSION=simt|v1|…` overrides the choice when the named version computes in
+//! the precision and supports the call (simt always can).
 
 use std::str::FromStr;
 use std::sync::OnceLock;
@@ -45,13 +51,16 @@ pub enum RelationVersion {
     V2,
     /// `ldmatrix` + `mma.sync`, `dq` in registers in the backward (BF16).
     V3,
+    /// v2's kernels with 3×TF32 products: fp32 accuracy on the tensor cores (fp32).
+    Split,
 }
 
-const ALL_VERSIONS: [RelationVersion; 4] = [
+const ALL_VERSIONS: [RelationVersion; 5] = [
     RelationVersion::Simt,
     RelationVersion::V1,
     RelationVersion::V2,
     RelationVersion::V3,
+    RelationVersion::Split,
 ];
 
 /// Every version, the exact one first.
@@ -67,13 +76,14 @@ impl RelationVersion {
             RelationVersion::V1 => "v1",
             RelationVersion::V2 => "v2",
             RelationVersion::V3 => "v3",
+            RelationVersion::Split => "split",
         }
     }
 
     /// The precisions this version computes in.
     pub fn precisions(self) -> &'static [Precision] {
         match self {
-            RelationVersion::Simt => &[Precision::Fp32],
+            RelationVersion::Simt | RelationVersion::Split => &[Precision::Fp32],
             RelationVersion::V1 | RelationVersion::V2 => &[Precision::Tf32, Precision::Bf16],
             RelationVersion::V3 => &[Precision::Bf16],
         }
@@ -96,6 +106,10 @@ impl RelationVersion {
             RelationVersion::V3 => {
                 "ldmatrix + mma.sync: v2's forward; backward 64x64 tiles on 8 warps with dq in \
                  registers, Q_J double-buffered, M through shared memory (relation_tc.cu v3)"
+            }
+            RelationVersion::Split => {
+                "3xTF32 mma.sync: v2's tiles and pipeline on exact f32 operands, each product \
+                 hi*hi + hi*lo + lo*hi of TF32 halves, fp32-accurate (relation_tc.cu split)"
             }
         }
     }
@@ -214,7 +228,7 @@ fn forward_smem(v: RelationVersion, p: Precision, n: usize) -> usize {
                 + a128(v1::F_BN * 4)
                 + nb * v1::F_BM * 4
         }
-        RelationVersion::V2 | RelationVersion::V3 => {
+        RelationVersion::V2 | RelationVersion::V3 | RelationVersion::Split => {
             let stages = v2::STAGES * (v2::F_BM + v2::F_BN) * lda * ob;
             let combine = v2::F_BM * (v2::nbt(n) * 8 + 1) * 4;
             stages.max(combine)
@@ -241,7 +255,7 @@ fn backward_smem(v: RelationVersion, p: Precision, n: usize, c: usize) -> usize 
                 + a128((2 * v1::B_BM + 2 * v1::B_BN) * 4)
                 + (v1::B_BM + v1::B_BN) * 4 * 4
         }
-        RelationVersion::V2 => {
+        RelationVersion::V2 | RelationVersion::Split => {
             v2::B_BM * (cpad + 8) * 4 + v2::STAGES * (v2::B_BM + v2::B_BN) * lda * ob
         }
         RelationVersion::V3 => v3::backward_smem(cpad, nb),
@@ -289,12 +303,12 @@ struct TcKernels {
 }
 
 fn tc_kernels(v: RelationVersion, p: Precision, n: usize) -> Option<TcKernels> {
-    use Precision::{Bf16, Tf32};
-    use RelationVersion::{V1, V2, V3};
+    use Precision::{Bf16, Fp32, Tf32};
+    use RelationVersion::{Split, V1, V2, V3};
     let normalize = match p {
         Tf32 => kt::RELATION_TC_NORMALIZE_TF32,
         Bf16 => kt::RELATION_TC_NORMALIZE_BF16,
-        Precision::Fp32 => return None,
+        Fp32 => kt::RELATION_TC_NORMALIZE_F32,
     };
     let (forward, backward) = match (v, p) {
         (V1, Tf32) => (
@@ -328,6 +342,14 @@ fn tc_kernels(v: RelationVersion, p: Precision, n: usize) -> Option<TcKernels> {
                 _ => kt::RELATION_TC_V3_FORWARD_BF16_B8,
             },
             kt::RELATION_TC_V3_BACKWARD_BF16,
+        ),
+        (Split, Fp32) => (
+            match v2::nbt(n) {
+                2 => kt::RELATION_TC_SPLIT_FORWARD_B2,
+                4 => kt::RELATION_TC_SPLIT_FORWARD_B4,
+                _ => kt::RELATION_TC_SPLIT_FORWARD_B8,
+            },
+            kt::RELATION_TC_SPLIT_BACKWARD,
         ),
         _ => return None,
     };
@@ -370,7 +392,10 @@ fn unsupported(
     if v == RelationVersion::Simt {
         return None;
     }
-    let tc2 = matches!(v, RelationVersion::V2 | RelationVersion::V3);
+    let tc2 = matches!(
+        v,
+        RelationVersion::V2 | RelationVersion::V3 | RelationVersion::Split
+    );
     if tc2 && !backward && s.n > v2::MAX_N {
         return Some(format!(
             "relation version {v} forward keeps n² ≤ {} bins in registers; n = {}",
@@ -412,10 +437,11 @@ fn unsupported(
     None
 }
 
-/// Tensor-core versions, fastest first.
-const TC_PREFERENCE: [RelationVersion; 3] = [
+/// Tensor-core versions, fastest first (each computes in the precisions it lists).
+const TC_PREFERENCE: [RelationVersion; 4] = [
     RelationVersion::V3,
     RelationVersion::V2,
+    RelationVersion::Split,
     RelationVersion::V1,
 ];
 
@@ -430,18 +456,15 @@ fn env_override() -> Option<RelationVersion> {
 
 impl CudaBackend {
     /// The version the relation operations use for `s` at precision `p` (the forward when
-    /// `backward` is false): fp32 → [`RelationVersion::Simt`]; TF32/BF16 → the fastest
-    /// tensor-core version that supports the shape on this device, else simt.
-    /// `PRRNET_RELATION_VERSION` overrides the TF32/BF16 choice when that version can run it.
+    /// `backward` is false): the fastest tensor-core version that computes in `p` and supports
+    /// the shape on this device (fp32: [`RelationVersion::Split`]), else simt.
+    /// `PRRNET_RELATION_VERSION` overrides the choice when that version can run it.
     pub fn relation_dispatch(
         &self,
         p: Precision,
         s: &RelationShape,
         backward: bool,
     ) -> RelationVersion {
-        if p == Precision::Fp32 {
-            return RelationVersion::Simt;
-        }
         if let Some(v) = env_override() {
             if v == RelationVersion::Simt || unsupported(self, v, p, s, backward).is_none() {
                 return v;
@@ -781,7 +804,10 @@ pub fn relation_bytes(v: RelationVersion, p: Precision, s: &RelationShape, backw
                 (4.0, c, 32.0, 32.0, 1.0)
             }
         }
-        RelationVersion::V1 | RelationVersion::V2 | RelationVersion::V3 => {
+        RelationVersion::V1
+        | RelationVersion::V2
+        | RelationVersion::V3
+        | RelationVersion::Split => {
             let (ob, _) = operand(p);
             let cp = s.c.next_multiple_of(CHAN_PAD) as f64;
             let (fb, bb) = match v {
