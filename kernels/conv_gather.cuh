@@ -1,6 +1,7 @@
 // conv_gather.cuh: reading the im2col matrix of a k×k convolution straight from channels-last x
-// (conv_implicit.cu, conv_wgrad.cu). A[m, kg] = x[b, oy·s + ky − p, ox·s + kx − p, ci] with
-// m = (b·Ho + oy)·Wo + ox and kg = (ky·k + kx)·Cin + ci (0 outside the image).
+// (conv_implicit.cu, conv_wgrad.cu): A[m, kg] = x[b, oy·s + ky − p, ox·s + kx − p, ci] with
+// m = (b·Ho + oy)·Wo + ox and kg = (ky·k + kx)·Cin + ci (0 outside the image); the staging
+// helpers and the fused epilogue (also conv_halo.cu).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -87,6 +88,17 @@ __device__ __forceinline__ void store_vec(typename Op::T* dst, const float (&v)[
                 *reinterpret_cast<unsigned*>(dst) = u[0];
         }
     }
+}
+
+// The fused epilogue of the convolution kernels (conv_implicit.cu, conv_halo.cu):
+// relu?(acc + bias?[n] + residual?[idx]), as bias_act_inplace (NaN stays NaN). `residual` may
+// be the output itself: each element is read before the same thread writes it.
+__device__ __forceinline__ float epilogue(float acc, const float* __restrict__ bias,
+                                          const float* residual, i64 idx, int n, int relu) {
+    float t = acc;
+    if (bias != nullptr) t = t + bias[n];
+    if (residual != nullptr) t = t + residual[idx];
+    return (relu && t < 0.0f) ? 0.0f : t;
 }
 
 // The larger of two byte counts (shared-memory arrays that alias).

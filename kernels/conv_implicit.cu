@@ -95,15 +95,6 @@ __device__ __forceinline__ float gather_w(const float* __restrict__ wt, int n, i
     return __ldg(wt + (i64)n * kdim + kg);
 }
 
-// relu?(acc + bias?[n] + residual?[idx]), as bias_act_inplace (NaN stays NaN).
-__device__ __forceinline__ float epilogue(float acc, const float* __restrict__ bias,
-                                          const float* residual, i64 idx, int n, int relu) {
-    float t = acc;
-    if (bias != nullptr) t = t + bias[n];
-    if (residual != nullptr) t = t + residual[idx];
-    return (relu && t < 0.0f) ? 0.0f : t;
-}
-
 // =============================================================================================
 // simt: exact f32
 // =============================================================================================

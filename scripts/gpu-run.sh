@@ -9,14 +9,17 @@
 # perf   the measured peaks (`prrnet bench --peaks`), `prrnet bench --breakdown` for W30 at
 #        299×299, batch 64 (inference and training; fp32 and bf16 first, then tf32), PyTorch
 #        eager with the same stage breakdown, the relation-map benchmarks when bundled, an nsys
-#        capture of a 3-iteration training window with its kernel summary, W30 training with
-#        PRRNET_CONV_ALGO=im2col (the convolution algorithms compared), torch.compile where
-#        time is left, and finally scripts/perf-report.py writing LOGDIR/PERFORMANCE-tables.md.
+#        capture of a 3-iteration training window with its kernel summary, `prrnet bench-conv`
+#        (every W30 convolution shape per algorithm, bf16 and fp32), W30 inference and training
+#        with PRRNET_CONV_ALGO=implicit (the previous default) and with the previous relation
+#        versions, torch.compile where time is left, and finally scripts/perf-report.py writing
+#        LOGDIR/PERFORMANCE-tables.md.
 # compile  PyTorch's torch.compile matrix (and eager TF32 training), which perf rarely has time
 #        for: a third call into the same LOGDIR, whose report then covers all three.
 # detail Nsight Compute's detailed sections (throughput, memory, occupancy, warp stalls) for the
 #        kernels being tuned, one launch each: the relation v3 forward and backward (W30 size,
-#        BF16), and the BF16 implicit convolution and weight gradient in one training step.
+#        BF16), and the BF16 halo and implicit convolutions and weight gradient in one training
+#        step.
 #        Plain-text reports in LOGDIR/nsight_detail_*.log, for reading, not for perf-report.
 # all    tests, then perf, within one budget.
 #
@@ -197,14 +200,23 @@ perf_phase() {
     fi
     # The relation map alone (kernels vs PyTorch), when the bundle has its benchmarks.
     if "$prrnet" help 2>/dev/null | grep -q "bench-relation"; then
-        # Tensor-core versions in bf16 and tf32; the exact-f32 simt version (seconds per call
-        # at W30 size) with fewer iterations.
+        # Tensor-core versions in bf16 and tf32; fp32: the 3xTF32 split version, then the
+        # exact-f32 simt one (seconds per call at W30 size), with fewer iterations.
         for p in bf16 tf32; do
             step "prrnet_bench_relation_$p" 40 "$prrnet" bench-relation --precision "$p" \
                 --version tc --backward --iters 5 --warmup 1 --json
         done
-        step prrnet_bench_relation_fp32 40 "$prrnet" bench-relation --precision fp32 \
-            --version simt --backward --iters 3 --warmup 1 --json
+        step prrnet_bench_relation_fp32 50 "$prrnet" bench-relation --precision fp32 \
+            --version all --backward --iters 3 --warmup 1 --json
+    fi
+    # Every convolution shape of the W30 step, algorithm by algorithm (halo, implicit, im2col).
+    if "$prrnet" help 2>/dev/null | grep -q "bench-conv"; then
+        for p in bf16 fp32; do
+            step "prrnet_bench_conv_$p" 60 "$prrnet" bench-conv --device "$dev" --preset "$preset" \
+                --size "$size" --batch "$batch" --precision "$p" --backward --halo-min-fill 0 \
+                --iters 5 --warmup 1 \
+                --json
+        done
     fi
     if [ "$have_torch" = 1 ] && [ -f "$here/reference/bench_relation.py" ]; then
         for p in fp32 bf16 tf32; do
@@ -239,18 +251,24 @@ perf_phase() {
     fi
     prrnet_bench tf32 infer
     prrnet_bench tf32 train
-    # The default convolution algorithm (implicit GEMM) against im2col + cuBLAS, training
-    # (forward and the data gradient use it), to decide the default by measurement.
-    for p in fp32 bf16; do
-        step "conv_im2col_prrnet_bench_${preset}_train_$p" 60 env PRRNET_CONV_ALGO=im2col \
+    # The default convolution algorithm (halo tiles where they apply) against the previous
+    # default (implicit GEMM everywhere), to decide the default by measurement.
+    for pm in bf16:infer bf16:train fp32:train; do
+        local p="${pm%%:*}" m="${pm##*:}" train=()
+        [ "$m" = train ] && train=(--train)
+        step "conv_implicit_prrnet_bench_${preset}_${m}_$p" 60 env PRRNET_CONV_ALGO=implicit \
             "$prrnet" bench --device "$dev" --preset "$preset" --size "$size" --batch "$batch" \
-            --precision "$p" --iters "$iters" --warmup 2 --train --json
+            --precision "$p" --iters "$iters" --warmup 2 "${train[@]}" --json
     done
     # The BF16 training step with the previous relation version (v2) against the default
     # (v3 where it fits): the whole-step effect of the relation kernels.
     step "relation_v2_prrnet_bench_${preset}_train_bf16" 60 env PRRNET_RELATION_VERSION=v2 \
         "$prrnet" bench --device "$dev" --preset "$preset" --size "$size" --batch "$batch" \
         --precision bf16 --iters "$iters" --warmup 2 --train --json
+    # The fp32 training step with the exact simt relation against the default (split, 3xTF32).
+    step "relation_simt_prrnet_bench_${preset}_train_fp32" 60 env PRRNET_RELATION_VERSION=simt \
+        "$prrnet" bench --device "$dev" --preset "$preset" --size "$size" --batch "$batch" \
+        --precision fp32 --iters 3 --warmup 1 --train --json
     if [ "$have_torch" = 1 ]; then
         torch_bench pytorch_rest 200 "eager:tf32:infer,eager:tf32:train,$compile_configs"
     fi
@@ -278,6 +296,8 @@ detail_phase() {
         "${rel[@]}"
     local train=("$prrnet" bench --device cuda --preset "$preset" --size "$size"
         --batch "$batch" --precision bf16 --train --iters 2 --warmup 0 --profile-window 1:1)
+    step nsight_detail_conv_halo_bf16 60 "${ncu[@]}" --profile-from-start off \
+        -k regex:conv_halo_bf16 "${train[@]}"
     step nsight_detail_conv_implicit_bf16 60 "${ncu[@]}" --profile-from-start off \
         -k regex:conv_implicit_bf16 "${train[@]}"
     step nsight_detail_conv_wgrad_bf16 60 "${ncu[@]}" --profile-from-start off \
@@ -304,10 +324,13 @@ esac
 
 echo
 echo "== results (logs in $logs) =="
-for f in "$logs"/prrnet_bench_*.log "$logs"/conv_im2col_*.log "$logs"/pytorch_*.log "$logs"/peaks.log; do
+for f in "$logs"/prrnet_bench_*.log "$logs"/conv_*_prrnet_bench_*.log "$logs"/relation_*_prrnet_bench_*.log "$logs"/pytorch_*.log "$logs"/peaks.log; do
     [ -f "$f" ] || continue
+    # A run under an override (conv_<algo>_… / relation_<version>_…) is labelled with it.
+    tag="$(basename "$f" | sed -nE 's/^(conv|relation)_([a-z0-9]+)_prrnet_bench_.*/\2/p')"
     grep '^{' "$f" | "$py" -c '
 import json, sys
+tag = sys.argv[1]
 for line in sys.stdin:
     try:
         r = json.loads(line)
@@ -316,13 +339,18 @@ for line in sys.stdin:
     if r.get("kind") == "peaks":
         print("peaks: fp32 %.1f, tf32 %.1f, bf16 %.1f TFLOP/s; copy %.0f GB/s" % (
             r["fp32_tflops"], r["tf32_tflops"], r["bf16_tflops"], r["dram_gbps"]))
+    elif r.get("kind") == "conv_total":
+        print("conv %-11s %-5s %-15s %9.2f ms per step" % (r.get("algo", "?"), r.get("precision", "?"),
+              r.get("pass", "?"), r["ms_median"] if r["ms_median"] is not None else float("nan")))
+    elif r.get("kind") in ("conv", "relation"):
+        continue
     elif "ms_median" in r:
-        print("%-16s %-5s %-5s %-6s %9.2f ms %9.1f img/s" % (r.get("impl", "?") + ("/" + r["conv_algo"] if r.get("conv_algo") == "im2col" else ""), r.get("precision", "?"),
+        print("%-16s %-5s %-5s %-6s %9.2f ms %9.1f img/s" % (r.get("impl", "?") + ("/" + tag if tag else ""), r.get("precision", "?"),
               r.get("mode", "?"), str(r.get("batch", "")), r["ms_median"], r.get("images_per_s", 0)))
     elif "error" in r or "skipped" in r:
         print("%-16s %-5s %-5s %s" % (r.get("impl", "?"), r.get("precision", "?"), r.get("mode", "?"),
               r.get("error") or r.get("skipped")))
-' 2>/dev/null || grep '^{' "$f" | cut -c1-200
+' "$tag" 2>/dev/null || grep '^{' "$f" | cut -c1-200
 done
 [ -f "$logs/PERFORMANCE-tables.md" ] && echo "tables: $logs/PERFORMANCE-tables.md"
 echo

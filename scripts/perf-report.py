@@ -71,7 +71,10 @@ def read_files(logdir):
 
 
 def json_records(path):
+    """The JSON lines of a log; each gets `_file`, and `_conv_override` when the log's command
+    set PRRNET_CONV_ALGO (a run of a non-default convolution algorithm)."""
     out = []
+    override = env_setting(first_command(path), "PRRNET_CONV_ALGO")
     try:
         with open(path, errors="replace") as f:
             for line in f:
@@ -84,10 +87,18 @@ def json_records(path):
                     continue
                 if isinstance(rec, dict):
                     rec["_file"] = os.path.basename(path)
+                    if override:
+                        rec["_conv_override"] = override
                     out.append(rec)
     except OSError:
         pass
     return out
+
+
+def env_setting(cmd, name):
+    """The value `cmd` (a logged command line) gives the environment variable `name`, or None."""
+    return next((w.split("=", 1)[1] for w in (cmd or "").split() if w.startswith(name + "=")),
+                None)
 
 
 def first_command(path):
@@ -123,14 +134,16 @@ def failed_bench_runs(path):
            "batch": _int(arg("--batch", "4")), "precision": arg("--precision", "fp32"),
            "mode": "train" if "--train" in words else "infer", "error": reason,
            "_file": os.path.basename(path)}
-    algo = next((w.split("=", 1)[1] for w in words if w.startswith("PRRNET_CONV_ALGO=")), None)
+    algo = env_setting(cmd, "PRRNET_CONV_ALGO")
     if algo:
-        rec["conv_algo"] = algo
+        rec["conv_algo"] = rec["_conv_override"] = algo
     return [rec]
 
 
-def is_im2col(r):
-    return r.get("impl") == "prrnet" and r.get("conv_algo") == "im2col"
+def conv_override(r):
+    """The algorithm of a prrnet run whose command set PRRNET_CONV_ALGO (im2col, implicit, …),
+    else None (a run of the default algorithm, whatever `conv_algo` it reports)."""
+    return r.get("_conv_override") if r.get("impl") == "prrnet" else None
 
 
 def relation_override(r):
@@ -140,12 +153,60 @@ def relation_override(r):
     return m.group(1) if m and r.get("impl") == "prrnet" else None
 
 
-def conv_algo_table(bench, im2col):
-    """prrnet with the default (implicit-GEMM) convolutions against the same configuration
-    with PRRNET_CONV_ALGO=im2col, from the same run."""
-    if not im2col:
-        return "No `PRRNET_CONV_ALGO=im2col` runs in this folder."
-    return variant_table(bench, im2col, "implicit ms", "im2col ms", "im2col / implicit")
+def conv_algo_table(bench, overrides):
+    """prrnet with the default convolution algorithm against the same configuration under
+    PRRNET_CONV_ALGO=<algo>, from the same run."""
+    if not overrides:
+        return "No `PRRNET_CONV_ALGO` runs in this folder."
+    return variant_table(bench, overrides, "default ms", "override ms", "override / default",
+                         name=("PRRNET_CONV_ALGO", conv_override))
+
+
+def conv_bench_tables(recs):
+    """`prrnet bench-conv` records: the per-step totals per algorithm, then every shape's
+    forward (and backward) time per algorithm side by side."""
+    conv = [r for r in recs if r.get("kind") == "conv"]
+    totals = [r for r in recs if r.get("kind") == "conv_total"]
+    if not conv and not totals:
+        return "No `prrnet bench-conv` records in this folder."
+    out = []
+    algos = []
+    for r in conv + totals:
+        if r.get("algo") not in algos:
+            algos.append(r.get("algo"))
+    keys = []
+    for r in totals:
+        k = (r.get("precision"), r.get("pass"))
+        if k not in keys:
+            keys.append(k)
+    rows = []
+    for prec, ps in keys:
+        by = {r.get("algo"): r for r in totals if (r.get("precision"), r.get("pass")) == (prec, ps)}
+        calls = next(iter(by.values())).get("calls")
+        rows.append([prec, ps, calls] + [fmt(by[a].get("ms_median"), ".2f") if a in by else DASH
+                                         for a in algos])
+    out.append("Per step (Σ calls × median; the halo algorithm counts the implicit time for the "
+               "shapes it leaves to the implicit kernels):")
+    out.append("")
+    out.append(md_table(["precision", "pass", "calls"] + [f"{a} ms" for a in algos], rows))
+    out.append("")
+    rows = []
+    shapes = []
+    for r in conv:
+        k = (r.get("precision"), r.get("pass"), r.get("shape"))
+        if k not in shapes:
+            shapes.append(k)
+    for prec, ps, shape in shapes:
+        by = {r.get("algo"): r for r in conv
+              if (r.get("precision"), r.get("pass"), r.get("shape")) == (prec, ps, shape)}
+        best = min(by, key=lambda a: by[a].get("ms_median") or float("inf"))
+        calls = next(iter(by.values())).get("calls")
+        rows.append([prec, ps, f"`{shape}`", calls] +
+                    [fmt(by[a].get("ms_median"), ".3f") if a in by else DASH for a in algos] +
+                    [best])
+    out.append(md_table(["precision", "pass", "shape", "calls"] + [f"{a} ms" for a in algos] +
+                        ["fastest"], rows))
+    return "\n".join(out)
 
 
 def relation_version_table(bench, older):
@@ -562,10 +623,11 @@ def main(argv=None):
     bench = [r for f in files for r in failed_bench_runs(f)]
     bench += [r for r in recs if r.get("impl") in IMPLS and r.get("kind") != "peaks"
               and not is_relation(r) and "mode" in r]
-    # The im2col comparison runs have their own table; every other table is the default.
-    im2col = [r for r in bench if is_im2col(r)]
+    # The PRRNET_CONV_ALGO / PRRNET_RELATION_VERSION runs have their own tables; every other
+    # table is the default.
+    conv_algo = [r for r in bench if conv_override(r)]
     older = [r for r in bench if relation_override(r)]
-    bench = [r for r in bench if not is_im2col(r) and not relation_override(r)]
+    bench = [r for r in bench if not conv_override(r) and not relation_override(r)]
     kern = []
     for f in files:
         rows = parse_kern_sum(f)
@@ -597,9 +659,13 @@ def main(argv=None):
     out.append("")
     out.append(kernels(kern))
     out.append("")
-    out.append("#### Convolution algorithm (prrnet: implicit GEMM, the default, vs im2col + cuBLAS)")
+    out.append("#### Convolution algorithm in the whole step (the default vs an override)")
     out.append("")
-    out.append(conv_algo_table(bench, im2col))
+    out.append(conv_algo_table(bench, conv_algo))
+    out.append("")
+    out.append("#### Convolution benchmarks (`prrnet bench-conv`)")
+    out.append("")
+    out.append(conv_bench_tables(recs))
     out.append("")
     out.append("#### Relation version in the training step (the default vs an override)")
     out.append("")

@@ -7,7 +7,7 @@
 
 use serde::Serialize;
 
-use crate::backend::count::{CountBackend, StageCost, OTHER};
+use crate::backend::count::{ConvUse, CostHandle, CountBackend, StageCost, OTHER};
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::error::Result;
@@ -88,6 +88,22 @@ pub struct StageRecord {
 /// execution order; work outside every stage (the backward's gradient zeroing) last, as
 /// `other`, when there is some.
 pub fn stage_costs(cfg: &Config, batch: usize, train: bool) -> Result<Vec<StageCost>> {
+    let mut stages = count_step(cfg, batch, train)?.stages();
+    // `other` last, whatever order it first appeared in.
+    if let Some(i) = stages.iter().position(|c| c.stage == OTHER) {
+        let o = stages.remove(i);
+        stages.push(o);
+    }
+    Ok(stages)
+}
+
+/// The convolution shapes of one step (as [`stage_costs`]), each with its call counts.
+pub fn conv_uses(cfg: &Config, batch: usize, train: bool) -> Result<Vec<ConvUse>> {
+    Ok(count_step(cfg, batch, train)?.conv_uses())
+}
+
+/// One inference forward or training step of `cfg` at `batch` over the counting backend.
+fn count_step(cfg: &Config, batch: usize, train: bool) -> Result<CostHandle> {
     let be = CountBackend::new();
     let costs = be.costs();
     let (b, s) = (batch, cfg.size);
@@ -109,13 +125,7 @@ pub fn stage_costs(cfg: &Config, batch: usize, train: bool) -> Result<Vec<StageC
     } else {
         net.forward(Mode::EVAL)?;
     }
-    let mut stages = costs.stages();
-    // `other` last, whatever order it first appeared in.
-    if let Some(i) = stages.iter().position(|c| c.stage == OTHER) {
-        let o = stages.remove(i);
-        stages.push(o);
-    }
-    Ok(stages)
+    Ok(costs)
 }
 
 /// The process's peak resident memory (Linux `VmHWM`), 0 where unknown.

@@ -9,6 +9,7 @@
 pub mod backend;
 pub mod bench;
 pub mod config;
+pub mod conv_bench;
 pub mod data;
 pub mod detect;
 pub mod error;

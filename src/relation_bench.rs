@@ -135,13 +135,15 @@ pub fn parse_sizes(a: &BenchRelationArgs) -> Result<Vec<(usize, usize, usize)>> 
         .collect()
 }
 
-fn stats(mut ms: Vec<f64>) -> (f64, f64, f64) {
+/// (median, min, max) of the timings (also `prrnet bench-conv`'s).
+pub(crate) fn stats(mut ms: Vec<f64>) -> (f64, f64, f64) {
     ms.sort_by(f64::total_cmp);
     (ms[ms.len() / 2], ms[0], ms[ms.len() - 1])
 }
 
-/// Time `f` (which enqueues work) `iters` times after `warmup` untimed calls.
-fn time(
+/// Time `f` (which enqueues work) `iters` times after `warmup` untimed calls: CUDA events on a
+/// GPU, the host clock (with a synchronisation) on the CPU. Also `prrnet bench-conv`'s.
+pub(crate) fn time(
     be: &dyn Backend,
     warmup: usize,
     iters: usize,

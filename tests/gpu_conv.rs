@@ -1,6 +1,8 @@
-//! GPU convolution forward (`conv2d`, `conv2d_bias_act`) against the CPU backend, for both
-//! algorithms (im2col + cuBLAS, implicit GEMM) × every precision (fp32, tf32, bf16), on the
-//! W30 shapes at 299×299 (batch 2) and on odd shapes that exercise every tile tail.
+//! GPU convolution forward (`conv2d`, `conv2d_bias_act`) and backward against the CPU backend,
+//! for every algorithm (im2col + cuBLAS, implicit GEMM, halo tiles) × every precision (fp32,
+//! tf32, bf16), on the W30 shapes at 299×299 (batch 2) and on odd shapes that exercise every
+//! tile tail. The halo algorithm is run only on the shapes its kernels take (elsewhere it runs
+//! the implicit kernels, already covered).
 //!
 //! Outputs are poisoned with NaN before every launch (a forgotten element fails); inputs are
 //! random normal values. Each launch runs twice and the two results must be bitwise equal.
@@ -67,9 +69,26 @@ fn shapes() -> Vec<(&'static str, ConvShape)> {
         ("odd 8x8 1->4 k3 p0", shape(2, 8, 8, 1, 4, 3, 1, 0)),
         ("odd 6x6 5->3 k4 p0", shape(2, 6, 6, 5, 3, 4, 1, 0)),
         ("odd 9x11 13->17 k3 s2 p1", shape(2, 9, 11, 13, 17, 3, 2, 1)),
-        // Pointwise: stays on cuBLAS under both algorithms (the dispatch).
+        // Pointwise: stays on cuBLAS under every algorithm (the dispatch).
         ("pointwise 10x10 30->60", shape(2, 10, 10, 30, 60, 1, 1, 0)),
+        // Halo-kernel shapes: Cin 7 (one-float staging, a partial channel chunk), Cout 70 (two
+        // column tiles of 64, the second nearly empty), a 13×29 output (partial patches in
+        // both directions); padding 2 (Ho = H + 2; its data gradient has padding 0) and
+        // padding 0 (exact patches, Cout 33; its data gradient has padding 2 and Cin 33).
+        ("halo 13x29 7->70 p1", shape(2, 13, 29, 7, 70, 3, 1, 1)),
+        ("halo 14x30 30->30 p2", shape(1, 14, 30, 30, 30, 3, 1, 2)),
+        ("halo 18x34 60->33 p0", shape(1, 18, 34, 60, 33, 3, 1, 0)),
     ]
+}
+
+/// The algorithms a test runs on `s`: halo only where its kernels take the shape.
+fn algos_for(gpu: &CudaBackend, s: &ConvShape) -> Vec<ConvAlgo> {
+    let mut algos = vec![ConvAlgo::Im2col, ConvAlgo::Implicit];
+    gpu.set_conv_algo(ConvAlgo::Halo);
+    if gpu.conv_uses_halo(s) {
+        algos.push(ConvAlgo::Halo);
+    }
+    algos
 }
 
 /// Inputs and CPU results of one shape.
@@ -155,7 +174,8 @@ fn conv_algo_names_parse() {
     assert_eq!("im2col".parse::<ConvAlgo>().unwrap(), ConvAlgo::Im2col);
     assert_eq!("Implicit".parse::<ConvAlgo>().unwrap(), ConvAlgo::Implicit);
     assert!("winograd".parse::<ConvAlgo>().is_err());
-    assert_eq!(ConvAlgo::default(), ConvAlgo::Implicit);
+    assert_eq!("halo".parse::<ConvAlgo>().unwrap(), ConvAlgo::Halo);
+    assert_eq!(ConvAlgo::default(), ConvAlgo::Halo);
     assert_eq!(ConvAlgo::Im2col.to_string(), "im2col");
 }
 
@@ -178,7 +198,7 @@ fn conv_forward_matches_cpu_every_algo_and_precision() {
         let residual = put_gpu(&mut gpu, &r.residual);
         let poison = vec![f32::NAN; s.y_len()];
         let y = put_gpu(&mut gpu, &poison);
-        for algo in [ConvAlgo::Im2col, ConvAlgo::Implicit] {
+        for algo in algos_for(&gpu, &s) {
             gpu.set_conv_algo(algo);
             assert_eq!(gpu.conv_algo(), algo);
             for p in [Precision::Fp32, Precision::Tf32, Precision::Bf16] {
@@ -243,9 +263,10 @@ fn conv_forward_matches_cpu_every_algo_and_precision() {
 }
 
 /// `conv2d_backward` (dx, dw, dbias, each accumulated onto earlier contents) against the CPU,
-/// both algorithms × every precision: with the implicit algorithm the data gradient of a
-/// stride-1 convolution runs as a forward convolution of dy with the flipped weights; stride 2
-/// and pointwise shapes keep the im2col path. Also dx alone and dw alone (the dispatch).
+/// every algorithm × every precision: with the implicit and halo algorithms the data gradient
+/// of a stride-1 convolution runs as a forward convolution of dy with the flipped weights
+/// (the halo kernels pack them flipped themselves); stride 2 and pointwise shapes keep the
+/// im2col path. Also dx alone and dw alone (the dispatch).
 #[test]
 fn conv_backward_matches_cpu_every_algo_and_precision() {
     let Some(mut gpu) = open_concrete("conv_backward_matches_cpu_every_algo_and_precision") else {
@@ -273,7 +294,7 @@ fn conv_backward_matches_cpu_every_algo_and_precision() {
 
         let [xg, wg, dyg] = [&x, &w, &dy].map(|v| put_gpu(&mut gpu, v));
         let [dxg, dwg, dbg] = [&dx0, &dw0, &db0].map(|v| put_gpu(&mut gpu, v));
-        for algo in [ConvAlgo::Im2col, ConvAlgo::Implicit] {
+        for algo in algos_for(&gpu, &s) {
             gpu.set_conv_algo(algo);
             for p in [Precision::Fp32, Precision::Tf32, Precision::Bf16] {
                 gpu.set_precision(p).unwrap();

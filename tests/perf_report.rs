@@ -180,3 +180,55 @@ fn a_relation_version_override_run_gets_its_own_table() {
         "the override run was listed among the relation benchmarks"
     );
 }
+
+#[test]
+fn bench_conv_records_become_per_step_and_per_shape_tables() {
+    let dir = std::env::temp_dir().join(format!("prrnet-perf-conv-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let rec = |kind: &str, algo: &str, shape: Option<&str>, calls: u32, ms: f64| {
+        format!(
+            "{{\"impl\":\"prrnet\",\"kind\":\"{kind}\",\"device\":\"test\",\"preset\":\"w30\",\
+             \"size\":299,\"precision\":\"bf16\",\"algo\":\"{algo}\",\"pass\":\"forward\",\
+             \"shape\":{},\"calls\":{calls},\"ms_median\":{ms},\"ms_min\":null,\"ms_max\":null,\
+             \"tflops\":null}}",
+            shape.map_or("null".to_string(), |s| format!("\"{s}\""))
+        )
+    };
+    let shape = "b64 75x75 30->30 k3 s1 p1";
+    let log = [
+        "$ prrnet bench-conv --precision bf16 --json".to_string(),
+        rec("conv", "implicit", Some(shape), 64, 0.4),
+        rec("conv", "halo", Some(shape), 64, 0.2),
+        rec("conv_total", "implicit", None, 64, 25.6),
+        rec("conv_total", "halo", None, 64, 12.8),
+    ]
+    .join("\n");
+    std::fs::write(dir.join("prrnet_bench_conv_bf16.log"), log).unwrap();
+    let text = report_of(&dir, "conv");
+    let _ = std::fs::remove_dir_all(&dir);
+    let section = text
+        .split("#### Convolution benchmarks")
+        .nth(1)
+        .and_then(|t| t.split("####").next())
+        .expect("the report has the bench-conv section");
+    let rows: Vec<Vec<&str>> = section
+        .lines()
+        .filter(|l| l.starts_with("| bf16 |"))
+        .map(cells)
+        .collect();
+    assert_eq!(rows.len(), 2, "{section}");
+    assert_eq!(rows[0], ["bf16", "forward", "64", "25.60", "12.80"]);
+    assert_eq!(
+        rows[1],
+        [
+            "bf16",
+            "forward",
+            &format!("`{shape}`"),
+            "64",
+            "0.400",
+            "0.200",
+            "halo"
+        ]
+    );
+}

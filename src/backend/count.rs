@@ -45,11 +45,24 @@ pub struct StageCost {
     pub ops: u64,
 }
 
+/// How often a step used one convolution shape (`prrnet bench-conv` times exactly these).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvUse {
+    pub shape: ConvShape,
+    /// Forward calls (`conv2d`, `conv2d_bias_act`).
+    pub forward: u32,
+    /// Backward calls asking for the data gradient, and for the weight gradient.
+    pub backward_data: u32,
+    pub backward_weight: u32,
+}
+
 #[derive(Default)]
 struct Tally {
     current: Option<&'static str>,
     /// In order of first appearance.
     stages: Vec<StageCost>,
+    /// In order of first appearance.
+    convs: Vec<ConvUse>,
 }
 
 /// The counting backend. Clone the [`CountBackend::costs`] handle before handing the backend
@@ -68,10 +81,15 @@ impl CostHandle {
     pub fn stages(&self) -> Vec<StageCost> {
         self.0.lock().map(|t| t.stages.clone()).unwrap_or_default()
     }
+    /// The convolution shapes used so far, each with its call counts, in order of first use.
+    pub fn conv_uses(&self) -> Vec<ConvUse> {
+        self.0.lock().map(|t| t.convs.clone()).unwrap_or_default()
+    }
     /// Forget everything counted so far (e.g. the model's construction and input upload).
     pub fn reset(&self) {
         if let Ok(mut t) = self.0.lock() {
             t.stages.clear();
+            t.convs.clear();
         }
     }
 }
@@ -114,6 +132,27 @@ impl CountBackend {
         s.matmul_flop += matmul_flop;
         s.bytes += elems * F;
         s.ops += 1;
+    }
+
+    /// Count one use of convolution shape `s`: (forward, data gradient, weight gradient).
+    fn conv_use(&self, s: &ConvShape, forward: bool, data: bool, weight: bool) {
+        let mut t = self.tally.lock().expect("count tally lock");
+        let i = match t.convs.iter().position(|c| c.shape == *s) {
+            Some(i) => i,
+            None => {
+                t.convs.push(ConvUse {
+                    shape: *s,
+                    forward: 0,
+                    backward_data: 0,
+                    backward_weight: 0,
+                });
+                t.convs.len() - 1
+            }
+        };
+        let c = &mut t.convs[i];
+        c.forward += forward as u32;
+        c.backward_data += data as u32;
+        c.backward_weight += weight as u32;
     }
 
     fn check(&self, t: Tensor) -> Result<()> {
@@ -231,6 +270,7 @@ impl Backend for CountBackend {
             s.flops(),
             (s.x_len() + s.w_len() + s.y_len()) as f64 + len(bias),
         );
+        self.conv_use(s, true, false, false);
         Ok(())
     }
     fn conv2d_backward(
@@ -259,6 +299,7 @@ impl Backend for CountBackend {
             0.0
         };
         self.add(bias_flop, mm, elems + 2.0 * len(dbias));
+        self.conv_use(s, false, dx.is_some(), dw.is_some());
         Ok(())
     }
     fn linear(

@@ -140,6 +140,9 @@ enum Cmd {
     /// Time the fused relation kernels version by version (TFLOP/s against the measured dense
     /// GEMM rate, modelled bytes, device memory); JSON fields of reference/bench_relation.py.
     BenchRelation(prrnet::relation_bench::BenchRelationArgs),
+    /// Time every convolution shape of a network step algorithm by algorithm (im2col, implicit
+    /// GEMM, halo tiles) on the GPU, with per-step totals.
+    BenchConv(prrnet::conv_bench::BenchConvArgs),
     /// Time inference or training steps on random non-zero inputs.
     Bench {
         /// auto | cpu | cuda | cuda:N
@@ -370,6 +373,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::BenchRelation(a) => {
             prrnet::relation_bench::main(&a)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::BenchConv(a) => {
+            prrnet::conv_bench::main(&a)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Info => {

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
@@ -86,6 +86,8 @@ pub struct CudaBackend {
     precision: AtomicU8,
     /// The current [`super::ConvAlgo`] as its discriminant (`PRRNET_CONV_ALGO` at creation).
     pub(crate) conv_algo: AtomicU8,
+    /// The halo kernels' least patch fill, as f64 bits (`PRRNET_HALO_MIN_FILL` at creation).
+    pub(crate) halo_min_fill: AtomicU64,
     /// Grow-only page-locked staging area for `upload_with`.
     pinned: Mutex<Staging>,
     /// Instantiated CUDA graphs, addressed by index.
@@ -135,6 +137,7 @@ impl CudaBackend {
             .collect::<Result<Vec<_>>>()?;
         let blas = Blas::new(stream.clone())?;
         let conv_algo = super::ConvAlgo::from_env()?;
+        let halo_min_fill = super::conv_halo::min_fill_from_env()?;
         Ok(CudaBackend {
             ctx,
             stream,
@@ -151,6 +154,7 @@ impl CudaBackend {
             max_smem_optin,
             precision: AtomicU8::new(Precision::Fp32 as u8),
             conv_algo: AtomicU8::new(conv_algo as u8),
+            halo_min_fill: AtomicU64::new(halo_min_fill.to_bits()),
             graphs: Mutex::new(Vec::new()),
             pinned: Mutex::new(Staging::default()),
         })

@@ -1,7 +1,10 @@
 //! Implicit-GEMM convolution forward (kernels/conv_implicit.cu) with the folded-BatchNorm
 //! epilogue fused in, and the dispatch between it and the im2col + cuBLAS path of `conv.rs`.
 //!
-//! - [`ConvAlgo::Implicit`] (the default): every non-pointwise convolution forward runs
+//! - [`ConvAlgo::Halo`] (the default): the 3×3 stride-1 shapes whose output fills the halo
+//!   kernels' 8×16 patches well (`conv_halo.rs`: every precision on the tensor cores, fp32 as
+//!   3×TF32) run there, forward and data gradient; everything else as [`ConvAlgo::Implicit`].
+//! - [`ConvAlgo::Implicit`]: every non-pointwise convolution forward runs
 //!   `conv_implicit_simt` (precision Fp32: exact f32 FMA) or `conv_implicit_{tf32,bf16}` (WMMA
 //!   tensor cores, f32 accumulation), which gather the im2col matrix tile by tile in shared
 //!   memory instead of writing it to a workspace, and apply `relu?(acc + bias? + residual?)`
@@ -10,17 +13,18 @@
 //!   `bias_add` / `bias_act_inplace` as separate passes), kept as the fallback.
 //!
 //! Pointwise convolutions (1×1, stride 1, no padding) always stay on cuBLAS. The algorithm is
-//! chosen with [`CudaBackend::set_conv_algo`]; `PRRNET_CONV_ALGO=im2col|implicit` sets the
-//! initial choice when the backend is created. Backward: with the implicit algorithm, the
-//! data gradient of a stride-1 convolution runs on the same kernels and the TF32 / BF16 weight
-//! gradient on `conv_wgrad.rs` (see [`conv2d_backward`]); everything else stays on `conv.rs`.
+//! chosen with [`CudaBackend::set_conv_algo`]; `PRRNET_CONV_ALGO=im2col|implicit|halo` sets the
+//! initial choice when the backend is created. Backward: with the implicit and halo
+//! algorithms, the data gradient of a stride-1 convolution runs on the forward kernels and the
+//! TF32 / BF16 weight gradient on `conv_wgrad.rs` (see [`conv2d_backward`]); everything else
+//! stays on `conv.rs`.
 
 use std::sync::atomic::Ordering;
 
 use super::context::{check_len, int, Arg, CudaBackend, Kernel};
 use super::kernels::names::conv as kc;
 use super::kernels::names::conv_implicit as kci;
-use super::{conv, conv_wgrad, elementwise as ew};
+use super::{conv, conv_halo, conv_wgrad, elementwise as ew};
 use crate::backend::{ConvShape, Precision};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -32,8 +36,10 @@ pub enum ConvAlgo {
     /// im2col into a workspace + cuBLAS GEMM (+ a separate epilogue pass).
     Im2col = 0,
     /// Implicit GEMM (kernels/conv_implicit.cu) with the epilogue fused.
-    #[default]
     Implicit = 1,
+    /// The halo-tile kernels (kernels/conv_halo.cu) where they apply, else implicit GEMM.
+    #[default]
+    Halo = 2,
 }
 
 impl ConvAlgo {
@@ -41,18 +47,18 @@ impl ConvAlgo {
         match self {
             ConvAlgo::Im2col => "im2col",
             ConvAlgo::Implicit => "implicit",
+            ConvAlgo::Halo => "halo",
         }
     }
 
     pub(crate) fn from_u8(v: u8) -> ConvAlgo {
-        if v == ConvAlgo::Im2col as u8 {
-            ConvAlgo::Im2col
-        } else {
-            ConvAlgo::Implicit
-        }
+        [ConvAlgo::Im2col, ConvAlgo::Implicit, ConvAlgo::Halo]
+            .into_iter()
+            .find(|a| *a as u8 == v)
+            .unwrap_or_default()
     }
 
-    /// The initial algorithm: `PRRNET_CONV_ALGO` when set, else [`ConvAlgo::Implicit`].
+    /// The initial algorithm: `PRRNET_CONV_ALGO` when set, else [`ConvAlgo::Halo`].
     pub(crate) fn from_env() -> Result<ConvAlgo> {
         match std::env::var("PRRNET_CONV_ALGO") {
             Ok(v) if !v.trim().is_empty() => v.trim().parse(),
@@ -67,8 +73,10 @@ impl std::str::FromStr for ConvAlgo {
         match s.to_ascii_lowercase().as_str() {
             "im2col" => Ok(ConvAlgo::Im2col),
             "implicit" => Ok(ConvAlgo::Implicit),
+            "halo" => Ok(ConvAlgo::Halo),
             _ => Err(Error::Config(format!(
-                "unknown convolution algorithm `{s}` (PRRNET_CONV_ALGO: expected im2col or implicit)"
+                "unknown convolution algorithm `{s}` (PRRNET_CONV_ALGO: expected im2col, \
+                 implicit or halo)"
             ))),
         }
     }
@@ -89,6 +97,24 @@ impl CudaBackend {
     /// The current convolution algorithm.
     pub fn conv_algo(&self) -> ConvAlgo {
         ConvAlgo::from_u8(self.conv_algo.load(Ordering::Relaxed))
+    }
+
+    /// Whether the forward of `s` runs on the halo kernels under the current algorithm.
+    pub fn conv_uses_halo(&self, s: &ConvShape) -> bool {
+        self.conv_algo() == ConvAlgo::Halo && conv_halo::applies(s, self.halo_min_fill())
+    }
+
+    /// The least share of the halo kernels' 8×16 output patches that must be real output
+    /// pixels for a 3×3 stride-1 convolution to run there (0 to 1; 0.5 by default,
+    /// `PRRNET_HALO_MIN_FILL` at creation).
+    pub fn set_halo_min_fill(&self, fill: f64) {
+        self.halo_min_fill
+            .store(fill.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
+    }
+
+    /// See [`CudaBackend::set_halo_min_fill`].
+    pub fn halo_min_fill(&self) -> f64 {
+        f64::from_bits(self.halo_min_fill.load(Ordering::Relaxed))
     }
 }
 
@@ -124,8 +150,8 @@ fn kernel_for(p: Precision, vec: usize) -> (Kernel, u32) {
     }
 }
 
-/// `y = relu?(conv(x, w) + bias? + residual?)` with the implicit-GEMM kernel of the backend's
-/// precision. Lengths are checked by the callers.
+/// `y = relu?(conv(x, w) + bias? + residual?)` with the halo kernels where they run `s`, else
+/// the implicit-GEMM kernel of the backend's precision. Lengths are checked by the callers.
 #[allow(clippy::too_many_arguments)]
 fn launch_implicit(
     be: &CudaBackend,
@@ -144,6 +170,9 @@ fn launch_implicit(
         be.optr(residual)?,
         be.ptr(y)?,
     ];
+    if be.conv_uses_halo(s) {
+        return conv_halo::launch(be, s, ptrs, relu, false);
+    }
     launch_implicit_ptrs(be, s, ptrs, relu)
 }
 
@@ -299,7 +328,7 @@ pub(crate) fn conv2d_backward(
     dw: Option<Tensor>,
     dbias: Option<Tensor>,
 ) -> Result<()> {
-    if s.is_pointwise() || be.conv_algo() != ConvAlgo::Implicit {
+    if s.is_pointwise() || be.conv_algo() == ConvAlgo::Im2col {
         return conv::conv2d_backward(be, s, x, w, dy, dx, dw, dbias);
     }
     check_len("conv x", x, s.x_len())?;
@@ -310,21 +339,26 @@ pub(crate) fn conv2d_backward(
         check_len("conv dx", dx_t, s.x_len())?;
         let wlen = s.w_len();
         let (wp, dyp, dxp) = (be.ptr(w)?, be.ptr(dy)?, be.ptr(dx_t)?);
-        be.with_workspace(wlen, |wt| {
-            be.launch_1d(
-                kc::CONV_FLIP_WEIGHTS,
-                wlen,
-                &[
-                    Arg::Ptr(wp),
-                    Arg::Ptr(wt),
-                    Arg::I32(int("cout", s.cout)?),
-                    Arg::I32(int("k", s.k)?),
-                    Arg::I32(int("cin", s.cin)?),
-                    Arg::I64(wlen as i64),
-                ],
-            )?;
-            launch_implicit_ptrs(be, &t, [dyp, wt, 0, dxp, dxp], false)
-        })?;
+        if be.conv_uses_halo(&t) {
+            // The halo kernels pack the flipped, transposed weights themselves.
+            conv_halo::launch(be, &t, [dyp, wp, 0, dxp, dxp], false, true)?;
+        } else {
+            be.with_workspace(wlen, |wt| {
+                be.launch_1d(
+                    kc::CONV_FLIP_WEIGHTS,
+                    wlen,
+                    &[
+                        Arg::Ptr(wp),
+                        Arg::Ptr(wt),
+                        Arg::I32(int("cout", s.cout)?),
+                        Arg::I32(int("k", s.k)?),
+                        Arg::I32(int("cin", s.cin)?),
+                        Arg::I64(wlen as i64),
+                    ],
+                )?;
+                launch_implicit_ptrs(be, &t, [dyp, wt, 0, dxp, dxp], false)
+            })?;
+        }
         dx_rest = None;
     }
     if let Some(dw_t) = dw {

@@ -5,7 +5,8 @@
 //! Layout (one file per operation family, named like its kernel file and CPU twin):
 //! `context.rs` (device, stream, modules, buffers, workspace, launches), `blas.rs` (cuBLAS),
 //! `ops.rs` (the `Backend` impl, dispatching to) `elementwise.rs`, `conv.rs` (conv + linear,
-//! im2col), `conv_implicit.rs` (implicit-GEMM forward and data gradient), `conv_wgrad.rs`
+//! im2col), `conv_implicit.rs` (implicit-GEMM forward and data gradient, the algorithm
+//! choice), `conv_halo.rs` (3×3 stride-1 halo-tile kernels), `conv_wgrad.rs`
 //! (implicit weight gradient), `norm.rs`, `resample.rs`, `relation.rs` (simt),
 //! `relation_tc.rs` (tensor-core versions), `head.rs` (concat, attention, region), `loss.rs`
 //! (BCE, Adam). Kernels are compiled by build.rs and embedded; their names are constants in
@@ -14,6 +15,7 @@
 mod blas;
 mod context;
 mod conv;
+mod conv_halo;
 mod conv_implicit;
 mod conv_wgrad;
 mod elementwise;
