@@ -278,19 +278,15 @@ extern "C" __global__ void conv_halo_pack_f32(const float* __restrict__ w, int c
     halo::pack<OpTf32x3>(w, cout, cin, npad, flip, wp, total);
 }
 
-// conv_halo_{bf16,tf32,x3}_n{32,64}_v{1,2,4}: operand type (x3: 3×TF32), BN, staging vector
-// (VEC | Cin, x VEC·4-byte aligned). Dynamic shared memory: conv_halo.rs `smem_bytes`.
-extern "C" __global__ void __launch_bounds__(128) conv_halo_bf16_n32_v1(const float* __restrict__ x, const __nv_bfloat16* __restrict__ wp, const float* __restrict__ bias, const float* residual, float* y, int h, int w, int cin, int ho, int wo, int cout, int pad, int npad, int relu) {
-    halo::conv<OpBf16, 32, 1>(x, wp, bias, residual, y, h, w, cin, ho, wo, cout, pad, npad, relu);
-}
+// conv_halo_{bf16,tf32,x3}_n{32,64}_v{2,4}: operand type (x3: 3×TF32), BN, staging vector
+// (VEC | Cin, x VEC·4-byte aligned; odd channel counts stay on conv_implicit.cu, whose
+// one-float staging costs 231–255 registers here). Dynamic shared memory: conv_halo.rs
+// `smem_bytes`.
 extern "C" __global__ void __launch_bounds__(128) conv_halo_bf16_n32_v2(const float* __restrict__ x, const __nv_bfloat16* __restrict__ wp, const float* __restrict__ bias, const float* residual, float* y, int h, int w, int cin, int ho, int wo, int cout, int pad, int npad, int relu) {
     halo::conv<OpBf16, 32, 2>(x, wp, bias, residual, y, h, w, cin, ho, wo, cout, pad, npad, relu);
 }
 extern "C" __global__ void __launch_bounds__(128) conv_halo_bf16_n32_v4(const float* __restrict__ x, const __nv_bfloat16* __restrict__ wp, const float* __restrict__ bias, const float* residual, float* y, int h, int w, int cin, int ho, int wo, int cout, int pad, int npad, int relu) {
     halo::conv<OpBf16, 32, 4>(x, wp, bias, residual, y, h, w, cin, ho, wo, cout, pad, npad, relu);
-}
-extern "C" __global__ void __launch_bounds__(128) conv_halo_bf16_n64_v1(const float* __restrict__ x, const __nv_bfloat16* __restrict__ wp, const float* __restrict__ bias, const float* residual, float* y, int h, int w, int cin, int ho, int wo, int cout, int pad, int npad, int relu) {
-    halo::conv<OpBf16, 64, 1>(x, wp, bias, residual, y, h, w, cin, ho, wo, cout, pad, npad, relu);
 }
 extern "C" __global__ void __launch_bounds__(128) conv_halo_bf16_n64_v2(const float* __restrict__ x, const __nv_bfloat16* __restrict__ wp, const float* __restrict__ bias, const float* residual, float* y, int h, int w, int cin, int ho, int wo, int cout, int pad, int npad, int relu) {
     halo::conv<OpBf16, 64, 2>(x, wp, bias, residual, y, h, w, cin, ho, wo, cout, pad, npad, relu);
@@ -298,17 +294,11 @@ extern "C" __global__ void __launch_bounds__(128) conv_halo_bf16_n64_v2(const fl
 extern "C" __global__ void __launch_bounds__(128) conv_halo_bf16_n64_v4(const float* __restrict__ x, const __nv_bfloat16* __restrict__ wp, const float* __restrict__ bias, const float* residual, float* y, int h, int w, int cin, int ho, int wo, int cout, int pad, int npad, int relu) {
     halo::conv<OpBf16, 64, 4>(x, wp, bias, residual, y, h, w, cin, ho, wo, cout, pad, npad, relu);
 }
-extern "C" __global__ void __launch_bounds__(128) conv_halo_tf32_n32_v1(const float* __restrict__ x, const float* __restrict__ wp, const float* __restrict__ bias, const float* residual, float* y, int h, int w, int cin, int ho, int wo, int cout, int pad, int npad, int relu) {
-    halo::conv<OpTf32, 32, 1>(x, wp, bias, residual, y, h, w, cin, ho, wo, cout, pad, npad, relu);
-}
 extern "C" __global__ void __launch_bounds__(128) conv_halo_tf32_n32_v2(const float* __restrict__ x, const float* __restrict__ wp, const float* __restrict__ bias, const float* residual, float* y, int h, int w, int cin, int ho, int wo, int cout, int pad, int npad, int relu) {
     halo::conv<OpTf32, 32, 2>(x, wp, bias, residual, y, h, w, cin, ho, wo, cout, pad, npad, relu);
 }
 extern "C" __global__ void __launch_bounds__(128) conv_halo_tf32_n32_v4(const float* __restrict__ x, const float* __restrict__ wp, const float* __restrict__ bias, const float* residual, float* y, int h, int w, int cin, int ho, int wo, int cout, int pad, int npad, int relu) {
     halo::conv<OpTf32, 32, 4>(x, wp, bias, residual, y, h, w, cin, ho, wo, cout, pad, npad, relu);
-}
-extern "C" __global__ void __launch_bounds__(128) conv_halo_tf32_n64_v1(const float* __restrict__ x, const float* __restrict__ wp, const float* __restrict__ bias, const float* residual, float* y, int h, int w, int cin, int ho, int wo, int cout, int pad, int npad, int relu) {
-    halo::conv<OpTf32, 64, 1>(x, wp, bias, residual, y, h, w, cin, ho, wo, cout, pad, npad, relu);
 }
 extern "C" __global__ void __launch_bounds__(128) conv_halo_tf32_n64_v2(const float* __restrict__ x, const float* __restrict__ wp, const float* __restrict__ bias, const float* residual, float* y, int h, int w, int cin, int ho, int wo, int cout, int pad, int npad, int relu) {
     halo::conv<OpTf32, 64, 2>(x, wp, bias, residual, y, h, w, cin, ho, wo, cout, pad, npad, relu);
@@ -316,17 +306,11 @@ extern "C" __global__ void __launch_bounds__(128) conv_halo_tf32_n64_v2(const fl
 extern "C" __global__ void __launch_bounds__(128) conv_halo_tf32_n64_v4(const float* __restrict__ x, const float* __restrict__ wp, const float* __restrict__ bias, const float* residual, float* y, int h, int w, int cin, int ho, int wo, int cout, int pad, int npad, int relu) {
     halo::conv<OpTf32, 64, 4>(x, wp, bias, residual, y, h, w, cin, ho, wo, cout, pad, npad, relu);
 }
-extern "C" __global__ void __launch_bounds__(128) conv_halo_x3_n32_v1(const float* __restrict__ x, const float* __restrict__ wp, const float* __restrict__ bias, const float* residual, float* y, int h, int w, int cin, int ho, int wo, int cout, int pad, int npad, int relu) {
-    halo::conv<OpTf32x3, 32, 1>(x, wp, bias, residual, y, h, w, cin, ho, wo, cout, pad, npad, relu);
-}
 extern "C" __global__ void __launch_bounds__(128) conv_halo_x3_n32_v2(const float* __restrict__ x, const float* __restrict__ wp, const float* __restrict__ bias, const float* residual, float* y, int h, int w, int cin, int ho, int wo, int cout, int pad, int npad, int relu) {
     halo::conv<OpTf32x3, 32, 2>(x, wp, bias, residual, y, h, w, cin, ho, wo, cout, pad, npad, relu);
 }
 extern "C" __global__ void __launch_bounds__(128) conv_halo_x3_n32_v4(const float* __restrict__ x, const float* __restrict__ wp, const float* __restrict__ bias, const float* residual, float* y, int h, int w, int cin, int ho, int wo, int cout, int pad, int npad, int relu) {
     halo::conv<OpTf32x3, 32, 4>(x, wp, bias, residual, y, h, w, cin, ho, wo, cout, pad, npad, relu);
-}
-extern "C" __global__ void __launch_bounds__(128) conv_halo_x3_n64_v1(const float* __restrict__ x, const float* __restrict__ wp, const float* __restrict__ bias, const float* residual, float* y, int h, int w, int cin, int ho, int wo, int cout, int pad, int npad, int relu) {
-    halo::conv<OpTf32x3, 64, 1>(x, wp, bias, residual, y, h, w, cin, ho, wo, cout, pad, npad, relu);
 }
 extern "C" __global__ void __launch_bounds__(128) conv_halo_x3_n64_v2(const float* __restrict__ x, const float* __restrict__ wp, const float* __restrict__ bias, const float* residual, float* y, int h, int w, int cin, int ho, int wo, int cout, int pad, int npad, int relu) {
     halo::conv<OpTf32x3, 64, 2>(x, wp, bias, residual, y, h, w, cin, ho, wo, cout, pad, npad, relu);

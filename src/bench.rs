@@ -306,6 +306,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::ConvShape;
 
     fn stage<'a>(c: &'a [StageCost], name: &str) -> &'a StageCost {
         c.iter().find(|c| c.stage == name).expect(name)
@@ -355,6 +356,33 @@ mod tests {
             mm("fwd.backbone") + mm("bwd.backbone"),
             0.029165568e9
         ));
+    }
+
+    #[test]
+    fn conv_uses_count_every_w30_convolution_shape() {
+        let w30 = Config::preset("w30").unwrap();
+        let uses = conv_uses(&w30, 2, true).unwrap();
+        let find = |s: ConvShape| uses.iter().find(|u| u.shape == s).copied();
+        // The 75×75 branch's BasicBlock convolutions: stage2 1 module, stage3 4, stage4 3, each
+        // with 4 blocks of 2 convolutions.
+        let b0 = find(ConvShape::new(2, 75, 75, 30, 30, 3, 1, 1)).expect("branch-0 3×3");
+        assert_eq!(b0.forward, 8 * (1 + 4 + 3));
+        assert_eq!(
+            (b0.backward_data, b0.backward_weight),
+            (b0.forward, b0.forward)
+        );
+        // The stem's first convolution has no data gradient (its input is the image).
+        let stem = find(ConvShape::new(2, 299, 299, 3, 64, 3, 2, 1)).expect("stem conv1");
+        assert_eq!(
+            (stem.forward, stem.backward_data, stem.backward_weight),
+            (1, 0, 1)
+        );
+        // Inference: forward only, the same shapes.
+        let infer = conv_uses(&w30, 2, false).unwrap();
+        assert_eq!(infer.len(), uses.len());
+        assert!(infer
+            .iter()
+            .all(|u| u.backward_data == 0 && u.backward_weight == 0 && u.forward > 0));
     }
 
     #[test]

@@ -130,6 +130,9 @@ pub fn run(a: &BenchConvArgs, mut emit: impl FnMut(&ConvBenchRecord)) -> Result<
     let x = put(&mut be, max(ConvShape::x_len), 1.0)?;
     let w = put(&mut be, max(ConvShape::w_len), 0.05)?;
     let y = put(&mut be, max(ConvShape::y_len), 1.0)?;
+    // The gradients accumulate into buffers of their own, so no input drifts.
+    let dx = put(&mut be, max(ConvShape::x_len), 0.0)?;
+    let dw = put(&mut be, max(ConvShape::w_len), 0.0)?;
     let bias = put(
         &mut be,
         uses.iter().map(|u| u.shape.cout).max().unwrap_or(0),
@@ -165,6 +168,7 @@ pub fn run(a: &BenchConvArgs, mut emit: impl FnMut(&ConvBenchRecord)) -> Result<
     for (si, u) in uses.iter().enumerate() {
         let s = u.shape;
         let (xs, ws, ys) = (part(x, s.x_len()), part(w, s.w_len()), part(y, s.y_len()));
+        let (dxs, dws) = (part(dx, s.x_len()), part(dw, s.w_len()));
         let b = part(bias, s.cout);
         for (ai, &algo) in algos.iter().enumerate() {
             be.set_conv_algo(algo);
@@ -181,7 +185,7 @@ pub fn run(a: &BenchConvArgs, mut emit: impl FnMut(&ConvBenchRecord)) -> Result<
                 // transposed stride-1 convolution; never the weight gradient.
                 let halo_here = match pass {
                     "forward" => be.conv_uses_halo(&s),
-                    "backward_data" => transposed(&s).is_some_and(|t| be.conv_uses_halo(&t)),
+                    "backward_data" => s.transposed().is_some_and(|t| be.conv_uses_halo(&t)),
                     _ => false,
                 };
                 if algo == ConvAlgo::Halo && !halo_here {
@@ -190,9 +194,11 @@ pub fn run(a: &BenchConvArgs, mut emit: impl FnMut(&ConvBenchRecord)) -> Result<
                 let op = || -> Result<()> {
                     match pass {
                         "forward" => be.conv2d_bias_act(&s, xs, ws, b, None, true, ys),
-                        // dy = y's buffer, dx = x's, dw = w's: accumulated, values irrelevant.
-                        "backward_data" => be.conv2d_backward(&s, xs, ws, ys, Some(xs), None, None),
-                        _ => be.conv2d_backward(&s, xs, ws, ys, None, Some(ws), None),
+                        // dy = y's buffer; each gradient alone, as the dispatch sees it.
+                        "backward_data" => {
+                            be.conv2d_backward(&s, xs, ws, ys, Some(dxs), None, None)
+                        }
+                        _ => be.conv2d_backward(&s, xs, ws, ys, None, Some(dws), None),
                     }
                 };
                 let ms = time(&be, a.warmup, a.iters, op)?;
@@ -243,13 +249,6 @@ pub fn run(a: &BenchConvArgs, mut emit: impl FnMut(&ConvBenchRecord)) -> Result<
     Ok(())
 }
 
-/// The stride-1 convolution that computes the data gradient of `s` (as the implicit and halo
-/// algorithms run it), if there is one.
-fn transposed(s: &ConvShape) -> Option<ConvShape> {
-    (!s.is_pointwise() && s.stride == 1 && s.pad < s.k)
-        .then(|| ConvShape::new(s.b, s.ho, s.wo, s.cout, s.cin, s.k, 1, s.k - 1 - s.pad))
-}
-
 /// `prrnet bench-conv`: run and print (JSON lines with `--json`, else a table).
 pub fn main(a: &BenchConvArgs) -> Result<()> {
     run(a, |r| {
@@ -276,18 +275,4 @@ pub fn main(a: &BenchConvArgs) -> Result<()> {
             ),
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_transposed_shape_maps_the_output_back_to_the_input() {
-        let s = ConvShape::new(2, 17, 13, 30, 60, 3, 1, 0);
-        let t = transposed(&s).unwrap();
-        assert_eq!((t.h, t.w, t.cin, t.cout, t.pad), (15, 11, 60, 30, 2));
-        assert_eq!((t.ho, t.wo), (s.h, s.w));
-        assert!(transposed(&ConvShape::new(2, 17, 13, 30, 60, 3, 2, 1)).is_none());
-    }
 }

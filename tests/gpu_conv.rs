@@ -71,11 +71,11 @@ fn shapes() -> Vec<(&'static str, ConvShape)> {
         ("odd 9x11 13->17 k3 s2 p1", shape(2, 9, 11, 13, 17, 3, 2, 1)),
         // Pointwise: stays on cuBLAS under every algorithm (the dispatch).
         ("pointwise 10x10 30->60", shape(2, 10, 10, 30, 60, 1, 1, 0)),
-        // Halo-kernel shapes: Cin 7 (one-float staging, a partial channel chunk), Cout 70 (two
+        // Halo-kernel shapes: Cin 6 (two-float staging, a partial channel chunk), Cout 70 (two
         // column tiles of 64, the second nearly empty), a 13×29 output (partial patches in
         // both directions); padding 2 (Ho = H + 2; its data gradient has padding 0) and
         // padding 0 (exact patches, Cout 33; its data gradient has padding 2 and Cin 33).
-        ("halo 13x29 7->70 p1", shape(2, 13, 29, 7, 70, 3, 1, 1)),
+        ("halo 13x29 6->70 p1", shape(2, 13, 29, 6, 70, 3, 1, 1)),
         ("halo 14x30 30->30 p2", shape(1, 14, 30, 30, 30, 3, 1, 2)),
         ("halo 18x34 60->33 p0", shape(1, 18, 34, 60, 33, 3, 1, 0)),
     ]

@@ -92,6 +92,29 @@ impl ConvShape {
     pub fn flops(&self) -> f64 {
         2.0 * (self.b * self.ho * self.wo) as f64 * self.col_k() as f64 * self.cout as f64
     }
+    /// The stride-1 convolution whose forward is this one's data gradient: input dy
+    /// `[B, Ho, Wo, Cout]`, output dx `[B, H, W, Cin]`, weights flipped and transposed, padding
+    /// k − 1 − p. `None` where that does not hold (stride > 1, padding ≥ k, pointwise).
+    pub fn transposed(&self) -> Option<ConvShape> {
+        if self.is_pointwise() || self.stride != 1 || self.pad >= self.k {
+            return None;
+        }
+        let t = ConvShape {
+            b: self.b,
+            h: self.ho,
+            w: self.wo,
+            cin: self.cout,
+            cout: self.cin,
+            k: self.k,
+            stride: 1,
+            pad: self.k - 1 - self.pad,
+            ho: self.h,
+            wo: self.w,
+        };
+        // The output size of the transposed convolution is the input's by construction.
+        debug_assert_eq!(t.ho, t.h + 2 * t.pad + 1 - t.k);
+        Some(t)
+    }
 }
 
 /// Resampling of `[B, hi, wi, C]` to `[B, ho, wo, C]`.
@@ -629,5 +652,24 @@ pub fn open(req: DeviceRequest) -> Result<Box<dyn Backend>> {
             Ok(b) => Ok(b),
             Err(_) => Ok(Box::new(cpu::CpuBackend::new())),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConvShape;
+
+    #[test]
+    fn the_transposed_convolution_maps_the_output_back_to_the_input() {
+        let s = ConvShape::new(2, 17, 13, 30, 60, 3, 1, 0);
+        let t = s.transposed().unwrap();
+        assert_eq!((t.h, t.w, t.cin, t.cout, t.pad), (15, 11, 60, 30, 2));
+        assert_eq!((t.ho, t.wo), (s.h, s.w));
+        assert!(ConvShape::new(2, 17, 13, 30, 60, 3, 2, 1)
+            .transposed()
+            .is_none());
+        assert!(ConvShape::new(2, 17, 13, 30, 60, 1, 1, 0)
+            .transposed()
+            .is_none());
     }
 }

@@ -52,10 +52,22 @@ fn fill(s: &ConvShape) -> f64 {
     (s.ho * s.wo) as f64 / (ph * pw) as f64
 }
 
-/// Whether the halo kernels can run `s` (3×3, stride 1, padding ≤ 2) with a patch fill of at
-/// least `min_fill`.
+/// Whether the halo kernels can run `s` (3×3, stride 1, padding ≤ 2, an even Cin: the input
+/// is staged two or four floats at a time) with a patch fill of at least `min_fill`.
 pub(crate) fn applies(s: &ConvShape, min_fill: f64) -> bool {
-    s.k == 3 && s.stride == 1 && s.pad <= 2 && s.ho > 0 && s.wo > 0 && fill(s) >= min_fill
+    s.k == 3
+        && s.stride == 1
+        && s.pad <= 2
+        && s.cin % 2 == 0
+        && s.ho > 0
+        && s.wo > 0
+        && fill(s) >= min_fill
+}
+
+/// The staging vector (2 or 4 floats) for input `x` of `s`, None when `x` is not aligned to
+/// one (arena tensors always are; the caller then runs the implicit kernels).
+pub(crate) fn staging(s: &ConvShape, x: u64) -> Option<usize> {
+    Some(staging_vec(&[s.cin], &[x])).filter(|&v| v >= 2)
 }
 
 /// Output channels per block: 32 when that covers Cout, else 64.
@@ -91,32 +103,28 @@ fn pack_kernel(p: Precision) -> Kernel {
     }
 }
 
+/// The kernel for a precision, column tile (32 or 64) and staging vector (4, else 2).
 fn conv_kernel(p: Precision, bn: usize, vec: usize) -> Kernel {
     use Precision::{Bf16, Fp32, Tf32};
-    match (p, bn, vec) {
-        (Bf16, 32, 4) => kh::CONV_HALO_BF16_N32_V4,
-        (Bf16, 32, 2) => kh::CONV_HALO_BF16_N32_V2,
-        (Bf16, 32, _) => kh::CONV_HALO_BF16_N32_V1,
-        (Bf16, _, 4) => kh::CONV_HALO_BF16_N64_V4,
-        (Bf16, _, 2) => kh::CONV_HALO_BF16_N64_V2,
-        (Bf16, _, _) => kh::CONV_HALO_BF16_N64_V1,
-        (Tf32, 32, 4) => kh::CONV_HALO_TF32_N32_V4,
-        (Tf32, 32, 2) => kh::CONV_HALO_TF32_N32_V2,
-        (Tf32, 32, _) => kh::CONV_HALO_TF32_N32_V1,
-        (Tf32, _, 4) => kh::CONV_HALO_TF32_N64_V4,
-        (Tf32, _, 2) => kh::CONV_HALO_TF32_N64_V2,
-        (Tf32, _, _) => kh::CONV_HALO_TF32_N64_V1,
-        (Fp32, 32, 4) => kh::CONV_HALO_X3_N32_V4,
-        (Fp32, 32, 2) => kh::CONV_HALO_X3_N32_V2,
-        (Fp32, 32, _) => kh::CONV_HALO_X3_N32_V1,
-        (Fp32, _, 4) => kh::CONV_HALO_X3_N64_V4,
-        (Fp32, _, 2) => kh::CONV_HALO_X3_N64_V2,
-        (Fp32, _, _) => kh::CONV_HALO_X3_N64_V1,
+    match (p, bn == 32, vec == 4) {
+        (Bf16, true, true) => kh::CONV_HALO_BF16_N32_V4,
+        (Bf16, true, false) => kh::CONV_HALO_BF16_N32_V2,
+        (Bf16, false, true) => kh::CONV_HALO_BF16_N64_V4,
+        (Bf16, false, false) => kh::CONV_HALO_BF16_N64_V2,
+        (Tf32, true, true) => kh::CONV_HALO_TF32_N32_V4,
+        (Tf32, true, false) => kh::CONV_HALO_TF32_N32_V2,
+        (Tf32, false, true) => kh::CONV_HALO_TF32_N64_V4,
+        (Tf32, false, false) => kh::CONV_HALO_TF32_N64_V2,
+        (Fp32, true, true) => kh::CONV_HALO_X3_N32_V4,
+        (Fp32, true, false) => kh::CONV_HALO_X3_N32_V2,
+        (Fp32, false, true) => kh::CONV_HALO_X3_N64_V4,
+        (Fp32, false, false) => kh::CONV_HALO_X3_N64_V2,
     }
 }
 
 /// `y = relu?(conv(x, w) + bias? + residual?)` for a shape [`applies`] accepts, on device
-/// addresses `[x, w, bias, residual, y]` (0: absent; `residual` may equal `y`). With
+/// addresses `[x, w, bias, residual, y]` (0: absent; `residual` may equal `y`), staging `x`
+/// `vec` floats at a time ([`staging`]). With
 /// `transposed`, `w` holds the weights of the convolution whose data gradient this is (`s` is
 /// then that gradient's own stride-1 shape: `s.cin` = the original Cout, `s.cout` = the
 /// original Cin), packed flipped and transposed on the fly.
@@ -124,6 +132,7 @@ pub(crate) fn launch(
     be: &CudaBackend,
     s: &ConvShape,
     ptrs: [u64; 5],
+    vec: usize,
     relu: bool,
     transposed: bool,
 ) -> Result<()> {
@@ -148,7 +157,7 @@ pub(crate) fn launch(
         )));
     }
     let [x, w, bias, residual, y] = ptrs;
-    let kernel = conv_kernel(p, bn, staging_vec(&[s.cin], &[x]));
+    let kernel = conv_kernel(p, bn, vec);
     let smem = smem_bytes(bn);
     be.allow_dynamic_smem(kernel, smem, 0)?;
     let packed_floats = (packed * value_bytes).div_ceil(4);

@@ -171,7 +171,9 @@ fn launch_implicit(
         be.ptr(y)?,
     ];
     if be.conv_uses_halo(s) {
-        return conv_halo::launch(be, s, ptrs, relu, false);
+        if let Some(vec) = conv_halo::staging(s, ptrs[0]) {
+            return conv_halo::launch(be, s, ptrs, vec, relu, false);
+        }
     }
     launch_implicit_ptrs(be, s, ptrs, relu)
 }
@@ -285,30 +287,6 @@ pub(crate) fn conv2d_bias_act(
     launch_implicit(be, s, x, w, Some(bias), residual, relu, y)
 }
 
-/// The stride-1 convolution whose forward is the data gradient of `s`: input dy
-/// `[B, Ho, Wo, Cout]`, output dx `[B, H, W, Cin]`, weights flipped and transposed, padding
-/// k − 1 − p. `None` where that does not hold (stride > 1, padding ≥ k, pointwise).
-fn transposed(s: &ConvShape) -> Option<ConvShape> {
-    if s.is_pointwise() || s.stride != 1 || s.pad >= s.k {
-        return None;
-    }
-    let t = ConvShape {
-        b: s.b,
-        h: s.ho,
-        w: s.wo,
-        cin: s.cout,
-        cout: s.cin,
-        k: s.k,
-        stride: 1,
-        pad: s.k - 1 - s.pad,
-        ho: s.h,
-        wo: s.w,
-    };
-    // The output size of the transposed convolution is the input's by construction.
-    debug_assert_eq!(t.ho, t.h + 2 * t.pad + 1 - t.k);
-    Some(t)
-}
-
 /// `Backend::conv2d_backward` on the GPU. With the implicit algorithm:
 /// - the data gradient of a stride-1 convolution is `dx += conv(dy, flip(w)ᵀ, pad k − 1 − p)` on
 ///   the implicit-GEMM forward kernels (the accumulation is the epilogue's residual term, with
@@ -335,13 +313,18 @@ pub(crate) fn conv2d_backward(
     check_len("conv w", w, s.w_len())?;
     check_len("conv dy", dy, s.y_len())?;
     let (mut dx_rest, mut dw_rest) = (dx, dw);
-    if let (Some(dx_t), Some(t)) = (dx, transposed(s)) {
+    if let (Some(dx_t), Some(t)) = (dx, s.transposed()) {
         check_len("conv dx", dx_t, s.x_len())?;
         let wlen = s.w_len();
         let (wp, dyp, dxp) = (be.ptr(w)?, be.ptr(dy)?, be.ptr(dx_t)?);
-        if be.conv_uses_halo(&t) {
+        let halo_vec = if be.conv_uses_halo(&t) {
+            conv_halo::staging(&t, dyp)
+        } else {
+            None
+        };
+        if let Some(vec) = halo_vec {
             // The halo kernels pack the flipped, transposed weights themselves.
-            conv_halo::launch(be, &t, [dyp, wp, 0, dxp, dxp], false, true)?;
+            conv_halo::launch(be, &t, [dyp, wp, 0, dxp, dxp], vec, false, true)?;
         } else {
             be.with_workspace(wlen, |wt| {
                 be.launch_1d(
