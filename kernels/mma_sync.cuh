@@ -105,6 +105,26 @@ __device__ __forceinline__ void ldsm(unsigned (&r)[NUM], const void* row) {
 #endif
 }
 
+// movmatrix.sync.aligned.m8n8.trans.b16: the transpose of an 8×8 matrix of 16-bit values held
+// in the fragment layout (lane l: row l / 4, columns 2(l % 4), 2(l % 4) + 1, the smaller column
+// in the low half); lane l receives row l / 4 of the transpose in the same layout, i.e. the
+// elements (2(l % 4), l / 4) and (2(l % 4) + 1, l / 4) of the input. What storing the fragment
+// and reading it back with ldmatrix.trans gives, without the shared memory.
+__device__ __forceinline__ unsigned movmatrix_trans(unsigned x) {
+#ifdef PRRNET_CUDA_EMU
+    // The same by two shuffles: input element (r, c) lives in lane 4r + c / 2, half c % 2.
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const unsigned a = __shfl_sync(0xffffffffu, x, 8 * t + (g >> 1));
+    const unsigned b = __shfl_sync(0xffffffffu, x, 8 * t + 4 + (g >> 1));
+    const unsigned sh = (g & 1) * 16;
+    return ((a >> sh) & 0xFFFFu) | (((b >> sh) & 0xFFFFu) << 16);
+#else
+    unsigned d;
+    asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(d) : "r"(x));
+    return d;
+#endif
+}
+
 __device__ __forceinline__ unsigned tf32_bits(float x) {
     return __float_as_uint(nvcuda::wmma::__float_to_tf32(x));
 }

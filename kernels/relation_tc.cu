@@ -67,6 +67,12 @@
 // Described at `namespace v3` below: 8 warps × 64 rows, Q_I resident and Q_J double-buffered
 // whole in shared memory, M through shared memory, every fragment by ldmatrix(.trans).
 //
+// ---- sym (relation_sym.cu) ------------------------------------------------------------------
+// A BF16 forward that computes each unordered pair of 128-row tiles once, for both of its row
+// tiles (the column side through movmatrix-transposed fragments), with fixed-point cross-block
+// sums; its backward is v3's. The staging and fragment helpers it shares with v2/v3 live in
+// relation_mma.cuh.
+//
 // ---- all --------------------------------------------------------------------------------
 // The backward computes M = dS + dSᵀ from one recomputed score tile (s_ij = s_ji), so
 //   ∂L/∂q = dS·Q + dSᵀ·Q is ONE pass with one GEMM per tile pair, and each block owns its rows'
@@ -80,6 +86,7 @@
 //   N·(nb + 1) floats forward.
 #include "common.cuh"
 #include "mma_sync.cuh"
+#include "relation_mma.cuh"
 #include "relation_tc.cuh"
 
 #include <mma.h>
@@ -466,90 +473,6 @@ extern "C" __global__ void __launch_bounds__(128) relation_tc_v1_backward_bf16(c
 
 namespace v2 {
 
-constexpr int KC = 32;      // channels per pipeline chunk
-constexpr int STAGES = 3;   // chunks in flight
-
-// BF16 fragments by ldmatrix from a tile with row pitch `ld` elements (rows 16-byte aligned).
-// A of m16n8k16 (rows r0.., k0..) from a row-major [row][k] tile: a0..a3 are the 8×8 matrices
-// (rows +0, k +0), (+8, +0), (+0, +8), (+8, +8).
-__device__ __forceinline__ void ldsm_a(const __nv_bfloat16* s, int ld, int r0, int k0, int lane,
-                                       unsigned (&a)[4]) {
-    const int m = lane >> 3;
-    ldsm<4, false>(a, s + (r0 + (lane & 7) + 8 * (m & 1)) * ld + k0 + 8 * (m >> 1));
-}
-// B of two n8 tiles (n0.., n0 + 8..; k0..) from an [n][k] tile: b[0], b[1] of the first,
-// b[2], b[3] of the second.
-__device__ __forceinline__ void ldsm_b2(const __nv_bfloat16* s, int ld, int n0, int k0, int lane,
-                                        unsigned (&b)[4]) {
-    const int m = lane >> 3;
-    ldsm<4, false>(b, s + (n0 + (lane & 7) + 8 * (m >> 1)) * ld + k0 + 8 * (m & 1));
-}
-// The same from a [k][n] tile (transposed load): rows k0.., columns n0...
-__device__ __forceinline__ void ldsm_bt2(const __nv_bfloat16* s, int ld, int k0, int n0, int lane,
-                                         unsigned (&b)[4]) {
-    const int m = lane >> 3;
-    ldsm<4, true>(b, s + (k0 + (lane & 7) + 8 * (m & 1)) * ld + n0 + 8 * (m >> 1));
-}
-// B of one n8 tile from a [k][n] tile (lanes 16–31 repeat lanes 0–15's addresses, unused).
-__device__ __forceinline__ void ldsm_bt1(const __nv_bfloat16* s, int ld, int k0, int n0, int lane,
-                                         unsigned (&b)[2]) {
-    ldsm<2, true>(b, s + (k0 + (lane & 7) + 8 * ((lane >> 3) & 1)) * ld + n0);
-}
-
-// Copy `rows` rows × KC operands (global row stride `ld`, from column k0) into shared memory
-// (row stride Op::LDA) with 16-byte cp.async, `threads` threads.
-template <class Op, int THREADS>
-__device__ __forceinline__ void stage_async(typename Op::T* __restrict__ dst,
-                                            const typename Op::T* __restrict__ src, int rows,
-                                            int ld, int k0) {
-    constexpr int PER = 16 / (int)sizeof(typename Op::T);
-    constexpr int VPR = KC / PER;
-    for (int v = threadIdx.x; v < rows * VPR; v += THREADS) {
-        const int r = v / VPR, cc = (v % VPR) * PER;
-        cp_async16(dst + r * Op::LDA + cc, src + (i64)r * ld + k0 + cc);
-    }
-}
-
-// Per k-step of one chunk: the A fragment of rows r0..r0+15 and the B fragment of columns
-// c0..c0+7 (both stored [row][k] with pitch LDA, k from k0).
-template <class Op>
-__device__ __forceinline__ void frag_a(const typename Op::T* s, int r0, int k0, int g, int t,
-                                       unsigned (&a)[4]) {
-    constexpr int L = Op::LDA;
-    if constexpr (Op::IS_TF32) {
-        a[0] = ld32(s + (r0 + g) * L + k0 + t);
-        a[1] = ld32(s + (r0 + g + 8) * L + k0 + t);
-        a[2] = ld32(s + (r0 + g) * L + k0 + t + 4);
-        a[3] = ld32(s + (r0 + g + 8) * L + k0 + t + 4);
-    } else {
-        a[0] = ld32(s + (r0 + g) * L + k0 + 2 * t);
-        a[1] = ld32(s + (r0 + g + 8) * L + k0 + 2 * t);
-        a[2] = ld32(s + (r0 + g) * L + k0 + 2 * t + 8);
-        a[3] = ld32(s + (r0 + g + 8) * L + k0 + 2 * t + 8);
-    }
-}
-template <class Op>
-__device__ __forceinline__ void frag_b(const typename Op::T* s, int c0, int k0, int g, int t,
-                                       unsigned& b0, unsigned& b1) {
-    constexpr int L = Op::LDA;
-    if constexpr (Op::IS_TF32) {
-        b0 = ld32(s + (c0 + g) * L + k0 + t);
-        b1 = ld32(s + (c0 + g) * L + k0 + t + 4);
-    } else {
-        b0 = ld32(s + (c0 + g) * L + k0 + 2 * t);
-        b1 = ld32(s + (c0 + g) * L + k0 + 2 * t + 8);
-    }
-}
-template <class Op>
-__device__ __forceinline__ void mma(float (&d)[4], const unsigned (&a)[4], unsigned b0,
-                                    unsigned b1) {
-    if constexpr (Op::IS_TF32) {
-        mma_tf32(d, a, b0, b1);
-    } else {
-        mma_bf16(d, a, b0, b1);
-    }
-}
-
 // ---- forward ----------------------------------------------------------------------------------
 // 256 threads (8 warps, 4 × 2), a 128 × 128 (i × j) tile per step; warp (wr, wc) owns rows
 // 32·wr.. (2 m16 tiles) and columns 64·wc.. (8 n8 tiles) of the scores. Shared memory:
@@ -622,54 +545,8 @@ __device__ __forceinline__ void forward(const typename Op::T* __restrict__ qop,
         const T* sI = stages + (u % STAGES) * STAGE;
         const T* sJ = sI + F_BM * Op::LDA;
 #pragma unroll
-        for (int k0 = 0; k0 < KC; k0 += KSTEP) {
-            unsigned a[2][4];
-            if constexpr (Op::SPLIT) {
-                // 3×TF32: every fragment split once per k-step (A: 8 values, B: 16 per warp
-                // for 48 MMAs).
-                unsigned al[2][4];
-                frag_a<Op>(sI, wr * 32, k0, g, tq, a[0]);
-                frag_a<Op>(sI, wr * 32 + 16, k0, g, tq, a[1]);
-                split_frag(a[0], a[0], al[0]);
-                split_frag(a[1], a[1], al[1]);
-#pragma unroll
-                for (int x = 0; x < 8; ++x) {
-                    unsigned b0, b1, bh0, bh1, bl0, bl1;
-                    frag_b<Op>(sJ, wc * 64 + x * 8, k0, g, tq, b0, b1);
-                    split_tf32(__uint_as_float(b0), bh0, bl0);
-                    split_tf32(__uint_as_float(b1), bh1, bl1);
-                    mma_x3(acc[0][x], a[0], al[0], bh0, bh1, bl0, bl1);
-                    mma_x3(acc[1][x], a[1], al[1], bh0, bh1, bl0, bl1);
-                }
-                continue;
-            }
-            if constexpr (LDSM) {
-                // v3: one ldmatrix per A fragment and per two B fragments (6 loads per 16 MMAs
-                // instead of 24).
-                static_assert(!Op::IS_TF32, "ldmatrix fragments are BF16 only");
-                ldsm_a(sI, Op::LDA, wr * 32, k0, lane, a[0]);
-                ldsm_a(sI, Op::LDA, wr * 32 + 16, k0, lane, a[1]);
-#pragma unroll
-                for (int x = 0; x < 8; x += 2) {
-                    unsigned bb[4];
-                    ldsm_b2(sJ, Op::LDA, wc * 64 + x * 8, k0, lane, bb);
-                    mma<Op>(acc[0][x], a[0], bb[0], bb[1]);
-                    mma<Op>(acc[1][x], a[1], bb[0], bb[1]);
-                    mma<Op>(acc[0][x + 1], a[0], bb[2], bb[3]);
-                    mma<Op>(acc[1][x + 1], a[1], bb[2], bb[3]);
-                }
-                continue;
-            }
-            frag_a<Op>(sI, wr * 32, k0, g, tq, a[0]);
-            frag_a<Op>(sI, wr * 32 + 16, k0, g, tq, a[1]);
-#pragma unroll
-            for (int x = 0; x < 8; ++x) {
-                unsigned b0, b1;
-                frag_b<Op>(sJ, wc * 64 + x * 8, k0, g, tq, b0, b1);
-                mma<Op>(acc[0][x], a[0], b0, b1);
-                mma<Op>(acc[1][x], a[1], b0, b1);
-            }
-        }
+        for (int k0 = 0; k0 < KC; k0 += KSTEP)
+            score_kstep<Op, LDSM>(sI, sJ, k0, wr, wc, g, tq, lane, acc);
         const int jt = u / nk;
         if (u - jt * nk != nk - 1) continue;
 
@@ -692,67 +569,13 @@ __device__ __forceinline__ void forward(const typename Op::T* __restrict__ qop,
             }
         }
         if constexpr (Op::IS_TF32) {
-            // One k8 step per score n-tile, with k permuted so that the accumulator registers
-            // are the A fragment: k = t ↔ column 2t, k = t + 4 ↔ column 2t + 1
-            // (a0 = c0, a1 = c2, a2 = c1, a3 = c3), rounded to TF32 in place. 3×TF32: e is
-            // split, e_lo in `lo`; the 0/1 membership is exact, so two MMAs.
-#pragma unroll
-            for (int x = 0; x < 8; ++x) {
-                const int j = jw + x * 8 + 2 * tq;
-                const unsigned pk0 = __ldg(pixbins + j), pk1 = __ldg(pixbins + j + 1);
-                [[maybe_unused]] unsigned lo[2][4];
-#pragma unroll
-                for (int m = 0; m < 2; ++m)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        if constexpr (Op::SPLIT) {
-                            unsigned hi;
-                            split_tf32(acc[m][x][e], hi, lo[m][e]);
-                            acc[m][x][e] = __uint_as_float(hi);
-                        } else {
-                            acc[m][x][e] = wmma::__float_to_tf32(acc[m][x][e]);
-                        }
-                    }
-#pragma unroll
-                for (int bt = 0; bt < NBT; ++bt) {
-                    const unsigned b0 = in_bin(pk0, bvu[bt]) ? 0x3F800000u : 0u;
-                    const unsigned b1 = in_bin(pk1, bvu[bt]) ? 0x3F800000u : 0u;
-#pragma unroll
-                    for (int m = 0; m < 2; ++m) {
-                        if constexpr (Op::SPLIT)
-                            mma_tf32(bacc[m][bt], lo[m][0], lo[m][2], lo[m][1], lo[m][3], b0, b1);
-                        mma_tf32(bacc[m][bt], __float_as_uint(acc[m][x][0]),
-                                 __float_as_uint(acc[m][x][2]), __float_as_uint(acc[m][x][1]),
-                                 __float_as_uint(acc[m][x][3]), b0, b1);
-                    }
-                }
-            }
+            row_bins_tf32<Op, NBT>(acc, bacc, pixbins, jw, bvu, tq);
         } else {
-            // One k16 step per pair of score n-tiles: the accumulators of n-tiles 2y, 2y + 1
-            // packed in pairs are exactly the A fragment (columns 2t, 2t+1 | 2t+8, 2t+9).
 #pragma unroll
             for (int y = 0; y < 4; ++y) {
-                const int ja = jw + 2 * y * 8 + 2 * tq, jb = ja + 8;
-                const unsigned pa0 = __ldg(pixbins + ja), pa1 = __ldg(pixbins + ja + 1);
-                const unsigned pb0 = __ldg(pixbins + jb), pb1 = __ldg(pixbins + jb + 1);
                 unsigned a[2][4];
-#pragma unroll
-                for (int m = 0; m < 2; ++m) {
-                    a[m][0] = bf16_pair(acc[m][2 * y][0], acc[m][2 * y][1]);
-                    a[m][1] = bf16_pair(acc[m][2 * y][2], acc[m][2 * y][3]);
-                    a[m][2] = bf16_pair(acc[m][2 * y + 1][0], acc[m][2 * y + 1][1]);
-                    a[m][3] = bf16_pair(acc[m][2 * y + 1][2], acc[m][2 * y + 1][3]);
-                }
-#pragma unroll
-                for (int bt = 0; bt < NBT; ++bt) {
-                    const unsigned one = 0x3F80u;  // BF16 1.0
-                    const unsigned b0 = (in_bin(pa0, bvu[bt]) ? one : 0u) |
-                                        ((in_bin(pa1, bvu[bt]) ? one : 0u) << 16);
-                    const unsigned b1 = (in_bin(pb0, bvu[bt]) ? one : 0u) |
-                                        ((in_bin(pb1, bvu[bt]) ? one : 0u) << 16);
-                    mma_bf16(bacc[0][bt], a[0], b0, b1);
-                    mma_bf16(bacc[1][bt], a[1], b0, b1);
-                }
+                bf16_pairs(acc, y, a);
+                row_bins_bf16<NBT>(a, bacc, pixbins, jw + 16 * y + 2 * tq, bvu);
             }
         }
 #pragma unroll
@@ -765,33 +588,10 @@ __device__ __forceinline__ void forward(const typename Op::T* __restrict__ qop,
     cp_async_wait<0>();
     __syncthreads();  // the stages are free: reuse them to combine the two column warps
 
-    // Row sums over the quad (fixed butterfly: every lane gets the same value).
-#pragma unroll
-    for (int m = 0; m < 2; ++m)
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-            float l = lrow[m][hh];
-            l += __shfl_xor_sync(0xffffffffu, l, 1);
-            l += __shfl_xor_sync(0xffffffffu, l, 2);
-            lrow[m][hh] = l;
-        }
+    // Row sums over the quad; column warp 1's partials to shared memory for column warp 0.
     constexpr int RLD = NBT * 8 + 1;
-    float* red = reinterpret_cast<float*>(smem);  // [F_BM][RLD]: column warp 1's partials
-    if (wc == 1) {
-#pragma unroll
-        for (int m = 0; m < 2; ++m)
-#pragma unroll
-            for (int hh = 0; hh < 2; ++hh) {
-                const int rl = wr * 32 + m * 16 + g + 8 * hh;
-                if (tq == 0) red[rl * RLD + NBT * 8] = lrow[m][hh];
-#pragma unroll
-                for (int bt = 0; bt < NBT; ++bt) {
-                    red[rl * RLD + bt * 8 + 2 * tq] = bacc[m][bt][2 * hh];
-                    red[rl * RLD + bt * 8 + 2 * tq + 1] = bacc[m][bt][2 * hh + 1];
-                }
-            }
-    }
-    __syncthreads();
+    float* red = reinterpret_cast<float*>(smem);  // [F_BM][RLD]
+    v2::stage_row_partials<NBT>(lrow, bacc, red, wr, wc, g, tq);
     if (wc == 0) {
 #pragma unroll
         for (int m = 0; m < 2; ++m)

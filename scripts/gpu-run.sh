@@ -155,9 +155,9 @@ tests_phase() {
             tiny --test-threads 1
         if [ -x "$bin/gpu_relation" ]; then
             # The small shapes cover every tail and bin case; W30 size under memcheck is slow.
-            step sanitizer_memcheck_relation 60 "${san[@]}" --tool memcheck \
+            step sanitizer_memcheck_relation 90 "${san[@]}" --tool memcheck \
                 "$bin/gpu_relation" --test-threads 1 --skip w30_at_299
-            step sanitizer_racecheck_relation 60 "${san[@]}" --tool racecheck \
+            step sanitizer_racecheck_relation 90 "${san[@]}" --tool racecheck \
                 "$bin/gpu_relation" --test-threads 1 --skip w30_at_299
         fi
     fi
@@ -292,6 +292,11 @@ detail_phase() {
         --version v3 --backward --iters 1 --warmup 0 --gemm-side 0)
     step nsight_detail_relation_v3_backward 90 "${ncu[@]}" -k regex:relation_tc_v3_backward \
         "${rel[@]}"
+    # The dispatched BF16 forward (the symmetric one) beside v3's (the one it replaces).
+    local relf=("$prrnet" bench-relation --device cuda --batch "$batch" --precision bf16
+        --version sym --iters 1 --warmup 0 --gemm-side 0)
+    step nsight_detail_relation_sym_forward 60 "${ncu[@]}" -k regex:relation_sym_forward \
+        "${relf[@]}"
     step nsight_detail_relation_v3_forward 60 "${ncu[@]}" -k regex:relation_tc_v3_forward \
         "${rel[@]}"
     local train=("$prrnet" bench --device cuda --preset "$preset" --size "$size"

@@ -558,7 +558,8 @@ def kernels(kern, limit=10):
 
 
 RELATION_COLUMNS = ("impl", "version", "precision", "pass", "batch", "h", "w", "c", "n",
-                    "ms_median", "tflops", "gemm_tflops", "pct_of_gemm", "gbps_model",
+                    "ms_median", "tflops", "gemm_tflops", "pct_of_gemm", "executed_tflops",
+                    "gbps_model",
                     "peak_mem_bytes")
 
 

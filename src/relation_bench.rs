@@ -19,7 +19,8 @@ use serde::Serialize;
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::relation_tc::{
-    relation_bytes, relation_flops, relation_versions, relation_workspace_bytes, RelationVersion,
+    relation_bytes, relation_executed_share, relation_flops, relation_versions,
+    relation_workspace_bytes, RelationVersion,
 };
 use crate::backend::cuda::CudaBackend;
 use crate::backend::{Backend, DeviceRequest, Precision, RelationShape};
@@ -101,6 +102,12 @@ pub struct RelationBenchRecord {
     pub gemm_tflops: Option<f64>,
     /// 100 · tflops / gemm_tflops.
     pub pct_of_gemm: Option<f64>,
+    /// The floating-point operations a CUDA version executes (`flops` times
+    /// `relation_executed_share`: fused backwards, the symmetric forward's half of the tiles;
+    /// none for the CPU reference).
+    pub executed_flops: Option<f64>,
+    /// executed_flops / median time, 10¹² per second: what the hardware ran.
+    pub executed_tflops: Option<f64>,
     /// Modelled bytes between L2/DRAM and the SMs per call (`relation_bytes`; none on the CPU).
     pub bytes_model: Option<f64>,
     /// bytes_model / median time, 10⁹ bytes per second.
@@ -398,6 +405,16 @@ pub fn run(a: &BenchRelationArgs, mut emit: impl FnMut(&RelationBenchRecord)) ->
                 };
                 let tensor_floats = rows * (2 + nb + c) + if bwd { rows * (nb + c) } else { 0 };
                 let tflops = flops / (med * 1e-3) / 1e12;
+                let executed_flops = match r {
+                    Runner::Cuda(v, _) => {
+                        let part = |bw| relation_flops(&s, bw) * relation_executed_share(v, &s, bw);
+                        Some(
+                            if fwd { part(false) } else { 0.0 }
+                                + if bwd { part(true) } else { 0.0 },
+                        )
+                    }
+                    Runner::Cpu => None,
+                };
                 let rate = gemm.map(|g| g[r.precision() as usize]);
                 emit(&RelationBenchRecord {
                     implementation: "prrnet".into(),
@@ -419,6 +436,8 @@ pub fn run(a: &BenchRelationArgs, mut emit: impl FnMut(&RelationBenchRecord)) ->
                     tflops,
                     gemm_tflops: rate,
                     pct_of_gemm: rate.filter(|g| *g > 0.0).map(|g| 100.0 * tflops / g),
+                    executed_flops,
+                    executed_tflops: executed_flops.map(|f| f / (med * 1e-3) / 1e12),
                     bytes_model: bytes,
                     gbps_model: bytes.map(|b| b / (med * 1e-3) / 1e9),
                     peak_mem_bytes: (tensor_floats * 4 + ws) as u64,
@@ -441,12 +460,18 @@ pub fn main(a: &BenchRelationArgs) -> Result<()> {
             (Some(g), Some(pct)) => format!(" = {pct:.1}% of cuBLAS {} {g:.1}", r.precision),
             _ => String::new(),
         };
+        let executed = match (r.executed_flops, r.executed_tflops) {
+            (Some(f), Some(t)) if (f - r.flops).abs() > 1e-9 * r.flops => {
+                format!(" (executes {t:.2})")
+            }
+            _ => String::new(),
+        };
         let model = match (r.bytes_model, r.gbps_model) {
             (Some(b), Some(g)) => format!(", model {:.2} GB ({g:.0} GB/s)", b / 1e9),
             _ => String::new(),
         };
         println!(
-            "{:5} {:4} {:16} {}x{}x{} n{} b{}: {:9.3} ms median ({:.3}–{:.3}), {:7.2} TFLOP/s{rate}{model}, \
+            "{:5} {:4} {:16} {}x{}x{} n{} b{}: {:9.3} ms median ({:.3}–{:.3}), {:7.2} TFLOP/s{rate}{executed}{model}, \
              needs {:.0} MiB, holds {:.0} MiB",
             r.version,
             r.precision,

@@ -9,7 +9,7 @@
 //! - Forward outputs are poisoned with NaN before every launch.
 //! - Each version's backward consumes its own forward's `norms`, `lsum`, `p` (as in training);
 //!   the CPU's backward consumes the CPU's. The increment `df_after − df_before` is compared.
-//! - Tolerance (relative L2, `‖gpu − ref‖ / ‖ref‖`): fp32 (simt, split) 1e-5, TF32 1e-3,
+//! - Tolerance (relative L2, `‖gpu − ref‖ / ‖ref‖`): fp32 (simt, split, sym) 1e-5, TF32 1e-3,
 //!   BF16 1e-2.
 //!   An f64 emulation of the tensor-core numerics (operands rounded to TF32/BF16, f32
 //!   accumulation) predicts about 5e-4 (TF32) and 4e-3 (BF16) for `df`, 1e-4 at most for `p`.
@@ -19,7 +19,9 @@
 //! `PRRNET_REQUIRE_GPU=1` it fails instead.
 
 use prrnet::backend::cpu::CpuBackend;
-use prrnet::backend::cuda::relation_tc::{relation_versions, RelationVersion};
+use prrnet::backend::cuda::relation_tc::{
+    relation_executed_share, relation_versions, RelationVersion,
+};
 use prrnet::backend::cuda::CudaBackend;
 use prrnet::backend::{Backend, Precision, RelationShape};
 use prrnet::rng::Rng;
@@ -401,6 +403,33 @@ fn odd_shapes() {
 }
 
 #[test]
+fn tile_pair_parity() {
+    // The symmetric forward (`sym`) visits each unordered pair of 128-row tiles once, block I
+    // taking J = I + d mod T for d = 0..=T/2 (for even T, d = T/2 only when I < T/2): T = 5 (odd,
+    // 25×21 = 525 rows) and T = 4 (even, 21×19 = 399, bins overlapping on both sides), both
+    // ending in a partial tile. Every version runs them.
+    all_versions(
+        "tile_pair_parity",
+        &[
+            RelationShape {
+                b: 2,
+                h: 25,
+                w: 21,
+                c: 33,
+                n: 5,
+            },
+            RelationShape {
+                b: 1,
+                h: 21,
+                w: 19,
+                c: 24,
+                n: 5,
+            },
+        ],
+    );
+}
+
+#[test]
 fn w30_at_299() {
     // PRRNet-W30 at 299×299: a 75×75 map of C_in = 450 channels, n = 5 (config.rs), batch 2.
     all_versions(
@@ -427,23 +456,32 @@ fn dispatch_follows_the_precision() {
         c: 45,
         n: 5,
     };
-    // fp32 runs on the tensor cores in 3×TF32 wherever the split kernels fit the device.
+    // fp32 runs on the tensor cores in 3×TF32 wherever the kernels fit the device: the
+    // symmetric forward (sym) first, split's otherwise; sym's backward is split's.
     for backward in [false, true] {
-        let split_fits = if backward {
-            be.relation_backward_check(RelationVersion::Split, Precision::Fp32, &s)
+        let fits = |v: RelationVersion| {
+            if backward {
+                be.relation_backward_check(v, Precision::Fp32, &s)
+            } else {
+                be.relation_version_check(v, Precision::Fp32, &s, false)
+            }
+            .is_ok()
+        };
+        let want = if fits(RelationVersion::Sym) {
+            RelationVersion::Sym
+        } else if fits(RelationVersion::Split) {
+            RelationVersion::Split
         } else {
-            be.relation_version_check(RelationVersion::Split, Precision::Fp32, &s, false)
-        }
-        .is_ok();
+            RelationVersion::Simt
+        };
         assert_eq!(
             be.relation_dispatch(Precision::Fp32, &s, backward),
-            if split_fits {
-                RelationVersion::Split
-            } else {
-                RelationVersion::Simt
-            },
+            want,
             "fp32 dispatch (backward: {backward})"
         );
+        if backward {
+            assert_eq!(fits(RelationVersion::Sym), fits(RelationVersion::Split));
+        }
     }
     let c = reference(s, 7);
     let bufs = Bufs::new(&mut be, &c);
@@ -487,6 +525,28 @@ fn dispatch_follows_the_precision() {
         be.set_precision(Precision::Fp32).unwrap();
         eprintln!("{prec}: forward {v}, backward {vb}");
     }
+    // Every precision: the symmetric forward wherever it fits (it needs n ≤ 5).
+    let many_bins = RelationShape { n: 6, ..s };
+    for prec in [Precision::Fp32, Precision::Tf32, Precision::Bf16] {
+        if be
+            .relation_version_check(RelationVersion::Sym, prec, &s, false)
+            .is_ok()
+        {
+            assert_eq!(
+                be.relation_dispatch(prec, &s, false),
+                RelationVersion::Sym,
+                "{prec}"
+            );
+        }
+        assert!(be
+            .relation_version_check(RelationVersion::Sym, prec, &many_bins, false)
+            .is_err());
+        assert_ne!(
+            be.relation_dispatch(prec, &many_bins, false),
+            RelationVersion::Sym,
+            "{prec}"
+        );
+    }
     // v3's backward keeps dq in registers for C ≤ 480 only: beyond, BF16 falls back.
     let wide = RelationShape { c: 490, ..s };
     assert!(be
@@ -511,6 +571,9 @@ fn version_names_and_precisions() {
     assert!(!RelationVersion::Simt.supports(Precision::Tf32));
     assert!(RelationVersion::Split.supports(Precision::Fp32));
     assert!(!RelationVersion::Split.supports(Precision::Tf32));
+    for p in [Precision::Fp32, Precision::Tf32, Precision::Bf16] {
+        assert!(RelationVersion::Sym.supports(p));
+    }
     assert!(relation_versions()
         .iter()
         .any(|v| v.supports(Precision::Tf32)));
@@ -518,4 +581,25 @@ fn version_names_and_precisions() {
         .iter()
         .any(|v| v.supports(Precision::Bf16)));
     assert!("nope".parse::<RelationVersion>().is_err());
+    // The executed share of the nominal work: the symmetric forward computes T(T + 1)/2 of the
+    // T² score tiles (W30: T = 44), every backward fuses dS·Q + dSᵀ·Q into one GEMM.
+    let w30 = RelationShape {
+        b: 64,
+        h: 75,
+        w: 75,
+        c: 450,
+        n: 5,
+    };
+    let share = |v, bw| relation_executed_share(v, &w30, bw);
+    assert!((share(RelationVersion::Sym, false) - 45.0 / 88.0).abs() < 1e-12);
+    assert_eq!(share(RelationVersion::V3, false), 1.0);
+    assert_eq!(share(RelationVersion::Simt, false), 1.0);
+    for v in [
+        RelationVersion::Sym,
+        RelationVersion::V3,
+        RelationVersion::Simt,
+    ] {
+        let b = share(v, true);
+        assert!((b - 2.0 / 3.0).abs() < 1e-3, "{v} backward share {b}");
+    }
 }

@@ -16,6 +16,13 @@
 //!   (`x = hi + lo` to about 2⁻²² relative), three tensor-core MMAs with f32 accumulation.
 //!   fp32 accuracy (the tests hold it to simt's 1e-5) at a third of the TF32 rate, which is
 //!   still above the CUDA cores' f32 rate. Forward needs n ≤ 8.
+//! - [`RelationVersion::Sym`] (every precision): kernels/relation_sym.cu, a forward that uses
+//!   the scores' symmetry: each unordered pair of 128-row tiles is computed once and serves
+//!   both row tiles (row sums for one, column sums through transposed fragments for the other:
+//!   `movmatrix` in BF16, shuffles in TF32), half of the GEMM and exponentials of v3's (BF16),
+//!   v2's (TF32) or split's (fp32, 3×TF32) forward, whose score loops it reuses; the blocks'
+//!   partial sums meet in 64-bit fixed point (exact, order-free, so deterministic). Its
+//!   backward is that of v3 (BF16), v2 (TF32) or split (fp32). Forward needs n ≤ 5.
 //!
 //! The tensor-core versions read a padded operand copy of `q` that their normalisation kernel
 //! writes into the workspace: `[B, Np, Cp]` with `Np` = N rounded up to 128 and `Cp` = C rounded
@@ -35,6 +42,7 @@ use std::str::FromStr;
 use std::sync::OnceLock;
 
 use super::context::{int, Arg, CudaBackend, Kernel};
+use super::kernels::names::relation_sym as ks;
 use super::kernels::names::relation_tc as kt;
 use crate::backend::{Precision, RelationShape, MAX_BINS_SIDE};
 use crate::error::{Error, Result};
@@ -53,14 +61,18 @@ pub enum RelationVersion {
     V3,
     /// v2's kernels with 3×TF32 products: fp32 accuracy on the tensor cores (fp32).
     Split,
+    /// The symmetric forward (each tile pair once, fixed-point cross-block sums) with the
+    /// backward of v3 (BF16), v2 (TF32) or split (fp32).
+    Sym,
 }
 
-const ALL_VERSIONS: [RelationVersion; 5] = [
+const ALL_VERSIONS: [RelationVersion; 6] = [
     RelationVersion::Simt,
     RelationVersion::V1,
     RelationVersion::V2,
     RelationVersion::V3,
     RelationVersion::Split,
+    RelationVersion::Sym,
 ];
 
 /// Every version, the exact one first.
@@ -77,6 +89,7 @@ impl RelationVersion {
             RelationVersion::V2 => "v2",
             RelationVersion::V3 => "v3",
             RelationVersion::Split => "split",
+            RelationVersion::Sym => "sym",
         }
     }
 
@@ -86,6 +99,7 @@ impl RelationVersion {
             RelationVersion::Simt | RelationVersion::Split => &[Precision::Fp32],
             RelationVersion::V1 | RelationVersion::V2 => &[Precision::Tf32, Precision::Bf16],
             RelationVersion::V3 => &[Precision::Bf16],
+            RelationVersion::Sym => &[Precision::Fp32, Precision::Tf32, Precision::Bf16],
         }
     }
 
@@ -110,6 +124,11 @@ impl RelationVersion {
             RelationVersion::Split => {
                 "3xTF32 mma.sync: v2's tiles and pipeline on exact f32 operands, each product \
                  hi*hi + hi*lo + lo*hi of TF32 halves, fp32-accurate (relation_tc.cu split)"
+            }
+            RelationVersion::Sym => {
+                "symmetric forward: each pair of 128x128 tiles once, row and column bin sums \
+                 (transposed fragments), 64-bit fixed-point cross-block sums; the backward of \
+                 v3 (bf16), v2 (tf32) or split (fp32) (relation_sym.cu)"
             }
         }
     }
@@ -215,6 +234,43 @@ mod v3 {
     }
 }
 
+mod sym {
+    pub const THREADS: u32 = 256;
+    pub const BM: usize = 128;
+    /// Largest n of the forward: n² bins and the column sums in its 4 tiles of 8 slots
+    /// (kernels/relation_sym.cu `SLOT_TILES`, one instantiation per precision).
+    pub const MAX_N: usize = 5;
+    /// Column-partial row pitch in floats (kernels/relation_sym.cu `col_pitch`): the 8-slot
+    /// tiles holding the n² + 1 slots, made ≡ 8 or 24 mod 32.
+    pub fn col_pitch(n: usize) -> usize {
+        let cp = (n * n + 1).div_ceil(8) * 8;
+        if cp % 16 == 0 {
+            cp + 8
+        } else {
+            cp
+        }
+    }
+    /// Dynamic shared memory of the forward (kernels/relation_sym.cu): the 3-stage pipeline of
+    /// v2/v3 (operand bytes `ob`, row pitch `lda`), then four row warps' column partials
+    /// `[BM][col_pitch]` f32.
+    pub fn forward_smem(n: usize, ob: usize, lda: usize) -> usize {
+        let stages = super::v2::STAGES * 2 * BM * lda * ob;
+        stages + 4 * BM * col_pitch(n) * 4
+    }
+    /// The version whose backward `sym` runs at precision `p`.
+    pub fn backward_version(p: super::Precision) -> super::RelationVersion {
+        match p {
+            super::Precision::Bf16 => super::RelationVersion::V3,
+            super::Precision::Tf32 => super::RelationVersion::V2,
+            super::Precision::Fp32 => super::RelationVersion::Split,
+        }
+    }
+    /// Floats of the fixed-point accumulators `[B·N, n² + 1]` (u64, two floats each).
+    pub fn acc_floats(rows: usize, nb: usize) -> usize {
+        (rows * (nb + 1) * 2).next_multiple_of(16)
+    }
+}
+
 /// Dynamic shared memory of a version's forward kernel.
 fn forward_smem(v: RelationVersion, p: Precision, n: usize) -> usize {
     let (ob, lda) = operand(p);
@@ -233,6 +289,7 @@ fn forward_smem(v: RelationVersion, p: Precision, n: usize) -> usize {
             let combine = v2::F_BM * (v2::nbt(n) * 8 + 1) * 4;
             stages.max(combine)
         }
+        RelationVersion::Sym => sym::forward_smem(n, ob, lda),
     }
 }
 
@@ -259,6 +316,7 @@ fn backward_smem(v: RelationVersion, p: Precision, n: usize, c: usize) -> usize 
             v2::B_BM * (cpad + 8) * 4 + v2::STAGES * (v2::B_BM + v2::B_BN) * lda * ob
         }
         RelationVersion::V3 => v3::backward_smem(cpad, nb),
+        RelationVersion::Sym => backward_smem(sym::backward_version(p), p, n, c),
     }
 }
 
@@ -304,7 +362,7 @@ struct TcKernels {
 
 fn tc_kernels(v: RelationVersion, p: Precision, n: usize) -> Option<TcKernels> {
     use Precision::{Bf16, Fp32, Tf32};
-    use RelationVersion::{Split, V1, V2, V3};
+    use RelationVersion::{Split, Sym, V1, V2, V3};
     let normalize = match p {
         Tf32 => kt::RELATION_TC_NORMALIZE_TF32,
         Bf16 => kt::RELATION_TC_NORMALIZE_BF16,
@@ -343,6 +401,21 @@ fn tc_kernels(v: RelationVersion, p: Precision, n: usize) -> Option<TcKernels> {
             },
             kt::RELATION_TC_V3_BACKWARD_BF16,
         ),
+        (Sym, _) => {
+            let fwd = match p {
+                Bf16 => ks::RELATION_SYM_FORWARD_BF16,
+                Tf32 => ks::RELATION_SYM_FORWARD_TF32,
+                Fp32 => ks::RELATION_SYM_FORWARD_F32,
+            };
+            let bwd = tc_kernels(sym::backward_version(p), p, n)?;
+            return Some(TcKernels {
+                normalize,
+                forward: fwd,
+                backward: bwd.backward,
+                fwd_block: (sym::THREADS, sym::BM),
+                bwd_block: bwd.bwd_block,
+            });
+        }
         (Split, Fp32) => (
             match v2::nbt(n) {
                 2 => kt::RELATION_TC_SPLIT_FORWARD_B2,
@@ -403,10 +476,22 @@ fn unsupported(
             s.n
         ));
     }
+    if v == RelationVersion::Sym && backward {
+        // Its backward is another version's.
+        return unsupported(be, sym::backward_version(p), p, s, true)
+            .map(|why| format!("{why} (the backward of relation version {v})"));
+    }
+    if v == RelationVersion::Sym && s.n > sym::MAX_N {
+        return Some(format!(
+            "relation version {v} forward keeps n² + 1 ≤ {} bin sums in registers; n = {}",
+            sym::MAX_N * sym::MAX_N + 1,
+            s.n
+        ));
+    }
     let pd = padded(s, p);
     if v == RelationVersion::V3 && backward && pd.cpad > v3::MAX_CPAD {
         return Some(format!(
-            "relation version v3 backward keeps dq of at most {} channels in registers; C = {}",
+            "relation version {v} backward keeps dq of at most {} channels in registers; C = {}",
             v3::MAX_CPAD,
             s.c
         ));
@@ -438,7 +523,8 @@ fn unsupported(
 }
 
 /// Tensor-core versions, fastest first (each computes in the precisions it lists).
-const TC_PREFERENCE: [RelationVersion; 4] = [
+const TC_PREFERENCE: [RelationVersion; 5] = [
+    RelationVersion::Sym,
     RelationVersion::V3,
     RelationVersion::V2,
     RelationVersion::Split,
@@ -631,6 +717,9 @@ fn tc_forward(
     let smem = forward_smem(v, prec, s.n);
     be.allow_dynamic_smem(k.forward, smem, 0)?;
     let g = grid(s, k.fwd_block.1)?;
+    if v == RelationVersion::Sym {
+        return sym_forward(be, &k, s, &pd, smem, g, fp, nrm, lp, pp);
+    }
     let dims = [
         Arg::I32(int("relation pixels", np)?),
         Arg::I32(int("relation padded pixels", pd.npad)?),
@@ -664,6 +753,72 @@ fn tc_forward(
     })
 }
 
+/// The symmetric forward (kernels/relation_sym.cu): normalise, clear the fixed-point sums,
+/// the tile pairs, then P and l from the sums. Workspace: the operand copy, the pixel bins, then
+/// `acc [B·N, n² + 1]` u64.
+#[allow(clippy::too_many_arguments)]
+fn sym_forward(
+    be: &CudaBackend,
+    k: &TcKernels,
+    s: &RelationShape,
+    pd: &Padded,
+    smem: usize,
+    g: (u32, u32, u32),
+    f: u64,
+    norms: u64,
+    lsum: u64,
+    p: u64,
+) -> Result<()> {
+    let rows = s.b * s.pixels();
+    let slots = s.bins() + 1;
+    let acc_len = rows * slots;
+    let acc_floats = sym::acc_floats(rows, s.bins());
+    be.with_workspace(pd.floats() + acc_floats, |ws| {
+        let qop = ws;
+        let pixbins = qop + (pd.qop_floats * 4) as u64;
+        let acc = pixbins + (pd.pixbin_floats * 4) as u64;
+        tc_normalize(be, k.normalize, s, pd, f, qop, norms, pixbins)?;
+        let clear_blocks = acc_len.div_ceil(256).min(65_535) as u32;
+        be.launch(
+            ks::RELATION_SYM_CLEAR,
+            (clear_blocks, 1, 1),
+            (256, 1, 1),
+            0,
+            &[Arg::Ptr(acc), Arg::I64(acc_len as i64)],
+        )?;
+        be.launch(
+            k.forward,
+            g,
+            (k.fwd_block.0, 1, 1),
+            smem as u32,
+            &[
+                Arg::Ptr(qop),
+                Arg::Ptr(pixbins),
+                Arg::I32(int("relation pixels", s.pixels())?),
+                Arg::I32(int("relation padded pixels", pd.npad)?),
+                Arg::I32(int("relation padded channels", pd.cpad)?),
+                Arg::I32(s.n as i32),
+                Arg::Ptr(acc),
+            ],
+        )?;
+        be.launch(
+            ks::RELATION_SYM_FINALIZE,
+            (rows.div_ceil(256) as u32, 1, 1),
+            (256, 1, 1),
+            0,
+            &[
+                Arg::Ptr(acc),
+                Arg::I32(int("relation rows", rows)?),
+                Arg::I32(s.h as i32),
+                Arg::I32(s.w as i32),
+                Arg::I32(s.n as i32),
+                Arg::Ptr(lsum),
+                Arg::Ptr(p),
+            ],
+        )
+    })
+}
+
 #[allow(clippy::too_many_arguments)]
 fn tc_backward(
     be: &CudaBackend,
@@ -677,6 +832,11 @@ fn tc_backward(
     dp: Tensor,
     df: Tensor,
 ) -> Result<()> {
+    let v = if v == RelationVersion::Sym {
+        sym::backward_version(prec)
+    } else {
+        v
+    };
     let (np, c, nb) = (s.pixels(), s.c, s.bins());
     super::relation::check_tensors(s, f, norms, lsum, p, Some((dp, df)))?;
     if s.b == 0 {
@@ -766,6 +926,9 @@ pub fn relation_workspace_bytes(
     };
     let q = match v {
         RelationVersion::Simt => (rows * s.c).next_multiple_of(16),
+        RelationVersion::Sym if !backward => {
+            padded(s, p).floats() + sym::acc_floats(rows, s.bins())
+        }
         _ => padded(s, p).floats(),
     };
     (q + scratch) * 4
@@ -775,8 +938,9 @@ pub fn relation_workspace_bytes(
 /// forward `2·N²·C` (Q·Qᵀ) `+ 2·N²` (exp and the row/bin accumulation of every score);
 /// backward `3·2·N²·C` (the score recomputation plus the two GEMMs dS·Q and dSᵀ·Q of the
 /// textbook backward) `+ 8·N²` (exp, g, dS for both orientations). Versions that fuse dS·Q and
-/// dSᵀ·Q into one GEMM (all of ours) execute about `2·2·N²·C`; the nominal count is the same
-/// for every implementation, so rates compare.
+/// dSᵀ·Q into one GEMM (all of ours) execute about `2·2·N²·C`; the symmetric forward (`sym`)
+/// executes about half of the forward's `2·N²·C`. The nominal count is the same for every
+/// implementation, so rates compare.
 pub fn relation_flops(s: &RelationShape, backward: bool) -> f64 {
     let (n2, c) = ((s.pixels() * s.pixels()) as f64, s.c as f64);
     let per_image = if backward {
@@ -787,6 +951,21 @@ pub fn relation_flops(s: &RelationShape, backward: bool) -> f64 {
     s.b as f64 * per_image
 }
 
+/// The share of the nominal [`relation_flops`] version `v` executes: every backward (simt's
+/// too) forms `dS·Q + dSᵀ·Q` as one GEMM, 2 of the nominal 3 `N²·C` products; the symmetric
+/// forward computes T(T + 1)/2 of the T² score tiles (T = ⌈N/128⌉); the other forwards all of it.
+pub fn relation_executed_share(v: RelationVersion, s: &RelationShape, backward: bool) -> f64 {
+    let (n2, c) = ((s.pixels() * s.pixels()) as f64, s.c as f64);
+    if backward {
+        return (4.0 * n2 * c + 8.0 * n2) / (6.0 * n2 * c + 8.0 * n2);
+    }
+    if v == RelationVersion::Sym {
+        let t = s.pixels().div_ceil(sym::BM) as f64;
+        return (t + 1.0) / (2.0 * t);
+    }
+    1.0
+}
+
 /// Bytes a version moves between L2/DRAM and the SMs in one call (the model, per image):
 /// every block re-reads its row tile and each column tile of the operand copy once per tile pair
 /// (forward: `⌈N/BM⌉·⌈N/BN⌉·(BM + BN)·Cp·e` bytes, `e` the operand size; the backward reads the
@@ -794,8 +973,28 @@ pub fn relation_flops(s: &RelationShape, backward: bool) -> f64 {
 /// backward reads the column tile once and its row tile once per block), plus the
 /// compulsory traffic: `f` read by the normalisation, the operand copy written, `p`, `lsum`,
 /// `norms` written (backward: `p`, `dp`, `f` read, `df` read and written, `gt` and `D`).
+/// The symmetric forward reads `T(T + 1)/2` tile pairs (`T = ⌈N/128⌉`) and moves its 8-byte
+/// fixed-point sums: cleared, added (the row side once per block, the column side once per
+/// off-diagonal pair, `128·(n² + 1)` each) and read back.
 pub fn relation_bytes(v: RelationVersion, p: Precision, s: &RelationShape, backward: bool) -> f64 {
     let (np, c, nb) = (s.pixels() as f64, s.c as f64, s.bins() as f64);
+    if v == RelationVersion::Sym && !backward {
+        let (ob, _) = operand(p);
+        let cp = s.c.next_multiple_of(CHAN_PAD) as f64;
+        let bm = sym::BM as f64;
+        let t = (np / bm).ceil();
+        let pairs = t * (t + 1.0) / 2.0;
+        // Added: a row side per block (t) and a column side per off-diagonal pair (pairs − t);
+        // then cleared and read back once.
+        let sums = pairs * bm * (nb + 1.0) * 8.0 + 2.0 * np * (nb + 1.0) * 8.0;
+        let compulsory = np * c * 4.0 + np * cp * ob as f64 + np * nb * 4.0 + 2.0 * np * 4.0;
+        return s.b as f64 * (pairs * 2.0 * bm * cp * ob as f64 + sums + compulsory);
+    }
+    let v = if v == RelationVersion::Sym {
+        sym::backward_version(p)
+    } else {
+        v
+    };
     let (ob, cp, bm, bn, col_reads) = match v {
         RelationVersion::Simt => {
             if backward {
@@ -807,7 +1006,8 @@ pub fn relation_bytes(v: RelationVersion, p: Precision, s: &RelationShape, backw
         RelationVersion::V1
         | RelationVersion::V2
         | RelationVersion::V3
-        | RelationVersion::Split => {
+        | RelationVersion::Split
+        | RelationVersion::Sym => {
             let (ob, _) = operand(p);
             let cp = s.c.next_multiple_of(CHAN_PAD) as f64;
             let (fb, bb) = match v {
