@@ -236,11 +236,7 @@ __device__ __forceinline__ void forward(const typename Op::T* __restrict__ qop,
             if (offdiag) {
 #pragma unroll
                 for (int y = 0; y < 4; ++y) {
-                    float cacc[NBT][4];
-#pragma unroll
-                    for (int bt = 0; bt < NBT; ++bt)
-#pragma unroll
-                        for (int e = 0; e < 4; ++e) cacc[bt][e] = 0.0f;
+                    float cacc[NBT][4] = {};  // [slot tile][m16n8 C fragment]
 #pragma unroll
                     for (int m = 0; m < 2; ++m)
 #pragma unroll
@@ -284,11 +280,7 @@ __device__ __forceinline__ void forward(const typename Op::T* __restrict__ qop,
                 v2::row_bins_bf16<NBT>(a, bacc, pixbins, jw + 16 * y + 2 * tq, bvu);
                 if (!offdiag) continue;
                 // Column side of columns 64·wc + 16y .. +15 over the warp's 32 rows (two k16 steps).
-                float cacc[NBT][4];
-#pragma unroll
-                for (int bt = 0; bt < NBT; ++bt)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) cacc[bt][e] = 0.0f;
+                float cacc[NBT][4] = {};  // [slot tile][m16n8 C fragment]
 #pragma unroll
                 for (int m = 0; m < 2; ++m) {
                     const unsigned at[4] = {movmatrix_trans(a[m][0]), movmatrix_trans(a[m][2]),
