@@ -73,8 +73,8 @@ __device__ __forceinline__ bool in_slot(unsigned pk, int slot, int nb, unsigned 
     return slot == nb ? pk != NO_BINS : in_bin(pk, bvu);
 }
 
-// The column side's accumulators of columns cw0 + (g | g + 8), slots bt·8 + 2t, +1 (the m16n8
-// C layout) → a row warp's buffer `cw` [BM][CP].
+// The column side's accumulators of columns col0 + (g | g + 8), slots bt·8 + 2t, +1 (the
+// m16n8 C layout) → a row warp's buffer `cw` [BM][cp].
 // Slot tiles at or beyond `used` hold no slot (their sums are 0) and are not stored.
 template <int NBT>
 __device__ __forceinline__ void store_cols(float* __restrict__ cw, int cp, int used, int col0,
@@ -111,11 +111,12 @@ __device__ __forceinline__ void transpose_tf32(const float (&e0)[4], const float
     a[3] = odd ? y11 : y10;
 }
 
-template <class Op, int NBT>
+template <class Op>
 __device__ __forceinline__ void forward(const typename Op::T* __restrict__ qop,
                                         const unsigned* __restrict__ pixbins, int npix,
                                         int npad, int cpad, int n, u64* __restrict__ acc) {
     using T = typename Op::T;
+    constexpr int NBT = SLOT_TILES;
     constexpr int KC = v2::KC, STAGES = v2::STAGES;
     constexpr int KSTEP = Op::IS_TF32 ? 8 : 16;
     constexpr int STAGE = 2 * BM * Op::LDA;  // elements per stage: Q_I and Q_J chunks
@@ -342,13 +343,6 @@ __device__ __forceinline__ void forward(const typename Op::T* __restrict__ qop,
 
 }  // namespace sym
 
-// acc [count] = 0 (the fixed-point sums start from zero every call).
-extern "C" __global__ void relation_sym_clear(unsigned long long* __restrict__ acc, i64 count) {
-    for (i64 k = (i64)blockIdx.x * blockDim.x + threadIdx.x; k < count;
-         k += (i64)gridDim.x * blockDim.x)
-        acc[k] = 0ull;
-}
-
 // acc [B·N, n² + 1] fixed point → lsum [B·N], p [B·N, n²]: P_ib = bin_ib / (l_i·|b|).
 extern "C" __global__ void relation_sym_finalize(const unsigned long long* __restrict__ acc,
                                                  int rows, int h, int w, int n,
@@ -368,11 +362,11 @@ extern "C" __global__ void relation_sym_finalize(const unsigned long long* __res
 }
 
 extern "C" __global__ void __launch_bounds__(256, 1) relation_sym_forward_bf16(const __nv_bfloat16* __restrict__ qop, const unsigned* __restrict__ pixbins, int npix, int npad, int cpad, int n, unsigned long long* __restrict__ acc) {
-    sym::forward<OpBf16, sym::SLOT_TILES>(qop, pixbins, npix, npad, cpad, n, acc);
+    sym::forward<OpBf16>(qop, pixbins, npix, npad, cpad, n, acc);
 }
 extern "C" __global__ void __launch_bounds__(256, 1) relation_sym_forward_tf32(const float* __restrict__ qop, const unsigned* __restrict__ pixbins, int npix, int npad, int cpad, int n, unsigned long long* __restrict__ acc) {
-    sym::forward<OpTf32, sym::SLOT_TILES>(qop, pixbins, npix, npad, cpad, n, acc);
+    sym::forward<OpTf32>(qop, pixbins, npix, npad, cpad, n, acc);
 }
 extern "C" __global__ void __launch_bounds__(256, 1) relation_sym_forward_f32(const float* __restrict__ qop, const unsigned* __restrict__ pixbins, int npix, int npad, int cpad, int n, unsigned long long* __restrict__ acc) {
-    sym::forward<OpTf32x3, sym::SLOT_TILES>(qop, pixbins, npix, npad, cpad, n, acc);
+    sym::forward<OpTf32x3>(qop, pixbins, npix, npad, cpad, n, acc);
 }

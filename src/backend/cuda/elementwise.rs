@@ -6,11 +6,15 @@ use crate::error::Result;
 use crate::tensor::Tensor;
 
 pub(crate) fn fill(be: &CudaBackend, t: Tensor, value: f32) -> Result<()> {
-    let p = be.ptr(t)?;
+    fill_ptr(be, be.ptr(t)?, t.len, value)
+}
+
+/// `len` floats at device address `p` (a tensor or workspace) = `value`.
+pub(crate) fn fill_ptr(be: &CudaBackend, p: u64, len: usize, value: f32) -> Result<()> {
     be.launch_1d(
         k::FILL,
-        t.len,
-        &[Arg::Ptr(p), Arg::I64(t.len as i64), Arg::F32(value)],
+        len,
+        &[Arg::Ptr(p), Arg::I64(len as i64), Arg::F32(value)],
     )
 }
 

@@ -778,14 +778,8 @@ fn sym_forward(
         let pixbins = qop + (pd.qop_floats * 4) as u64;
         let acc = pixbins + (pd.pixbin_floats * 4) as u64;
         tc_normalize(be, k.normalize, s, pd, f, qop, norms, pixbins)?;
-        let clear_blocks = acc_len.div_ceil(256).min(65_535) as u32;
-        be.launch(
-            ks::RELATION_SYM_CLEAR,
-            (clear_blocks, 1, 1),
-            (256, 1, 1),
-            0,
-            &[Arg::Ptr(acc), Arg::I64(acc_len as i64)],
-        )?;
+        // The sums start from zero: 0.0f is the all-zero word, so two per u64.
+        super::elementwise::fill_ptr(be, acc, 2 * acc_len, 0.0)?;
         be.launch(
             k.forward,
             g,
