@@ -4,6 +4,8 @@
 // x: [B, hi, wi, C] → y: [B, ho, wo, C], channels-last.
 //   nearest:   y[b,oy,ox,c] (+)= x[b, src(oy), src(ox), c]
 //   bilinear:  y = wy0·(wx0·x[y0,x0] + wx1·x[y0,x1]) + wy1·(wx0·x[y1,x0] + wx1·x[y1,x1])
+//              (into / out of a channel slice of a wider tensor, see bilinear_forward)
+//   fuse_sum_relu: y = relu(Σ_j nearest(x_j)), an HRNet fuse output
 //   adaptive:  y[b,v,u,c] = mean of x over bin (v, u)  (f64 sum, as the CPU backend)
 // Backward passes are gathers: one thread per input-gradient element walks the (contiguous,
 // because every index rule is monotone) range of outputs that read it, in the same
@@ -29,6 +31,40 @@ extern "C" __global__ void nearest_forward(const float* __restrict__ x, float* _
             y[i] += v;
         else
             y[i] = v;
+    }
+}
+
+// An HRNet fuse output in one pass: y[b,oy,ox,c] = relu(t0 + t1 + …), t_j = x_j[b, src_j(oy),
+// src_j(ox), c] with each term's own input size (nearest, as above; the identity at y's size),
+// summed left to right from the first term and ReLU'd as relu_inplace: bit for bit the copy,
+// adds and ReLU pass it replaces (the CPU twin: cpu/resample.rs `fuse_sum_relu`). Up to four
+// terms (their pointers as arguments; the unused ones null, never read).
+// Memory traffic: one read per term element used and one write of y (the sequence of passes
+// read and wrote y once per term).
+__device__ __forceinline__ float nearest_at(const float* __restrict__ x, int hi, int wi, i64 b,
+                                            int oy, int ox, int ho, int wo, int c, int ch) {
+    int iy = nearest_src(oy, hi, ho), ix = nearest_src(ox, wi, wo);
+    return x[((b * hi + iy) * wi + ix) * c + ch];
+}
+
+extern "C" __global__ void fuse_sum_relu(const float* __restrict__ x0,
+                                         const float* __restrict__ x1,
+                                         const float* __restrict__ x2,
+                                         const float* __restrict__ x3, int hi0, int wi0, int hi1,
+                                         int wi1, int hi2, int wi2, int hi3, int wi3, int nterms,
+                                         float* __restrict__ y, int c, int ho, int wo, i64 total) {
+    GRID_STRIDE(i, total) {
+        int ch = (int)(i % c);
+        i64 t = i / c;
+        int ox = (int)(t % wo);
+        t /= wo;
+        int oy = (int)(t % ho);
+        i64 b = t / ho;
+        float acc = nearest_at(x0, hi0, wi0, b, oy, ox, ho, wo, c, ch);
+        if (nterms > 1) acc += nearest_at(x1, hi1, wi1, b, oy, ox, ho, wo, c, ch);
+        if (nterms > 2) acc += nearest_at(x2, hi2, wi2, b, oy, ox, ho, wo, c, ch);
+        if (nterms > 3) acc += nearest_at(x3, hi3, wi3, b, oy, ox, ho, wo, c, ch);
+        y[i] = acc < 0.0f ? 0.0f : acc;  // NaN stays NaN, as in relu_inplace
     }
 }
 
@@ -61,8 +97,12 @@ extern "C" __global__ void nearest_backward(const float* __restrict__ dy, float*
     }
 }
 
+// The bilinear passes take a channel slice of the wide side: y (forward) or dy (backward) is
+// [B, ho, wo, yc] and the resize writes or reads its channels [yoff, yoff + c) (the feature
+// aggregation upsamples straight into its concatenation); yc = c, yoff = 0 is the plain resize.
 extern "C" __global__ void bilinear_forward(const float* __restrict__ x, float* __restrict__ y,
-                                            int c, int hi, int wi, int ho, int wo, i64 total) {
+                                            int c, int hi, int wi, int ho, int wo, int yc,
+                                            int yoff, i64 total) {
     GRID_STRIDE(i, total) {
         int ch = (int)(i % c);
         i64 t = i / c;
@@ -79,7 +119,7 @@ extern "C" __global__ void bilinear_forward(const float* __restrict__ x, float* 
         float cc = img[((i64)y1 * wi + x0) * c], d = img[((i64)y1 * wi + x1) * c];
         float top = __fadd_rn(__fmul_rn(wx0, a), __fmul_rn(wx1, bb));
         float bot = __fadd_rn(__fmul_rn(wx0, cc), __fmul_rn(wx1, d));
-        y[i] = __fadd_rn(__fmul_rn(wy0, top), __fmul_rn(wy1, bot));
+        y[(t * wo + ox) * yc + yoff + ch] = __fadd_rn(__fmul_rn(wy0, top), __fmul_rn(wy1, bot));
     }
 }
 
@@ -99,7 +139,7 @@ __device__ __forceinline__ int bilinear_first(int target, int in, int out) {
 
 extern "C" __global__ void bilinear_backward(const float* __restrict__ dy,
                                              float* __restrict__ dx, int c, int hi, int wi,
-                                             int ho, int wo, i64 total) {
+                                             int ho, int wo, int yc, int yoff, i64 total) {
     GRID_STRIDE(i, total) {
         int ch = (int)(i % c);
         i64 t = i / c;
@@ -123,7 +163,7 @@ extern "C" __global__ void bilinear_backward(const float* __restrict__ dy,
                 bilinear_taps(ox, wi, wo, &x0, &x1, &wx0, &wx1);
                 if (x0 > ix) break;
                 if (x0 != ix && x1 != ix) continue;
-                float g = dy[((b * ho + oy) * wo + ox) * c + ch];
+                float g = dy[((b * ho + oy) * wo + ox) * yc + yoff + ch];
                 if (y0 == iy && x0 == ix) acc = __fadd_rn(acc, __fmul_rn(__fmul_rn(wy0, wx0), g));
                 if (y0 == iy && x1 == ix) acc = __fadd_rn(acc, __fmul_rn(__fmul_rn(wy0, wx1), g));
                 if (y1 == iy && x0 == ix) acc = __fadd_rn(acc, __fmul_rn(__fmul_rn(wy1, wx0), g));

@@ -516,6 +516,92 @@ fn resample_nearest() {
     }
 }
 
+/// The HRNet fuse sum: W30's fuse outputs (the 75×75 branch from its own, the 38, 19 and 10
+/// sides; the 10×10 branch from four terms of its own size), and odd ratios. Exact: the kernel
+/// adds in the CPU's order.
+#[test]
+fn resample_fuse_sum_relu() {
+    let Some(mut p) = Pair::new("resample_fuse_sum_relu", 16) else {
+        return;
+    };
+    let cases: [(SumShape, &[(usize, usize)]); 5] = [
+        (ss(2, 30, 75, 75), &[(75, 75), (38, 38), (19, 19), (10, 10)]),
+        (ss(2, 60, 38, 38), &[(38, 38), (38, 38), (19, 19)]),
+        (ss(2, 240, 10, 10), &[(10, 10); 4]),
+        (ss(1, 5, 13, 11), &[(5, 7), (13, 11)]),
+        (ss(3, 3, 7, 9), &[(7, 9)]),
+    ];
+    for (s, sizes) in cases {
+        let terms: Vec<SumTerm> = sizes
+            .iter()
+            .map(|&(hi, wi)| SumTerm {
+                x: p.randn(s.b * hi * wi * s.c, 1.0),
+                hi,
+                wi,
+            })
+            .collect();
+        let y = p.out(s.y_len());
+        p.run(|be| be.fuse_sum_relu(&s, &terms, y).unwrap());
+        let zeros = p.cpu_values(y).iter().filter(|v| **v == 0.0).count();
+        assert!(
+            zeros > 0 && zeros < s.y_len(),
+            "the ReLU must clip some, not all"
+        );
+        p.check_tol(
+            &format!("fuse_sum_relu {}x{} c{} from {sizes:?}", s.ho, s.wo, s.c),
+            y,
+            0.0,
+        );
+    }
+}
+
+/// The feature aggregation's upsampling straight into its concatenation (W30: branches 1–3
+/// into channels 30.., 90.., 210.. of 450), forward and backward, beside odd shapes. The
+/// channels outside the slice must keep their values.
+#[test]
+fn resample_bilinear_into_slice() {
+    let Some(mut p) = Pair::new("resample_bilinear_into_slice", 18) else {
+        return;
+    };
+    for (s, wide_c, offset) in [
+        (rs(2, 60, 38, 38, 75, 75), 450, 30),
+        (rs(2, 120, 19, 19, 75, 75), 450, 90),
+        (rs(2, 240, 10, 10, 75, 75), 450, 210),
+        (rs(1, 3, 5, 9, 12, 4), 7, 1),
+    ] {
+        let name = format!(
+            "bilinear {}x{}->{}x{} c{} into {wide_c}@{offset}",
+            s.hi, s.wi, s.ho, s.wo, s.c
+        );
+        let x = p.randn(s.x_len(), 1.0);
+        let wide = p.acc(s.b * s.ho * s.wo * wide_c);
+        let before = p.cpu_values(wide);
+        p.run(|be| {
+            be.resize_bilinear_into(&s, x, wide, wide_c, offset)
+                .unwrap()
+        });
+        p.check(&format!("{name} y"), wide);
+        let after = p.gpu_values(wide);
+        let outside = |i: usize| !(offset..offset + s.c).contains(&(i % wide_c));
+        assert!(
+            (0..after.len())
+                .filter(|&i| outside(i))
+                .all(|i| after[i] == before[i]),
+            "{name}: channels outside the slice changed"
+        );
+        let dx = p.acc(s.x_len());
+        p.run(|be| {
+            be.resize_bilinear_into_backward(&s, wide, wide_c, offset, dx)
+                .unwrap()
+        });
+        p.check(&format!("{name} dx"), dx);
+    }
+}
+
+fn ss(b: usize, c: usize, ho: usize, wo: usize) -> SumShape {
+    SumShape { b, c, ho, wo }
+}
+
 #[test]
 fn resample_bilinear() {
     let Some(mut p) = Pair::new("resample_bilinear", 7) else {

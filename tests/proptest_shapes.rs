@@ -121,6 +121,149 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// `fuse_sum_relu` is, bit for bit, the sequence of passes it replaces: the first term
+    /// copied (or resized), each further one added (or resized with accumulation), then ReLU.
+    /// Terms of any size (smaller, larger, the output's own), values of both signs so the ReLU
+    /// matters, and one term holding a NaN that must survive.
+    #[test]
+    fn fuse_sum_relu_is_the_sequence_of_passes(
+        b in 1usize..3, c in 1usize..6, ho in 1usize..20, wo in 1usize..20,
+        sizes in proptest::collection::vec((0usize..20, 0usize..20), 1..=MAX_SUM_TERMS),
+        seed in 0u64..1000,
+    ) {
+        let s = SumShape { b, c, ho, wo };
+        let mut rng = Rng::new(seed);
+        let mut be = CpuBackend::new();
+        // A size of 0 stands for the output's own size (the identity and down-sampled terms).
+        let terms: Vec<SumTerm> = sizes.iter().map(|&(h, w)| {
+            let (hi, wi) = if h == 0 || w == 0 { (ho, wo) } else { (h, w) };
+            let x = put(&mut be, &randn(&mut rng, b * hi * wi * c, 1.0));
+            SumTerm { x, hi, wi }
+        }).collect();
+        let mut nan = get(&be, terms[0].x);
+        nan[0] = f32::NAN;
+        be.upload(terms[0].x, &nan).unwrap();
+        let fused = put(&mut be, &vec![f32::NAN; s.y_len()]);
+        be.fuse_sum_relu(&s, &terms, fused).unwrap();
+        let passes = put(&mut be, &vec![f32::NAN; s.y_len()]);
+        for (j, t) in terms.iter().enumerate() {
+            be.resize_nearest(&s.resize_from(t), t.x, passes, j > 0).unwrap();
+        }
+        be.relu_inplace(passes).unwrap();
+        let (f, p) = (get(&be, fused), get(&be, passes));
+        prop_assert!(f[0].is_nan() && p[0].is_nan());
+        for (i, (a, e)) in f.iter().zip(&p).enumerate() {
+            prop_assert!(a.to_bits() == e.to_bits() || (a.is_nan() && e.is_nan()),
+                "element {}: fused {} vs passes {}", i, a, e);
+        }
+        if s.y_len() >= 64 {
+            // Both sides of the ReLU were exercised.
+            prop_assert!(f.contains(&0.0) && f.iter().any(|v| *v > 0.0));
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// `resize_bilinear_into` a channel slice is exactly the plain resize followed by
+    /// `concat_channels`, leaving the other channels alone; its backward is exactly
+    /// `concat_channels_backward` into a zeroed buffer followed by the plain backward.
+    #[test]
+    fn bilinear_into_a_slice_is_resize_then_concat(
+        b in 1usize..3, c in 1usize..5, extra in 0usize..6, before in 0usize..4,
+        hi in 1usize..12, wi in 1usize..12, ho in 1usize..16, wo in 1usize..16,
+        seed in 0u64..1000,
+    ) {
+        let s = ResizeShape { b, c, hi, wi, ho, wo };
+        let (wide_c, offset) = (before + c + extra, before);
+        let rows = b * ho * wo;
+        let mut rng = Rng::new(seed);
+        let mut be = CpuBackend::new();
+        let x = put(&mut be, &randn(&mut rng, s.x_len(), 1.0));
+        let wide0 = randn(&mut rng, rows * wide_c, 1.0);
+        let (direct, staged) = (put(&mut be, &wide0), put(&mut be, &wide0));
+        let up = put(&mut be, &vec![f32::NAN; s.y_len()]);
+        be.resize_bilinear_into(&s, x, direct, wide_c, offset).unwrap();
+        be.resize_bilinear(&s, x, up).unwrap();
+        be.concat_channels(rows, up, c, staged, wide_c, offset).unwrap();
+        let (d, st) = (get(&be, direct), get(&be, staged));
+        prop_assert!(d.iter().zip(&st).all(|(a, e)| a.to_bits() == e.to_bits()));
+        // Backward: the gradient is the wide tensor itself.
+        let dx0 = randn(&mut rng, s.x_len(), 0.5);
+        let (dx_direct, dx_staged) = (put(&mut be, &dx0), put(&mut be, &dx0));
+        be.resize_bilinear_into_backward(&s, direct, wide_c, offset, dx_direct).unwrap();
+        let du = put(&mut be, &vec![0.0; s.y_len()]);
+        be.concat_channels_backward(rows, direct, wide_c, offset, du, c).unwrap();
+        be.resize_bilinear_backward(&s, du, dx_staged).unwrap();
+        let (gd, gs) = (get(&be, dx_direct), get(&be, dx_staged));
+        prop_assert!(gd.iter().zip(&gs).all(|(a, e)| a == e), "backward differs");
+        prop_assert!(gd.iter().zip(&dx0).any(|(a, e)| a != e), "backward added nothing");
+    }
+}
+
+#[test]
+fn bilinear_into_rejects_bad_slices() {
+    let mut be = CpuBackend::new();
+    let s = ResizeShape {
+        b: 1,
+        c: 2,
+        hi: 2,
+        wi: 2,
+        ho: 4,
+        wo: 4,
+    };
+    let x = put(&mut be, &[1.0; 8]);
+    let wide = put(&mut be, &[0.5; 80]);
+    let err = |x, wide, wide_c, off| {
+        be.resize_bilinear_into(&s, x, wide, wide_c, off)
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(err(x, wide, 5, 4).contains("channels 4..6 do not fit in 5"));
+    assert!(err(x, wide, 4, 0).contains("has 80 elements, expected 64"));
+    assert!(err(wide, wide, 5, 0).contains("x has 80 elements"));
+    let e = be
+        .resize_bilinear_into_backward(&s, wide, 5, 4, x)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("do not fit"), "{e}");
+    assert_eq!(get(&be, wide), vec![0.5; 80], "a refused call wrote");
+    be.resize_bilinear_into(&s, x, wide, 5, 3).unwrap();
+    let w = get(&be, wide);
+    assert!(w.chunks(5).all(|px| px == [0.5, 0.5, 0.5, 1.0, 1.0]));
+}
+
+#[test]
+fn fuse_sum_relu_rejects_bad_terms() {
+    let mut be = CpuBackend::new();
+    let s = SumShape {
+        b: 1,
+        c: 2,
+        ho: 4,
+        wo: 4,
+    };
+    let y = put(&mut be, &[0.5; 32]);
+    let x = put(&mut be, &[1.0; 32]);
+    let small = put(&mut be, &[1.0; 8]);
+    let term = |x, hi, wi| SumTerm { x, hi, wi };
+    let err = |terms: &[SumTerm], y| be.fuse_sum_relu(&s, terms, y).unwrap_err().to_string();
+    assert!(err(&[], y).contains("0 terms"), "{}", err(&[], y));
+    assert!(err(&[term(x, 4, 4); 5], y).contains("5 terms"));
+    assert!(err(&[term(small, 4, 4)], y).contains("term 0 has 8 elements"));
+    assert!(err(&[term(x, 4, 4), term(small, 2, 1)], y).contains("term 1 has 8 elements"));
+    assert!(err(&[term(y, 4, 4)], y).contains("aliases the output"));
+    assert!(err(&[term(x, 4, 4)], small).contains("y has 8 elements"));
+    // Nothing was written by the refused calls.
+    assert_eq!(get(&be, y), vec![0.5; 32]);
+    be.fuse_sum_relu(&s, &[term(x, 4, 4), term(small, 2, 2)], y)
+        .unwrap();
+    assert_eq!(get(&be, y), vec![2.0; 32]);
+}
+
 #[test]
 fn index_rules_match_pytorch_examples() {
     // nearest 38 → 75: scale = 38/75 in f32, floor(dst·scale).

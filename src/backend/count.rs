@@ -391,12 +391,32 @@ impl Backend for CountBackend {
         self.add(s.y_len() as f64, 0.0, s.y_len() as f64 + 2.0 * x);
         Ok(())
     }
-    fn resize_bilinear(&self, s: &ResizeShape, _x: Tensor, _y: Tensor) -> Result<()> {
+    fn fuse_sum_relu(&self, s: &SumShape, terms: &[SumTerm], _y: Tensor) -> Result<()> {
+        let y = s.y_len() as f64;
+        let reads: usize = terms.iter().map(|t| t.x.len.min(s.y_len())).sum();
+        self.add(y * terms.len() as f64, 0.0, reads as f64 + y);
+        Ok(())
+    }
+    fn resize_bilinear_into(
+        &self,
+        s: &ResizeShape,
+        _x: Tensor,
+        _y: Tensor,
+        _y_c: usize,
+        _offset: usize,
+    ) -> Result<()> {
         let y = s.y_len() as f64;
         self.add(7.0 * y, 0.0, s.x_len().min(4 * s.y_len()) as f64 + y);
         Ok(())
     }
-    fn resize_bilinear_backward(&self, s: &ResizeShape, _dy: Tensor, _dx: Tensor) -> Result<()> {
+    fn resize_bilinear_into_backward(
+        &self,
+        s: &ResizeShape,
+        _dy: Tensor,
+        _dy_c: usize,
+        _offset: usize,
+        _dx: Tensor,
+    ) -> Result<()> {
         let y = s.y_len() as f64;
         self.add(8.0 * y, 0.0, y + 2.0 * s.x_len() as f64);
         Ok(())

@@ -137,6 +137,108 @@ impl ResizeShape {
     }
 }
 
+/// The output of [`Backend::fuse_sum_relu`]: `[b, ho, wo, c]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SumShape {
+    pub b: usize,
+    pub c: usize,
+    pub ho: usize,
+    pub wo: usize,
+}
+
+impl SumShape {
+    pub fn y_len(&self) -> usize {
+        self.b * self.ho * self.wo * self.c
+    }
+    /// The resize taking term `t` to this shape.
+    pub fn resize_from(&self, t: &SumTerm) -> ResizeShape {
+        ResizeShape {
+            b: self.b,
+            c: self.c,
+            hi: t.hi,
+            wi: t.wi,
+            ho: self.ho,
+            wo: self.wo,
+        }
+    }
+}
+
+/// One addend of [`Backend::fuse_sum_relu`]: `x: [b, hi, wi, c]`, resized (nearest, SPEC §6)
+/// to the output's size; the identity when it already has that size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SumTerm {
+    pub x: Tensor,
+    pub hi: usize,
+    pub wi: usize,
+}
+
+/// The most terms one [`Backend::fuse_sum_relu`] takes (an HRNet has at most four branches;
+/// the kernel takes its term pointers as arguments).
+pub const MAX_SUM_TERMS: usize = 4;
+
+/// Checks the term count and every tensor's length for [`Backend::fuse_sum_relu`].
+pub fn check_sum_terms(s: &SumShape, terms: &[SumTerm], y: Tensor) -> Result<()> {
+    let bad = |msg: String| Err(crate::error::Error::Other(format!("fuse_sum_relu: {msg}")));
+    if terms.is_empty() || terms.len() > MAX_SUM_TERMS {
+        return bad(format!(
+            "{} terms, expected 1 to {MAX_SUM_TERMS}",
+            terms.len()
+        ));
+    }
+    if y.len != s.y_len() {
+        return bad(format!("y has {} elements, expected {}", y.len, s.y_len()));
+    }
+    for (j, t) in terms.iter().enumerate() {
+        let want = s.resize_from(t).x_len();
+        if t.x.len != want || (s.y_len() > 0 && (t.hi == 0 || t.wi == 0)) {
+            return bad(format!(
+                "term {j} has {} elements, expected {want} ({}x{}x{}x{})",
+                t.x.len, s.b, t.hi, t.wi, s.c
+            ));
+        }
+        if t.x.overlaps(&y) {
+            return bad(format!("term {j} aliases the output"));
+        }
+    }
+    Ok(())
+}
+
+/// Checks [`Backend::resize_bilinear_into`]'s operands: `x: [b, hi, wi, c]`, the wide side
+/// `[b, ho, wo, wide_c]` with room for channels `[offset, offset + c)`, and no aliasing.
+pub fn check_channel_slice(
+    s: &ResizeShape,
+    x: Tensor,
+    wide: Tensor,
+    wide_c: usize,
+    offset: usize,
+) -> Result<()> {
+    let bad = |msg: String| {
+        Err(crate::error::Error::Other(format!(
+            "bilinear resize: {msg}"
+        )))
+    };
+    if x.len != s.x_len() {
+        return bad(format!("x has {} elements, expected {}", x.len, s.x_len()));
+    }
+    let want = s.b * s.ho * s.wo * wide_c;
+    if wide.len != want {
+        return bad(format!(
+            "the {}x{}x{}x{wide_c} side has {} elements, expected {want}",
+            s.b, s.ho, s.wo, wide.len
+        ));
+    }
+    if offset + s.c > wide_c {
+        return bad(format!(
+            "channels {offset}..{} do not fit in {wide_c}",
+            offset + s.c
+        ));
+    }
+    if x.overlaps(&wide) {
+        return bad("input and output alias".into());
+    }
+    Ok(())
+}
+
 /// Numeric precision of the GEMMs and the relation map's Q·Qᵀ (everything else stays f32).
 ///
 /// - `Fp32`: exact f32 arithmetic (the default, and the only mode of the CPU reference).
@@ -461,8 +563,42 @@ pub trait Backend: Send + Sync {
     fn resize_nearest(&self, s: &ResizeShape, x: Tensor, y: Tensor, accumulate: bool)
         -> Result<()>;
     fn resize_nearest_backward(&self, s: &ResizeShape, dy: Tensor, dx: Tensor) -> Result<()>;
-    fn resize_bilinear(&self, s: &ResizeShape, x: Tensor, y: Tensor) -> Result<()>;
-    fn resize_bilinear_backward(&self, s: &ResizeShape, dy: Tensor, dx: Tensor) -> Result<()>;
+    /// An HRNet fuse output in one pass: `y = relu(t_0 + t_1 + …)` over `y: [b, ho, wo, c]`,
+    /// each `t_j` its term resized (nearest) to `ho × wo`, summed left to right in f32 with the
+    /// first term copied, and the ReLU of `relu_inplace`. Bit for bit what a copy (or resize),
+    /// one `add_inplace` (or accumulating resize) per further term and `relu_inplace` give,
+    /// in one read of each term and one write of `y` instead of a read-modify-write of `y` per
+    /// term. 1 to [`MAX_SUM_TERMS`] terms (checked by [`check_sum_terms`]); none aliases `y`.
+    fn fuse_sum_relu(&self, s: &SumShape, terms: &[SumTerm], y: Tensor) -> Result<()>;
+    /// Bilinear resize (align_corners = False) of `x: [b, hi, wi, c]` into channels
+    /// `[offset, offset + c)` of `y: [b, ho, wo, y_c]`, the other channels left as they are:
+    /// the feature aggregation's upsampling and concatenation in one pass (checked by
+    /// [`check_channel_slice`]).
+    fn resize_bilinear_into(
+        &self,
+        s: &ResizeShape,
+        x: Tensor,
+        y: Tensor,
+        y_c: usize,
+        offset: usize,
+    ) -> Result<()>;
+    /// Backward of [`Backend::resize_bilinear_into`]: `dx +=` the resize's adjoint applied to
+    /// channels `[offset, offset + c)` of `dy: [b, ho, wo, dy_c]`.
+    fn resize_bilinear_into_backward(
+        &self,
+        s: &ResizeShape,
+        dy: Tensor,
+        dy_c: usize,
+        offset: usize,
+        dx: Tensor,
+    ) -> Result<()>;
+    /// Bilinear resize `x: [b, hi, wi, c] → y: [b, ho, wo, c]`.
+    fn resize_bilinear(&self, s: &ResizeShape, x: Tensor, y: Tensor) -> Result<()> {
+        self.resize_bilinear_into(s, x, y, s.c, 0)
+    }
+    fn resize_bilinear_backward(&self, s: &ResizeShape, dy: Tensor, dx: Tensor) -> Result<()> {
+        self.resize_bilinear_into_backward(s, dy, s.c, 0, dx)
+    }
     /// Adaptive average pooling `[B, hi, wi, C] → [B, ho, wo, C]` (bins may overlap).
     fn adaptive_avg_pool(&self, s: &ResizeShape, x: Tensor, y: Tensor) -> Result<()>;
     fn adaptive_avg_pool_backward(&self, s: &ResizeShape, dy: Tensor, dx: Tensor) -> Result<()>;

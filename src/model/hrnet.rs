@@ -5,7 +5,7 @@
 //! the exact reverse, each unit adding its input gradients into the shared gradient arena.
 
 use super::layers::{Builder, ConvBn, Ctx};
-use crate::backend::{ConvShape, ResizeShape};
+use crate::backend::{ConvShape, ResizeShape, SumShape, SumTerm};
 use crate::config::Config;
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -109,8 +109,11 @@ pub struct HrModule {
     range_bwd: std::ffi::CString,
     branches: Vec<Vec<BasicBlock>>,
     fuse: Vec<Vec<FuseTerm>>,
-    /// Fuse outputs `y_i` (ReLU applied in place).
+    /// Fuse outputs `y_i = relu(Σ_j term_ij)`: `[batch, sides[i], sides[i], widths[i]]`.
     outs: Vec<Tensor>,
+    batch: usize,
+    sides: Vec<usize>,
+    widths: Vec<usize>,
 }
 
 impl HrModule {
@@ -192,6 +195,9 @@ impl HrModule {
             branches,
             fuse,
             outs,
+            batch: b,
+            sides: sides.to_vec(),
+            widths: widths.to_vec(),
         }
     }
 
@@ -210,21 +216,14 @@ impl HrModule {
         }
         let bo: Vec<Tensor> = (0..xs.len()).map(|i| self.branch_out(i, xs)).collect();
         for (i, terms) in self.fuse.iter().enumerate() {
-            let y = self.outs[i];
-            // y_i = Σ_j term_ij, summed in order j = 0, 1, … (as timm does).
+            let (c, side) = (self.widths[i], self.sides[i]);
+            let mut sum = Vec::with_capacity(terms.len());
             for (j, term) in terms.iter().enumerate() {
-                let first = j == 0;
-                match term {
-                    FuseTerm::Identity => {
-                        if first {
-                            cx.be.copy(bo[j], y)?
-                        } else {
-                            cx.be.add_inplace(y, bo[j])?
-                        }
-                    }
+                let (x, hi, wi) = match term {
+                    FuseTerm::Identity => (bo[j], side, side),
                     FuseTerm::Up { cb, resize } => {
                         cb.forward(cx, bo[j], None)?;
-                        cx.be.resize_nearest(resize, cb.y, y, !first)?;
+                        (cb.y, resize.hi, resize.wi)
                     }
                     FuseTerm::Down(chain) => {
                         let mut x = bo[j];
@@ -232,15 +231,19 @@ impl HrModule {
                             cb.forward(cx, x, None)?;
                             x = cb.y;
                         }
-                        if first {
-                            cx.be.copy(x, y)?
-                        } else {
-                            cx.be.add_inplace(y, x)?
-                        }
+                        (x, side, side)
                     }
-                }
+                };
+                sum.push(SumTerm { x, hi, wi });
             }
-            cx.be.relu_inplace(y)?;
+            // y_i = relu(Σ_j term_ij), summed in order j = 0, 1, … (as timm does), in one pass.
+            let s = SumShape {
+                b: self.batch,
+                c,
+                ho: side,
+                wo: side,
+            };
+            cx.be.fuse_sum_relu(&s, &sum, self.outs[i])?;
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 //! extractor (SPEC §4). Shapes for batch B, feature map H×W (N = H·W), C_in channels:
 //!
 //! ```text
-//! x0..x3 [B,h_k,w_k,C_k] → up_k (bilinear to H×W) → F_in [B,N,C_in]
+//! x0..x3 [B,h_k,w_k,C_k] → up_k (bilinear to H×W, written into F_in) → F_in [B,N,C_in]
 //! F_in → relation → P [B·N, n, n, 1] → rel.conv1 (3×3, +b, ReLU) → r1 [B·N, n−2, n−2, 32]
 //!      → rel.conv2 ((n−2)×(n−2), +b, ReLU) → F_rel [B,N,64]
 //! F_in → proj (1×1, +b) → F_vis [B,N,256];  F_upd = [F_vis, F_rel] [B,N,320]
@@ -17,8 +17,8 @@ use crate::error::Result;
 use crate::tensor::Tensor;
 
 pub struct Aggregation {
+    /// Branch k ≥ 1 resized to the first branch's side (`resizes[k − 1]`).
     pub resizes: Vec<ResizeShape>,
-    pub ups: Vec<Tensor>,
     pub widths: [usize; 4],
     pub f_in: Tensor,
     pub rows: usize,
@@ -31,23 +31,22 @@ impl Aggregation {
         let sides = cfg.branch_sides();
         let h = sides[0];
         let rows = b * h * h;
-        let mut resizes = Vec::new();
-        let mut ups = Vec::new();
-        for (&c, &side) in a.widths.iter().zip(&sides).skip(1) {
-            let s = ResizeShape {
+        let resizes = a
+            .widths
+            .iter()
+            .zip(&sides)
+            .skip(1)
+            .map(|(&c, &side)| ResizeShape {
                 b,
                 c,
                 hi: side,
                 wi: side,
                 ho: h,
                 wo: h,
-            };
-            ups.push(bd.act(s.y_len()));
-            resizes.push(s);
-        }
+            })
+            .collect();
         Aggregation {
             resizes,
-            ups,
             widths: a.widths,
             f_in: bd.act(rows * a.c_in()),
             rows,
@@ -60,17 +59,16 @@ impl Aggregation {
         [0, w[0], w[0] + w[1], w[0] + w[1] + w[2]]
     }
 
+    /// `F_in = [x0, up(x1), up(x2), up(x3)]`: each branch written once, straight into its
+    /// channels of `F_in` (no upsampled copy in between).
     pub fn forward(&self, cx: &Ctx, xs: &[Tensor]) -> Result<()> {
         let off = self.offsets();
         cx.be
             .concat_channels(self.rows, xs[0], self.widths[0], self.f_in, self.c_in, 0)?;
         for k in 1..4 {
-            cx.be
-                .resize_bilinear(&self.resizes[k - 1], xs[k], self.ups[k - 1])?;
-            cx.be.concat_channels(
-                self.rows,
-                self.ups[k - 1],
-                self.widths[k],
+            cx.be.resize_bilinear_into(
+                &self.resizes[k - 1],
+                xs[k],
                 self.f_in,
                 self.c_in,
                 off[k],
@@ -91,11 +89,13 @@ impl Aggregation {
             self.widths[0],
         )?;
         for k in 1..4 {
-            let du = cx.ga(self.ups[k - 1]);
-            cx.be
-                .concat_channels_backward(self.rows, df, self.c_in, off[k], du, self.widths[k])?;
-            cx.be
-                .resize_bilinear_backward(&self.resizes[k - 1], du, cx.ga(xs[k]))?;
+            cx.be.resize_bilinear_into_backward(
+                &self.resizes[k - 1],
+                df,
+                self.c_in,
+                off[k],
+                cx.ga(xs[k]),
+            )?;
         }
         Ok(())
     }

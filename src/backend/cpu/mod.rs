@@ -404,14 +404,36 @@ impl Backend for CpuBackend {
         resample::nearest_backward(self, s, dy, dx);
         Ok(())
     }
-    fn resize_bilinear(&self, s: &ResizeShape, x: Tensor, y: Tensor) -> Result<()> {
+    fn fuse_sum_relu(&self, s: &SumShape, terms: &[SumTerm], y: Tensor) -> Result<()> {
+        check_sum_terms(s, terms, y)?;
         self.tick();
-        resample::bilinear(self, s, x, y);
+        resample::fuse_sum_relu(self, s, terms, y);
         Ok(())
     }
-    fn resize_bilinear_backward(&self, s: &ResizeShape, dy: Tensor, dx: Tensor) -> Result<()> {
+    fn resize_bilinear_into(
+        &self,
+        s: &ResizeShape,
+        x: Tensor,
+        y: Tensor,
+        y_c: usize,
+        offset: usize,
+    ) -> Result<()> {
+        check_channel_slice(s, x, y, y_c, offset)?;
         self.tick();
-        resample::bilinear_backward(self, s, dy, dx);
+        resample::bilinear(self, s, x, y, y_c, offset);
+        Ok(())
+    }
+    fn resize_bilinear_into_backward(
+        &self,
+        s: &ResizeShape,
+        dy: Tensor,
+        dy_c: usize,
+        offset: usize,
+        dx: Tensor,
+    ) -> Result<()> {
+        check_channel_slice(s, dx, dy, dy_c, offset)?;
+        self.tick();
+        resample::bilinear_backward(self, s, dy, dy_c, offset, dx);
         Ok(())
     }
     fn adaptive_avg_pool(&self, s: &ResizeShape, x: Tensor, y: Tensor) -> Result<()> {

@@ -8,7 +8,7 @@
 use rayon::prelude::*;
 
 use super::{check_len, disjoint, CpuBackend};
-use crate::backend::{adaptive_bin, bilinear_taps, nearest_src, ResizeShape};
+use crate::backend::{adaptive_bin, bilinear_taps, nearest_src, ResizeShape, SumShape, SumTerm};
 use crate::tensor::Tensor;
 
 fn check(s: &ResizeShape, x: Tensor, y: Tensor) {
@@ -39,6 +39,36 @@ pub fn nearest(be: &CpuBackend, s: &ResizeShape, x: Tensor, y: Tensor, accumulat
         });
 }
 
+/// `Backend::fuse_sum_relu` (arguments checked by the caller): per output pixel, the terms'
+/// channel vectors copied / added in order, then the ReLU of `relu_inplace`.
+pub fn fuse_sum_relu(be: &CpuBackend, s: &SumShape, terms: &[SumTerm], y: Tensor) {
+    if s.y_len() == 0 {
+        return;
+    }
+    let xs: Vec<&[f32]> = terms.iter().map(|t| be.r(t.x)).collect();
+    let c = s.c;
+    be.w(y)
+        .par_chunks_mut(s.wo * c)
+        .enumerate()
+        .for_each(|(row, out)| {
+            let (b, oy) = (row / s.ho, row % s.ho);
+            for (ox, dst) in out.chunks_exact_mut(c).enumerate() {
+                for (j, (t, x)) in terms.iter().zip(&xs).enumerate() {
+                    let iy = nearest_src(oy, t.hi, s.ho);
+                    let ix = nearest_src(ox, t.wi, s.wo);
+                    let src = &x[((b * t.hi + iy) * t.wi + ix) * c..][..c];
+                    if j == 0 {
+                        dst.copy_from_slice(src);
+                    } else {
+                        dst.iter_mut().zip(src).for_each(|(d, v)| *d += v);
+                    }
+                }
+                // NaN stays NaN, as in relu_inplace.
+                dst.iter_mut().filter(|v| **v < 0.0).for_each(|v| *v = 0.0);
+            }
+        });
+}
+
 pub fn nearest_backward(be: &CpuBackend, s: &ResizeShape, dy: Tensor, dx: Tensor) {
     check(s, dx, dy);
     disjoint(&[dx], &[dy]);
@@ -59,13 +89,16 @@ pub fn nearest_backward(be: &CpuBackend, s: &ResizeShape, dy: Tensor, dx: Tensor
         });
 }
 
-pub fn bilinear(be: &CpuBackend, s: &ResizeShape, x: Tensor, y: Tensor) {
-    check(s, x, y);
-    disjoint(&[y], &[x]);
+/// `Backend::resize_bilinear_into` (operands checked by the caller): `y` is `[b, ho, wo, y_c]`
+/// and the resize fills its channels `[offset, offset + c)`.
+pub fn bilinear(be: &CpuBackend, s: &ResizeShape, x: Tensor, y: Tensor, y_c: usize, offset: usize) {
+    if s.y_len() == 0 {
+        return;
+    }
     let (xs, c) = (be.r(x), s.c);
     let xtaps: Vec<_> = (0..s.wo).map(|o| bilinear_taps(o, s.wi, s.wo)).collect();
     be.w(y)
-        .par_chunks_mut(s.wo * c)
+        .par_chunks_mut(s.wo * y_c)
         .enumerate()
         .for_each(|(row, out)| {
             let (b, oy) = (row / s.ho, row % s.ho);
@@ -73,17 +106,28 @@ pub fn bilinear(be: &CpuBackend, s: &ResizeShape, x: Tensor, y: Tensor) {
             let px = |iy: usize, ix: usize| &xs[((b * s.hi + iy) * s.wi + ix) * c..][..c];
             for (ox, &(x0, x1, wx0, wx1)) in xtaps.iter().enumerate() {
                 let (a, bb, cc, d) = (px(y0, x0), px(y0, x1), px(y1, x0), px(y1, x1));
+                let dst = &mut out[ox * y_c + offset..][..c];
                 for ch in 0..c {
-                    out[ox * c + ch] =
+                    dst[ch] =
                         wy0 * (wx0 * a[ch] + wx1 * bb[ch]) + wy1 * (wx0 * cc[ch] + wx1 * d[ch]);
                 }
             }
         });
 }
 
-pub fn bilinear_backward(be: &CpuBackend, s: &ResizeShape, dy: Tensor, dx: Tensor) {
-    check(s, dx, dy);
-    disjoint(&[dx], &[dy]);
+/// `Backend::resize_bilinear_into_backward` (operands checked by the caller): the gradient is
+/// read from channels `[offset, offset + c)` of `dy: [b, ho, wo, dy_c]`.
+pub fn bilinear_backward(
+    be: &CpuBackend,
+    s: &ResizeShape,
+    dy: Tensor,
+    dy_c: usize,
+    offset: usize,
+    dx: Tensor,
+) {
+    if s.x_len() == 0 || s.y_len() == 0 {
+        return;
+    }
     let (dys, c) = (be.r(dy), s.c);
     let xtaps: Vec<_> = (0..s.wo).map(|o| bilinear_taps(o, s.wi, s.wo)).collect();
     be.w(dx)
@@ -93,7 +137,7 @@ pub fn bilinear_backward(be: &CpuBackend, s: &ResizeShape, dy: Tensor, dx: Tenso
             for oy in 0..s.ho {
                 let (y0, y1, wy0, wy1) = bilinear_taps(oy, s.hi, s.ho);
                 for (ox, &(x0, x1, wx0, wx1)) in xtaps.iter().enumerate() {
-                    let g = &dys[((b * s.ho + oy) * s.wo + ox) * c..][..c];
+                    let g = &dys[((b * s.ho + oy) * s.wo + ox) * dy_c + offset..][..c];
                     for (iy, ix, wt) in [
                         (y0, x0, wy0 * wx0),
                         (y0, x1, wy0 * wx1),

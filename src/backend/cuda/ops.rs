@@ -197,11 +197,28 @@ impl Backend for CudaBackend {
     fn resize_nearest_backward(&self, s: &ResizeShape, dy: Tensor, dx: Tensor) -> Result<()> {
         resample::nearest_backward(self, s, dy, dx)
     }
-    fn resize_bilinear(&self, s: &ResizeShape, x: Tensor, y: Tensor) -> Result<()> {
-        resample::bilinear(self, s, x, y)
+    fn fuse_sum_relu(&self, s: &SumShape, terms: &[SumTerm], y: Tensor) -> Result<()> {
+        resample::fuse_sum_relu(self, s, terms, y)
     }
-    fn resize_bilinear_backward(&self, s: &ResizeShape, dy: Tensor, dx: Tensor) -> Result<()> {
-        resample::bilinear_backward(self, s, dy, dx)
+    fn resize_bilinear_into(
+        &self,
+        s: &ResizeShape,
+        x: Tensor,
+        y: Tensor,
+        y_c: usize,
+        offset: usize,
+    ) -> Result<()> {
+        resample::bilinear_slice(self, s, x, y, y_c, offset, false)
+    }
+    fn resize_bilinear_into_backward(
+        &self,
+        s: &ResizeShape,
+        dy: Tensor,
+        dy_c: usize,
+        offset: usize,
+        dx: Tensor,
+    ) -> Result<()> {
+        resample::bilinear_slice(self, s, dx, dy, dy_c, offset, true)
     }
     fn adaptive_avg_pool(&self, s: &ResizeShape, x: Tensor, y: Tensor) -> Result<()> {
         resample::adaptive_avg_pool(self, s, x, y)
