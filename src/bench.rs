@@ -103,11 +103,18 @@ pub fn conv_uses(cfg: &Config, batch: usize, train: bool) -> Result<Vec<ConvUse>
 }
 
 /// One inference forward or training step of `cfg` at `batch` over the counting backend.
+/// Inference counts the inference plan (`PrrNet::new_inference`: BatchNorm folded into the
+/// convolutions, each unit's epilogue fused), the way `detect` and `bench` run it; the first
+/// forward folds and is not counted.
 fn count_step(cfg: &Config, batch: usize, train: bool) -> Result<CostHandle> {
     let be = CountBackend::new();
     let costs = be.costs();
     let (b, s) = (batch, cfg.size);
-    let mut net = PrrNet::new(cfg, Box::new(be), b, train)?;
+    let mut net = if train {
+        PrrNet::new(cfg, Box::new(be), b, true)?
+    } else {
+        PrrNet::new_inference(cfg, Box::new(be), b)?
+    };
     let image = vec![0.0f32; b * 3 * s * s];
     let label = vec![0.0f32; b];
     let mask = vec![0.0f32; b * s * s];
@@ -123,6 +130,8 @@ fn count_step(cfg: &Config, batch: usize, train: bool) -> Result<CostHandle> {
         net.backward(Mode::TRAIN, false)?;
         net.adam_step(2e-4, false)?;
     } else {
+        net.forward(Mode::EVAL)?;
+        costs.reset();
         net.forward(Mode::EVAL)?;
     }
     Ok(costs)

@@ -273,6 +273,26 @@ impl Backend for CountBackend {
         self.conv_use(s, true, false, false);
         Ok(())
     }
+    /// One fused pass (what the GPU's implicit and halo kernels do): the epilogue reads the
+    /// bias and the residual and `y` is written once, not written and then re-read by a
+    /// separate `bias_act_inplace`.
+    fn conv2d_bias_act(
+        &self,
+        s: &ConvShape,
+        _x: Tensor,
+        _w: Tensor,
+        bias: Tensor,
+        residual: Option<Tensor>,
+        relu: bool,
+        _y: Tensor,
+    ) -> Result<()> {
+        let y = s.y_len() as f64;
+        let per = 1.0 + if residual.is_some() { 1.0 } else { 0.0 } + if relu { 1.0 } else { 0.0 };
+        let bytes = (s.x_len() + s.w_len() + s.y_len() + bias.len) as f64 + len(residual);
+        self.add(per * y, s.flops(), bytes);
+        self.conv_use(s, true, false, false);
+        Ok(())
+    }
     fn conv2d_backward(
         &self,
         s: &ConvShape,
@@ -622,6 +642,19 @@ mod tests {
         );
         assert_eq!(st[1].stage, OTHER);
         assert_eq!(st[1].flop, 2.0 * s.flops());
+        costs.reset();
+        // The fused epilogue: y written once; the bias and the residual read once.
+        let bias = Tensor::new(be.alloc(s.cout).unwrap(), 0, s.cout);
+        let r = Tensor::new(be.alloc(s.y_len()).unwrap(), 0, s.y_len());
+        be.conv2d_bias_act(&s, x, w, bias, Some(r), true, y)
+            .unwrap();
+        let st = costs.stages();
+        assert_eq!(st[0].matmul_flop, s.flops());
+        assert_eq!(st[0].flop, s.flops() + 3.0 * s.y_len() as f64);
+        assert_eq!(
+            st[0].bytes,
+            4.0 * (s.x_len() + s.w_len() + 2 * s.y_len() + s.cout) as f64
+        );
         costs.reset();
         assert!(costs.stages().is_empty());
     }

@@ -127,8 +127,9 @@ impl ConvRelu {
         }
     }
     fn forward(&self, cx: &Ctx, x: Tensor) -> Result<()> {
-        cx.be.conv2d(&self.shape, x, self.w, Some(self.b), self.y)?;
-        cx.be.relu_inplace(self.y)
+        // One pass where the backend fuses the epilogue (the GPU's implicit-GEMM kernels).
+        cx.be
+            .conv2d_bias_act(&self.shape, x, self.w, self.b, None, true, self.y)
     }
     fn backward(&self, cx: &Ctx, x: Tensor, dx: Option<Tensor>) -> Result<()> {
         let dy = cx.ga(self.y);
