@@ -5,7 +5,8 @@
 #
 # tests  every GPU test executable with PRRNET_REQUIRE_GPU=1 (gpu_parity, gpu_model_parity,
 #        gpu_relation when bundled, then any other bin/gpu_*), then compute-sanitizer
-#        (memcheck, racecheck) on the parity tests.
+#        (memcheck, racecheck) on the parity tests (gpu_parity, the tiny network, the relation
+#        and, on their small shapes, the convolution kernels).
 # perf   the measured peaks (`prrnet bench --peaks`), `prrnet bench --breakdown` for W30 at
 #        299×299, batch 64 (inference and training; fp32 and bf16 first, then tf32), PyTorch
 #        eager with the same stage breakdown, the relation-map benchmarks when bundled, an nsys
@@ -144,6 +145,24 @@ tests_phase() {
         # allocation_and_errors makes one on purpose (an impossible allocation); a real API
         # failure already fails the test itself. Kernel memory errors and races stay fatal.
         local san=(compute-sanitizer --report-api-errors no --error-exitcode 1)
+        # The kernels that have never run under a sanitizer first (relation versions,
+        # convolutions), then those that were clean on 2026-11-27 (parity, tiny network).
+        if [ -x "$bin/gpu_relation" ]; then
+            # The small shapes cover every tail and bin case; W30 size under memcheck is slow.
+            step sanitizer_memcheck_relation 90 "${san[@]}" --tool memcheck \
+                "$bin/gpu_relation" --test-threads 1 --skip w30_at_299
+            step sanitizer_racecheck_relation 90 "${san[@]}" --tool racecheck \
+                "$bin/gpu_relation" --test-threads 1 --skip w30_at_299
+        fi
+        if [ -x "$bin/gpu_conv" ]; then
+            # The implicit, halo and weight-gradient kernels (cp.async pipelines in shared
+            # memory) on the small shapes, which reach every kernel variant and tail.
+            local conv_env=(env PRRNET_CONV_SHAPES=odd,halo PRRNET_CONV_ALGOS=implicit,halo)
+            step sanitizer_memcheck_conv 90 "${conv_env[@]}" "${san[@]}" --tool memcheck \
+                "$bin/gpu_conv" --test-threads 1
+            step sanitizer_racecheck_conv 90 "${conv_env[@]}" "${san[@]}" --tool racecheck \
+                "$bin/gpu_conv" --test-threads 1
+        fi
         step sanitizer_memcheck 90 "${san[@]}" --tool memcheck "$bin/gpu_parity" \
             --test-threads 1 --skip allocation_and_errors
         # racecheck only sees shared memory: the tests whose kernels use it (reductions,
@@ -153,13 +172,6 @@ tests_phase() {
             --skip concat --skip adam --skip conv2d_w30_sizes
         step sanitizer_memcheck_tiny 60 "${san[@]}" --tool memcheck "$bin/gpu_model_parity" \
             tiny --test-threads 1
-        if [ -x "$bin/gpu_relation" ]; then
-            # The small shapes cover every tail and bin case; W30 size under memcheck is slow.
-            step sanitizer_memcheck_relation 90 "${san[@]}" --tool memcheck \
-                "$bin/gpu_relation" --test-threads 1 --skip w30_at_299
-            step sanitizer_racecheck_relation 90 "${san[@]}" --tool racecheck \
-                "$bin/gpu_relation" --test-threads 1 --skip w30_at_299
-        fi
     fi
 }
 

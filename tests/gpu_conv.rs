@@ -9,7 +9,10 @@
 //! Tolerances (relative L2 against the CPU's f32): fp32 1e-5, tf32 1e-3, bf16 1e-2.
 //!
 //! Without a usable GPU the tests print a skip message and pass; with `PRRNET_REQUIRE_GPU=1`
-//! they fail instead.
+//! they fail instead. `PRRNET_CONV_SHAPES=odd,halo` keeps only the shapes whose labels start
+//! with one of those words (the GPU bundle's compute-sanitizer runs: the small shapes reach
+//! every kernel and every tail at a fraction of the W30 shapes' time), and
+//! `PRRNET_CONV_ALGOS=implicit,halo` only those algorithms.
 
 mod common;
 
@@ -46,7 +49,22 @@ fn shape(
     ConvShape::new(b, h, w, cin, cout, k, stride, pad)
 }
 
+/// [`all_shapes`], restricted by `PRRNET_CONV_SHAPES` when it is set.
 fn shapes() -> Vec<(&'static str, ConvShape)> {
+    let keep = std::env::var("PRRNET_CONV_SHAPES").unwrap_or_default();
+    let prefixes: Vec<&str> = keep.split(',').filter(|p| !p.is_empty()).collect();
+    let picked: Vec<_> = all_shapes()
+        .into_iter()
+        .filter(|(name, _)| prefixes.is_empty() || prefixes.iter().any(|p| name.starts_with(p)))
+        .collect();
+    assert!(
+        !picked.is_empty(),
+        "PRRNET_CONV_SHAPES={keep} matches no shape"
+    );
+    picked
+}
+
+fn all_shapes() -> Vec<(&'static str, ConvShape)> {
     vec![
         // W30 at 299×299, batch 2: the branch 3×3 convolutions …
         ("w30 75x75 30->30", shape(2, 75, 75, 30, 30, 3, 1, 1)),
@@ -81,12 +99,20 @@ fn shapes() -> Vec<(&'static str, ConvShape)> {
     ]
 }
 
-/// The algorithms a test runs on `s`: halo only where its kernels take the shape.
+/// The algorithms a test runs on `s`: halo only where its kernels take the shape; only those
+/// named in `PRRNET_CONV_ALGOS` (comma-separated) when it is set.
 fn algos_for(gpu: &CudaBackend, s: &ConvShape) -> Vec<ConvAlgo> {
     let mut algos = vec![ConvAlgo::Im2col, ConvAlgo::Implicit];
     gpu.set_conv_algo(ConvAlgo::Halo);
     if gpu.conv_uses_halo(s) {
         algos.push(ConvAlgo::Halo);
+    }
+    if let Ok(names) = std::env::var("PRRNET_CONV_ALGOS") {
+        let wanted: Vec<ConvAlgo> = names
+            .split(',')
+            .map(|n| n.trim().parse().expect("PRRNET_CONV_ALGOS"))
+            .collect();
+        algos.retain(|a| wanted.contains(a));
     }
     algos
 }
