@@ -15,18 +15,37 @@
 // backward reads every output gradient that depends on the element (channel-contiguous).
 #include "common.cuh"
 
+// Where flat element i of a channels-last [B, h, w, c] tensor sits.
+struct Nhwc {
+    i64 b;
+    int y, x, ch;
+};
+__device__ __forceinline__ Nhwc nhwc_at(i64 i, int c, int h, int w) {
+    Nhwc p;
+    p.ch = (int)(i % c);
+    i64 t = i / c;
+    p.x = (int)(t % w);
+    t /= w;
+    p.y = (int)(t % h);
+    p.b = t / h;
+    return p;
+}
+
+// x[b, src(oy), src(ox), ch] for an input of hi × wi resized to ho × wo.
+__device__ __forceinline__ float nearest_at(const float* __restrict__ x, int hi, int wi, i64 b,
+                                            int oy, int ox, int ho, int wo, int c, int ch) {
+    int iy = nearest_src(oy, hi, ho), ix = nearest_src(ox, wi, wo);
+    return x[((b * hi + iy) * wi + ix) * c + ch];
+}
+
 extern "C" __global__ void nearest_forward(const float* __restrict__ x, float* __restrict__ y,
                                            int c, int hi, int wi, int ho, int wo,
                                            int accumulate, i64 total) {
     GRID_STRIDE(i, total) {
-        int ch = (int)(i % c);
-        i64 t = i / c;
-        int ox = (int)(t % wo);
-        t /= wo;
-        int oy = (int)(t % ho);
-        i64 b = t / ho;
-        int iy = nearest_src(oy, hi, ho), ix = nearest_src(ox, wi, wo);
-        float v = x[((b * hi + iy) * wi + ix) * c + ch];
+        const Nhwc p = nhwc_at(i, c, ho, wo);
+        const int ch = p.ch, ox = p.x, oy = p.y;
+        const i64 b = p.b;
+        float v = nearest_at(x, hi, wi, b, oy, ox, ho, wo, c, ch);
         if (accumulate)
             y[i] += v;
         else
@@ -41,12 +60,6 @@ extern "C" __global__ void nearest_forward(const float* __restrict__ x, float* _
 // terms (their pointers as arguments; the unused ones null, never read).
 // Memory traffic: one read per term element used and one write of y (the sequence of passes
 // read and wrote y once per term).
-__device__ __forceinline__ float nearest_at(const float* __restrict__ x, int hi, int wi, i64 b,
-                                            int oy, int ox, int ho, int wo, int c, int ch) {
-    int iy = nearest_src(oy, hi, ho), ix = nearest_src(ox, wi, wo);
-    return x[((b * hi + iy) * wi + ix) * c + ch];
-}
-
 extern "C" __global__ void fuse_sum_relu(const float* __restrict__ x0,
                                          const float* __restrict__ x1,
                                          const float* __restrict__ x2,
@@ -54,12 +67,9 @@ extern "C" __global__ void fuse_sum_relu(const float* __restrict__ x0,
                                          int wi1, int hi2, int wi2, int hi3, int wi3, int nterms,
                                          float* __restrict__ y, int c, int ho, int wo, i64 total) {
     GRID_STRIDE(i, total) {
-        int ch = (int)(i % c);
-        i64 t = i / c;
-        int ox = (int)(t % wo);
-        t /= wo;
-        int oy = (int)(t % ho);
-        i64 b = t / ho;
+        const Nhwc p = nhwc_at(i, c, ho, wo);
+        const int ch = p.ch, ox = p.x, oy = p.y;
+        const i64 b = p.b;
         float acc = nearest_at(x0, hi0, wi0, b, oy, ox, ho, wo, c, ch);
         if (nterms > 1) acc += nearest_at(x1, hi1, wi1, b, oy, ox, ho, wo, c, ch);
         if (nterms > 2) acc += nearest_at(x2, hi2, wi2, b, oy, ox, ho, wo, c, ch);
@@ -79,12 +89,9 @@ __device__ __forceinline__ int nearest_first(int target, int in, int out) {
 extern "C" __global__ void nearest_backward(const float* __restrict__ dy, float* __restrict__ dx,
                                             int c, int hi, int wi, int ho, int wo, i64 total) {
     GRID_STRIDE(i, total) {
-        int ch = (int)(i % c);
-        i64 t = i / c;
-        int ix = (int)(t % wi);
-        t /= wi;
-        int iy = (int)(t % hi);
-        i64 b = t / hi;
+        const Nhwc p = nhwc_at(i, c, hi, wi);
+        const int ch = p.ch, ix = p.x, iy = p.y;
+        const i64 b = p.b;
         float acc = dx[i];
         int ox0 = nearest_first(ix, wi, wo);
         for (int oy = nearest_first(iy, hi, ho); oy < ho && nearest_src(oy, hi, ho) == iy;
@@ -104,12 +111,9 @@ extern "C" __global__ void bilinear_forward(const float* __restrict__ x, float* 
                                             int c, int hi, int wi, int ho, int wo, int yc,
                                             int yoff, i64 total) {
     GRID_STRIDE(i, total) {
-        int ch = (int)(i % c);
-        i64 t = i / c;
-        int ox = (int)(t % wo);
-        t /= wo;
-        int oy = (int)(t % ho);
-        i64 b = t / ho;
+        const Nhwc p = nhwc_at(i, c, ho, wo);
+        const int ch = p.ch, ox = p.x, oy = p.y;
+        const i64 b = p.b;
         int y0, y1, x0, x1;
         float wy0, wy1, wx0, wx1;
         bilinear_taps(oy, hi, ho, &y0, &y1, &wy0, &wy1);
@@ -119,7 +123,8 @@ extern "C" __global__ void bilinear_forward(const float* __restrict__ x, float* 
         float cc = img[((i64)y1 * wi + x0) * c], d = img[((i64)y1 * wi + x1) * c];
         float top = __fadd_rn(__fmul_rn(wx0, a), __fmul_rn(wx1, bb));
         float bot = __fadd_rn(__fmul_rn(wx0, cc), __fmul_rn(wx1, d));
-        y[(t * wo + ox) * yc + yoff + ch] = __fadd_rn(__fmul_rn(wy0, top), __fmul_rn(wy1, bot));
+        y[((b * ho + oy) * wo + ox) * yc + yoff + ch] =
+            __fadd_rn(__fmul_rn(wy0, top), __fmul_rn(wy1, bot));
     }
 }
 
@@ -141,12 +146,9 @@ extern "C" __global__ void bilinear_backward(const float* __restrict__ dy,
                                              float* __restrict__ dx, int c, int hi, int wi,
                                              int ho, int wo, int yc, int yoff, i64 total) {
     GRID_STRIDE(i, total) {
-        int ch = (int)(i % c);
-        i64 t = i / c;
-        int ix = (int)(t % wi);
-        t /= wi;
-        int iy = (int)(t % hi);
-        i64 b = t / hi;
+        const Nhwc p = nhwc_at(i, c, hi, wi);
+        const int ch = p.ch, ix = p.x, iy = p.y;
+        const i64 b = p.b;
         float acc = dx[i];
         // Outputs whose taps can include (iy, ix): first tap in {i − 1, i}.
         const int oy_start = bilinear_first(iy - 1, hi, ho);
@@ -178,12 +180,9 @@ extern "C" __global__ void adaptive_pool_forward(const float* __restrict__ x,
                                                  float* __restrict__ y, int c, int hi, int wi,
                                                  int ho, int wo, i64 total) {
     GRID_STRIDE(i, total) {
-        int ch = (int)(i % c);
-        i64 t = i / c;
-        int u = (int)(t % wo);
-        t /= wo;
-        int v = (int)(t % ho);
-        i64 b = t / ho;
+        const Nhwc p = nhwc_at(i, c, ho, wo);
+        const int ch = p.ch, u = p.x, v = p.y;
+        const i64 b = p.b;
         int y0 = adaptive_start(v, hi, ho), y1 = adaptive_end(v, hi, ho);
         int x0 = adaptive_start(u, wi, wo), x1 = adaptive_end(u, wi, wo);
         double acc = 0.0;
@@ -198,12 +197,9 @@ extern "C" __global__ void adaptive_pool_backward(const float* __restrict__ dy,
                                                   float* __restrict__ dx, int c, int hi, int wi,
                                                   int ho, int wo, i64 total) {
     GRID_STRIDE(i, total) {
-        int ch = (int)(i % c);
-        i64 t = i / c;
-        int ix = (int)(t % wi);
-        t /= wi;
-        int iy = (int)(t % hi);
-        i64 b = t / hi;
+        const Nhwc p = nhwc_at(i, c, hi, wi);
+        const int ch = p.ch, ix = p.x, iy = p.y;
+        const i64 b = p.b;
         int v0, v1, u0, u1;
         adaptive_bins_of(iy, hi, ho, &v0, &v1);
         adaptive_bins_of(ix, wi, wo, &u0, &u1);
