@@ -8,6 +8,7 @@
 #
 # Skipped here because emulation makes them too slow (they run in the GPU bundle):
 #   W30-at-299 cases, the 6-epoch training in reduced_precision_verdicts, the detect throughput.
+# The shared-memory kernels' tests then run again in a shuffled thread order (PRRNET_EMU_ORDER).
 # PRRNET_EMU_FULL=1 runs the W30-at-299 cases too (the whole-network one takes about 15 minutes
 # on 2 cores). Extra arguments go to the test binaries (e.g. `bash scripts/test-emu.sh relation`).
 set -euo pipefail
@@ -24,3 +25,10 @@ if [ "${PRRNET_EMU_FULL:-0}" != 1 ]; then
     skips+=(--skip w30_299 --skip w30_at_299)
 fi
 cargo test --release "${tests[@]}" -- "${skips[@]}" "$@"
+# The kernels that share data through shared memory once more, with the threads of every block
+# in a shuffled order between synchronisation points (a missing barrier between any two warps
+# then shows whatever their numbers): the relation versions, the convolutions on their small
+# shapes (every kernel variant and tail), and the per-operation parity tests.
+PRRNET_EMU_ORDER=shuffle:1 PRRNET_CONV_SHAPES=odd,halo PRRNET_CONV_ALGOS=implicit,halo \
+    cargo test --release --test gpu_relation --test gpu_conv --test gpu_parity -- \
+    --skip w30 "${skips[@]}" "$@"

@@ -102,8 +102,13 @@ def main():
     runtime = [o for o in objs if os.path.basename(o) in ("sched.cpp.o", "driver.cpp.o", "cublas.cpp.o")]
     selftest = os.path.join(out, "selftest")
     subprocess.run([CXX, "-o", selftest, selftest_obj, *runtime, asm, "-lpthread"], check=True)
-    if subprocess.run([selftest]).returncode != 0:
-        raise SystemExit("cuda-emu: the emulator's self-test failed")
+    # Once in each run order (PRRNET_EMU_ORDER), whatever the caller's environment says.
+    for order in ("", "reverse", "shuffle:7"):
+        env = dict(os.environ, PRRNET_EMU_ORDER=order)
+        if not order:
+            env.pop("PRRNET_EMU_ORDER")
+        if subprocess.run([selftest], env=env).returncode != 0:
+            raise SystemExit(f"cuda-emu: the emulator's self-test failed (order '{order}')")
     print(f"cuda-emu: {total} kernels from {len(jobs) - 3} files -> {lib_dir}")
 
 

@@ -2,8 +2,9 @@
 // thread; inside a block every CUDA thread is a fiber (its own stack, switched by emu_switch).
 // A fiber runs until it finishes or reaches a synchronisation point (__syncthreads, a warp
 // collective), so the order of execution between barriers is an ordinary sequential one and
-// the result depends only on the kernel (set PRRNET_EMU_ORDER=reverse to run fibers in the
-// opposite order, which exposes reads of shared memory that lack a barrier).
+// the result depends only on the kernel (PRRNET_EMU_ORDER=reverse runs fibers in the opposite
+// order and =shuffle[:SEED] in a repeatable pseudo-random one, which expose reads of shared
+// memory that lack a barrier).
 //
 // Checked here, and reported as a launch failure naming the kernel and block: a barrier that
 // can never complete (a __syncthreads some threads skip, lanes disagreeing on a warp collective,
@@ -80,12 +81,57 @@ struct Failure {
     std::string msg;
 };
 
-bool reverse_order() {
-    static const bool rev = [] {
+// PRRNET_EMU_ORDER: unset (thread order), `reverse`, or `shuffle` / `shuffle:SEED` (a fresh
+// pseudo-random order in every round between synchronisation points, seeded by SEED, the
+// block and the round, so a run is repeatable and a failing order can be replayed).
+struct Order {
+    enum Kind { FORWARD, REVERSE, SHUFFLE } kind = FORWARD;
+    unsigned long long seed = 1;
+};
+
+Order run_order() {
+    static const Order o = [] {
+        Order r;
         const char* v = getenv("PRRNET_EMU_ORDER");
-        return v && std::string(v) == "reverse";
+        const std::string s = v ? v : "";
+        if (s == "reverse") {
+            r.kind = Order::REVERSE;
+        } else if (s.rfind("shuffle", 0) == 0) {
+            r.kind = Order::SHUFFLE;
+            if (s.size() > 8 && s[7] == ':') r.seed = strtoull(s.c_str() + 8, nullptr, 10);
+        } else if (!s.empty()) {
+            fprintf(stderr, "cuda-emu: PRRNET_EMU_ORDER=%s: expected reverse or shuffle[:SEED]\n",
+                    s.c_str());
+            abort();
+        }
+        return r;
     }();
-    return rev;
+    return o;
+}
+
+// splitmix64: the shuffle's random numbers.
+unsigned long long mix(unsigned long long x) {
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+unsigned long long block_index() {
+    return (t_block.z * (unsigned long long)t_gdim.y + t_block.y) * t_gdim.x + t_block.x;
+}
+
+// The order in which the fibers of this block run in scheduling round `round`.
+void round_order(std::vector<int>& perm, int n, unsigned long long round) {
+    perm.resize(n);
+    const Order o = run_order();
+    for (int k = 0; k < n; ++k) perm[k] = o.kind == Order::REVERSE ? n - 1 - k : k;
+    if (o.kind != Order::SHUFFLE) return;
+    unsigned long long state = mix(o.seed ^ mix(block_index() ^ mix(round)));
+    for (int k = n - 1; k > 0; --k) {
+        state = mix(state);
+        std::swap(perm[k], perm[state % (unsigned long long)(k + 1)]);
+    }
 }
 
 char* map_guarded(size_t usable, char** base, size_t* len) {
@@ -167,9 +213,16 @@ std::string describe_states() {
     return buf;
 }
 
-// Release every warp collective whose participants have all arrived. Returns whether any did.
-bool resolve_warps() {
-    bool progressed = false;
+// Release the warp collectives whose participants have all arrived. Returns whether any was.
+// With `skew` (the shuffled order) each of them is released only with probability 1/2 (at
+// least one per call), so warps drift apart by whole collectives, as they do on a GPU: a warp
+// that reuses shared memory before a barrier while another still reads it is then caught.
+bool resolve_warps(unsigned long long* skew) {
+    struct Ready {
+        int w0, lane;
+        unsigned need;
+    };
+    std::vector<Ready> ready;
     for (int w0 = 0; w0 < g.n; w0 += 32) {
         const int lanes = std::min(32, g.n - w0);
         const unsigned exists = lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1);
@@ -179,7 +232,7 @@ bool resolve_warps() {
             if (!((f.mask >> l) & 1u))
                 throw Failure{"a lane calls a warp collective with a mask that excludes itself"};
             const unsigned need = f.mask & exists;
-            bool ready = true;
+            bool complete = true;
             for (int r = 0; r < lanes; ++r) {
                 if (!((need >> r) & 1u)) continue;
                 Fiber& o = g.fibers[w0 + r];
@@ -187,24 +240,43 @@ bool resolve_warps() {
                     throw Failure{"a warp collective's mask names lane " + std::to_string(r) +
                                   ", which has exited"};
                 if (o.st != AT_WARP) {
-                    ready = false;
+                    complete = false;
                     continue;
                 }
                 if (o.mask != f.mask || o.fn != f.fn)
                     throw Failure{"lanes of one warp wait at different collectives (divergent "
                                   "shuffle, ballot or WMMA call)"};
             }
-            if (!ready) continue;
-            void* data[32] = {};
-            for (int r = 0; r < lanes; ++r)
-                if ((need >> r) & 1u) data[r] = g.fibers[w0 + r].data;
-            f.fn(data, need);
-            for (int r = 0; r < lanes; ++r)
-                if ((need >> r) & 1u) g.fibers[w0 + r].st = READY;
-            progressed = true;
+            // One entry per collective: at its lowest participating lane.
+            if (complete && l == __builtin_ctz(need)) ready.push_back({w0, l, need});
         }
     }
-    return progressed;
+    if (ready.empty()) return false;
+    std::vector<char> release(ready.size(), 1);
+    if (skew) {
+        bool any = false;
+        for (char& r : release) {
+            *skew = mix(*skew);
+            r = (*skew >> 17) & 1;
+            any |= r != 0;
+        }
+        if (!any) {
+            *skew = mix(*skew);
+            release[*skew % ready.size()] = 1;
+        }
+    }
+    for (size_t k = 0; k < ready.size(); ++k) {
+        if (!release[k]) continue;
+        const Ready& c = ready[k];
+        const int lanes = std::min(32, g.n - c.w0);
+        void* data[32] = {};
+        for (int r = 0; r < lanes; ++r)
+            if ((c.need >> r) & 1u) data[r] = g.fibers[c.w0 + r].data;
+        g.fibers[c.w0 + c.lane].fn(data, c.need);
+        for (int r = 0; r < lanes; ++r)
+            if ((c.need >> r) & 1u) g.fibers[c.w0 + r].st = READY;
+    }
+    return true;
 }
 
 void warn_once(const char* kernel, const char* what) {
@@ -226,10 +298,12 @@ void run_block(size_t smem) {
         f.open.clear();
         f.committed.clear();
     }
-    const bool rev = reverse_order();
-    for (;;) {
+    std::vector<int> perm;
+    unsigned long long skew = mix(run_order().seed ^ mix(block_index() + 0x5eed));
+    for (unsigned long long round = 0;; ++round) {
+        round_order(perm, g.n, round);
         for (int k = 0; k < g.n; ++k) {
-            const int i = rev ? g.n - 1 - k : k;
+            const int i = perm[k];
             Fiber& f = g.fibers[i];
             if (f.st != READY) continue;
             g.cur = i;
@@ -245,7 +319,7 @@ void run_block(size_t smem) {
             bar += g.fibers[i].st == AT_BAR;
         }
         if (done == g.n) return;
-        bool progressed = resolve_warps();
+        bool progressed = resolve_warps(run_order().kind == Order::SHUFFLE ? &skew : nullptr);
         if (!progressed && bar > 0 && bar + done == g.n) {
             if (done > 0)
                 warn_once(g.kernel, "__syncthreads is reached after some threads of the block exited");

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -157,6 +158,71 @@ int main() {
                 CHECK(got[1][l][m] == trans, "ldmatrix.trans lane %d reg %d = %08x, want %08x", l,
                       m, got[1][l][m], trans);
             }
+    }
+    // The run order between synchronisation points (PRRNET_EMU_ORDER): thread order, its
+    // reverse, or a shuffle that is neither, differs from round to round and from block to
+    // block, and is the same in a second launch (repeatable).
+    {
+        const char* v = getenv("PRRNET_EMU_ORDER");
+        const std::string mode = v ? v : "";
+        auto order = [] {
+            std::vector<int> seen;
+            std::string e = launch(2, 64, 0, [&] {
+                seen.push_back((int)(blockIdx.x * 64 + threadIdx.x));
+                __syncthreads();
+                seen.push_back((int)(blockIdx.x * 64 + threadIdx.x));
+            });
+            CHECK(e.empty(), "order kernel: %s", e.c_str());
+            return seen;
+        };
+        const std::vector<int> a = order(), b = order();
+        CHECK(a.size() == 256, "order: %zu thread phases ran, want 256", a.size());
+        std::vector<std::vector<int>> phase(4);  // (block, round)
+        for (size_t k = 0; k < a.size(); ++k) phase[k / 64].push_back(a[k] % 64);
+        for (auto& ph : phase) {
+            std::vector<int> sorted = ph;
+            std::sort(sorted.begin(), sorted.end());
+            bool perm = sorted.size() == 64;
+            for (int t = 0; perm && t < 64; ++t) perm = sorted[t] == t;
+            CHECK(perm, "order: a phase did not run every thread exactly once");
+            const bool fwd = std::is_sorted(ph.begin(), ph.end());
+            const bool rev = std::is_sorted(ph.rbegin(), ph.rend());
+            if (mode.empty()) CHECK(fwd, "order: not thread order");
+            if (mode == "reverse") CHECK(rev, "order: not reverse thread order");
+            if (mode.rfind("shuffle", 0) == 0) CHECK(!fwd && !rev, "order: shuffle is not shuffled");
+        }
+        if (mode.rfind("shuffle", 0) == 0) {
+            CHECK(phase[0] != phase[1] && phase[0] != phase[2], "order: shuffle repeats itself");
+            CHECK(a == b, "order: shuffle differs between two launches");
+        }
+    }
+    // Warp skew (shuffled order only): warps drift apart by whole collectives. Four warps take
+    // 16 shuffle steps each; lane 0 of each logs its step. In thread order and its reverse the
+    // warps stay in lockstep (never two steps apart); shuffled, some warp gets ahead by two or
+    // more, yet no thread misses a step.
+    {
+        const char* v = getenv("PRRNET_EMU_ORDER");
+        const std::string mode = v ? v : "";
+        std::vector<int> log;  // warp * 100 + step, in execution order
+        std::string e = launch(1, 128, 0, [&] {
+            int x = (int)threadIdx.x;
+            for (int step = 0; step < 16; ++step) {
+                if (threadIdx.x % 32 == 0) log.push_back((int)(threadIdx.x / 32) * 100 + step);
+                x += __shfl_xor_sync(0xffffffffu, x, 1);
+            }
+        });
+        CHECK(e.empty(), "skew kernel: %s", e.c_str());
+        CHECK(log.size() == 64, "skew: %zu steps logged, want 64", log.size());
+        int done[4] = {-1, -1, -1, -1}, widest = 0;
+        for (int entry : log) {
+            done[entry / 100] = entry % 100;
+            const int lo = *std::min_element(done, done + 4), hi = *std::max_element(done, done + 4);
+            widest = std::max(widest, hi - lo);
+        }
+        if (mode.rfind("shuffle", 0) == 0)
+            CHECK(widest >= 2, "skew: the warps never drifted apart (widest gap %d)", widest);
+        else
+            CHECK(widest <= 1, "skew: warps drifted apart without the shuffled order (gap %d)", widest);
     }
     if (failures) {
         fprintf(stderr, "cuda-emu selftest: %d failure(s)\n", failures);
