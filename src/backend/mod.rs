@@ -495,9 +495,10 @@ pub trait Backend: Send + Sync {
         bias: Option<Tensor>,
         y: Tensor,
     ) -> Result<()>;
-    /// `y = relu?(conv2d(x, w) + bias + residual?)`: a convolution with its BatchNorm folded
-    /// in, and the unit's epilogue (inference plans). Backends may fuse the epilogue into the
-    /// convolution; by default it is a separate pass.
+    /// `y = relu?(conv2d(x, w) + bias + residual?)`: a convolution and its epilogue (a unit
+    /// whose BatchNorm was folded in, in inference plans; the relation convolutions' bias and
+    /// ReLU). Backends may fuse the epilogue into the convolution; by default it is a separate
+    /// pass.
     #[allow(clippy::too_many_arguments)]
     fn conv2d_bias_act(
         &self,

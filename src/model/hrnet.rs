@@ -109,11 +109,9 @@ pub struct HrModule {
     range_bwd: std::ffi::CString,
     branches: Vec<Vec<BasicBlock>>,
     fuse: Vec<Vec<FuseTerm>>,
-    /// Fuse outputs `y_i = relu(Σ_j term_ij)`: `[batch, sides[i], sides[i], widths[i]]`.
+    /// Fuse outputs `y_i = relu(Σ_j term_ij)`, of shape `out_shapes[i]`.
     outs: Vec<Tensor>,
-    batch: usize,
-    sides: Vec<usize>,
-    widths: Vec<usize>,
+    out_shapes: Vec<SumShape>,
 }
 
 impl HrModule {
@@ -195,9 +193,14 @@ impl HrModule {
             branches,
             fuse,
             outs,
-            batch: b,
-            sides: sides.to_vec(),
-            widths: widths.to_vec(),
+            out_shapes: (0..nb)
+                .map(|i| SumShape {
+                    b,
+                    c: widths[i],
+                    ho: sides[i],
+                    wo: sides[i],
+                })
+                .collect(),
         }
     }
 
@@ -216,11 +219,11 @@ impl HrModule {
         }
         let bo: Vec<Tensor> = (0..xs.len()).map(|i| self.branch_out(i, xs)).collect();
         for (i, terms) in self.fuse.iter().enumerate() {
-            let (c, side) = (self.widths[i], self.sides[i]);
+            let s = &self.out_shapes[i];
             let mut sum = Vec::with_capacity(terms.len());
             for (j, term) in terms.iter().enumerate() {
                 let (x, hi, wi) = match term {
-                    FuseTerm::Identity => (bo[j], side, side),
+                    FuseTerm::Identity => (bo[j], s.ho, s.wo),
                     FuseTerm::Up { cb, resize } => {
                         cb.forward(cx, bo[j], None)?;
                         (cb.y, resize.hi, resize.wi)
@@ -231,19 +234,13 @@ impl HrModule {
                             cb.forward(cx, x, None)?;
                             x = cb.y;
                         }
-                        (x, side, side)
+                        (x, s.ho, s.wo)
                     }
                 };
                 sum.push(SumTerm { x, hi, wi });
             }
             // y_i = relu(Σ_j term_ij), summed in order j = 0, 1, … (as timm does), in one pass.
-            let s = SumShape {
-                b: self.batch,
-                c,
-                ho: side,
-                wo: side,
-            };
-            cx.be.fuse_sum_relu(&s, &sum, self.outs[i])?;
+            cx.be.fuse_sum_relu(s, &sum, self.outs[i])?;
         }
         Ok(())
     }
