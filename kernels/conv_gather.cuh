@@ -8,9 +8,11 @@
 
 #include "common.cuh"
 
-// One K column of the GEMM: kg = (ky·k + kx)·Cin + ci; ok = kg < K.
+// One K column of the GEMM: kg = (ky·k + kx)·Cin + ci; ok = kg < K. (ky, kx) is the offset of
+// the input pixel from the pixel table's (iy0, ix0); wk the column of the weight row that
+// multiplies it (kg itself here; see PhaseTaps for the data gradient of a strided convolution).
 struct Tap {
-    int ky, kx, ci;
+    int ky, kx, ci, wk;
     bool ok;
 };
 
@@ -21,6 +23,57 @@ __device__ __forceinline__ Tap tap_of(int kg, int kdim, int cin, int k) {
     t.ci = kg - kidx * cin;
     t.ky = kidx / k;
     t.kx = kidx - t.ky * k;
+    t.wk = kg;
+    return t;
+}
+
+// ---- the data gradient of a strided convolution, one output phase at a time ----------------
+// dx[b, iy, ix, ci] = Σ dy[b, oy, ox, co] · w[co, ky, kx, ci] over iy = s·oy − p + ky (likewise
+// x). The pixels of dx with iy ≡ py, ix ≡ px (mod s), the phase (py, px), see only the taps with
+// ky ≡ py + p and kx ≡ px + p (mod s): for iy = py + s·a, oy = a + (py + p − ky)/s exactly. So
+// each phase is a stride-1 gather from dy with ⌈(k − ky0)/s⌉ × ⌈(k − kx0)/s⌉ taps, and no
+// product with an inserted zero is ever formed (the zero-dilated transposed convolution would
+// spend (s² − 1)/s² of its products on zeros). One phase's GEMM: M = B·Hp·Wp pixels of dx
+// (m = (b·Hp + a)·Wp + c), N = Cin, K = taps·Cout with kg = tap·Cout + co, and
+// B[n, kg] = wf[n, k−1−ky, k−1−kx, co], the flipped weights of conv_flip_weights ([Cin, k, k,
+// Cout]); A[m, kg] = dy[b, a + (py + p − ky)/s, c + (px + p − kx)/s, co], 0 outside dy.
+struct PhaseTaps {
+    int s, k, cout;          // stride, kernel size, channels of dy (the forward's Cout)
+    int py, px, cy, cx;      // the phase, and py + p, px + p
+    int ky0, kx0, ny, nx;    // first tap (ky0 ≡ cy mod s) and tap counts per direction
+    int hp, wp;              // rows and columns of dx in this phase
+    int kdim;                // ny·nx·Cout: this phase's K
+};
+
+// Phase z = py·s + px of the data gradient of a k×k, stride s, padding p convolution whose
+// input (dx) is hx × wx and output (dy) has `cout` channels.
+__device__ __forceinline__ PhaseTaps phase_taps(int z, int s, int k, int p, int cout, int hx,
+                                                int wx) {
+    PhaseTaps f;
+    f.s = s, f.k = k, f.cout = cout;
+    f.py = z / s, f.px = z - (z / s) * s;
+    f.cy = f.py + p, f.cx = f.px + p;
+    f.ky0 = f.cy % s, f.kx0 = f.cx % s;
+    f.ny = f.ky0 < k ? (k - f.ky0 + s - 1) / s : 0;
+    f.nx = f.kx0 < k ? (k - f.kx0 + s - 1) / s : 0;
+    f.hp = f.py < hx ? (hx - f.py + s - 1) / s : 0;
+    f.wp = f.px < wx ? (wx - f.px + s - 1) / s : 0;
+    f.kdim = f.ny * f.nx * cout;
+    return f;
+}
+
+// K column kg of phase f (only called when f.kdim > 0, so f.nx > 0). The dy offsets are exact
+// divisions: cy − ky ≡ 0 (mod s).
+__device__ __forceinline__ Tap phase_tap(const PhaseTaps& f, int kg) {
+    Tap t;
+    t.ok = kg < f.kdim;
+    const int tap = kg / f.cout;
+    t.ci = kg - tap * f.cout;
+    const int jy = tap / f.nx, jx = tap - (tap / f.nx) * f.nx;
+    const int ky = f.ky0 + f.s * jy, kx = f.kx0 + f.s * jx;
+    t.ky = (f.cy - ky) / f.s;
+    t.kx = (f.cx - kx) / f.s;
+    t.wk = ((f.k - 1 - ky) * f.k + (f.k - 1 - kx)) * f.cout + t.ci;
     return t;
 }
 

@@ -55,6 +55,16 @@
 //   (a warp writes 32 consecutive channels of one pixel: coalesced) with the fused epilogue.
 //   Shared memory: max(128 × 36 × 4, 64 × 68 × 4) + 768 = 19.2 KB (TF32), 18.2 KB (BF16).
 //   Grid (⌈M/64⌉, ⌈N/64⌉). Deterministic (fixed k order per fragment).
+//
+// ---- conv_phase_*: the data gradient of a strided convolution -----------------------------------
+//   The same kernels (template flag PHASE) on another GEMM: dx += Σ dy ⊛ w split by the phase
+//   (iy mod s, ix mod s) of the dx pixel, one phase per blockIdx.z, each phase a stride-1
+//   gather from dy over only the taps that reach it (conv_gather.cuh `PhaseTaps`: M = B·Hp·Wp
+//   pixels of that phase, K = taps·Cout, the flipped weights of conv.cu `conv_flip_weights`).
+//   The pixel table also holds each row's dx pixel index, where the epilogue stores (residual =
+//   dx accumulates). This replaces cuBLAS dcol = dy · w and `col2im_add` for stride 2: no column
+//   matrix (k² values per input pixel) goes through DRAM. Grid (⌈B·⌈H/s⌉·⌈W/s⌉ / 64⌉,
+//   ⌈Cin/64⌉, s²); the blocks past a smaller phase's M return at once.
 #include <cuda_bf16.h>
 #include <mma.h>
 
@@ -88,11 +98,58 @@ __device__ __forceinline__ void pixel_table(int m0, int mtotal, int ho, int wo, 
     }
 }
 
-// w[n, kg], 0 past N or K.
-__device__ __forceinline__ float gather_w(const float* __restrict__ wt, int n, int cout, int kg,
-                                          const Tap& t, int kdim) {
+// The pixel table of phase f's BM pixels of dx starting at m0 (conv_gather.cuh, PhaseTaps):
+// rowb = b·Ho (dy's rows), (iy0, ix0) = (a, c), and out = the pixel's index in dx,
+// (b·H + py + s·a)·W + px + s·c.
+template <int BM>
+__device__ __forceinline__ void phase_table(int m0, int mtotal, const PhaseTaps& f, int hdy,
+                                            int hx, int wx, int* rowb, int* iy0, int* ix0,
+                                            int* out) {
+    for (int i = threadIdx.x; i < BM; i += blockDim.x) {
+        const int m = m0 + i;
+        if (m < mtotal) {
+            const int c = m % f.wp;
+            const int t = m / f.wp;
+            const int a = t % f.hp;
+            const int b = t / f.hp;
+            rowb[i] = b * hdy;
+            iy0[i] = a;
+            ix0[i] = c;
+            out[i] = (b * hx + f.py + f.s * a) * wx + f.px + f.s * c;
+        } else {
+            rowb[i] = -1;
+            iy0[i] = 0;
+            ix0[i] = 0;
+            out[i] = 0;
+        }
+    }
+}
+
+// Where a block's GEMM comes from. Forward (PHASE false): the arguments as named, M = mtotal.
+// Data gradient of a strided convolution (PHASE true, the `conv_phase_*` kernels): x = dy,
+// wt = the flipped weights, (h, w, cin) = dy's, (ho, wo, cout) = dx's, `mtotal` = the batch,
+// and blockIdx.z the phase; M = B·Hp·Wp of that phase. Fills the pixel table (out: the PHASE
+// table of dx pixel indices) and returns this block's (M, K); M ≤ m0 means nothing to do.
+template <bool PHASE, int BM>
+__device__ __forceinline__ int2 block_geometry(int m0, int mtotal, int h, int cin, int ho, int wo,
+                                               int k, int stride, int pad, PhaseTaps& f,
+                                               int* rowb, int* iy0, int* ix0, int* out) {
+    if constexpr (PHASE) {
+        f = phase_taps(blockIdx.z, stride, k, pad, cin, ho, wo);
+        const int mt = mtotal * f.hp * f.wp;
+        if (m0 < mt) phase_table<BM>(m0, mt, f, h, ho, wo, rowb, iy0, ix0, out);
+        return make_int2(mt, f.kdim);
+    } else {
+        pixel_table<BM>(m0, mtotal, ho, wo, h, stride, pad, rowb, iy0, ix0);
+        return make_int2(mtotal, k * k * cin);
+    }
+}
+
+// w[n, t.wk] (a row of wdim = k·k·Cin), 0 past N or K.
+__device__ __forceinline__ float gather_w(const float* __restrict__ wt, int n, int cout,
+                                          const Tap& t, int wdim) {
     if (!t.ok || n >= cout) return 0.0f;
-    return __ldg(wt + (i64)n * kdim + kg);
+    return __ldg(wt + (i64)n * wdim + t.wk);
 }
 
 // =============================================================================================
@@ -111,16 +168,21 @@ static_assert((BM / TM) * (BN / TN) == THREADS, "one register block per thread")
 static_assert(BN / TN == 16, "tx = t mod 16");
 }  // namespace simt
 
-extern "C" __global__ void __launch_bounds__(256) conv_implicit_simt(const float* __restrict__ x, const float* __restrict__ wt, const float* __restrict__ bias, const float* residual, float* y, int mtotal, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int relu) {
+template <bool PHASE>
+__device__ __forceinline__ void conv_simt(const float* __restrict__ x, const float* __restrict__ wt, const float* __restrict__ bias, const float* residual, float* y, int mtotal, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int relu) {
     using namespace simt;
     __shared__ __align__(16) float As[BK][LDA];
     __shared__ __align__(16) float Bs[BK][LDB];
-    __shared__ int s_rowb[BM], s_iy0[BM], s_ix0[BM];
+    __shared__ int s_rowb[BM], s_iy0[BM], s_ix0[BM], s_out[PHASE ? BM : 1];
 
     const int tid = threadIdx.x;
-    const int kdim = k * k * cin;
+    const int wdim = k * k * cin;
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
-    pixel_table<BM>(m0, mtotal, ho, wo, h, stride, pad, s_rowb, s_iy0, s_ix0);
+    PhaseTaps f;
+    const int2 mk = block_geometry<PHASE, BM>(m0, mtotal, h, cin, ho, wo, k, stride, pad, f,
+                                              s_rowb, s_iy0, s_ix0, s_out);
+    const int mt = mk.x, kdim = mk.y;
+    if (PHASE && m0 >= mt) return;  // a phase with fewer pixels than the grid has (whole block)
     __syncthreads();
 
     const int kl = tid % BK, r0 = tid / BK;  // staging: K column and first row
@@ -134,14 +196,16 @@ extern "C" __global__ void __launch_bounds__(256) conv_implicit_simt(const float
 
     auto load = [&](int k0) {
         const int kg = k0 + kl;
-        const Tap t = tap_of(kg, kdim, cin, k);
+        Tap t;
+        if constexpr (PHASE) t = phase_tap(f, kg);
+        else t = tap_of(kg, kdim, cin, k);
 #pragma unroll
         for (int j = 0; j < A_PER; ++j) {
             const int ml = r0 + ROWS * j;
             ra[j] = gather_a(x, s_rowb[ml], s_iy0[ml], s_ix0[ml], t, h, w, cin);
         }
 #pragma unroll
-        for (int j = 0; j < B_PER; ++j) rb[j] = gather_w(wt, n0 + r0 + ROWS * j, cout, kg, t, kdim);
+        for (int j = 0; j < B_PER; ++j) rb[j] = gather_w(wt, n0 + r0 + ROWS * j, cout, t, wdim);
     };
 
     const int nk = (kdim + BK - 1) / BK;
@@ -169,16 +233,27 @@ extern "C" __global__ void __launch_bounds__(256) conv_implicit_simt(const float
 
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
-        const int m = m0 + ty * TM + i;
-        if (m >= mtotal) continue;
+        const int ml = ty * TM + i, m = m0 + ml;
+        if (m >= mt) continue;
+        const i64 pix = PHASE ? s_out[ml] : m;
 #pragma unroll
         for (int j = 0; j < TN; ++j) {
             const int n = n0 + tx * TN + j;
             if (n >= cout) continue;
-            const i64 idx = (i64)m * cout + n;
+            const i64 idx = pix * cout + n;
             y[idx] = epilogue(acc[i][j], bias, residual, idx, n, relu);
         }
     }
+}
+
+extern "C" __global__ void __launch_bounds__(256) conv_implicit_simt(const float* __restrict__ x, const float* __restrict__ wt, const float* __restrict__ bias, const float* residual, float* y, int mtotal, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int relu) {
+    conv_simt<false>(x, wt, bias, residual, y, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, relu);
+}
+
+// The data gradient of a strided convolution, one phase per blockIdx.z (block_geometry):
+// `batch` in the place of mtotal, (h, w, cin) = dy's, (ho, wo, cout) = dx's.
+extern "C" __global__ void __launch_bounds__(256) conv_phase_simt(const float* __restrict__ dy, const float* __restrict__ wf, const float* __restrict__ bias, const float* residual, float* dx, int batch, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int relu) {
+    conv_simt<true>(dy, wf, bias, residual, dx, batch, h, w, cin, ho, wo, cout, k, stride, pad, relu);
 }
 
 // =============================================================================================
@@ -197,7 +272,7 @@ static_assert(BM == BN, "the same mapping stages A and B");
 template <int VEC>
 using Stage = StageMap<BK, BM, THREADS, VEC>;
 
-template <class Op, int VEC>
+template <class Op, int VEC, bool PHASE>
 __device__ __forceinline__ void conv_tc(const float* __restrict__ x, const float* __restrict__ wt,
                                         const float* __restrict__ bias, const float* residual,
                                         float* y, int mtotal, int h, int w, int cin, int ho,
@@ -210,16 +285,20 @@ __device__ __forceinline__ void conv_tc(const float* __restrict__ x, const float
     static_assert((BM * LDA * (int)sizeof(T)) % 32 == 0, "Bs 32-byte aligned");
     static_assert((16 * LDC * 4) % 32 == 0, "staging rows 32-byte aligned");
     __shared__ __align__(128) unsigned char smem[cmax(AB_BYTES, C_BYTES)];
-    __shared__ int s_rowb[BM], s_iy0[BM], s_ix0[BM];
+    __shared__ int s_rowb[BM], s_iy0[BM], s_ix0[BM], s_out[PHASE ? BM : 1];
     T* As = reinterpret_cast<T*>(smem);  // [BM][LDA]
     T* Bs = As + BM * LDA;               // [BN][LDA]
     float* Cs = reinterpret_cast<float*>(smem);  // [BM][LDC], after the main loop
 
     const int tid = threadIdx.x, warp = tid >> 5;
     const int wm = warp >> 1, wn = warp & 1;
-    const int kdim = k * k * cin;
+    const int wdim = k * k * cin;
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
-    pixel_table<BM>(m0, mtotal, ho, wo, h, stride, pad, s_rowb, s_iy0, s_ix0);
+    PhaseTaps f;
+    const int2 mk = block_geometry<PHASE, BM>(m0, mtotal, h, cin, ho, wo, k, stride, pad, f,
+                                              s_rowb, s_iy0, s_ix0, s_out);
+    const int mt = mk.x, kdim = mk.y;
+    if (PHASE && m0 >= mt) return;  // a phase with fewer pixels than the grid has (whole block)
     __syncthreads();
 
     Acc32<Op> acc[2][2];
@@ -234,7 +313,9 @@ __device__ __forceinline__ void conv_tc(const float* __restrict__ x, const float
     float ra[S::PER][VEC], rb[S::PER][VEC];
     auto load = [&](int k0) {
         const int kg = k0 + kc;
-        const Tap t = tap_of(kg, kdim, cin, k);
+        Tap t;
+        if constexpr (PHASE) t = phase_tap(f, kg);
+        else t = tap_of(kg, kdim, cin, k);
 #pragma unroll
         for (int j = 0; j < S::PER; ++j) {
             const int ml = r0 + S::RS * j;
@@ -243,7 +324,7 @@ __device__ __forceinline__ void conv_tc(const float* __restrict__ x, const float
             load_vec<VEC>(x + (ok ? ((i64)(rowb + iy) * w + ix) * cin + t.ci : 0), ok, ra[j]);
             const int n = n0 + r0 + S::RS * j;
             const bool okw = t.ok && n < cout;
-            load_vec<VEC>(wt + (okw ? (i64)n * kdim + kg : 0), okw, rb[j]);
+            load_vec<VEC>(wt + (okw ? (i64)n * wdim + (PHASE ? t.wk : kg) : 0), okw, rb[j]);
         }
     };
 
@@ -271,8 +352,8 @@ __device__ __forceinline__ void conv_tc(const float* __restrict__ x, const float
     for (int e = tid; e < BM * BN; e += THREADS) {
         const int ml = e / BN, nl = e - (e / BN) * BN;
         const int m = m0 + ml, n = n0 + nl;
-        if (m < mtotal && n < cout) {
-            const i64 idx = (i64)m * cout + n;
+        if (m < mt && n < cout) {
+            const i64 idx = (PHASE ? (i64)s_out[ml] : (i64)m) * cout + n;
             y[idx] = epilogue(Cs[ml * LDC + nl], bias, residual, idx, n, relu);
         }
     }
@@ -281,25 +362,50 @@ __device__ __forceinline__ void conv_tc(const float* __restrict__ x, const float
 
 // _v2 / _v4: VEC = 2 / 4 (Cin a multiple of VEC; x and w VEC·4-byte aligned).
 extern "C" __global__ void __launch_bounds__(128) conv_implicit_tf32(const float* __restrict__ x, const float* __restrict__ wt, const float* __restrict__ bias, const float* residual, float* y, int mtotal, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int relu) {
-    tc::conv_tc<OpTf32, 1>(x, wt, bias, residual, y, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, relu);
+    tc::conv_tc<OpTf32, 1, false>(x, wt, bias, residual, y, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, relu);
 }
 
 extern "C" __global__ void __launch_bounds__(128) conv_implicit_tf32_v2(const float* __restrict__ x, const float* __restrict__ wt, const float* __restrict__ bias, const float* residual, float* y, int mtotal, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int relu) {
-    tc::conv_tc<OpTf32, 2>(x, wt, bias, residual, y, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, relu);
+    tc::conv_tc<OpTf32, 2, false>(x, wt, bias, residual, y, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, relu);
 }
 
 extern "C" __global__ void __launch_bounds__(128) conv_implicit_tf32_v4(const float* __restrict__ x, const float* __restrict__ wt, const float* __restrict__ bias, const float* residual, float* y, int mtotal, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int relu) {
-    tc::conv_tc<OpTf32, 4>(x, wt, bias, residual, y, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, relu);
+    tc::conv_tc<OpTf32, 4, false>(x, wt, bias, residual, y, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, relu);
 }
 
 extern "C" __global__ void __launch_bounds__(128) conv_implicit_bf16(const float* __restrict__ x, const float* __restrict__ wt, const float* __restrict__ bias, const float* residual, float* y, int mtotal, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int relu) {
-    tc::conv_tc<OpBf16, 1>(x, wt, bias, residual, y, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, relu);
+    tc::conv_tc<OpBf16, 1, false>(x, wt, bias, residual, y, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, relu);
 }
 
 extern "C" __global__ void __launch_bounds__(128) conv_implicit_bf16_v2(const float* __restrict__ x, const float* __restrict__ wt, const float* __restrict__ bias, const float* residual, float* y, int mtotal, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int relu) {
-    tc::conv_tc<OpBf16, 2>(x, wt, bias, residual, y, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, relu);
+    tc::conv_tc<OpBf16, 2, false>(x, wt, bias, residual, y, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, relu);
 }
 
 extern "C" __global__ void __launch_bounds__(128) conv_implicit_bf16_v4(const float* __restrict__ x, const float* __restrict__ wt, const float* __restrict__ bias, const float* residual, float* y, int mtotal, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int relu) {
-    tc::conv_tc<OpBf16, 4>(x, wt, bias, residual, y, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, relu);
+    tc::conv_tc<OpBf16, 4, false>(x, wt, bias, residual, y, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, relu);
+}
+
+// The data gradient of a strided convolution on the tensor cores (see conv_phase_simt).
+extern "C" __global__ void __launch_bounds__(128) conv_phase_tf32(const float* __restrict__ dy, const float* __restrict__ wf, const float* __restrict__ bias, const float* residual, float* dx, int batch, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int relu) {
+    tc::conv_tc<OpTf32, 1, true>(dy, wf, bias, residual, dx, batch, h, w, cin, ho, wo, cout, k, stride, pad, relu);
+}
+
+extern "C" __global__ void __launch_bounds__(128) conv_phase_tf32_v2(const float* __restrict__ dy, const float* __restrict__ wf, const float* __restrict__ bias, const float* residual, float* dx, int batch, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int relu) {
+    tc::conv_tc<OpTf32, 2, true>(dy, wf, bias, residual, dx, batch, h, w, cin, ho, wo, cout, k, stride, pad, relu);
+}
+
+extern "C" __global__ void __launch_bounds__(128) conv_phase_tf32_v4(const float* __restrict__ dy, const float* __restrict__ wf, const float* __restrict__ bias, const float* residual, float* dx, int batch, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int relu) {
+    tc::conv_tc<OpTf32, 4, true>(dy, wf, bias, residual, dx, batch, h, w, cin, ho, wo, cout, k, stride, pad, relu);
+}
+
+extern "C" __global__ void __launch_bounds__(128) conv_phase_bf16(const float* __restrict__ dy, const float* __restrict__ wf, const float* __restrict__ bias, const float* residual, float* dx, int batch, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int relu) {
+    tc::conv_tc<OpBf16, 1, true>(dy, wf, bias, residual, dx, batch, h, w, cin, ho, wo, cout, k, stride, pad, relu);
+}
+
+extern "C" __global__ void __launch_bounds__(128) conv_phase_bf16_v2(const float* __restrict__ dy, const float* __restrict__ wf, const float* __restrict__ bias, const float* residual, float* dx, int batch, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int relu) {
+    tc::conv_tc<OpBf16, 2, true>(dy, wf, bias, residual, dx, batch, h, w, cin, ho, wo, cout, k, stride, pad, relu);
+}
+
+extern "C" __global__ void __launch_bounds__(128) conv_phase_bf16_v4(const float* __restrict__ dy, const float* __restrict__ wf, const float* __restrict__ bias, const float* residual, float* dx, int batch, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int relu) {
+    tc::conv_tc<OpBf16, 4, true>(dy, wf, bias, residual, dx, batch, h, w, cin, ho, wo, cout, k, stride, pad, relu);
 }

@@ -1,7 +1,8 @@
 // conv_wgrad.cu: the weight gradient of a k×k convolution as an implicit GEMM on tensor cores
-// (TF32 / BF16 operands, f32 accumulation), split over the output pixels. Host side:
-// src/backend/cuda/conv_wgrad.rs. Replaces im2col + a cuBLAS GEMM over the written column
-// matrix (k²/s² times the input, written and read back through DRAM) for TF32 and BF16.
+// (TF32 / BF16 operands, f32 accumulation) or, for Fp32, exact f32 on the CUDA cores (the simt
+// kernels at the end), split over the output pixels. Host side: src/backend/cuda/conv_wgrad.rs.
+// Replaces im2col + a cuBLAS GEMM over the written column matrix (k²/s² times the input,
+// written and read back through DRAM).
 //
 // ---- the GEMM view ---------------------------------------------------------------------------
 //   dw[co, kg] += Σ_m dy[m, co] · A[m, kg],   m = (b·Ho + oy)·Wo + ox over all B·Ho·Wo pixels,
@@ -59,6 +60,44 @@ struct Pixel {
     int b, oy, ox;
 };
 
+// One thread's share of a chunk (StageMap S): from output pixel m on, every S::RS-th pixel
+// below mend, VEC channels co.. of dy into rd and VEC columns of the im2col matrix (tap, from
+// x) into ra; zeros where out of range. The pixels are walked with a carry loop, no divisions
+// after the first.
+template <class S, int VEC>
+__device__ __forceinline__ void stage_pixels(const float* __restrict__ x,
+                                             const float* __restrict__ dy, int m, int mend,
+                                             int co, bool co_ok, const Tap& tap, int h, int w,
+                                             int cin, int ho, int wo, int cout, int stride,
+                                             int pad, float (&rd)[S::PER][VEC],
+                                             float (&ra)[S::PER][VEC]) {
+    Pixel p;
+    {
+        const int q = m / wo;
+        p.ox = m - q * wo;
+        p.b = q / ho;
+        p.oy = q - p.b * ho;
+    }
+#pragma unroll
+    for (int j = 0; j < S::PER; ++j) {
+        const bool ok = m < mend;
+        const bool okd = ok && co_ok;
+        load_vec<VEC>(dy + (okd ? (i64)m * cout + co : 0), okd, rd[j]);
+        const int iy = p.oy * stride - pad + tap.ky, ix = p.ox * stride - pad + tap.kx;
+        const bool oka = ok && tap.ok && iy >= 0 && iy < h && ix >= 0 && ix < w;
+        load_vec<VEC>(x + (oka ? ((i64)(p.b * h + iy) * w + ix) * cin + tap.ci : 0), oka, ra[j]);
+        m += S::RS;
+        p.ox += S::RS;
+        while (p.ox >= wo) {
+            p.ox -= wo;
+            if (++p.oy == ho) {
+                p.oy = 0;
+                ++p.b;
+            }
+        }
+    }
+}
+
 template <class Op, int VEC>
 __device__ __forceinline__ void wgrad_tc(const float* __restrict__ x, const float* __restrict__ dy,
                                          float* __restrict__ part, int mtotal, int h, int w,
@@ -96,33 +135,8 @@ __device__ __forceinline__ void wgrad_tc(const float* __restrict__ x, const floa
 
     float rd[S::PER][VEC], ra[S::PER][VEC];
     auto load = [&](int m0) {
-        // The first pixel of this thread in the chunk, then steps of RS (a carry loop).
-        int m = m0 + r0;
-        Pixel p;
-        {
-            const int q = m / wo;
-            p.ox = m - q * wo;
-            p.b = q / ho;
-            p.oy = q - p.b * ho;
-        }
-#pragma unroll
-        for (int j = 0; j < S::PER; ++j) {
-            const bool ok = m < mend;
-            const bool okd = ok && co_ok;
-            load_vec<VEC>(dy + (okd ? (i64)m * cout + co : 0), okd, rd[j]);
-            const int iy = p.oy * stride - pad + tap.ky, ix = p.ox * stride - pad + tap.kx;
-            const bool oka = ok && tap.ok && iy >= 0 && iy < h && ix >= 0 && ix < w;
-            load_vec<VEC>(x + (oka ? ((i64)(p.b * h + iy) * w + ix) * cin + tap.ci : 0), oka, ra[j]);
-            m += S::RS;
-            p.ox += S::RS;
-            while (p.ox >= wo) {
-                p.ox -= wo;
-                if (++p.oy == ho) {
-                    p.oy = 0;
-                    ++p.b;
-                }
-            }
-        }
+        stage_pixels<S, VEC>(x, dy, m0 + r0, mend, co, co_ok, tap, h, w, cin, ho, wo, cout,
+                             stride, pad, rd, ra);
     };
 
     const int nchunks = mend > mbeg ? (mend - mbeg + BK - 1) / BK : 0;
@@ -152,6 +166,84 @@ __device__ __forceinline__ void wgrad_tc(const float* __restrict__ x, const floa
         if (o < cout && g < kdim) dst[(i64)o * kdim + g] = Cs[ml * LDC + nl];
     }
 }
+// ---- simt: exact f32 (precision Fp32) ------------------------------------------------------
+// The same slices, tiles and staging walk on the CUDA cores: 256 threads, chunks of BK_SIMT =
+// 16 pixels, each thread a 4 × 4 register block (co rows 4·ty.., kg columns 4·tx..,
+// tx = t mod 16, ty = t / 16). Ds / As [16][68] f32, pixel-major: per pixel one float4 of Ds
+// (broadcast within a half-warp) and one of As, 16 fmaf. Each output sums its slice's pixels in
+// ascending order: deterministic, and the reduction order the tc kernels use across slices.
+constexpr int BK_SIMT = 16, THREADS_SIMT = 256, LD_SIMT = BN + 4;
+
+template <int VEC>
+__device__ __forceinline__ void wgrad_simt(const float* __restrict__ x,
+                                           const float* __restrict__ dy, float* __restrict__ part,
+                                           int mtotal, int h, int w, int cin, int ho, int wo,
+                                           int cout, int k, int stride, int pad, int mper) {
+    __shared__ __align__(16) float Ds[BK_SIMT][LD_SIMT];  // dy, pixel-major
+    __shared__ __align__(16) float As[BK_SIMT][LD_SIMT];  // im2col, pixel-major
+
+    const int tid = threadIdx.x;
+    const int kdim = k * k * cin;
+    const int co0 = blockIdx.x * BM, kg0 = blockIdx.y * BN;
+    const int mbeg = blockIdx.z * mper, mend = min(mtotal, mbeg + mper);
+
+    typedef StageMap<BN, BK_SIMT, THREADS_SIMT, VEC> S;
+    const int cl = (tid % S::CV) * VEC, r0 = tid / S::CV;
+    const int co = co0 + cl, kg = kg0 + cl;
+    const Tap tap = tap_of(kg, kdim, cin, k);
+    const bool co_ok = co < cout;  // VEC | Cout: the whole group
+    const int tx = tid % 16, ty = tid / 16;
+
+    float acc[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+
+    float rd[S::PER][VEC], ra[S::PER][VEC];
+    auto load = [&](int m0) {
+        stage_pixels<S, VEC>(x, dy, m0 + r0, mend, co, co_ok, tap, h, w, cin, ho, wo, cout,
+                             stride, pad, rd, ra);
+    };
+
+    const int nchunks = mend > mbeg ? (mend - mbeg + BK_SIMT - 1) / BK_SIMT : 0;
+    if (nchunks > 0) load(mbeg);
+    for (int c = 0; c < nchunks; ++c) {
+        __syncthreads();  // every thread is done reading the previous chunk
+#pragma unroll
+        for (int j = 0; j < S::PER; ++j)
+#pragma unroll
+            for (int v = 0; v < VEC; ++v) {
+                Ds[r0 + S::RS * j][cl + v] = rd[j][v];
+                As[r0 + S::RS * j][cl + v] = ra[j][v];
+            }
+        __syncthreads();
+        if (c + 1 < nchunks) load(mbeg + (c + 1) * BK_SIMT);  // in flight during the compute
+#pragma unroll
+        for (int kk = 0; kk < BK_SIMT; ++kk) {
+            const float4 a = *reinterpret_cast<const float4*>(&Ds[kk][ty * 4]);
+            const float4 b = *reinterpret_cast<const float4*>(&As[kk][tx * 4]);
+            const float av[4] = {a.x, a.y, a.z, a.w};
+            const float bv[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+        }
+    }
+
+    float* dst = part + (i64)blockIdx.z * cout * kdim;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int o = co0 + ty * 4 + i;
+        if (o >= cout) continue;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int g = kg0 + tx * 4 + j;
+            if (g < kdim) dst[(i64)o * kdim + g] = acc[i][j];
+        }
+    }
+}
 }  // namespace wgrad
 
 // part: [splits][Cout][K] (K = k·k·Cin); grid (⌈Cout/64⌉, ⌈K/64⌉, splits), 128 threads.
@@ -178,6 +270,19 @@ extern "C" __global__ void __launch_bounds__(128) conv_wgrad_bf16_v2(const float
 
 extern "C" __global__ void __launch_bounds__(128) conv_wgrad_bf16_v4(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ part, int mtotal, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int mper) {
     wgrad::wgrad_tc<OpBf16, 4>(x, dy, part, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, mper);
+}
+
+// The exact-f32 twins (256 threads, the same grid and part layout).
+extern "C" __global__ void __launch_bounds__(256) conv_wgrad_simt(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ part, int mtotal, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int mper) {
+    wgrad::wgrad_simt<1>(x, dy, part, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, mper);
+}
+
+extern "C" __global__ void __launch_bounds__(256) conv_wgrad_simt_v2(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ part, int mtotal, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int mper) {
+    wgrad::wgrad_simt<2>(x, dy, part, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, mper);
+}
+
+extern "C" __global__ void __launch_bounds__(256) conv_wgrad_simt_v4(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ part, int mtotal, int h, int w, int cin, int ho, int wo, int cout, int k, int stride, int pad, int mper) {
+    wgrad::wgrad_simt<4>(x, dy, part, mtotal, h, w, cin, ho, wo, cout, k, stride, pad, mper);
 }
 
 // dw[i] += Σ_{z < splits} part[z·len + i], z ascending (one thread per element; grid-stride).

@@ -14,7 +14,8 @@ shared memory is poisoned with NaN before each use so a read of an unwritten slo
 Compared against a direct float64 convolution with the fused epilogue.
 
 It mirrors the tc kernels' VEC = 1 staging (one K column per lane); the float2/float4 staging
-(VEC = 2, 4) and every other path run for real under tools/cuda-emu (tests/gpu_conv.rs).
+(VEC = 2, 4), the phase kernels of the strided data gradient (conv_phase_*) and every other path
+run for real under tools/cuda-emu (tests/gpu_conv.rs).
 
 Run: .torch-venv/bin/python reference/emulate_conv_implicit.py
 """

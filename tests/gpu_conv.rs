@@ -87,6 +87,15 @@ fn all_shapes() -> Vec<(&'static str, ConvShape)> {
         ("odd 8x8 1->4 k3 p0", shape(2, 8, 8, 1, 4, 3, 1, 0)),
         ("odd 6x6 5->3 k4 p0", shape(2, 6, 6, 5, 3, 4, 1, 0)),
         ("odd 9x11 13->17 k3 s2 p1", shape(2, 9, 11, 13, 17, 3, 2, 1)),
+        // The data gradient's phases (kernels/conv_gather.cuh PhaseTaps): even sides (the
+        // last row and column of dx see one tap fewer), k = 4 (two taps in each direction of
+        // every phase), stride 3 with padding 0 and 2, and a 1×1 stride-2 convolution, whose
+        // odd phases have no taps at all (dx unchanged there).
+        ("odd 10x8 7->9 k3 s2 p1", shape(2, 10, 8, 7, 9, 3, 2, 1)),
+        ("odd 9x10 4->6 k4 s2 p1", shape(1, 9, 10, 4, 6, 4, 2, 1)),
+        ("odd 11x13 6->5 k3 s3 p0", shape(2, 11, 13, 6, 5, 3, 3, 0)),
+        ("odd 12x7 8->4 k5 s3 p2", shape(1, 12, 7, 8, 4, 5, 3, 2)),
+        ("odd 7x9 5->3 k1 s2 p0", shape(2, 7, 9, 5, 3, 1, 2, 0)),
         // Pointwise: stays on cuBLAS under every algorithm (the dispatch).
         ("pointwise 10x10 30->60", shape(2, 10, 10, 30, 60, 1, 1, 0)),
         // Halo-kernel shapes: Cin 6 (two-float staging, a partial channel chunk), Cout 70 (two
@@ -291,8 +300,9 @@ fn conv_forward_matches_cpu_every_algo_and_precision() {
 /// `conv2d_backward` (dx, dw, dbias, each accumulated onto earlier contents) against the CPU,
 /// every algorithm × every precision: with the implicit and halo algorithms the data gradient
 /// of a stride-1 convolution runs as a forward convolution of dy with the flipped weights
-/// (the halo kernels pack them flipped themselves); stride 2 and pointwise shapes keep the
-/// im2col path. Also dx alone and dw alone (the dispatch).
+/// (the halo kernels pack them flipped themselves), that of a strided one on the phase
+/// kernels (`conv_phase_*`); pointwise shapes keep cuBLAS. Also dx alone and dw alone (the
+/// dispatch).
 #[test]
 fn conv_backward_matches_cpu_every_algo_and_precision() {
     let Some(mut gpu) = open_concrete("conv_backward_matches_cpu_every_algo_and_precision") else {

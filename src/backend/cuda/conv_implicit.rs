@@ -15,9 +15,9 @@
 //! Pointwise convolutions (1×1, stride 1, no padding) always stay on cuBLAS. The algorithm is
 //! chosen with [`CudaBackend::set_conv_algo`]; `PRRNET_CONV_ALGO=im2col|implicit|halo` sets the
 //! initial choice when the backend is created. Backward: with the implicit and halo
-//! algorithms, the data gradient of a stride-1 convolution runs on the forward kernels and the
-//! TF32 / BF16 weight gradient on `conv_wgrad.rs` (see [`conv2d_backward`]); everything else
-//! stays on `conv.rs`.
+//! algorithms, the data gradient of a stride-1 convolution runs on the forward kernels, that
+//! of a strided one on their phase twins (`conv_phase_*`), and the weight gradient on
+//! `conv_wgrad.rs` (see [`conv2d_backward`]); the bias gradient stays on `conv.rs`.
 
 use std::sync::atomic::Ordering;
 
@@ -137,8 +137,20 @@ pub(crate) fn staging_vec(channels: &[usize], ptrs: &[u64]) -> usize {
         .unwrap_or(1)
 }
 
-/// The kernel and block size for a precision and staging vector.
-fn kernel_for(p: Precision, vec: usize) -> (Kernel, u32) {
+/// The kernel and block size for a precision and staging vector: the forward kernels, or
+/// (`phase`) their twins for the data gradient of a strided convolution.
+fn kernel_for(p: Precision, vec: usize, phase: bool) -> (Kernel, u32) {
+    if phase {
+        return match (p, vec) {
+            (Precision::Fp32, _) => (kci::CONV_PHASE_SIMT, SIMT_THREADS),
+            (Precision::Tf32, 4) => (kci::CONV_PHASE_TF32_V4, TC_THREADS),
+            (Precision::Tf32, 2) => (kci::CONV_PHASE_TF32_V2, TC_THREADS),
+            (Precision::Tf32, _) => (kci::CONV_PHASE_TF32, TC_THREADS),
+            (Precision::Bf16, 4) => (kci::CONV_PHASE_BF16_V4, TC_THREADS),
+            (Precision::Bf16, 2) => (kci::CONV_PHASE_BF16_V2, TC_THREADS),
+            (Precision::Bf16, _) => (kci::CONV_PHASE_BF16, TC_THREADS),
+        };
+    }
     match (p, vec) {
         (Precision::Fp32, _) => (kci::CONV_IMPLICIT_SIMT, SIMT_THREADS),
         (Precision::Tf32, 4) => (kci::CONV_IMPLICIT_TF32_V4, TC_THREADS),
@@ -199,7 +211,7 @@ fn launch_implicit_ptrs(be: &CudaBackend, s: &ConvShape, ptrs: [u64; 5], relu: b
         )));
     }
     let [x, w, bias, residual, y] = ptrs;
-    let (kernel, threads) = kernel_for(be.precision_impl(), staging_vec(&[s.cin], &[x, w]));
+    let (kernel, threads) = kernel_for(be.precision_impl(), staging_vec(&[s.cin], &[x, w]), false);
     be.launch(
         kernel,
         (grid_m as u32, grid_n as u32, 1),
@@ -217,6 +229,99 @@ fn launch_implicit_ptrs(be: &CudaBackend, s: &ConvShape, ptrs: [u64; 5], relu: b
         .chain([Arg::I32(relu as i32)])
         .collect::<Vec<_>>(),
     )
+}
+
+/// `dx += ∂L/∂x` of the strided convolution `s` (stride ≥ 2) on the `conv_phase_*` kernels:
+/// one launch, `s.stride²` phases in `gridDim.z`, each a stride-1 implicit GEMM over dy with
+/// only the taps that reach that phase's pixels (kernels/conv_gather.cuh `PhaseTaps`). The
+/// accumulation is the epilogue's residual term (residual = dx). `wf` holds the flipped
+/// weights (`conv_flip_weights`, [Cin, k, k, Cout]).
+fn launch_phase(be: &CudaBackend, s: &ConvShape, dy: u64, wf: u64, dx: u64) -> Result<()> {
+    let phases = s.stride * s.stride;
+    // The largest phase (0, 0) has ⌈H/s⌉ × ⌈W/s⌉ pixels per image.
+    let m = s.b * s.h.div_ceil(s.stride) * s.w.div_ceil(s.stride);
+    if m == 0 || s.cin == 0 {
+        return Ok(());
+    }
+    let grid_m = m.div_ceil(TILE_M);
+    int(
+        "conv data-gradient pixels (rounded to the tile)",
+        grid_m * TILE_M,
+    )?;
+    int("conv input elements per channel (B·H·W)", s.b * s.h * s.w)?;
+    int(
+        "conv k·k·Cout (rounded to the chunk)",
+        s.k * s.k * s.cout + 64,
+    )?;
+    int("conv B·Ho", s.b * s.ho)?;
+    let grid_n = s.cin.div_ceil(TILE_N);
+    if grid_n > 65535 || phases > 65535 {
+        return Err(Error::Device(format!(
+            "conv {s:?}: data-gradient grid ({grid_m}, {grid_n}, {phases}) exceeds the launch \
+             limits"
+        )));
+    }
+    let vec = staging_vec(&[s.cout], &[dy, wf]);
+    let (kernel, threads) = kernel_for(be.precision_impl(), vec, true);
+    // (batch, h, w, cin) = dy's, (ho, wo, cout) = dx's: see kernels/conv_implicit.cu.
+    let geometry = [
+        ("batch", s.b),
+        ("ho", s.ho),
+        ("wo", s.wo),
+        ("cout", s.cout),
+        ("h", s.h),
+        ("w", s.w),
+        ("cin", s.cin),
+        ("k", s.k),
+        ("stride", s.stride),
+        ("pad", s.pad),
+    ]
+    .into_iter()
+    .map(|(what, v)| int(what, v).map(Arg::I32))
+    .collect::<Result<Vec<_>>>()?;
+    be.launch(
+        kernel,
+        (grid_m as u32, grid_n as u32, phases as u32),
+        (threads, 1, 1),
+        0,
+        &[
+            Arg::Ptr(dy),
+            Arg::Ptr(wf),
+            Arg::Ptr(0),
+            Arg::Ptr(dx),
+            Arg::Ptr(dx),
+        ]
+        .into_iter()
+        .chain(geometry)
+        .chain([Arg::I32(0)])
+        .collect::<Vec<_>>(),
+    )
+}
+
+/// Runs `f` on a workspace holding `w` ([Cout, k, k, Cin]) flipped and transposed to
+/// [Cin, k, k, Cout] (`conv_flip_weights`): the weights of the data-gradient convolutions.
+fn with_flipped_weights<T>(
+    be: &CudaBackend,
+    s: &ConvShape,
+    w: u64,
+    f: impl FnOnce(u64) -> Result<T>,
+) -> Result<T> {
+    let wlen = s.w_len();
+    be.with_workspace(wlen, |wf| {
+        be.launch_1d(
+            kc::CONV_FLIP_WEIGHTS,
+            wlen,
+            &[
+                Arg::Ptr(w),
+                Arg::Ptr(wf),
+                Arg::I32(int("cout", s.cout)?),
+                Arg::I32(int("k", s.k)?),
+                Arg::I32(int("cin", s.cin)?),
+                Arg::I64(wlen as i64),
+            ],
+        )?;
+        f(wf)
+    })
 }
 
 /// The geometry arguments every implicit kernel takes, in order: (mtotal = B·Ho·Wo, h, w, cin,
@@ -291,10 +396,12 @@ pub(crate) fn conv2d_bias_act(
 /// - the data gradient of a stride-1 convolution is `dx += conv(dy, flip(w)ᵀ, pad k − 1 − p)` on
 ///   the implicit-GEMM forward kernels (the accumulation is the epilogue's residual term, with
 ///   residual = y = dx), so the k²-times-larger column gradient of the im2col path is never
-///   written;
-/// - the weight gradient at TF32 / BF16 is `conv_wgrad.rs` (implicit, split over the pixels).
+///   written; that of a strided convolution is the same sum split by output phase
+///   ([`launch_phase`]), again without the column gradient;
+/// - the weight gradient is `conv_wgrad.rs` (implicit, split over the pixels; exact f32 on the
+///   CUDA cores at Fp32).
 ///
-/// The bias gradient and everything else stay on `conv.rs` (im2col + cuBLAS).
+/// The bias gradient stays on `conv.rs`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn conv2d_backward(
     be: &CudaBackend,
@@ -313,43 +420,32 @@ pub(crate) fn conv2d_backward(
     check_len("conv w", w, s.w_len())?;
     check_len("conv dy", dy, s.y_len())?;
     let (mut dx_rest, mut dw_rest) = (dx, dw);
-    if let (Some(dx_t), Some(t)) = (dx, s.transposed()) {
+    if let Some(dx_t) = dx {
         check_len("conv dx", dx_t, s.x_len())?;
-        let wlen = s.w_len();
         let (wp, dyp, dxp) = (be.ptr(w)?, be.ptr(dy)?, be.ptr(dx_t)?);
-        let halo_vec = if be.conv_uses_halo(&t) {
-            conv_halo::staging(&t, dyp)
+        if let Some(t) = s.transposed() {
+            let halo_vec = if be.conv_uses_halo(&t) {
+                conv_halo::staging(&t, dyp)
+            } else {
+                None
+            };
+            if let Some(vec) = halo_vec {
+                // The halo kernels pack the flipped, transposed weights themselves.
+                conv_halo::launch(be, &t, [dyp, wp, 0, dxp, dxp], vec, false, true)?;
+            } else {
+                with_flipped_weights(be, s, wp, |wf| {
+                    launch_implicit_ptrs(be, &t, [dyp, wf, 0, dxp, dxp], false)
+                })?;
+            }
         } else {
-            None
-        };
-        if let Some(vec) = halo_vec {
-            // The halo kernels pack the flipped, transposed weights themselves.
-            conv_halo::launch(be, &t, [dyp, wp, 0, dxp, dxp], vec, false, true)?;
-        } else {
-            be.with_workspace(wlen, |wt| {
-                be.launch_1d(
-                    kc::CONV_FLIP_WEIGHTS,
-                    wlen,
-                    &[
-                        Arg::Ptr(wp),
-                        Arg::Ptr(wt),
-                        Arg::I32(int("cout", s.cout)?),
-                        Arg::I32(int("k", s.k)?),
-                        Arg::I32(int("cin", s.cin)?),
-                        Arg::I64(wlen as i64),
-                    ],
-                )?;
-                launch_implicit_ptrs(be, &t, [dyp, wt, 0, dxp, dxp], false)
-            })?;
+            with_flipped_weights(be, s, wp, |wf| launch_phase(be, s, dyp, wf, dxp))?;
         }
         dx_rest = None;
     }
     if let Some(dw_t) = dw {
-        if conv_wgrad::supports(be.precision_impl()) {
-            check_len("conv dw", dw_t, s.w_len())?;
-            conv_wgrad::conv2d_wgrad(be, s, x, dy, dw_t)?;
-            dw_rest = None;
-        }
+        check_len("conv dw", dw_t, s.w_len())?;
+        conv_wgrad::conv2d_wgrad(be, s, x, dy, dw_t)?;
+        dw_rest = None;
     }
     conv::conv2d_backward(be, s, x, w, dy, dx_rest, dw_rest, dbias)
 }

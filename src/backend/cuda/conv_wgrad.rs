@@ -1,9 +1,10 @@
-//! The weight gradient of a k×k convolution on tensor cores without an im2col matrix
-//! (kernels/conv_wgrad.cu): `dw += dyᵀ · A` with A gathered from `x` tile by tile, the pixels
-//! split into slices whose partial tiles are then added in a fixed order.
+//! The weight gradient of a k×k convolution without an im2col matrix (kernels/conv_wgrad.cu):
+//! `dw += dyᵀ · A` with A gathered from `x` tile by tile, the pixels split into slices whose
+//! partial tiles are then added in a fixed order. TF32 / BF16 on the tensor cores, Fp32 exact
+//! on the CUDA cores (`conv_wgrad_simt*`).
 //!
-//! Used by [`super::conv_implicit::conv2d_backward`] for TF32 and BF16 with the implicit
-//! algorithm; fp32 (exact) and the im2col algorithm keep `conv.rs` (im2col + cuBLAS).
+//! Used by [`super::conv_implicit::conv2d_backward`] with the implicit and halo algorithms;
+//! the im2col algorithm keeps `conv.rs` (im2col + cuBLAS).
 
 use super::context::{int, Arg, CudaBackend};
 use super::conv_implicit::{geometry_args, staging_vec};
@@ -15,16 +16,13 @@ use crate::tensor::Tensor;
 /// Output tile (Cout × K) and pixel chunk of kernels/conv_wgrad.cu.
 const TILE: usize = 64;
 const CHUNK: usize = 32;
-const THREADS: u32 = 128;
+/// Threads per block: tensor cores 128 (4 warps of 32 × 32), simt 256 (4 × 4 outputs each).
+const TC_THREADS: u32 = 128;
+const SIMT_THREADS: u32 = 256;
 /// Blocks to aim for: enough to fill any current GPU several times over.
 const TARGET_BLOCKS: usize = 512;
 /// Fewest chunks of 32 pixels per slice (so a slice's partial tile is worth its write).
 const MIN_CHUNKS: usize = 8;
-
-/// Whether the tensor-core weight gradient computes in precision `p`.
-pub(crate) fn supports(p: Precision) -> bool {
-    matches!(p, Precision::Tf32 | Precision::Bf16)
-}
 
 /// The pixel slices of `s`: (slices, pixels per slice, a multiple of the chunk). Depends on the
 /// shape alone, so results are the same on every device.
@@ -50,18 +48,16 @@ pub(crate) fn conv2d_wgrad(
 ) -> Result<()> {
     let (xp, dyp, dwp) = (be.ptr(x)?, be.ptr(dy)?, be.ptr(dw)?);
     let vec = staging_vec(&[s.cin, s.cout], &[xp, dyp]);
-    let kernel = match (be.precision_impl(), vec) {
-        (Precision::Tf32, 4) => kw::CONV_WGRAD_TF32_V4,
-        (Precision::Tf32, 2) => kw::CONV_WGRAD_TF32_V2,
-        (Precision::Tf32, _) => kw::CONV_WGRAD_TF32,
-        (Precision::Bf16, 4) => kw::CONV_WGRAD_BF16_V4,
-        (Precision::Bf16, 2) => kw::CONV_WGRAD_BF16_V2,
-        (Precision::Bf16, _) => kw::CONV_WGRAD_BF16,
-        (Precision::Fp32, _) => {
-            return Err(Error::Device(
-                "conv_wgrad: the tensor-core weight gradient has no fp32 kernel".into(),
-            ))
-        }
+    let (kernel, threads) = match (be.precision_impl(), vec) {
+        (Precision::Fp32, 4) => (kw::CONV_WGRAD_SIMT_V4, SIMT_THREADS),
+        (Precision::Fp32, 2) => (kw::CONV_WGRAD_SIMT_V2, SIMT_THREADS),
+        (Precision::Fp32, _) => (kw::CONV_WGRAD_SIMT, SIMT_THREADS),
+        (Precision::Tf32, 4) => (kw::CONV_WGRAD_TF32_V4, TC_THREADS),
+        (Precision::Tf32, 2) => (kw::CONV_WGRAD_TF32_V2, TC_THREADS),
+        (Precision::Tf32, _) => (kw::CONV_WGRAD_TF32, TC_THREADS),
+        (Precision::Bf16, 4) => (kw::CONV_WGRAD_BF16_V4, TC_THREADS),
+        (Precision::Bf16, 2) => (kw::CONV_WGRAD_BF16_V2, TC_THREADS),
+        (Precision::Bf16, _) => (kw::CONV_WGRAD_BF16, TC_THREADS),
     };
     let m = s.b * s.ho * s.wo;
     let kdim = s.col_k();
@@ -88,7 +84,7 @@ pub(crate) fn conv2d_wgrad(
         be.launch(
             kernel,
             (gx as u32, gy as u32, splits as u32),
-            (THREADS, 1, 1),
+            (threads, 1, 1),
             0,
             &[Arg::Ptr(xp), Arg::Ptr(dyp), Arg::Ptr(part)]
                 .into_iter()
