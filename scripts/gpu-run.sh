@@ -221,7 +221,9 @@ perf_phase() {
         step prrnet_bench_relation_fp32 50 "$prrnet" bench-relation --precision fp32 \
             --version all --backward --iters 3 --warmup 1 --json
     fi
-    # Every convolution shape of the W30 step, algorithm by algorithm (halo, implicit, im2col).
+    # Every convolution shape of the W30 step, algorithm by algorithm (halo, implicit, im2col);
+    # then the inference plan's shapes in BF16, which adds the pointwise ones (cuBLAS and a
+    # bias_act pass under im2col, the implicit kernel's fused epilogue otherwise).
     if "$prrnet" help 2>/dev/null | grep -q "bench-conv"; then
         for p in bf16 fp32; do
             step "prrnet_bench_conv_$p" 60 "$prrnet" bench-conv --device "$dev" --preset "$preset" \
@@ -229,6 +231,9 @@ perf_phase() {
                 --iters 5 --warmup 1 \
                 --json
         done
+        step prrnet_bench_conv_infer_bf16 40 "$prrnet" bench-conv --device "$dev" \
+            --preset "$preset" --size "$size" --batch "$batch" --precision bf16 \
+            --halo-min-fill 0 --iters 5 --warmup 1 --json
     fi
     if [ "$have_torch" = 1 ] && [ -f "$here/reference/bench_relation.py" ]; then
         for p in fp32 bf16 tf32; do

@@ -174,38 +174,44 @@ def conv_bench_tables(recs):
     for r in conv + totals:
         if r.get("algo") not in algos:
             algos.append(r.get("algo"))
+    # Records before the `mode` field came from training steps (`--backward`).
+    def mode(r):
+        return r.get("mode", "train")
+
     keys = []
     for r in totals:
-        k = (r.get("precision"), r.get("pass"))
+        k = (mode(r), r.get("precision"), r.get("pass"))
         if k not in keys:
             keys.append(k)
     rows = []
-    for prec, ps in keys:
-        by = {r.get("algo"): r for r in totals if (r.get("precision"), r.get("pass")) == (prec, ps)}
+    for key in keys:
+        by = {r.get("algo"): r for r in totals
+              if (mode(r), r.get("precision"), r.get("pass")) == key}
         calls = next(iter(by.values())).get("calls")
-        rows.append([prec, ps, calls] + [fmt(by[a].get("ms_median"), ".2f") if a in by else DASH
-                                         for a in algos])
+        rows.append(list(key) + [calls] + [fmt(by[a].get("ms_median"), ".2f") if a in by else DASH
+                                           for a in algos])
     out.append("Per step (Σ calls × median; the halo algorithm counts the implicit time for the "
                "shapes it leaves to the implicit kernels):")
     out.append("")
-    out.append(md_table(["precision", "pass", "calls"] + [f"{a} ms" for a in algos], rows))
+    out.append(md_table(["mode", "precision", "pass", "calls"] + [f"{a} ms" for a in algos],
+                        rows))
     out.append("")
     rows = []
     shapes = []
     for r in conv:
-        k = (r.get("precision"), r.get("pass"), r.get("shape"))
+        k = (mode(r), r.get("precision"), r.get("pass"), r.get("shape"))
         if k not in shapes:
             shapes.append(k)
-    for prec, ps, shape in shapes:
+    for key in shapes:
         by = {r.get("algo"): r for r in conv
-              if (r.get("precision"), r.get("pass"), r.get("shape")) == (prec, ps, shape)}
+              if (mode(r), r.get("precision"), r.get("pass"), r.get("shape")) == key}
         best = min(by, key=lambda a: by[a].get("ms_median") or float("inf"))
         calls = next(iter(by.values())).get("calls")
-        rows.append([prec, ps, f"`{shape}`", calls] +
+        rows.append(list(key[:3]) + [f"`{key[3]}`", calls] +
                     [fmt(by[a].get("ms_median"), ".3f") if a in by else DASH for a in algos] +
                     [best])
-    out.append(md_table(["precision", "pass", "shape", "calls"] + [f"{a} ms" for a in algos] +
-                        ["fastest"], rows))
+    out.append(md_table(["mode", "precision", "pass", "shape", "calls"] +
+                        [f"{a} ms" for a in algos] + ["fastest"], rows))
     return "\n".join(out)
 
 

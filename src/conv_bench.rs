@@ -3,7 +3,10 @@
 //! them (`backend::cuda::conv_implicit`) can be set from measurements shape by shape.
 //!
 //! The shapes and their call counts come from running one step of the configuration over the
-//! counting backend (`bench::conv_uses`); pointwise convolutions (always cuBLAS) are left out.
+//! counting backend (`bench::conv_uses`). Pointwise convolutions are timed only for the
+//! inference plan (without `--backward`), where they run `conv2d_bias_act`: cuBLAS and then
+//! `bias_act_inplace` under im2col, the implicit kernel with its fused epilogue otherwise. In a
+//! training step they are plain cuBLAS GEMMs under every algorithm and are left out.
 //! Per shape, algorithm and pass (`forward`: `conv2d_bias_act` with bias and ReLU; with
 //! `--backward` also `backward_data` and `backward_weight`, each gradient alone) it reports the
 //! median / min / max milliseconds of `iters` timed calls after `warmup` untimed ones (CUDA
@@ -69,6 +72,9 @@ pub struct ConvBenchRecord {
     pub preset: String,
     pub size: usize,
     pub precision: String,
+    /// "train" (the shapes of a training step, with `--backward`) or "infer" (the inference
+    /// plan's).
+    pub mode: String,
     pub algo: String,
     pub pass: String,
     /// The shape (absent in totals).
@@ -110,7 +116,7 @@ pub fn run(a: &BenchConvArgs, mut emit: impl FnMut(&ConvBenchRecord)) -> Result<
     }
     let uses: Vec<_> = crate::bench::conv_uses(&cfg, a.batch, a.backward)?
         .into_iter()
-        .filter(|u| !u.shape.is_pointwise())
+        .filter(|u| !(a.backward && u.shape.is_pointwise()))
         .collect();
     let mut be = open_cuda(ordinal)?;
     be.set_precision(prec)?;
@@ -148,6 +154,7 @@ pub fn run(a: &BenchConvArgs, mut emit: impl FnMut(&ConvBenchRecord)) -> Result<
         preset: a.preset.clone(),
         size: cfg.size,
         precision: prec.to_string(),
+        mode: if a.backward { "train" } else { "infer" }.into(),
         algo: algo.to_string(),
         pass: pass.into(),
         shape: None,

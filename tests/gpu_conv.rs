@@ -96,8 +96,16 @@ fn all_shapes() -> Vec<(&'static str, ConvShape)> {
         ("odd 11x13 6->5 k3 s3 p0", shape(2, 11, 13, 6, 5, 3, 3, 0)),
         ("odd 12x7 8->4 k5 s3 p2", shape(1, 12, 7, 8, 4, 5, 3, 2)),
         ("odd 7x9 5->3 k1 s2 p0", shape(2, 7, 9, 5, 3, 1, 2, 0)),
-        // Pointwise: stays on cuBLAS under every algorithm (the dispatch).
+        // Pointwise: cuBLAS, except conv2d_bias_act under the implicit and halo algorithms
+        // (the implicit kernel's fused epilogue): a fuse-layer shape, a bottleneck's widening
+        // 64 → 256 (four column tiles), and odd channel counts (two-float and scalar staging).
         ("pointwise 10x10 30->60", shape(2, 10, 10, 30, 60, 1, 1, 0)),
+        (
+            "pointwise 15x15 64->256",
+            shape(2, 15, 15, 64, 256, 1, 1, 0),
+        ),
+        ("pointwise 9x7 6->5", shape(2, 9, 7, 6, 5, 1, 1, 0)),
+        ("pointwise 7x9 5->70", shape(1, 7, 9, 5, 70, 1, 1, 0)),
         // Halo-kernel shapes: Cin 6 (two-float staging, a partial channel chunk), Cout 70 (two
         // column tiles of 64, the second nearly empty), a 13×29 output (partial patches in
         // both directions); padding 2 (Ho = H + 2; its data gradient has padding 0) and

@@ -186,25 +186,39 @@ fn bench_conv_records_become_per_step_and_per_shape_tables() {
     let dir = std::env::temp_dir().join(format!("prrnet-perf-conv-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let rec = |kind: &str, algo: &str, shape: Option<&str>, calls: u32, ms: f64| {
+    // `mode` None: a record from before the field existed (a training step's).
+    let rec = |mode: Option<&str>, kind: &str, algo: &str, shape: Option<&str>, ms: f64| {
         format!(
             "{{\"impl\":\"prrnet\",\"kind\":\"{kind}\",\"device\":\"test\",\"preset\":\"w30\",\
-             \"size\":299,\"precision\":\"bf16\",\"algo\":\"{algo}\",\"pass\":\"forward\",\
-             \"shape\":{},\"calls\":{calls},\"ms_median\":{ms},\"ms_min\":null,\"ms_max\":null,\
+             \"size\":299,\"precision\":\"bf16\",{}\"algo\":\"{algo}\",\"pass\":\"forward\",\
+             \"shape\":{},\"calls\":64,\"ms_median\":{ms},\"ms_min\":null,\"ms_max\":null,\
              \"tflops\":null}}",
+            mode.map_or(String::new(), |m| format!("\"mode\":\"{m}\",")),
             shape.map_or("null".to_string(), |s| format!("\"{s}\""))
         )
     };
     let shape = "b64 75x75 30->30 k3 s1 p1";
-    let log = [
+    let train = [
+        "$ prrnet bench-conv --precision bf16 --backward --json".to_string(),
+        rec(None, "conv", "implicit", Some(shape), 0.4),
+        rec(None, "conv", "halo", Some(shape), 0.2),
+        rec(None, "conv_total", "implicit", None, 25.6),
+        rec(None, "conv_total", "halo", None, 12.8),
+    ];
+    // The same shape and pass in the inference plan: rows of their own, not merged.
+    let infer = [
         "$ prrnet bench-conv --precision bf16 --json".to_string(),
-        rec("conv", "implicit", Some(shape), 64, 0.4),
-        rec("conv", "halo", Some(shape), 64, 0.2),
-        rec("conv_total", "implicit", None, 64, 25.6),
-        rec("conv_total", "halo", None, 64, 12.8),
-    ]
-    .join("\n");
-    std::fs::write(dir.join("prrnet_bench_conv_bf16.log"), log).unwrap();
+        rec(Some("infer"), "conv", "implicit", Some(shape), 0.3),
+        rec(Some("infer"), "conv", "halo", Some(shape), 0.5),
+        rec(Some("infer"), "conv_total", "implicit", None, 19.2),
+        rec(Some("infer"), "conv_total", "halo", None, 32.0),
+    ];
+    std::fs::write(dir.join("prrnet_bench_conv_bf16.log"), train.join("\n")).unwrap();
+    std::fs::write(
+        dir.join("prrnet_bench_conv_infer_bf16.log"),
+        infer.join("\n"),
+    )
+    .unwrap();
     let text = report_of(&dir, "conv");
     let _ = std::fs::remove_dir_all(&dir);
     let section = text
@@ -212,23 +226,25 @@ fn bench_conv_records_become_per_step_and_per_shape_tables() {
         .nth(1)
         .and_then(|t| t.split("####").next())
         .expect("the report has the bench-conv section");
-    let rows: Vec<Vec<&str>> = section
-        .lines()
-        .filter(|l| l.starts_with("| bf16 |"))
-        .map(cells)
-        .collect();
-    assert_eq!(rows.len(), 2, "{section}");
-    assert_eq!(rows[0], ["bf16", "forward", "64", "25.60", "12.80"]);
+    let rows = |mode: &str| -> Vec<Vec<String>> {
+        section
+            .lines()
+            .filter(|l| l.starts_with(&format!("| {mode} | bf16 |")))
+            .map(|l| cells(l).into_iter().map(String::from).collect())
+            .collect()
+    };
+    let quoted = format!("`{shape}`");
+    let (t, i) = (rows("train"), rows("infer"));
+    assert_eq!(t.len(), 2, "{section}");
+    assert_eq!(t[0], ["train", "bf16", "forward", "64", "25.60", "12.80"]);
     assert_eq!(
-        rows[1],
-        [
-            "bf16",
-            "forward",
-            &format!("`{shape}`"),
-            "64",
-            "0.400",
-            "0.200",
-            "halo"
-        ]
+        t[1],
+        ["train", "bf16", "forward", &quoted, "64", "0.400", "0.200", "halo"]
+    );
+    assert_eq!(i.len(), 2, "{section}");
+    assert_eq!(i[0], ["infer", "bf16", "forward", "64", "19.20", "32.00"]);
+    assert_eq!(
+        i[1],
+        ["infer", "bf16", "forward", &quoted, "64", "0.300", "0.500", "implicit"]
     );
 }

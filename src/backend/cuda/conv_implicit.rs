@@ -12,7 +12,11 @@
 //! - [`ConvAlgo::Im2col`]: the previous path (im2col into a workspace, cuBLAS GEMM, then
 //!   `bias_add` / `bias_act_inplace` as separate passes), kept as the fallback.
 //!
-//! Pointwise convolutions (1×1, stride 1, no padding) always stay on cuBLAS. The algorithm is
+//! Pointwise convolutions (1×1, stride 1, no padding) stay on cuBLAS, except under
+//! `conv2d_bias_act` with the implicit and halo algorithms: there the implicit kernel's fused
+//! epilogue saves the separate `bias_act_inplace` pass over y (and its residual), which costs
+//! more than the GEMM itself at these memory-bound shapes (the inference plan's folded 1×1
+//! convolutions: HRNet's bottlenecks and the fuse layers' upward terms). The algorithm is
 //! chosen with [`CudaBackend::set_conv_algo`]; `PRRNET_CONV_ALGO=im2col|implicit|halo` sets the
 //! initial choice when the backend is created. Backward: with the implicit and halo
 //! algorithms, the data gradient of a stride-1 convolution runs on the forward kernels, that
@@ -367,8 +371,9 @@ pub(crate) fn conv2d(
     launch_implicit(be, s, x, w, bias, None, false, y)
 }
 
-/// `Backend::conv2d_bias_act` on the GPU: one fused kernel for non-pointwise shapes (unless
-/// the algorithm is [`ConvAlgo::Im2col`]); otherwise the convolution, then `bias_act_inplace`.
+/// `Backend::conv2d_bias_act` on the GPU: one fused kernel for every shape, pointwise ones
+/// included (unless the algorithm is [`ConvAlgo::Im2col`]: then the convolution on `conv.rs`,
+/// followed by `bias_act_inplace`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn conv2d_bias_act(
     be: &CudaBackend,
@@ -380,7 +385,7 @@ pub(crate) fn conv2d_bias_act(
     relu: bool,
     y: Tensor,
 ) -> Result<()> {
-    if s.is_pointwise() || be.conv_algo() == ConvAlgo::Im2col {
+    if be.conv_algo() == ConvAlgo::Im2col {
         conv::conv2d(be, s, x, w, None, y)?;
         return ew::bias_act_inplace(be, s.b * s.ho * s.wo, s.cout, y, bias, residual, relu);
     }
