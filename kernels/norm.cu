@@ -1,6 +1,13 @@
 // norm.cu: BatchNorm over x: [rows, C] (channels-last maps and 1-D batches), fused with an
 // optional residual add and ReLU:  y = relu?(γ·(x − μ)·rstd + β + residual?).
-// Train: μ = mean, σ² = biased variance (two passes, f64), rstd = 1/sqrt(σ² + eps);
+// Train: μ = mean, σ² = biased variance (f64), rstd = 1/sqrt(σ² + eps), from ONE pass over x:
+//   with the shift K = x[0, c] (the channel's first value), s1 = Σ(x − K) and s2 = Σ(x − K)²
+//   in f64; μ = K + s1/n, σ² = s2/n − (s1/n)² (clamped at 0). x − K and its square are exact
+//   in f64 (an f32 difference has ≤ 25 significant bits), and K is one of the channel's own
+//   values, so s1/n is a few σ at most and the subtraction loses only a few of f64's 53 bits:
+//   the f32 results match the CPU's two-pass reference (cpu/norm.rs). A shift far from the
+//   data is what breaks the textbook one-pass formula; tests/gpu_parity.rs has such a case.
+//   Both the partials and the finalize are deterministic (reduce.cuh).
 //   running_mean ← (1−m)·running_mean + m·μ, running_var ← (1−m)·running_var + m·σ²·rows/(rows−1).
 // Eval: μ = running_mean, rstd = 1/sqrt(running_var + eps) (f32).
 // Backward (dpre = dy·(y > 0 when relu)): sum_d = Σ dpre, sum_dx = Σ dpre·x̂ (f64);
@@ -10,25 +17,18 @@
 // Launch: *_partial block (32, 8) × grid (ceil(C/32), chunks); the reducing *_finalize one warp
 // per channel (block 256, grid ceil(C/8)), bn_eval_finalize one thread per channel; bn_apply /
 // bn_backward_apply 1-D grid-stride.
-// Memory traffic: train forward reads x three times and writes y once; backward reads x, y,
-// dy twice and writes dx (and dresidual) once.
+// Memory traffic: train forward reads x twice (statistics, apply) and writes y once; backward
+// reads x, y, dy twice and writes dx (and dresidual) once.
 #include "reduce.cuh"
 
-struct XValue {
+// (x − K, (x − K)²) with K = x[0, ch], in f64.
+struct ShiftedMoments {
     const float* x;
     int c;
     __device__ void operator()(int r, int ch, double* out) const {
-        out[0] = (double)x[(i64)r * c + ch];
-    }
-};
-
-struct SqDevValue {
-    const float* x;
-    const double* mean;
-    int c;
-    __device__ void operator()(int r, int ch, double* out) const {
-        double d = (double)x[(i64)r * c + ch] - mean[ch];
-        out[0] = d * d;
+        const double d = (double)x[(i64)r * c + ch] - (double)x[ch];
+        out[0] = d;
+        out[1] = d * d;
     }
 };
 
@@ -49,30 +49,14 @@ struct BackValue {
     }
 };
 
-// partial: [chunks, C] doubles (Σx per chunk).
-extern "C" __global__ void bn_sum_partial(const float* __restrict__ x, int rows, int c,
-                                          int rows_per_chunk, double* __restrict__ partial) {
-    column_partials<1>(XValue{x, c}, rows, c, rows_per_chunk, partial);
-}
-
-// mean64[ch] = Σx / rows.
-extern "C" __global__ void bn_mean_finalize(const double* __restrict__ partial, int chunks,
-                                            int rows, int c, double* __restrict__ mean64) {
-    const int ch = finalize_column(c), lane = threadIdx.x & 31;
-    if (ch < 0) return;
-    const double sum = column_total_warp(partial, 0, chunks, c, ch, lane);
-    if (lane == 0) mean64[ch] = sum / (double)rows;
-}
-
-// partial: [chunks, C] doubles (Σ(x − μ)² per chunk).
-extern "C" __global__ void bn_sqdev_partial(const float* __restrict__ x,
-                                            const double* __restrict__ mean64, int rows, int c,
-                                            int rows_per_chunk, double* __restrict__ partial) {
-    column_partials<1>(SqDevValue{x, mean64, c}, rows, c, rows_per_chunk, partial);
+// partial: [2, chunks, C] doubles: Σ(x − K) and Σ(x − K)² per chunk, K = x[0, ch].
+extern "C" __global__ void bn_moments_partial(const float* __restrict__ x, int rows, int c,
+                                              int rows_per_chunk, double* __restrict__ partial) {
+    column_partials<2>(ShiftedMoments{x, c}, rows, c, rows_per_chunk, partial);
 }
 
 extern "C" __global__ void bn_train_finalize(const double* __restrict__ partial, int chunks,
-                                             int rows, int c, const double* __restrict__ mean64,
+                                             int rows, int c, const float* __restrict__ x,
                                              float eps, float momentum,
                                              float* __restrict__ running_mean,
                                              float* __restrict__ running_var,
@@ -80,9 +64,13 @@ extern "C" __global__ void bn_train_finalize(const double* __restrict__ partial,
                                              float* __restrict__ save_rstd) {
     const int ch = finalize_column(c), lane = threadIdx.x & 31;
     if (ch < 0) return;
-    const double var = column_total_warp(partial, 0, chunks, c, ch, lane) / (double)rows;
+    const double s1 = column_total_warp(partial, 0, chunks, c, ch, lane);
+    const double s2 = column_total_warp(partial, 1, chunks, c, ch, lane);
     if (lane != 0) return;
-    double mean = mean64[ch];
+    const double m1 = s1 / (double)rows;
+    double var = s2 / (double)rows - m1 * m1;
+    if (var < 0.0) var = 0.0;  // rounding, when every value is the same
+    const double mean = (rows > 0 ? (double)x[ch] : 0.0) + m1;  // x is empty when rows = 0
     double unbiased = rows > 1 ? var * (double)rows / (double)(rows - 1) : var;
     double mom = (double)momentum;
     running_mean[ch] = (float)((1.0 - mom) * (double)running_mean[ch] + mom * mean);

@@ -1,6 +1,8 @@
 //! BatchNorm (kernels/norm.cu), twin of cpu/norm.rs: `y = relu?(γ·(x−μ)·rstd + β + residual?)`.
 //! Per-channel reductions are two-stage and deterministic (f64 partials per row chunk, then a
-//! fixed-order sum per channel). Workspace: partials [2, chunks, C] f64, then [2C] f64 stats.
+//! fixed-order sum per channel). Workspace: partials [2, chunks, C] f64, then (backward) the
+//! [2C] f64 sums. The training forward reads x once for its statistics (shifted moments,
+//! kernels/norm.cu) and once to apply them.
 
 use super::context::{check_len, int, Arg, CudaBackend};
 use super::conv::{finalize_grid, row_chunks};
@@ -41,46 +43,19 @@ pub(crate) fn forward(be: &CudaBackend, s: &NormShape, t: &BatchNormTensors) -> 
     let warp_grid = finalize_grid(c);
     if s.train {
         let (rpc, chunks) = row_chunks(rows);
-        let (need, stats_off) = layout(chunks, c);
+        let (need, _) = layout(chunks, c);
         be.with_workspace(need, |ws| {
             let partial = ws;
-            let mean64 = ws + (stats_off * 4) as u64;
             let part_grid = (c.div_ceil(32) as u32, chunks as u32, 1);
             let ri = int("rows", rows)?;
+            // One pass over x: shifted moments per chunk, then mean and variance per channel.
             be.launch(
-                k::BN_SUM_PARTIAL,
+                k::BN_MOMENTS_PARTIAL,
                 part_grid,
                 (32, 8, 1),
                 0,
                 &[
                     Arg::Ptr(x),
-                    Arg::I32(ri),
-                    Arg::I32(ci),
-                    Arg::I32(rpc as i32),
-                    Arg::Ptr(partial),
-                ],
-            )?;
-            be.launch(
-                k::BN_MEAN_FINALIZE,
-                warp_grid,
-                (256, 1, 1),
-                0,
-                &[
-                    Arg::Ptr(partial),
-                    Arg::I32(chunks as i32),
-                    Arg::I32(ri),
-                    Arg::I32(ci),
-                    Arg::Ptr(mean64),
-                ],
-            )?;
-            be.launch(
-                k::BN_SQDEV_PARTIAL,
-                part_grid,
-                (32, 8, 1),
-                0,
-                &[
-                    Arg::Ptr(x),
-                    Arg::Ptr(mean64),
                     Arg::I32(ri),
                     Arg::I32(ci),
                     Arg::I32(rpc as i32),
@@ -97,7 +72,7 @@ pub(crate) fn forward(be: &CudaBackend, s: &NormShape, t: &BatchNormTensors) -> 
                     Arg::I32(chunks as i32),
                     Arg::I32(ri),
                     Arg::I32(ci),
-                    Arg::Ptr(mean64),
+                    Arg::Ptr(x),
                     Arg::F32(s.eps),
                     Arg::F32(s.momentum),
                     Arg::Ptr(rm),
