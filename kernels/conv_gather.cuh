@@ -154,5 +154,34 @@ __device__ __forceinline__ float epilogue(float acc, const float* __restrict__ b
     return (relu && t < 0.0f) ? 0.0f : t;
 }
 
+// The software pipeline of the convolution kernels (conv_implicit.cu, conv_wgrad.cu): chunk
+// c + 1 is loaded from global memory into registers (load(c + 1)) while chunk c, staged into
+// shared memory by store(), is computed (compute()); 2 barriers per chunk.
+template <class Load, class Store, class Compute>
+__device__ __forceinline__ void chunk_pipeline(int nchunks, Load load, Store store,
+                                               Compute compute) {
+    if (nchunks > 0) load(0);
+    for (int c = 0; c < nchunks; ++c) {
+        __syncthreads();  // every thread is done reading the previous chunk
+        store();
+        __syncthreads();
+        if (c + 1 < nchunks) load(c + 1);  // in flight while this chunk is computed
+        compute();
+    }
+}
+
+// One k step of the simt kernels' 4 × 4 register block: acc[i][j] += a[i]·b[j] (fmaf), a and b
+// the thread's four rows and columns, read as one float4 each from k-major shared tiles.
+__device__ __forceinline__ void fma_4x4(float (&acc)[4][4], const float* a, const float* b) {
+    const float4 a4 = *reinterpret_cast<const float4*>(a);
+    const float4 b4 = *reinterpret_cast<const float4*>(b);
+    const float av[4] = {a4.x, a4.y, a4.z, a4.w};
+    const float bv[4] = {b4.x, b4.y, b4.z, b4.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+}
+
 // The larger of two byte counts (shared-memory arrays that alias).
 __host__ __device__ constexpr int cmax(int a, int b) { return a > b ? a : b; }

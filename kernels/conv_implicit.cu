@@ -166,6 +166,7 @@ constexpr int B_PER = BN / ROWS;        // 4 B elements per thread and chunk
 static_assert(THREADS % BK == 0 && BM % ROWS == 0 && BN % ROWS == 0, "staging mapping");
 static_assert((BM / TM) * (BN / TN) == THREADS, "one register block per thread");
 static_assert(BN / TN == 16, "tx = t mod 16");
+static_assert(TM == 4 && TN == 4, "fma_4x4 (conv_gather.cuh)");
 }  // namespace simt
 
 template <bool PHASE>
@@ -208,28 +209,18 @@ __device__ __forceinline__ void conv_simt(const float* __restrict__ x, const flo
         for (int j = 0; j < B_PER; ++j) rb[j] = gather_w(wt, n0 + r0 + ROWS * j, cout, t, wdim);
     };
 
-    const int nk = (kdim + BK - 1) / BK;
-    if (nk > 0) load(0);
-    for (int c = 0; c < nk; ++c) {
-        __syncthreads();  // every thread is done reading the previous chunk
+    chunk_pipeline(
+        (kdim + BK - 1) / BK, [&](int c) { load(c * BK); },
+        [&] {
 #pragma unroll
-        for (int j = 0; j < A_PER; ++j) As[kl][r0 + ROWS * j] = ra[j];
+            for (int j = 0; j < A_PER; ++j) As[kl][r0 + ROWS * j] = ra[j];
 #pragma unroll
-        for (int j = 0; j < B_PER; ++j) Bs[kl][r0 + ROWS * j] = rb[j];
-        __syncthreads();
-        if (c + 1 < nk) load((c + 1) * BK);  // in flight while this chunk is computed
+            for (int j = 0; j < B_PER; ++j) Bs[kl][r0 + ROWS * j] = rb[j];
+        },
+        [&] {
 #pragma unroll
-        for (int kk = 0; kk < BK; ++kk) {
-            const float4 a = *reinterpret_cast<const float4*>(&As[kk][ty * TM]);
-            const float4 b = *reinterpret_cast<const float4*>(&Bs[kk][tx * TN]);
-            const float av[TM] = {a.x, a.y, a.z, a.w};
-            const float bv[TN] = {b.x, b.y, b.z, b.w};
-#pragma unroll
-            for (int i = 0; i < TM; ++i)
-#pragma unroll
-                for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
-        }
-    }
+            for (int kk = 0; kk < BK; ++kk) fma_4x4(acc, &As[kk][ty * TM], &Bs[kk][tx * TN]);
+        });
 
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
@@ -328,23 +319,22 @@ __device__ __forceinline__ void conv_tc(const float* __restrict__ x, const float
         }
     };
 
-    const int nk = (kdim + BK - 1) / BK;
-    if (nk > 0) load(0);
-    for (int c = 0; c < nk; ++c) {
-        __syncthreads();  // every warp is done reading the previous chunk
+    chunk_pipeline(
+        (kdim + BK - 1) / BK, [&](int c) { load(c * BK); },
+        [&] {
 #pragma unroll
-        for (int j = 0; j < S::PER; ++j) {
-            store_vec<Op, VEC>(As + (r0 + S::RS * j) * LDA + kc, ra[j]);
-            store_vec<Op, VEC>(Bs + (r0 + S::RS * j) * LDA + kc, rb[j]);
-        }
-        __syncthreads();
-        if (c + 1 < nk) load((c + 1) * BK);  // in flight while this chunk is computed
+            for (int j = 0; j < S::PER; ++j) {
+                store_vec<Op, VEC>(As + (r0 + S::RS * j) * LDA + kc, ra[j]);
+                store_vec<Op, VEC>(Bs + (r0 + S::RS * j) * LDA + kc, rb[j]);
+            }
+        },
+        [&] {
 #pragma unroll
-        for (int kk = 0; kk < BK; kk += Op::K)
-            mma_32x32<Op, wmma::row_major, wmma::col_major>(acc, As + wm * 32 * LDA + kk, 16 * LDA,
-                                                            LDA, Bs + wn * 32 * LDA + kk,
-                                                            16 * LDA, LDA);
-    }
+            for (int kk = 0; kk < BK; kk += Op::K)
+                mma_32x32<Op, wmma::row_major, wmma::col_major>(
+                    acc, As + wm * 32 * LDA + kk, 16 * LDA, LDA, Bs + wn * 32 * LDA + kk, 16 * LDA,
+                    LDA);
+        });
 
     __syncthreads();  // Cs aliases As/Bs: every warp is done with its last chunk
     store_32x32<Op>(Cs + wm * 32 * LDC + wn * 32, LDC, acc);

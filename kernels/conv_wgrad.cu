@@ -139,22 +139,21 @@ __device__ __forceinline__ void wgrad_tc(const float* __restrict__ x, const floa
                              stride, pad, rd, ra);
     };
 
-    const int nchunks = mend > mbeg ? (mend - mbeg + BK - 1) / BK : 0;
-    if (nchunks > 0) load(mbeg);
-    for (int c = 0; c < nchunks; ++c) {
-        __syncthreads();  // every warp is done reading the previous chunk
+    chunk_pipeline(
+        mend > mbeg ? (mend - mbeg + BK - 1) / BK : 0, [&](int c) { load(mbeg + c * BK); },
+        [&] {
 #pragma unroll
-        for (int j = 0; j < S::PER; ++j) {
-            store_vec<Op, VEC>(Ds + (r0 + S::RS * j) * LD + cl, rd[j]);
-            store_vec<Op, VEC>(As + (r0 + S::RS * j) * LD + cl, ra[j]);
-        }
-        __syncthreads();
-        if (c + 1 < nchunks) load(mbeg + (c + 1) * BK);  // in flight while this chunk is computed
+            for (int j = 0; j < S::PER; ++j) {
+                store_vec<Op, VEC>(Ds + (r0 + S::RS * j) * LD + cl, rd[j]);
+                store_vec<Op, VEC>(As + (r0 + S::RS * j) * LD + cl, ra[j]);
+            }
+        },
+        [&] {
 #pragma unroll
-        for (int kk = 0; kk < BK; kk += Op::K)
-            mma_32x32<Op, wmma::col_major, wmma::row_major>(acc, Ds + kk * LD + wm * 32, 16, LD,
-                                                            As + kk * LD + wn * 32, 16, LD);
-    }
+            for (int kk = 0; kk < BK; kk += Op::K)
+                mma_32x32<Op, wmma::col_major, wmma::row_major>(
+                    acc, Ds + kk * LD + wm * 32, 16, LD, As + kk * LD + wn * 32, 16, LD);
+        });
 
     __syncthreads();  // Cs aliases Ds/As: every warp is done with its last chunk
     store_32x32<Op>(Cs + wm * 32 * LDC + wn * 32, LDC, acc);
@@ -206,31 +205,22 @@ __device__ __forceinline__ void wgrad_simt(const float* __restrict__ x,
                              stride, pad, rd, ra);
     };
 
-    const int nchunks = mend > mbeg ? (mend - mbeg + BK_SIMT - 1) / BK_SIMT : 0;
-    if (nchunks > 0) load(mbeg);
-    for (int c = 0; c < nchunks; ++c) {
-        __syncthreads();  // every thread is done reading the previous chunk
+    chunk_pipeline(
+        mend > mbeg ? (mend - mbeg + BK_SIMT - 1) / BK_SIMT : 0,
+        [&](int c) { load(mbeg + c * BK_SIMT); },
+        [&] {
 #pragma unroll
-        for (int j = 0; j < S::PER; ++j)
+            for (int j = 0; j < S::PER; ++j)
 #pragma unroll
-            for (int v = 0; v < VEC; ++v) {
-                Ds[r0 + S::RS * j][cl + v] = rd[j][v];
-                As[r0 + S::RS * j][cl + v] = ra[j][v];
-            }
-        __syncthreads();
-        if (c + 1 < nchunks) load(mbeg + (c + 1) * BK_SIMT);  // in flight during the compute
+                for (int v = 0; v < VEC; ++v) {
+                    Ds[r0 + S::RS * j][cl + v] = rd[j][v];
+                    As[r0 + S::RS * j][cl + v] = ra[j][v];
+                }
+        },
+        [&] {
 #pragma unroll
-        for (int kk = 0; kk < BK_SIMT; ++kk) {
-            const float4 a = *reinterpret_cast<const float4*>(&Ds[kk][ty * 4]);
-            const float4 b = *reinterpret_cast<const float4*>(&As[kk][tx * 4]);
-            const float av[4] = {a.x, a.y, a.z, a.w};
-            const float bv[4] = {b.x, b.y, b.z, b.w};
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-#pragma unroll
-                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
-        }
-    }
+            for (int kk = 0; kk < BK_SIMT; ++kk) fma_4x4(acc, &Ds[kk][ty * 4], &As[kk][tx * 4]);
+        });
 
     float* dst = part + (i64)blockIdx.z * cout * kdim;
 #pragma unroll

@@ -141,28 +141,42 @@ pub(crate) fn staging_vec(channels: &[usize], ptrs: &[u64]) -> usize {
         .unwrap_or(1)
 }
 
+/// The variant of a kernel family for a staging vector of `vec` floats: `[one, two, four]`.
+pub(crate) fn by_vec(vec: usize, [v1, v2, v4]: [Kernel; 3]) -> Kernel {
+    match vec {
+        4 => v4,
+        2 => v2,
+        _ => v1,
+    }
+}
+
 /// The kernel and block size for a precision and staging vector: the forward kernels, or
 /// (`phase`) their twins for the data gradient of a strided convolution.
 fn kernel_for(p: Precision, vec: usize, phase: bool) -> (Kernel, u32) {
-    if phase {
-        return match (p, vec) {
-            (Precision::Fp32, _) => (kci::CONV_PHASE_SIMT, SIMT_THREADS),
-            (Precision::Tf32, 4) => (kci::CONV_PHASE_TF32_V4, TC_THREADS),
-            (Precision::Tf32, 2) => (kci::CONV_PHASE_TF32_V2, TC_THREADS),
-            (Precision::Tf32, _) => (kci::CONV_PHASE_TF32, TC_THREADS),
-            (Precision::Bf16, 4) => (kci::CONV_PHASE_BF16_V4, TC_THREADS),
-            (Precision::Bf16, 2) => (kci::CONV_PHASE_BF16_V2, TC_THREADS),
-            (Precision::Bf16, _) => (kci::CONV_PHASE_BF16, TC_THREADS),
-        };
-    }
-    match (p, vec) {
-        (Precision::Fp32, _) => (kci::CONV_IMPLICIT_SIMT, SIMT_THREADS),
-        (Precision::Tf32, 4) => (kci::CONV_IMPLICIT_TF32_V4, TC_THREADS),
-        (Precision::Tf32, 2) => (kci::CONV_IMPLICIT_TF32_V2, TC_THREADS),
-        (Precision::Tf32, _) => (kci::CONV_IMPLICIT_TF32, TC_THREADS),
-        (Precision::Bf16, 4) => (kci::CONV_IMPLICIT_BF16_V4, TC_THREADS),
-        (Precision::Bf16, 2) => (kci::CONV_IMPLICIT_BF16_V2, TC_THREADS),
-        (Precision::Bf16, _) => (kci::CONV_IMPLICIT_BF16, TC_THREADS),
+    let tc = |family: [Kernel; 3]| (by_vec(vec, family), TC_THREADS);
+    match (p, phase) {
+        (Precision::Fp32, false) => (kci::CONV_IMPLICIT_SIMT, SIMT_THREADS),
+        (Precision::Fp32, true) => (kci::CONV_PHASE_SIMT, SIMT_THREADS),
+        (Precision::Tf32, false) => tc([
+            kci::CONV_IMPLICIT_TF32,
+            kci::CONV_IMPLICIT_TF32_V2,
+            kci::CONV_IMPLICIT_TF32_V4,
+        ]),
+        (Precision::Tf32, true) => tc([
+            kci::CONV_PHASE_TF32,
+            kci::CONV_PHASE_TF32_V2,
+            kci::CONV_PHASE_TF32_V4,
+        ]),
+        (Precision::Bf16, false) => tc([
+            kci::CONV_IMPLICIT_BF16,
+            kci::CONV_IMPLICIT_BF16_V2,
+            kci::CONV_IMPLICIT_BF16_V4,
+        ]),
+        (Precision::Bf16, true) => tc([
+            kci::CONV_PHASE_BF16,
+            kci::CONV_PHASE_BF16_V2,
+            kci::CONV_PHASE_BF16_V4,
+        ]),
     }
 }
 

@@ -7,7 +7,7 @@
 //! the im2col algorithm keeps `conv.rs` (im2col + cuBLAS).
 
 use super::context::{int, Arg, CudaBackend};
-use super::conv_implicit::{geometry_args, staging_vec};
+use super::conv_implicit::{by_vec, geometry_args, staging_vec};
 use super::kernels::names::conv_wgrad as kw;
 use crate::backend::{ConvShape, Precision};
 use crate::error::{Error, Result};
@@ -48,17 +48,33 @@ pub(crate) fn conv2d_wgrad(
 ) -> Result<()> {
     let (xp, dyp, dwp) = (be.ptr(x)?, be.ptr(dy)?, be.ptr(dw)?);
     let vec = staging_vec(&[s.cin, s.cout], &[xp, dyp]);
-    let (kernel, threads) = match (be.precision_impl(), vec) {
-        (Precision::Fp32, 4) => (kw::CONV_WGRAD_SIMT_V4, SIMT_THREADS),
-        (Precision::Fp32, 2) => (kw::CONV_WGRAD_SIMT_V2, SIMT_THREADS),
-        (Precision::Fp32, _) => (kw::CONV_WGRAD_SIMT, SIMT_THREADS),
-        (Precision::Tf32, 4) => (kw::CONV_WGRAD_TF32_V4, TC_THREADS),
-        (Precision::Tf32, 2) => (kw::CONV_WGRAD_TF32_V2, TC_THREADS),
-        (Precision::Tf32, _) => (kw::CONV_WGRAD_TF32, TC_THREADS),
-        (Precision::Bf16, 4) => (kw::CONV_WGRAD_BF16_V4, TC_THREADS),
-        (Precision::Bf16, 2) => (kw::CONV_WGRAD_BF16_V2, TC_THREADS),
-        (Precision::Bf16, _) => (kw::CONV_WGRAD_BF16, TC_THREADS),
+    let (family, threads) = match be.precision_impl() {
+        Precision::Fp32 => (
+            [
+                kw::CONV_WGRAD_SIMT,
+                kw::CONV_WGRAD_SIMT_V2,
+                kw::CONV_WGRAD_SIMT_V4,
+            ],
+            SIMT_THREADS,
+        ),
+        Precision::Tf32 => (
+            [
+                kw::CONV_WGRAD_TF32,
+                kw::CONV_WGRAD_TF32_V2,
+                kw::CONV_WGRAD_TF32_V4,
+            ],
+            TC_THREADS,
+        ),
+        Precision::Bf16 => (
+            [
+                kw::CONV_WGRAD_BF16,
+                kw::CONV_WGRAD_BF16_V2,
+                kw::CONV_WGRAD_BF16_V4,
+            ],
+            TC_THREADS,
+        ),
     };
+    let kernel = by_vec(vec, family);
     let m = s.b * s.ho * s.wo;
     let kdim = s.col_k();
     if m == 0 || s.cout == 0 || kdim == 0 {
