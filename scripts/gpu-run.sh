@@ -12,8 +12,8 @@
 #        eager with the same stage breakdown, the relation-map benchmarks when bundled, an nsys
 #        capture of a 3-iteration training window with its kernel summary, `prrnet bench-conv`
 #        (every W30 convolution shape per algorithm, bf16 and fp32), W30 inference and training
-#        with PRRNET_CONV_ALGO=implicit (the previous default) and with the previous relation
-#        versions, torch.compile where time is left, and finally scripts/perf-report.py writing
+#        with PRRNET_CONV_ALGO=halo (the fixed rule the measured default falls back to) and
+#        with the previous relation versions, torch.compile where time is left, and finally scripts/perf-report.py writing
 #        LOGDIR/PERFORMANCE-tables.md.
 # compile  PyTorch's torch.compile matrix (and eager TF32 training), which perf rarely has time
 #        for: a third call into the same LOGDIR, whose report then covers all three.
@@ -268,17 +268,18 @@ perf_phase() {
     fi
     prrnet_bench tf32 infer
     prrnet_bench tf32 train
-    # The default convolution algorithm (halo tiles where they apply) against the previous
-    # default (implicit GEMM everywhere), to decide the default by measurement.
+    # The default convolution algorithm (auto: each shape's path measured, kernel_choices in
+    # the JSON) against the fixed rule it falls back to (halo tiles where they fill their
+    # patches, implicit GEMM elsewhere): what measuring the paths gains in the whole step.
     for pm in bf16:infer bf16:train fp32:train; do
         local p="${pm%%:*}" m="${pm##*:}" train=()
         [ "$m" = train ] && train=(--train)
-        step "conv_implicit_prrnet_bench_${preset}_${m}_$p" 60 env PRRNET_CONV_ALGO=implicit \
+        step "conv_halo_prrnet_bench_${preset}_${m}_$p" 60 env PRRNET_CONV_ALGO=halo \
             "$prrnet" bench --device "$dev" --preset "$preset" --size "$size" --batch "$batch" \
             --precision "$p" --iters "$iters" --warmup 2 "${train[@]}" --json
     done
-    # The BF16 training step with the previous relation version (v2) against the default
-    # (v3 where it fits): the whole-step effect of the relation kernels.
+    # The BF16 training step with the relation fixed to v2 (the last measured version) against
+    # the default (the versions measured per shape: kernel_choices): the whole-step effect.
     step "relation_v2_prrnet_bench_${preset}_train_bf16" 60 env PRRNET_RELATION_VERSION=v2 \
         "$prrnet" bench --device "$dev" --preset "$preset" --size "$size" --batch "$batch" \
         --precision bf16 --iters "$iters" --warmup 2 --train --json

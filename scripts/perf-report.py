@@ -600,6 +600,30 @@ def relation_table(recs):
     return md_table(list(keys) + ["log"], rows) + extra
 
 
+def kernel_choice_tables(bench):
+    """The kernels a prrnet run chose by measurement (`kernel_choices` in `prrnet bench --json`:
+    convolution paths under PRRNET_CONV_ALGO=auto, relation versions), one table per run with
+    every candidate's median time."""
+    runs = [r for r in bench if r.get("impl") == "prrnet" and r.get("kernel_choices")]
+    if not runs:
+        return "No run in this folder recorded kernel choices."
+    out = []
+    for r in runs:
+        out.append(f"**{r.get('preset')} {r.get('size')}×{r.get('size')}, batch {r.get('batch')}, "
+                   f"{r.get('mode')}, {r.get('precision')}** (`{r.get('_file', DASH)}`)")
+        out.append("")
+        rows = []
+        for c in r["kernel_choices"]:
+            paths = ", ".join(f"{t.get('path')} {fmt(t.get('ms'), '.3f')}"
+                              for t in c.get("paths", []))
+            rows.append([c.get("op"), c.get("pass"), f"`{c.get('shape')}`",
+                         c.get("epilogue") or DASH, c.get("chosen"), paths])
+        out.append(md_table(["op", "pass", "shape", "epilogue", "chosen", "candidates (ms)"],
+                            rows))
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
 def is_relation(r):
     """A relation-benchmark record (not a whole-network run under PRRNET_RELATION_VERSION,
     whose log name also says "relation")."""
@@ -673,6 +697,10 @@ def main(argv=None):
     out.append("#### Convolution benchmarks (`prrnet bench-conv`)")
     out.append("")
     out.append(conv_bench_tables(recs))
+    out.append("")
+    out.append("#### Kernels chosen by measurement")
+    out.append("")
+    out.append(kernel_choice_tables(bench))
     out.append("")
     out.append("#### Relation version in the training step (the default vs an override)")
     out.append("")

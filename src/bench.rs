@@ -52,10 +52,14 @@ pub struct BenchResult {
     pub peak_mem_bytes: u64,
     /// How iterations and stages were timed: `cuda-events` or `host-clock`.
     pub timer: String,
-    /// On a GPU: how non-pointwise convolutions ran (`implicit` or `im2col`,
-    /// `PRRNET_CONV_ALGO`), so the two can be compared run against run.
+    /// On a GPU: how convolutions ran (`auto`, `halo`, `implicit` or `im2col`,
+    /// `PRRNET_CONV_ALGO`), so the algorithms can be compared run against run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conv_algo: Option<String>,
+    /// On a GPU: every kernel chosen by measurement during the run (convolution paths under
+    /// `auto`, relation versions), with the times of the candidates it was chosen from.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kernel_choices: Vec<crate::backend::KernelChoice>,
     /// Median milliseconds per stage (with `breakdown`), in execution order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<(String, f64)>,
@@ -298,6 +302,7 @@ pub fn run(be: Box<dyn Backend>, o: &BenchOptions) -> Result<BenchResult> {
                     .to_string(),
             )
         },
+        kernel_choices: net.backend().kernel_choices(),
         stages,
         breakdown,
         breakdown_step_ms: (!step_ms.is_empty()).then(|| median(step_ms)),

@@ -1,6 +1,7 @@
 //! `prrnet bench-conv`: every convolution shape of one network step, timed algorithm by
-//! algorithm (im2col + cuBLAS, implicit GEMM, halo tiles) on the GPU, so the dispatch between
-//! them (`backend::cuda::conv_implicit`) can be set from measurements shape by shape.
+//! algorithm (im2col + cuBLAS, implicit GEMM, halo tiles, and `auto`, which runs whichever of
+//! them it measured fastest for the shape: `backend::cuda::tune`) on the GPU, so the fixed
+//! rules of the dispatch (`backend::cuda::conv_implicit`) can be checked shape by shape.
 //!
 //! The shapes and their call counts come from running one step of the configuration over the
 //! counting backend (`bench::conv_uses`). Pointwise convolutions are timed only for the
@@ -19,7 +20,7 @@
 use clap::Args;
 use serde::Serialize;
 
-use crate::backend::cuda::{open_cuda, ConvAlgo, CudaBackend};
+use crate::backend::cuda::{open_cuda, shape_name, ConvAlgo, CudaBackend};
 use crate::backend::{Backend, ConvShape, DeviceRequest, Precision};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -43,8 +44,8 @@ pub struct BenchConvArgs {
     /// fp32 | tf32 | bf16
     #[arg(long, default_value = "bf16")]
     pub precision: String,
-    /// Comma-separated algorithms: im2col, implicit, halo.
-    #[arg(long, default_value = "implicit,halo,im2col")]
+    /// Comma-separated algorithms: im2col, implicit, halo, auto.
+    #[arg(long, default_value = "implicit,halo,im2col,auto")]
     pub algos: String,
     /// Also time the data and weight gradients (the shapes of a training step).
     #[arg(long)]
@@ -84,13 +85,6 @@ pub struct ConvBenchRecord {
     pub ms_min: Option<f64>,
     pub ms_max: Option<f64>,
     pub tflops: Option<f64>,
-}
-
-fn shape_name(s: &ConvShape) -> String {
-    format!(
-        "b{} {}x{} {}->{} k{} s{} p{}",
-        s.b, s.h, s.w, s.cin, s.cout, s.k, s.stride, s.pad
-    )
 }
 
 /// Run the benchmark; `emit` receives every record as soon as it is measured.

@@ -13,8 +13,13 @@
 //! with one of those words (the GPU bundle's compute-sanitizer runs: the small shapes reach
 //! every kernel and every tail at a fraction of the W30 shapes' time), and
 //! `PRRNET_CONV_ALGOS=implicit,halo` only those algorithms.
+//!
+//! The module `tune` (tests/gpu_conv/tune.rs) checks the choice of kernels by measurement
+//! (`ConvAlgo::Auto`, the relation versions).
 
 mod common;
+#[path = "gpu_conv/tune.rs"]
+mod tune;
 
 use prrnet::backend::cpu::CpuBackend;
 use prrnet::backend::cuda::{open_cuda, ConvAlgo, CudaBackend};
@@ -218,7 +223,8 @@ fn conv_algo_names_parse() {
     assert_eq!("Implicit".parse::<ConvAlgo>().unwrap(), ConvAlgo::Implicit);
     assert!("winograd".parse::<ConvAlgo>().is_err());
     assert_eq!("halo".parse::<ConvAlgo>().unwrap(), ConvAlgo::Halo);
-    assert_eq!(ConvAlgo::default(), ConvAlgo::Halo);
+    assert_eq!("auto".parse::<ConvAlgo>().unwrap(), ConvAlgo::Auto);
+    assert_eq!(ConvAlgo::default(), ConvAlgo::Auto);
     assert_eq!(ConvAlgo::Im2col.to_string(), "im2col");
 }
 

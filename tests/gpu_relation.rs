@@ -449,6 +449,8 @@ fn dispatch_follows_the_precision() {
     let Some(mut be) = open_gpu("dispatch_follows_the_precision") else {
         return;
     };
+    // The fixed rule, not a measured choice (tests/gpu_tune.rs covers that).
+    be.set_tune_min_flops(f64::INFINITY);
     let s = RelationShape {
         b: 2,
         h: 19,

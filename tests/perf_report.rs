@@ -248,3 +248,57 @@ fn bench_conv_records_become_per_step_and_per_shape_tables() {
         ["infer", "bf16", "forward", &quoted, "64", "0.300", "0.500", "implicit"]
     );
 }
+
+#[test]
+fn kernel_choices_of_a_run_become_a_table() {
+    let dir = std::env::temp_dir().join(format!("prrnet-perf-choices-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // A `prrnet bench --json` record as bench.rs writes it, with two measured choices.
+    let record = r#"{"impl":"prrnet","device":"test","preset":"w30","size":299,"batch":64,"precision":"bf16","mode":"infer","plan":"inference+graph","iters":10,"ms_median":80.0,"ms_min":79.0,"ms_max":81.0,"images_per_s":800.0,"peak_mem_bytes":1,"timer":"cuda-events","conv_algo":"auto","kernel_choices":[{"op":"conv","pass":"forward","shape":"b64 75x75 30->30 k3 s1 p1","precision":"bf16","epilogue":"bias+relu","chosen":"halo","paths":[{"path":"implicit","ms":0.428},{"path":"im2col","ms":0.61},{"path":"halo","ms":0.2}]},{"op":"relation","pass":"forward","shape":"b64 75x75 c450 n5","precision":"bf16","epilogue":"","chosen":"v3","paths":[{"path":"sym","ms":15.0},{"path":"v3","ms":14.0}]}]}"#;
+    std::fs::write(
+        dir.join("prrnet_bench_w30_infer_bf16.log"),
+        format!("$ prrnet bench --json --precision bf16\n{record}\n"),
+    )
+    .unwrap();
+    let text = report_of(&dir, "choices");
+    let _ = std::fs::remove_dir_all(&dir);
+    let section = text
+        .split("#### Kernels chosen by measurement")
+        .nth(1)
+        .and_then(|t| t.split("####").next())
+        .expect("the report has the kernel-choice section");
+    assert!(
+        section.contains("w30 299×299, batch 64, infer, bf16"),
+        "{section}"
+    );
+    let row = |op: &str| -> Vec<String> {
+        let line = section
+            .lines()
+            .find(|l| l.starts_with(&format!("| {op} |")))
+            .unwrap_or_else(|| panic!("no {op} row in:{section}"));
+        cells(line).into_iter().map(String::from).collect()
+    };
+    assert_eq!(
+        row("conv"),
+        [
+            "conv",
+            "forward",
+            "`b64 75x75 30->30 k3 s1 p1`",
+            "bias+relu",
+            "halo",
+            "implicit 0.428, im2col 0.610, halo 0.200"
+        ]
+    );
+    assert_eq!(
+        row("relation"),
+        [
+            "relation",
+            "forward",
+            "`b64 75x75 c450 n5`",
+            "—",
+            "v3",
+            "sym 15.000, v3 14.000"
+        ]
+    );
+}

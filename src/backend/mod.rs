@@ -27,7 +27,7 @@ use crate::tensor::{BufId, Tensor};
 pub const MAX_BINS_SIDE: usize = 16;
 
 /// A 2-D convolution over channels-last activations.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConvShape {
     pub b: usize,
     pub h: usize,
@@ -244,7 +244,7 @@ pub fn check_channel_slice(
 /// - `Fp32`: exact f32 arithmetic (the default, and the only mode of the CPU reference).
 /// - `Tf32`: tensor cores with TF32 inputs (10-bit mantissa), f32 accumulation.
 /// - `Bf16`: tensor cores with BF16 inputs (7-bit mantissa), f32 accumulation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 #[repr(u8)]
 pub enum Precision {
     #[default]
@@ -277,9 +277,37 @@ impl std::fmt::Display for Precision {
     }
 }
 
+/// One kernel choice made by measurement on the CUDA backend (a convolution's path, the
+/// relation map's version), for reports (`prrnet bench --json`).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct KernelChoice {
+    /// `conv` or `relation`.
+    pub op: String,
+    /// conv: forward, backward_data or backward_weight; relation: forward or backward.
+    pub pass: String,
+    /// conv: `b64 75x75 30->30 k3 s1 p1` (as bench-conv names shapes); relation:
+    /// `b64 75x75 c450 n5`.
+    pub shape: String,
+    pub precision: String,
+    /// The epilogue of a forward: any of `bias`, `residual` (or `residual=y`: accumulating into
+    /// the output), `relu`, joined by `+` (else empty).
+    pub epilogue: String,
+    /// The candidate that runs (conv: im2col, implicit or halo; relation: a version name).
+    pub chosen: String,
+    /// Every candidate timed, with its median milliseconds.
+    pub paths: Vec<PathTime>,
+}
+
+/// One candidate's median time in a [`KernelChoice`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PathTime {
+    pub path: String,
+    pub ms: f64,
+}
+
 /// The fused relation map of SPEC §4.1: `f: [B, N, C]` (N = h·w) → `p: [B, N, n, n]`.
 /// Requires `h ≥ n` and `w ≥ n` (the configuration guarantees it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RelationShape {
     pub b: usize,
     pub h: usize,
@@ -390,6 +418,11 @@ pub trait Backend: Send + Sync {
     }
     fn profiler_stop(&self) -> Result<()> {
         Ok(())
+    }
+    /// The kernels chosen by measurement so far, oldest first (the CUDA backend's convolution
+    /// paths and relation versions; empty elsewhere).
+    fn kernel_choices(&self) -> Vec<KernelChoice> {
+        Vec::new()
     }
     /// Whether [`Backend::graph_begin`] works here (CUDA graphs).
     fn supports_graphs(&self) -> bool {

@@ -368,6 +368,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     r.peak_mem_bytes as f64 / (1 << 20) as f64
                 );
                 print_breakdown(&r);
+                print_kernel_choices(&r);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -417,6 +418,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 /// The stage table of `prrnet bench --breakdown`: device time, share, the cost model's work
 /// and the rates it implies.
+/// The kernels chosen by measurement: per operation, how many calls took each candidate (the
+/// full list, with every candidate's time, is in `--json`'s `kernel_choices`).
+fn print_kernel_choices(r: &prrnet::bench::BenchResult) {
+    let mut counts: Vec<(String, String, usize)> = Vec::new();
+    for c in &r.kernel_choices {
+        match counts
+            .iter_mut()
+            .find(|(op, p, _)| *op == c.op && *p == c.chosen)
+        {
+            Some((_, _, n)) => *n += 1,
+            None => counts.push((c.op.clone(), c.chosen.clone(), 1)),
+        }
+    }
+    for op in ["conv", "relation"] {
+        let of: Vec<String> = counts
+            .iter()
+            .filter(|(o, _, _)| o == op)
+            .map(|(_, p, n)| format!("{p} {n}"))
+            .collect();
+        if !of.is_empty() {
+            println!("{op} kernels chosen by measurement: {}", of.join(", "));
+        }
+    }
+}
+
 fn print_breakdown(r: &prrnet::bench::BenchResult) {
     if r.breakdown.is_empty() {
         return;

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
@@ -88,6 +88,12 @@ pub struct CudaBackend {
     pub(crate) conv_algo: AtomicU8,
     /// The halo kernels' least patch fill, as f64 bits (`PRRNET_HALO_MIN_FILL` at creation).
     pub(crate) halo_min_fill: AtomicU64,
+    /// The kernel choices made by measurement (tune.rs).
+    pub(crate) tuning: Mutex<super::tune::Tuning>,
+    /// Its FLOP floor, as f64 bits (`PRRNET_TUNE_MIN_GFLOP` at creation).
+    pub(crate) tune_min_flops: AtomicU64,
+    /// Whether a CUDA graph capture is open on the stream (nothing may synchronise).
+    pub(crate) capturing: AtomicBool,
     /// Grow-only page-locked staging area for `upload_with`.
     pinned: Mutex<Staging>,
     /// Instantiated CUDA graphs, addressed by index.
@@ -138,6 +144,7 @@ impl CudaBackend {
         let blas = Blas::new(stream.clone())?;
         let conv_algo = super::ConvAlgo::from_env()?;
         let halo_min_fill = super::conv_halo::min_fill_from_env()?;
+        let tune_min_flops = super::tune::min_flops_from_env()?;
         Ok(CudaBackend {
             ctx,
             stream,
@@ -155,6 +162,9 @@ impl CudaBackend {
             precision: AtomicU8::new(Precision::Fp32 as u8),
             conv_algo: AtomicU8::new(conv_algo as u8),
             halo_min_fill: AtomicU64::new(halo_min_fill.to_bits()),
+            tuning: Mutex::new(Default::default()),
+            tune_min_flops: AtomicU64::new(tune_min_flops.to_bits()),
+            capturing: AtomicBool::new(false),
             graphs: Mutex::new(Vec::new()),
             pinned: Mutex::new(Staging::default()),
         })

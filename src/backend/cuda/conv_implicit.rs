@@ -1,33 +1,41 @@
 //! Implicit-GEMM convolution forward (kernels/conv_implicit.cu) with the folded-BatchNorm
-//! epilogue fused in, and the dispatch between it and the im2col + cuBLAS path of `conv.rs`.
+//! epilogue fused in, and the dispatch of every non-trivial convolution call to one of three
+//! paths ([`ConvPath`]): im2col + cuBLAS (`conv.rs`), the implicit-GEMM kernels (here and
+//! `conv_wgrad.rs`), the halo-tile kernels (`conv_halo.rs`).
 //!
-//! - [`ConvAlgo::Halo`] (the default): the 3×3 stride-1 shapes whose output fills the halo
-//!   kernels' 8×16 patches well (`conv_halo.rs`: every precision on the tensor cores, fp32 as
-//!   3×TF32) run there, forward and data gradient; everything else as [`ConvAlgo::Implicit`].
+//! - [`ConvAlgo::Auto`] (the default): each (pass, precision, shape) takes the path measured
+//!   fastest for it the first time it ran (`tune.rs`); unmeasured ones take the rule of
+//!   [`ConvAlgo::Halo`].
+//! - [`ConvAlgo::Halo`]: the 3×3 stride-1 shapes whose output fills the halo kernels' 8×16
+//!   patches well (`conv_halo.rs`: every precision on the tensor cores, fp32 as 3×TF32) run
+//!   there, forward and data gradient; everything else as [`ConvAlgo::Implicit`].
 //! - [`ConvAlgo::Implicit`]: every non-pointwise convolution forward runs
 //!   `conv_implicit_simt` (precision Fp32: exact f32 FMA) or `conv_implicit_{tf32,bf16}` (WMMA
 //!   tensor cores, f32 accumulation), which gather the im2col matrix tile by tile in shared
 //!   memory instead of writing it to a workspace, and apply `relu?(acc + bias? + residual?)`
 //!   before the single store of `y`.
-//! - [`ConvAlgo::Im2col`]: the previous path (im2col into a workspace, cuBLAS GEMM, then
+//! - [`ConvAlgo::Im2col`]: the first path (im2col into a workspace, cuBLAS GEMM, then
 //!   `bias_add` / `bias_act_inplace` as separate passes), kept as the fallback.
 //!
-//! Pointwise convolutions (1×1, stride 1, no padding) stay on cuBLAS, except under
-//! `conv2d_bias_act` with the implicit and halo algorithms: there the implicit kernel's fused
-//! epilogue saves the separate `bias_act_inplace` pass over y (and its residual), which costs
-//! more than the GEMM itself at these memory-bound shapes (the inference plan's folded 1×1
-//! convolutions: HRNet's bottlenecks and the fuse layers' upward terms). The algorithm is
-//! chosen with [`CudaBackend::set_conv_algo`]; `PRRNET_CONV_ALGO=im2col|implicit|halo` sets the
-//! initial choice when the backend is created. Backward: with the implicit and halo
-//! algorithms, the data gradient of a stride-1 convolution runs on the forward kernels, that
-//! of a strided one on their phase twins (`conv_phase_*`), and the weight gradient on
-//! `conv_wgrad.rs` (see [`conv2d_backward`]); the bias gradient stays on `conv.rs`.
+//! Pointwise convolutions (1×1, stride 1, no padding) stay on cuBLAS under the fixed rules,
+//! except under `conv2d_bias_act` with the implicit and halo algorithms: there the implicit
+//! kernel's fused epilogue saves the separate `bias_act_inplace` pass over y (and its
+//! residual), which costs more than the GEMM itself at these memory-bound shapes (the inference
+//! plan's folded 1×1 convolutions: HRNet's bottlenecks and the fuse layers' upward terms).
+//! [`ConvAlgo::Auto`] times both for every pointwise forward; their backward stays on cuBLAS.
+//! The algorithm is chosen with [`CudaBackend::set_conv_algo`];
+//! `PRRNET_CONV_ALGO=auto|im2col|implicit|halo` sets the initial choice when the backend is
+//! created. Backward: off the im2col path, the data gradient of a stride-1 convolution runs on
+//! the forward kernels (implicit or halo), that of a strided one on their phase twins
+//! (`conv_phase_*`), and the weight gradient on `conv_wgrad.rs` (see [`conv2d_backward`]); the
+//! bias gradient stays on `conv.rs`.
 
 use std::sync::atomic::Ordering;
 
 use super::context::{check_len, int, Arg, CudaBackend, Kernel};
 use super::kernels::names::conv as kc;
 use super::kernels::names::conv_implicit as kci;
+use super::tune::{self, Candidate, TuneKey};
 use super::{conv, conv_halo, conv_wgrad, elementwise as ew};
 use crate::backend::{ConvShape, Precision};
 use crate::error::{Error, Result};
@@ -42,8 +50,11 @@ pub enum ConvAlgo {
     /// Implicit GEMM (kernels/conv_implicit.cu) with the epilogue fused.
     Implicit = 1,
     /// The halo-tile kernels (kernels/conv_halo.cu) where they apply, else implicit GEMM.
-    #[default]
     Halo = 2,
+    /// Per shape and pass, the path measured fastest (`tune.rs`); the halo rule where nothing
+    /// was measured.
+    #[default]
+    Auto = 3,
 }
 
 impl ConvAlgo {
@@ -52,17 +63,23 @@ impl ConvAlgo {
             ConvAlgo::Im2col => "im2col",
             ConvAlgo::Implicit => "implicit",
             ConvAlgo::Halo => "halo",
+            ConvAlgo::Auto => "auto",
         }
     }
 
     pub(crate) fn from_u8(v: u8) -> ConvAlgo {
-        [ConvAlgo::Im2col, ConvAlgo::Implicit, ConvAlgo::Halo]
-            .into_iter()
-            .find(|a| *a as u8 == v)
-            .unwrap_or_default()
+        [
+            ConvAlgo::Im2col,
+            ConvAlgo::Implicit,
+            ConvAlgo::Halo,
+            ConvAlgo::Auto,
+        ]
+        .into_iter()
+        .find(|a| *a as u8 == v)
+        .unwrap_or_default()
     }
 
-    /// The initial algorithm: `PRRNET_CONV_ALGO` when set, else [`ConvAlgo::Halo`].
+    /// The initial algorithm: `PRRNET_CONV_ALGO` when set, else [`ConvAlgo::Auto`].
     pub(crate) fn from_env() -> Result<ConvAlgo> {
         match std::env::var("PRRNET_CONV_ALGO") {
             Ok(v) if !v.trim().is_empty() => v.trim().parse(),
@@ -78,9 +95,10 @@ impl std::str::FromStr for ConvAlgo {
             "im2col" => Ok(ConvAlgo::Im2col),
             "implicit" => Ok(ConvAlgo::Implicit),
             "halo" => Ok(ConvAlgo::Halo),
+            "auto" => Ok(ConvAlgo::Auto),
             _ => Err(Error::Config(format!(
-                "unknown convolution algorithm `{s}` (PRRNET_CONV_ALGO: expected im2col, \
-                 implicit or halo)"
+                "unknown convolution algorithm `{s}` (PRRNET_CONV_ALGO: expected auto, \
+                 im2col, implicit or halo)"
             ))),
         }
     }
@@ -90,6 +108,92 @@ impl std::fmt::Display for ConvAlgo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// The concrete way one convolution call runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConvPath {
+    /// im2col into a workspace + cuBLAS (conv.rs), the epilogue as a separate pass; 1×1: cuBLAS.
+    Im2col,
+    /// The implicit-GEMM kernels (here, conv_wgrad.rs).
+    Implicit,
+    /// The halo-tile kernels (conv_halo.rs).
+    Halo,
+}
+
+impl ConvPath {
+    pub fn name(self) -> &'static str {
+        match self {
+            ConvPath::Im2col => "im2col",
+            ConvPath::Implicit => "implicit",
+            ConvPath::Halo => "halo",
+        }
+    }
+}
+
+impl Candidate for ConvPath {
+    fn name(self) -> &'static str {
+        ConvPath::name(self)
+    }
+}
+
+/// Which computation of a convolution a path is chosen for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum ConvPass {
+    /// y = relu?(conv(x, w) + bias? + residual?): the epilogue's parts matter to im2col's cost,
+    /// and a residual that is y itself (`in_place`) rules im2col out.
+    Forward {
+        bias: bool,
+        residual: bool,
+        in_place: bool,
+        relu: bool,
+    },
+    /// dx += ∂L/∂x.
+    Data,
+    /// dw += ∂L/∂w.
+    Weight,
+}
+
+impl ConvPass {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            ConvPass::Forward { .. } => "forward",
+            ConvPass::Data => "backward_data",
+            ConvPass::Weight => "backward_weight",
+        }
+    }
+
+    /// A forward's epilogue: `bias`, `residual` (`residual=y` in place), `relu`, joined by `+`.
+    pub(crate) fn epilogue(self) -> String {
+        let ConvPass::Forward {
+            bias,
+            residual,
+            in_place,
+            relu,
+        } = self
+        else {
+            return String::new();
+        };
+        [
+            (bias, "bias"),
+            (residual && !in_place, "residual"),
+            (in_place, "residual=y"),
+            (relu, "relu"),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, n)| n)
+        .collect::<Vec<_>>()
+        .join("+")
+    }
+}
+
+/// A shape as bench-conv and the tuning reports name it: `b64 75x75 30->30 k3 s1 p1`.
+pub fn shape_name(s: &ConvShape) -> String {
+    format!(
+        "b{} {}x{} {}->{} k{} s{} p{}",
+        s.b, s.h, s.w, s.cin, s.cout, s.k, s.stride, s.pad
+    )
 }
 
 impl CudaBackend {
@@ -180,36 +284,9 @@ fn kernel_for(p: Precision, vec: usize, phase: bool) -> (Kernel, u32) {
     }
 }
 
-/// `y = relu?(conv(x, w) + bias? + residual?)` with the halo kernels where they run `s`, else
-/// the implicit-GEMM kernel of the backend's precision. Lengths are checked by the callers.
-#[allow(clippy::too_many_arguments)]
-fn launch_implicit(
-    be: &CudaBackend,
-    s: &ConvShape,
-    x: Tensor,
-    w: Tensor,
-    bias: Option<Tensor>,
-    residual: Option<Tensor>,
-    relu: bool,
-    y: Tensor,
-) -> Result<()> {
-    let ptrs = [
-        be.ptr(x)?,
-        be.ptr(w)?,
-        be.optr(bias)?,
-        be.optr(residual)?,
-        be.ptr(y)?,
-    ];
-    if be.conv_uses_halo(s) {
-        if let Some(vec) = conv_halo::staging(s, ptrs[0]) {
-            return conv_halo::launch(be, s, ptrs, vec, relu, false);
-        }
-    }
-    launch_implicit_ptrs(be, s, ptrs, relu)
-}
-
-/// [`launch_implicit`] on device addresses `[x, w, bias, residual, y]` (0: absent). `residual`
-/// may equal `y` (the kernels read each element before writing it, in the same thread).
+/// The implicit-GEMM forward on device addresses `[x, w, bias, residual, y]` (0: absent).
+/// `residual` may equal `y` (the kernels read each element before writing it, in the same
+/// thread).
 fn launch_implicit_ptrs(be: &CudaBackend, s: &ConvShape, ptrs: [u64; 5], relu: bool) -> Result<()> {
     let m = s.b * s.ho * s.wo;
     if m == 0 || s.cout == 0 {
@@ -365,8 +442,130 @@ fn check_shapes(s: &ConvShape, x: Tensor, w: Tensor, y: Tensor) -> Result<()> {
     check_len("conv y", y, s.y_len())
 }
 
-/// `Backend::conv2d` on the GPU: implicit GEMM for non-pointwise shapes (unless the algorithm
-/// is [`ConvAlgo::Im2col`]), `conv.rs` otherwise.
+/// Whether the halo rule ([`ConvAlgo::Halo`]) sends `s`, with input at `x`, to the halo kernels.
+fn halo_rule(be: &CudaBackend, s: &ConvShape, x: u64) -> bool {
+    conv_halo::applies(s, be.halo_min_fill()) && conv_halo::staging(s, x).is_some()
+}
+
+/// Whether the halo kernels can run `s` at all (any patch fill), with input at `x`.
+fn halo_can(s: &ConvShape, x: u64) -> bool {
+    conv_halo::applies(s, 0.0) && conv_halo::staging(s, x).is_some()
+}
+
+/// The path of `pass` for `s`: under [`ConvAlgo::Auto`] the measured choice among `paths`
+/// (`tune::choose`, which runs them; `accumulates`: the output they add into; `rule` where
+/// nothing is measured), else `rule`. `ptrs`: the operand addresses, whose alignment selects
+/// kernel variants.
+#[allow(clippy::too_many_arguments)]
+fn pick(
+    be: &CudaBackend,
+    pass: ConvPass,
+    s: &ConvShape,
+    ptrs: &[u64],
+    paths: &[ConvPath],
+    rule: ConvPath,
+    accumulates: Option<Tensor>,
+    run: &dyn Fn(ConvPath) -> Result<()>,
+) -> Result<ConvPath> {
+    if be.conv_algo() != ConvAlgo::Auto {
+        return Ok(rule);
+    }
+    let key = TuneKey::Conv {
+        pass,
+        precision: be.precision_impl(),
+        shape: *s,
+        align: staging_vec(&[], ptrs) as u8,
+    };
+    tune::choose(be, key, paths, rule, accumulates, run)
+}
+
+/// The operands of one forward call (`conv2d`: no residual, no ReLU).
+#[derive(Clone, Copy)]
+struct Forward {
+    x: Tensor,
+    w: Tensor,
+    bias: Option<Tensor>,
+    residual: Option<Tensor>,
+    relu: bool,
+    y: Tensor,
+}
+
+/// `y = relu?(conv(x, w) + bias? + residual?)` on the path the algorithm picks. `fused`: called
+/// as `conv2d_bias_act` (whose 1×1 shapes the fixed rules send to the implicit kernel).
+fn forward(be: &CudaBackend, s: &ConvShape, f: Forward, fused: bool) -> Result<()> {
+    let ptrs = [
+        be.ptr(f.x)?,
+        be.ptr(f.w)?,
+        be.optr(f.bias)?,
+        be.optr(f.residual)?,
+        be.ptr(f.y)?,
+    ];
+    let algo = be.conv_algo();
+    let rule = match algo {
+        ConvAlgo::Im2col => ConvPath::Im2col,
+        _ if s.is_pointwise() && !fused => ConvPath::Im2col,
+        ConvAlgo::Implicit => ConvPath::Implicit,
+        ConvAlgo::Halo | ConvAlgo::Auto if halo_rule(be, s, ptrs[0]) => ConvPath::Halo,
+        ConvAlgo::Halo | ConvAlgo::Auto => ConvPath::Implicit,
+    };
+    // im2col writes y before its epilogue pass adds the residual: not when they alias.
+    let in_place = f.residual.is_some() && ptrs[3] == ptrs[4];
+    let mut paths = vec![ConvPath::Implicit];
+    if !in_place {
+        paths.push(ConvPath::Im2col);
+    }
+    if halo_can(s, ptrs[0]) {
+        paths.push(ConvPath::Halo);
+    }
+    let pass = ConvPass::Forward {
+        bias: f.bias.is_some(),
+        residual: f.residual.is_some(),
+        in_place,
+        relu: f.relu,
+    };
+    let run = |p: ConvPath| run_forward(be, s, p, f, ptrs);
+    let path = pick(
+        be,
+        pass,
+        s,
+        &ptrs,
+        &paths,
+        rule,
+        in_place.then_some(f.y),
+        &run,
+    )?;
+    run(path)
+}
+
+fn run_forward(
+    be: &CudaBackend,
+    s: &ConvShape,
+    path: ConvPath,
+    f: Forward,
+    ptrs: [u64; 5],
+) -> Result<()> {
+    match path {
+        ConvPath::Im2col if f.residual.is_none() && !f.relu => {
+            conv::conv2d(be, s, f.x, f.w, f.bias, f.y)
+        }
+        ConvPath::Im2col => {
+            let bias = f.bias.ok_or_else(|| {
+                Error::Other("conv: a residual or ReLU epilogue without a bias".into())
+            })?;
+            conv::conv2d(be, s, f.x, f.w, None, f.y)?;
+            let rows = s.b * s.ho * s.wo;
+            ew::bias_act_inplace(be, rows, s.cout, f.y, bias, f.residual, f.relu)
+        }
+        ConvPath::Implicit => launch_implicit_ptrs(be, s, ptrs, f.relu),
+        ConvPath::Halo => {
+            let vec = conv_halo::staging(s, ptrs[0])
+                .ok_or_else(|| Error::Other(format!("conv {s:?}: halo path on an unaligned x")))?;
+            conv_halo::launch(be, s, ptrs, vec, f.relu, false)
+        }
+    }
+}
+
+/// `Backend::conv2d` on the GPU: the forward with an optional bias on the algorithm's path.
 pub(crate) fn conv2d(
     be: &CudaBackend,
     s: &ConvShape,
@@ -375,19 +574,24 @@ pub(crate) fn conv2d(
     bias: Option<Tensor>,
     y: Tensor,
 ) -> Result<()> {
-    if s.is_pointwise() || be.conv_algo() == ConvAlgo::Im2col {
-        return conv::conv2d(be, s, x, w, bias, y);
-    }
     check_shapes(s, x, w, y)?;
     if let Some(b) = bias {
         check_len("conv bias", b, s.cout)?;
     }
-    launch_implicit(be, s, x, w, bias, None, false, y)
+    let f = Forward {
+        x,
+        w,
+        bias,
+        residual: None,
+        relu: false,
+        y,
+    };
+    forward(be, s, f, false)
 }
 
-/// `Backend::conv2d_bias_act` on the GPU: one fused kernel for every shape, pointwise ones
-/// included (unless the algorithm is [`ConvAlgo::Im2col`]: then the convolution on `conv.rs`,
-/// followed by `bias_act_inplace`).
+/// `Backend::conv2d_bias_act` on the GPU: under the fixed rules one fused kernel for every
+/// shape, pointwise ones included (the im2col algorithm: the convolution on `conv.rs`, then
+/// `bias_act_inplace`); under [`ConvAlgo::Auto`] the measured path.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn conv2d_bias_act(
     be: &CudaBackend,
@@ -399,26 +603,32 @@ pub(crate) fn conv2d_bias_act(
     relu: bool,
     y: Tensor,
 ) -> Result<()> {
-    if be.conv_algo() == ConvAlgo::Im2col {
-        conv::conv2d(be, s, x, w, None, y)?;
-        return ew::bias_act_inplace(be, s.b * s.ho * s.wo, s.cout, y, bias, residual, relu);
-    }
     check_shapes(s, x, w, y)?;
     check_len("conv bias", bias, s.cout)?;
     if let Some(r) = residual {
         check_len("conv residual", r, s.y_len())?;
     }
-    launch_implicit(be, s, x, w, Some(bias), residual, relu, y)
+    let f = Forward {
+        x,
+        w,
+        bias: Some(bias),
+        residual,
+        relu,
+        y,
+    };
+    forward(be, s, f, true)
 }
 
-/// `Backend::conv2d_backward` on the GPU. With the implicit algorithm:
+/// `Backend::conv2d_backward` on the GPU. Pointwise shapes, and every shape under the im2col
+/// algorithm, run `conv.rs` (im2col + cuBLAS). Otherwise each gradient takes its own path:
 /// - the data gradient of a stride-1 convolution is `dx += conv(dy, flip(w)ᵀ, pad k − 1 − p)` on
-///   the implicit-GEMM forward kernels (the accumulation is the epilogue's residual term, with
-///   residual = y = dx), so the k²-times-larger column gradient of the im2col path is never
-///   written; that of a strided convolution is the same sum split by output phase
+///   the implicit-GEMM or halo forward kernels (the accumulation is the epilogue's residual
+///   term, with residual = y = dx), so the k²-times-larger column gradient of the im2col path
+///   is never written; that of a strided convolution is the same sum split by output phase
 ///   ([`launch_phase`]), again without the column gradient;
 /// - the weight gradient is `conv_wgrad.rs` (implicit, split over the pixels; exact f32 on the
-///   CUDA cores at Fp32).
+///   CUDA cores at Fp32);
+/// - under [`ConvAlgo::Auto`] each of them may also take the im2col path, if measured faster.
 ///
 /// The bias gradient stays on `conv.rs`.
 #[allow(clippy::too_many_arguments)]
@@ -432,39 +642,77 @@ pub(crate) fn conv2d_backward(
     dw: Option<Tensor>,
     dbias: Option<Tensor>,
 ) -> Result<()> {
-    if s.is_pointwise() || be.conv_algo() == ConvAlgo::Im2col {
+    let algo = be.conv_algo();
+    if s.is_pointwise() || algo == ConvAlgo::Im2col {
         return conv::conv2d_backward(be, s, x, w, dy, dx, dw, dbias);
     }
     check_len("conv x", x, s.x_len())?;
     check_len("conv w", w, s.w_len())?;
     check_len("conv dy", dy, s.y_len())?;
-    let (mut dx_rest, mut dw_rest) = (dx, dw);
-    if let Some(dx_t) = dx {
-        check_len("conv dx", dx_t, s.x_len())?;
-        let (wp, dyp, dxp) = (be.ptr(w)?, be.ptr(dy)?, be.ptr(dx_t)?);
-        if let Some(t) = s.transposed() {
-            let halo_vec = if be.conv_uses_halo(&t) {
-                conv_halo::staging(&t, dyp)
-            } else {
-                None
-            };
-            if let Some(vec) = halo_vec {
-                // The halo kernels pack the flipped, transposed weights themselves.
-                conv_halo::launch(be, &t, [dyp, wp, 0, dxp, dxp], vec, false, true)?;
-            } else {
-                with_flipped_weights(be, s, wp, |wf| {
-                    launch_implicit_ptrs(be, &t, [dyp, wf, 0, dxp, dxp], false)
-                })?;
-            }
-        } else {
-            with_flipped_weights(be, s, wp, |wf| launch_phase(be, s, dyp, wf, dxp))?;
+    if let Some(dx) = dx {
+        check_len("conv dx", dx, s.x_len())?;
+        let ptrs = [be.ptr(dy)?, be.ptr(w)?, be.ptr(dx)?];
+        let halo = |allowed: &dyn Fn(&ConvShape, u64) -> bool| {
+            s.transposed().is_some_and(|t| allowed(&t, ptrs[0]))
+        };
+        let rule = match algo {
+            ConvAlgo::Halo | ConvAlgo::Auto if halo(&|t, p| halo_rule(be, t, p)) => ConvPath::Halo,
+            _ => ConvPath::Implicit,
+        };
+        let mut paths = vec![ConvPath::Implicit, ConvPath::Im2col];
+        if halo(&halo_can) {
+            paths.push(ConvPath::Halo);
         }
-        dx_rest = None;
+        let run = |p: ConvPath| run_data(be, s, p, x, w, dy, dx, ptrs);
+        let path = pick(be, ConvPass::Data, s, &ptrs, &paths, rule, Some(dx), &run)?;
+        run(path)?;
     }
-    if let Some(dw_t) = dw {
-        check_len("conv dw", dw_t, s.w_len())?;
-        conv_wgrad::conv2d_wgrad(be, s, x, dy, dw_t)?;
-        dw_rest = None;
+    if let Some(dw) = dw {
+        check_len("conv dw", dw, s.w_len())?;
+        let ptrs = [be.ptr(x)?, be.ptr(dy)?, be.ptr(dw)?];
+        let paths = [ConvPath::Implicit, ConvPath::Im2col];
+        let run = |p: ConvPath| match p {
+            ConvPath::Im2col => conv::conv2d_backward(be, s, x, w, dy, None, Some(dw), None),
+            _ => conv_wgrad::conv2d_wgrad(be, s, x, dy, dw),
+        };
+        let path = pick(
+            be,
+            ConvPass::Weight,
+            s,
+            &ptrs,
+            &paths,
+            ConvPath::Implicit,
+            Some(dw),
+            &run,
+        )?;
+        run(path)?;
     }
-    conv::conv2d_backward(be, s, x, w, dy, dx_rest, dw_rest, dbias)
+    conv::conv2d_backward(be, s, x, w, dy, None, None, dbias)
+}
+
+/// `dx += ∂L/∂x` of the non-pointwise convolution `s` on `path`; `ptrs` = [dy, w, dx].
+#[allow(clippy::too_many_arguments)]
+fn run_data(
+    be: &CudaBackend,
+    s: &ConvShape,
+    path: ConvPath,
+    x: Tensor,
+    w: Tensor,
+    dy: Tensor,
+    dx: Tensor,
+    [dyp, wp, dxp]: [u64; 3],
+) -> Result<()> {
+    match (path, s.transposed()) {
+        (ConvPath::Im2col, _) => conv::conv2d_backward(be, s, x, w, dy, Some(dx), None, None),
+        (ConvPath::Halo, Some(t)) => {
+            let vec = conv_halo::staging(&t, dyp)
+                .ok_or_else(|| Error::Other(format!("conv {s:?}: halo path on an unaligned dy")))?;
+            // The halo kernels pack the flipped, transposed weights themselves.
+            conv_halo::launch(be, &t, [dyp, wp, 0, dxp, dxp], vec, false, true)
+        }
+        (_, Some(t)) => with_flipped_weights(be, s, wp, |wf| {
+            launch_implicit_ptrs(be, &t, [dyp, wf, 0, dxp, dxp], false)
+        }),
+        (_, None) => with_flipped_weights(be, s, wp, |wf| launch_phase(be, s, dyp, wf, dxp)),
+    }
 }

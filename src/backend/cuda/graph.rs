@@ -3,6 +3,8 @@
 //! non-default stream; nothing may allocate or synchronise while it records (the workspace
 //! and cuBLAS's workspace are sized before capture).
 
+use std::sync::atomic::Ordering;
+
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::CudaGraph;
 
@@ -22,10 +24,14 @@ impl CudaBackend {
         self.bind()?;
         self.stream
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .map_err(|e| dev_err("cuStreamBeginCapture", e))
+            .map_err(|e| dev_err("cuStreamBeginCapture", e))?;
+        // Convolution tuning times its paths, which needs the host to wait: not while recording.
+        self.capturing.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     pub(crate) fn graph_end_impl(&self) -> Result<usize> {
+        self.capturing.store(false, Ordering::Relaxed);
         self.bind()?;
         let graph = self
             .stream

@@ -6,8 +6,8 @@
 //! `context.rs` (device, stream, modules, buffers, workspace, launches), `blas.rs` (cuBLAS),
 //! `ops.rs` (the `Backend` impl, dispatching to) `elementwise.rs`, `conv.rs` (conv + linear,
 //! im2col), `conv_implicit.rs` (implicit-GEMM forward and data gradient, the algorithm
-//! choice), `conv_halo.rs` (3×3 stride-1 halo-tile kernels), `conv_wgrad.rs`
-//! (implicit weight gradient), `norm.rs`, `resample.rs`, `relation.rs` (simt),
+//! choice), `conv_halo.rs` (3×3 stride-1 halo-tile kernels), `conv_wgrad.rs` (implicit weight gradient),
+//! `tune.rs` (kernel choice by measurement), `norm.rs`, `resample.rs`, `relation.rs` (simt),
 //! `relation_tc.rs` (tensor-core versions), `head.rs` (concat, attention, region), `loss.rs`
 //! (BCE, Adam). Kernels are compiled by build.rs and embedded; their names are constants in
 //! `kernels::names`, checked at compile time.
@@ -29,9 +29,10 @@ mod relation;
 pub mod relation_tc;
 mod resample;
 mod timing;
+mod tune;
 
 pub use context::CudaBackend;
-pub use conv_implicit::ConvAlgo;
+pub use conv_implicit::{shape_name, ConvAlgo, ConvPath};
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};

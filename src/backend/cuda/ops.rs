@@ -47,6 +47,10 @@ impl Backend for CudaBackend {
         true
     }
 
+    fn kernel_choices(&self) -> Vec<crate::backend::KernelChoice> {
+        CudaBackend::kernel_choices(self)
+    }
+
     fn graph_begin(&self) -> Result<()> {
         self.graph_begin_impl()
     }

@@ -6,7 +6,8 @@
 use super::context::{check_len, int, Arg, CudaBackend};
 use super::kernels::names::relation as k;
 use super::relation_tc::RelationVersion;
-use crate::backend::{RelationShape, MAX_BINS_SIDE};
+use super::tune::{self, TuneKey};
+use crate::backend::{Precision, RelationShape, MAX_BINS_SIDE};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -67,8 +68,9 @@ fn normalize(be: &CudaBackend, s: &RelationShape, f: u64, q: u64, norms: u64) ->
     )
 }
 
-/// `Backend::relation`: the version [`CudaBackend::relation_dispatch`] picks for the backend's
-/// precision.
+/// `Backend::relation`: the version measured fastest for the shape and the backend's precision
+/// (`tune.rs`), or where nothing is measured (`PRRNET_RELATION_VERSION` set, a graph capture,
+/// below the floor) the one [`CudaBackend::relation_dispatch`] picks.
 pub(crate) fn forward(
     be: &CudaBackend,
     s: &RelationShape,
@@ -78,10 +80,36 @@ pub(crate) fn forward(
     p: Tensor,
 ) -> Result<()> {
     let prec = be.precision_impl();
-    match be.relation_dispatch(prec, s, false) {
+    let run = |v: RelationVersion| match v {
         RelationVersion::Simt => simt_forward(be, s, f, norms, lsum, p),
         v => be.relation_forward_version(v, prec, s, f, norms, lsum, p),
+    };
+    let v = version(be, prec, s, false, None, &run)?;
+    run(v)
+}
+
+/// The version for `s` at `prec`: the fixed rule when `PRRNET_RELATION_VERSION` is set, else
+/// the measured choice among [`CudaBackend::relation_candidates`] (`accumulates`: the output
+/// the call adds into).
+fn version(
+    be: &CudaBackend,
+    prec: Precision,
+    s: &RelationShape,
+    backward: bool,
+    accumulates: Option<Tensor>,
+    run: &dyn Fn(RelationVersion) -> Result<()>,
+) -> Result<RelationVersion> {
+    let rule = be.relation_dispatch(prec, s, backward);
+    if be.relation_version_fixed() {
+        return Ok(rule);
     }
+    let key = TuneKey::Relation {
+        backward,
+        precision: prec,
+        shape: *s,
+    };
+    let candidates = be.relation_candidates(prec, s, backward);
+    tune::choose(be, key, &candidates, rule, accumulates, run)
 }
 
 /// `Backend::relation_backward`, dispatched like [`forward`].
@@ -97,10 +125,12 @@ pub(crate) fn backward(
     df: Tensor,
 ) -> Result<()> {
     let prec = be.precision_impl();
-    match be.relation_dispatch(prec, s, true) {
+    let run = |v: RelationVersion| match v {
         RelationVersion::Simt => simt_backward(be, s, f, norms, lsum, p, dp, df),
         v => be.relation_backward_version(v, prec, s, f, norms, lsum, p, dp, df),
-    }
+    };
+    let v = version(be, prec, s, true, Some(df), &run)?;
+    run(v)
 }
 
 /// The exact f32 forward (relation.cu), whatever the precision setting.

@@ -80,6 +80,12 @@ pub fn relation_versions() -> &'static [RelationVersion] {
     &ALL_VERSIONS
 }
 
+impl super::tune::Candidate for RelationVersion {
+    fn name(self) -> &'static str {
+        RelationVersion::name(self)
+    }
+}
+
 impl RelationVersion {
     /// The name used on command lines and in reports (`simt`, `v1`, …).
     pub fn name(self) -> &'static str {
@@ -561,6 +567,40 @@ impl CudaBackend {
             .copied()
             .find(|&v| unsupported(self, v, p, s, backward).is_none())
             .unwrap_or(RelationVersion::Simt)
+    }
+
+    /// The versions measured against each other for `s` at `p` (`tune.rs`): the tensor-core
+    /// versions that can run it, v1 (the simple one) left out, and for the backward each kernel
+    /// once (sym's backward is another version's); simt alone where none can.
+    pub(crate) fn relation_candidates(
+        &self,
+        p: Precision,
+        s: &RelationShape,
+        backward: bool,
+    ) -> Vec<RelationVersion> {
+        let mut out: Vec<RelationVersion> = Vec::new();
+        for v in TC_PREFERENCE {
+            let runs = if backward && v == RelationVersion::Sym {
+                sym::backward_version(p)
+            } else {
+                v
+            };
+            if v != RelationVersion::V1
+                && unsupported(self, v, p, s, backward).is_none()
+                && !out.contains(&runs)
+            {
+                out.push(runs);
+            }
+        }
+        if out.is_empty() {
+            out.push(RelationVersion::Simt);
+        }
+        out
+    }
+
+    /// Whether `PRRNET_RELATION_VERSION` names a version (then nothing is measured).
+    pub(crate) fn relation_version_fixed(&self) -> bool {
+        env_override().is_some()
     }
 
     /// Whether `v` can run the relation `s` at `p` on this device (forward, and backward when

@@ -1,0 +1,366 @@
+//! Kernel choice by measurement (backend::cuda::tune), part of the gpu_conv tests: the convolution paths of
+//! `ConvAlgo::Auto` and the relation map's versions. Measuring must leave every output as one
+//! run of the chosen candidate would (the candidates run on the call's own operands; an output
+//! the call accumulates into, dx, dw, df or a residual that is y itself, is saved and restored
+//! around them), choose once per key, and never run while a CUDA graph is being captured.
+//!
+//! Against the CPU backend, with the floor at 0 so that these small shapes are measured:
+//! convolutions on a shape the halo kernels take (three paths forward and for the data
+//! gradient), a strided one (the phase kernels), a pointwise one (cuBLAS against the implicit
+//! kernel's epilogue); the relation map in BF16 (sym, v3, v2 forward; v3, v2 backward).
+//! Tolerances as tests/gpu_conv.rs and tests/gpu_relation.rs (relative L2: fp32 1e-5, bf16
+//! 1e-2). Without a usable GPU
+//! the test prints a skip message and passes; `PRRNET_REQUIRE_GPU=1` makes it fail instead.
+
+use prrnet::backend::cpu::CpuBackend;
+use prrnet::backend::cuda::{ConvAlgo, CudaBackend};
+use prrnet::backend::{Backend, ConvShape, Precision, RelationShape};
+use prrnet::rng::Rng;
+use prrnet::tensor::Tensor;
+
+use super::{common, open_concrete, put_gpu};
+
+fn get_gpu(gpu: &CudaBackend, t: Tensor) -> Vec<f32> {
+    let mut v = vec![0.0; t.len];
+    gpu.download(t, &mut v).unwrap();
+    v
+}
+
+/// Inputs, and the CPU's outputs: y = relu(conv + bias + residual), and dx, dw, db accumulated
+/// onto their initial values.
+struct Case {
+    s: ConvShape,
+    x: Vec<f32>,
+    w: Vec<f32>,
+    bias: Vec<f32>,
+    residual: Vec<f32>,
+    dy: Vec<f32>,
+    grads0: [Vec<f32>; 3],
+    y: Vec<f32>,
+    grads: [Vec<f32>; 3],
+}
+
+fn case(s: ConvShape, rng: &mut Rng) -> Case {
+    let x = common::randn(rng, s.x_len(), 1.0);
+    let w = common::randn(rng, s.w_len(), (1.0 / s.col_k() as f64).sqrt());
+    let bias = common::randn(rng, s.cout, 0.5);
+    let residual = common::randn(rng, s.y_len(), 0.5);
+    let dy = common::randn(rng, s.y_len(), 1.0);
+    let grads0 = [
+        common::randn(rng, s.x_len(), 0.5),
+        common::randn(rng, s.w_len(), 0.5),
+        common::randn(rng, s.cout, 0.5),
+    ];
+    let mut cpu = CpuBackend::new();
+    let [xc, wc, bc, rc, dyc] = [&x, &w, &bias, &residual, &dy].map(|v| common::put(&mut cpu, v));
+    let yc = common::put(&mut cpu, &vec![f32::NAN; s.y_len()]);
+    cpu.conv2d_bias_act(&s, xc, wc, bc, Some(rc), true, yc)
+        .unwrap();
+    let [dxc, dwc, dbc] = grads0.clone().map(|v| common::put(&mut cpu, &v));
+    cpu.conv2d_backward(&s, xc, wc, dyc, Some(dxc), Some(dwc), Some(dbc))
+        .unwrap();
+    Case {
+        s,
+        y: common::get(&cpu, yc),
+        grads: [dxc, dwc, dbc].map(|t| common::get(&cpu, t)),
+        x,
+        w,
+        bias,
+        residual,
+        dy,
+        grads0,
+    }
+}
+
+/// One forward (residual separate), one forward accumulating into y (residual = y) and one
+/// backward (dx, dw, db) on the GPU; returns [y, y in place, dx, dw, db].
+fn run_gpu(gpu: &mut CudaBackend, c: &Case) -> [Vec<f32>; 5] {
+    let s = c.s;
+    let [x, w, b, r, dy] = [&c.x, &c.w, &c.bias, &c.residual, &c.dy].map(|v| put_gpu(gpu, v));
+    let y = put_gpu(gpu, &vec![f32::NAN; s.y_len()]);
+    gpu.conv2d_bias_act(&s, x, w, b, Some(r), true, y).unwrap();
+    let y_sep = get_gpu(gpu, y);
+    gpu.upload(y, &c.residual).unwrap();
+    gpu.conv2d_bias_act(&s, x, w, b, Some(y), true, y).unwrap();
+    let y_in_place = get_gpu(gpu, y);
+    let [dx, dw, db] = c.grads0.clone().map(|v| put_gpu(gpu, &v));
+    gpu.conv2d_backward(&s, x, w, dy, Some(dx), Some(dw), Some(db))
+        .unwrap();
+    [
+        y_sep,
+        y_in_place,
+        get_gpu(gpu, dx),
+        get_gpu(gpu, dw),
+        get_gpu(gpu, db),
+    ]
+}
+
+fn check(label: &str, got: &[Vec<f32>; 5], c: &Case, tol: f64, failures: &mut Vec<String>) {
+    let want = [&c.y, &c.y, &c.grads[0], &c.grads[1], &c.grads[2]];
+    for (i, what) in ["y", "y (residual = y)", "dx", "dw", "db"]
+        .iter()
+        .enumerate()
+    {
+        let err = common::rel_l2(&got[i], want[i]);
+        let finite = got[i].iter().all(|v| v.is_finite());
+        let ok = finite && err <= tol;
+        eprintln!(
+            "{} {label} {what:17} rel err {err:.2e}",
+            if ok { "ok  " } else { "FAIL" }
+        );
+        if !ok {
+            failures.push(format!(
+                "{label} {what}: rel err {err:.2e} (tol {tol:.0e}), finite {finite}"
+            ));
+        }
+    }
+}
+
+#[test]
+fn auto_tunes_once_per_shape_and_keeps_results() {
+    let Some(mut gpu) = open_concrete("auto_tunes_once_per_shape_and_keeps_results") else {
+        return;
+    };
+    let mut rng = Rng::new(0x7_0E5);
+    // (label, shape, choices measured): the forward with a separate residual (every shape);
+    // with residual = y only where two paths remain without im2col (the halo shape); the data
+    // and the weight gradient of the non-pointwise shapes (pointwise ones: cuBLAS only).
+    let shapes = [
+        (
+            "halo 13x29 6->70",
+            ConvShape::new(2, 13, 29, 6, 70, 3, 1, 1),
+            4,
+        ),
+        (
+            "strided 9x11 13->17",
+            ConvShape::new(2, 9, 11, 13, 17, 3, 2, 1),
+            3,
+        ),
+        (
+            "pointwise 9x7 6->12",
+            ConvShape::new(2, 9, 7, 6, 12, 1, 1, 0),
+            1,
+        ),
+    ];
+    gpu.set_conv_algo(ConvAlgo::Auto);
+    gpu.set_tune_min_flops(0.0);
+    let mut failures = Vec::new();
+    for (name, s, want) in shapes {
+        let c = case(s, &mut rng);
+        for p in [Precision::Fp32, Precision::Bf16] {
+            gpu.set_precision(p).unwrap();
+            let tol = if p == Precision::Fp32 { 1e-5 } else { 1e-2 };
+            gpu.clear_kernel_choices();
+            let first = run_gpu(&mut gpu, &c);
+            check(
+                &format!("{name} {p} tuning"),
+                &first,
+                &c,
+                tol,
+                &mut failures,
+            );
+            let choices = gpu.kernel_choices();
+            for ch in &choices {
+                eprintln!(
+                    "     {} {} [{}] → {} ({})",
+                    ch.pass,
+                    ch.shape,
+                    ch.epilogue,
+                    ch.chosen,
+                    ch.paths
+                        .iter()
+                        .map(|t| format!("{} {:.3} ms", t.path, t.ms))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                let valid = ch.paths.len() >= 2
+                    && ch.paths.iter().any(|t| t.path == ch.chosen)
+                    && ch.paths.iter().all(|t| t.ms.is_finite() && t.ms >= 0.0);
+                if !valid {
+                    failures.push(format!("{name} {p}: malformed choice {ch:?}"));
+                }
+            }
+            if choices.len() != want {
+                failures.push(format!(
+                    "{name} {p}: {} choices, expected {want}",
+                    choices.len()
+                ));
+            }
+            if choices.iter().any(|ch| {
+                ch.epilogue.contains("residual=y") && ch.paths.iter().any(|t| t.path == "im2col")
+            }) {
+                failures.push(format!("{name} {p}: im2col timed for an in-place residual"));
+            }
+            // The same calls again: no new measurement, the same paths, the same bits.
+            let again = run_gpu(&mut gpu, &c);
+            if gpu.kernel_choices().len() != choices.len() {
+                failures.push(format!("{name} {p}: measured again on the second call"));
+            }
+            if again
+                .iter()
+                .zip(&first)
+                .any(|(a, b)| a.iter().zip(b).any(|(u, v)| u.to_bits() != v.to_bits()))
+            {
+                failures.push(format!(
+                    "{name} {p}: the second call's results differ from the first's"
+                ));
+            }
+        }
+    }
+    // Under the floor nothing is measured, and the results stay right.
+    gpu.set_precision(Precision::Fp32).unwrap();
+    gpu.set_tune_min_flops(f64::INFINITY);
+    gpu.clear_kernel_choices();
+    let c = case(shapes[0].1, &mut rng);
+    let got = run_gpu(&mut gpu, &c);
+    check("halo fp32 under the floor", &got, &c, 1e-5, &mut failures);
+    if !gpu.kernel_choices().is_empty() {
+        failures.push("a shape under the floor was measured".into());
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failure(s):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// A convolution first met inside a graph capture takes the fallback path without measuring
+/// (measuring would synchronise the stream and invalidate the capture), and the replayed graph
+/// computes the right result.
+#[test]
+fn auto_does_not_tune_inside_a_graph_capture() {
+    let Some(mut gpu) = open_concrete("auto_does_not_tune_inside_a_graph_capture") else {
+        return;
+    };
+    gpu.set_tune_min_flops(0.0);
+    gpu.clear_kernel_choices();
+    let mut rng = Rng::new(0xCA97);
+    let c = case(ConvShape::new(2, 13, 29, 6, 70, 3, 1, 1), &mut rng);
+    let s = c.s;
+    let [x, w, b, r] = [&c.x, &c.w, &c.bias, &c.residual].map(|v| put_gpu(&mut gpu, v));
+    let y = put_gpu(&mut gpu, &vec![f32::NAN; s.y_len()]);
+    // Nothing may allocate during a capture: a first run under the fixed halo rule (the path
+    // Auto falls back to here) sizes the workspace, without measuring anything.
+    gpu.set_conv_algo(ConvAlgo::Halo);
+    gpu.conv2d_bias_act(&s, x, w, b, Some(r), true, y).unwrap();
+    gpu.set_conv_algo(ConvAlgo::Auto);
+    gpu.upload(y, &vec![f32::NAN; s.y_len()]).unwrap();
+    gpu.synchronize().unwrap();
+    gpu.graph_begin().unwrap();
+    let ran = gpu.conv2d_bias_act(&s, x, w, b, Some(r), true, y);
+    let graph = gpu.graph_end();
+    ran.unwrap();
+    let graph = graph.expect("the capture must survive the convolution");
+    assert!(gpu.kernel_choices().is_empty(), "measured inside a capture");
+    gpu.graph_launch(graph).unwrap();
+    let got = get_gpu(&gpu, y);
+    let err = common::rel_l2(&got, &c.y);
+    assert!(err <= 1e-5, "graph replay: rel err {err:.2e}");
+    // Outside the capture the same call is measured.
+    gpu.conv2d_bias_act(&s, x, w, b, Some(r), true, y).unwrap();
+    assert_eq!(gpu.kernel_choices().len(), 1);
+}
+
+/// The relation map in BF16: the forward among sym, v3 and v2, the backward (which adds into
+/// df) among v3 and v2; results as the CPU's, one measurement per direction.
+#[test]
+fn relation_versions_measured_once_and_results_kept() {
+    let Some(mut gpu) = open_concrete("relation_versions_measured_once_and_results_kept") else {
+        return;
+    };
+    let s = RelationShape {
+        b: 2,
+        h: 13,
+        w: 11,
+        c: 40,
+        n: 5,
+    };
+    let (np, nb) = (s.pixels(), s.bins());
+    let mut rng = Rng::new(0x4E1A);
+    let f = common::uniform(&mut rng, s.b * np * s.c, 0.02, 1.0);
+    let dp = common::randn(&mut rng, s.b * np * nb, 1.0);
+    let df0 = common::randn(&mut rng, s.b * np * s.c, 0.1);
+    let mut cpu = CpuBackend::new();
+    let [fc, dpc, dfc] = [&f, &dp, &df0].map(|v| common::put(&mut cpu, v));
+    let [nc, lc, pc] =
+        [s.b * np, s.b * np, s.b * np * nb].map(|n| common::put(&mut cpu, &vec![f32::NAN; n]));
+    cpu.relation(&s, fc, nc, lc, pc).unwrap();
+    cpu.relation_backward(&s, fc, nc, lc, pc, dpc, dfc).unwrap();
+    // df is compared by its increment (df after − df0), which a second accumulation would
+    // double whatever df0's size.
+    let increment =
+        |df: Vec<f32>| -> Vec<f32> { df.iter().zip(&df0).map(|(a, b)| a - b).collect() };
+    let [l, p, df] = [lc, pc, dfc].map(|t| common::get(&cpu, t));
+    let want = [l, p, increment(df)];
+
+    gpu.set_tune_min_flops(0.0);
+    gpu.clear_kernel_choices();
+    gpu.set_precision(Precision::Bf16).unwrap();
+    let [fg, dpg] = [&f, &dp].map(|v| put_gpu(&mut gpu, v));
+    let [ng, lg, pg] =
+        [s.b * np, s.b * np, s.b * np * nb].map(|n| put_gpu(&mut gpu, &vec![f32::NAN; n]));
+    let dfg = put_gpu(&mut gpu, &df0);
+    let mut runs = Vec::new();
+    let mut failures = Vec::new();
+    for round in 0..2 {
+        for t in [ng, lg, pg] {
+            gpu.upload(t, &vec![f32::NAN; t.len]).unwrap();
+        }
+        gpu.upload(dfg, &df0).unwrap();
+        gpu.relation(&s, fg, ng, lg, pg).unwrap();
+        gpu.relation_backward(&s, fg, ng, lg, pg, dpg, dfg).unwrap();
+        let [l, p, df] = [lg, pg, dfg].map(|t| get_gpu(&gpu, t));
+        let got = [l, p, increment(df)];
+        for (i, what) in ["lsum", "p", "df − df0"].iter().enumerate() {
+            let err = common::rel_l2(&got[i], &want[i]);
+            eprintln!("round {round} {what:4} rel err {err:.2e}");
+            if err.is_nan() || err > 1e-2 {
+                failures.push(format!(
+                    "round {round} {what}: rel err {err:.2e} (tol 1e-2)"
+                ));
+            }
+        }
+        runs.push(got);
+        let choices = gpu.kernel_choices();
+        for ch in &choices {
+            eprintln!(
+                "     {} {} {} → {} {:?}",
+                ch.op, ch.pass, ch.shape, ch.chosen, ch.paths
+            );
+        }
+        let names = |pass: &str| -> Vec<String> {
+            choices
+                .iter()
+                .filter(|c| c.op == "relation" && c.pass == pass)
+                .flat_map(|c| c.paths.iter().map(|t| t.path.clone()))
+                .collect()
+        };
+        // Devices whose shared memory cannot hold v3 or sym measure fewer candidates.
+        let fwd = names("forward");
+        let bwd = names("backward");
+        if choices.len() != 2 || fwd.len() < 2 || bwd.len() < 2 || !fwd.contains(&"v2".into()) {
+            failures.push(format!(
+                "round {round}: expected one forward and one backward choice of ≥ 2 versions, \
+                 got {choices:?}"
+            ));
+        }
+        if bwd.iter().any(|v| v == "sym") {
+            failures.push("sym measured as a backward of its own (it runs v3's)".into());
+        }
+    }
+    let same = runs[0]
+        .iter()
+        .zip(&runs[1])
+        .all(|(a, b)| a.iter().zip(b).all(|(u, v)| u.to_bits() == v.to_bits()));
+    if !same {
+        failures.push("the second round's results differ from the first's".into());
+    }
+    gpu.set_precision(Precision::Fp32).unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} failure(s):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
