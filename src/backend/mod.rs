@@ -27,7 +27,7 @@ use crate::tensor::{BufId, Tensor};
 pub const MAX_BINS_SIDE: usize = 16;
 
 /// A 2-D convolution over channels-last activations.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ConvShape {
     pub b: usize,
     pub h: usize,
@@ -244,7 +244,9 @@ pub fn check_channel_slice(
 /// - `Fp32`: exact f32 arithmetic (the default, and the only mode of the CPU reference).
 /// - `Tf32`: tensor cores with TF32 inputs (10-bit mantissa), f32 accumulation.
 /// - `Bf16`: tensor cores with BF16 inputs (7-bit mantissa), f32 accumulation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 #[repr(u8)]
 pub enum Precision {
     #[default]
@@ -279,7 +281,7 @@ impl std::fmt::Display for Precision {
 
 /// One kernel choice made by measurement on the CUDA backend (a convolution's path, the
 /// relation map's version), for reports (`prrnet bench --json`).
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct KernelChoice {
     /// `conv` or `relation`.
     pub op: String,
@@ -299,7 +301,7 @@ pub struct KernelChoice {
 }
 
 /// One candidate's median time in a [`KernelChoice`].
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PathTime {
     pub path: String,
     pub ms: f64,
@@ -307,7 +309,7 @@ pub struct PathTime {
 
 /// The fused relation map of SPEC §4.1: `f: [B, N, C]` (N = h·w) → `p: [B, N, n, n]`.
 /// Requires `h ≥ n` and `w ≥ n` (the configuration guarantees it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct RelationShape {
     pub b: usize,
     pub h: usize,
@@ -423,6 +425,18 @@ pub trait Backend: Send + Sync {
     /// paths and relation versions; empty elsewhere).
     fn kernel_choices(&self) -> Vec<KernelChoice> {
         Vec::new()
+    }
+    /// The kernel choices made by measurement, as JSON that [`Backend::restore_kernel_choices`]
+    /// takes back (None where nothing was measured): a resumed training run then runs the same
+    /// kernels, and computes the same bits, as the run it continues.
+    fn saved_kernel_choices(&self) -> Option<String> {
+        None
+    }
+    /// Take back choices saved by [`Backend::saved_kernel_choices`], before the calls they are
+    /// for; a choice this device cannot run falls back to the fixed rule. Nothing to do where
+    /// nothing is measured.
+    fn restore_kernel_choices(&self, _json: &str) -> Result<()> {
+        Ok(())
     }
     /// Whether [`Backend::graph_begin`] works here (CUDA graphs).
     fn supports_graphs(&self) -> bool {

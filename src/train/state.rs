@@ -34,11 +34,22 @@ pub fn paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     )
 }
 
+/// The kernels chosen by measurement beside checkpoint `name` (GPU runs; see
+/// `Backend::saved_kernel_choices`).
+pub fn kernels_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.kernels.json"))
+}
+
 /// Save model + optimizer + progress. The optimizer file is written first and the model file
 /// last, each atomically; a crash in between leaves a pair whose states differ, which `load`
-/// rejects, and the previous complete pair is gone only once the new one is complete.
+/// rejects, and the previous complete pair is gone only once the new one is complete. Before
+/// them, where the backend chose kernels by measurement, those choices (`{name}.kernels.json`),
+/// so that a resumed run computes with the same kernels.
 pub fn save(net: &PrrNet, dir: &Path, name: &str, st: &TrainState) -> Result<()> {
     let (model_path, optim_path) = paths(dir, name);
+    if let Some(json) = net.backend().saved_kernel_choices() {
+        crate::io::tensors::write_atomic(&kernels_path(dir, name), json.as_bytes())?;
+    }
     let json = serde_json::to_string(st).expect("state serialises");
     let mut optim = TensorFile::default();
     let (m, v) = net.adam_moments()?;
@@ -91,5 +102,22 @@ pub fn load(net: &mut PrrNet, dir: &Path, name: &str) -> Result<TrainState> {
     net.write(m, &am.data)?;
     net.write(v, &av.data)?;
     net.set_adam_steps(st.adam_steps);
+    restore_kernels(net, &kernels_path(dir, name));
     Ok(st)
+}
+
+/// The kernel choices saved beside a checkpoint, where there are any. They only decide which of
+/// several correct kernels runs, so an unreadable file costs exactness against the interrupted
+/// run, not the resume: it is reported and the kernels are measured again.
+fn restore_kernels(net: &PrrNet, path: &Path) {
+    let Ok(json) = std::fs::read_to_string(path) else {
+        return;
+    };
+    if let Err(e) = net.backend().restore_kernel_choices(&json) {
+        eprintln!(
+            "warning: {}: {e}; the kernels are chosen again, so results may differ from the \
+             interrupted run within rounding",
+            path.display()
+        );
+    }
 }

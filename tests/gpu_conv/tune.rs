@@ -364,3 +364,93 @@ fn relation_versions_measured_once_and_results_kept() {
         failures.join("\n")
     );
 }
+
+/// Choices saved by one backend and restored into another (a resumed training run,
+/// src/train/state.rs): the second measures nothing, runs the same kernels and gets the same
+/// bits; text that is not a saved list is an error.
+#[test]
+fn saved_choices_restore_into_a_new_backend() {
+    let Some(mut first) = open_concrete("saved_choices_restore_into_a_new_backend") else {
+        return;
+    };
+    let mut rng = Rng::new(0x5A7E);
+    let c = case(ConvShape::new(2, 13, 29, 6, 70, 3, 1, 1), &mut rng);
+    first.set_tune_min_flops(0.0);
+    first.set_precision(Precision::Bf16).unwrap();
+    let want = run_gpu(&mut first, &c);
+    let json = first.saved_kernel_choices().expect("choices were measured");
+    let Some(mut second) = open_concrete("saved_choices_restore_into_a_new_backend") else {
+        return;
+    };
+    second.set_tune_min_flops(0.0);
+    second.set_precision(Precision::Bf16).unwrap();
+    assert!(second.saved_kernel_choices().is_none());
+    second.restore_kernel_choices(&json).unwrap();
+    assert_eq!(second.kernel_choices(), first.kernel_choices());
+    let got = run_gpu(&mut second, &c);
+    assert_eq!(
+        second.kernel_choices().len(),
+        first.kernel_choices().len(),
+        "measured again after the restore"
+    );
+    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            a.iter().zip(b).all(|(u, v)| u.to_bits() == v.to_bits()),
+            "output {i} differs from the first backend's"
+        );
+    }
+    assert!(second
+        .restore_kernel_choices("{\"not\": \"a list\"}")
+        .is_err());
+    let renamed = json.replace("\"chosen\":\"", "\"chosen\":\"x");
+    assert!(second.restore_kernel_choices(&renamed).is_err());
+}
+
+/// Training checkpoints carry the backend's kernel choices (src/train/state.rs): `save` writes
+/// them beside the checkpoint (`last.kernels.json`), `load` gives them to the resuming run's
+/// backend; an unreadable file leaves the resume working, with nothing restored.
+#[test]
+fn checkpoints_carry_the_kernel_choices() {
+    use prrnet::model::PrrNet;
+    use prrnet::train::state::{self, TrainState};
+    use prrnet::Config;
+    let Some(mut gpu) = open_concrete("checkpoints_carry_the_kernel_choices") else {
+        return;
+    };
+    // One measured choice, made on the backend before the network takes it over.
+    gpu.set_tune_min_flops(0.0);
+    let mut rng = Rng::new(0xC4EC);
+    let c = case(ConvShape::new(2, 9, 11, 13, 17, 3, 2, 1), &mut rng);
+    run_gpu(&mut gpu, &c);
+    let made = gpu.kernel_choices();
+    assert!(!made.is_empty());
+    let cfg = Config::preset("tiny").unwrap();
+    let net = PrrNet::new(&cfg, Box::new(gpu), 1, true).unwrap();
+    let dir = common::tmp_dir("kernel-choices");
+    let st = TrainState {
+        epoch: 0,
+        step_in_epoch: 1,
+        global_step: 1,
+        adam_steps: 1,
+        best_auc: None,
+        seed: 3,
+    };
+    state::save(&net, &dir, "last", &st).unwrap();
+    assert!(state::kernels_path(&dir, "last").is_file());
+
+    let Some(fresh) = open_concrete("checkpoints_carry_the_kernel_choices") else {
+        return;
+    };
+    let mut resumed = PrrNet::new(&cfg, Box::new(fresh), 1, true).unwrap();
+    assert_eq!(state::load(&mut resumed, &dir, "last").unwrap(), st);
+    assert_eq!(resumed.backend().kernel_choices(), made);
+
+    std::fs::write(state::kernels_path(&dir, "last"), "not json").unwrap();
+    let Some(other) = open_concrete("checkpoints_carry_the_kernel_choices") else {
+        return;
+    };
+    let mut again = PrrNet::new(&cfg, Box::new(other), 1, true).unwrap();
+    assert_eq!(state::load(&mut again, &dir, "last").unwrap(), st);
+    assert!(again.backend().kernel_choices().is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -138,7 +138,7 @@ impl Candidate for ConvPath {
 }
 
 /// Which computation of a convolution a path is chosen for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub(crate) enum ConvPass {
     /// y = relu?(conv(x, w) + bias? + residual?): the epilogue's parts matter to im2col's cost,
     /// and a residual that is y itself (`in_place`) rules im2col out.

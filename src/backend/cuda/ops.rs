@@ -51,6 +51,14 @@ impl Backend for CudaBackend {
         CudaBackend::kernel_choices(self)
     }
 
+    fn saved_kernel_choices(&self) -> Option<String> {
+        CudaBackend::saved_kernel_choices(self)
+    }
+
+    fn restore_kernel_choices(&self, json: &str) -> Result<()> {
+        CudaBackend::restore_kernel_choices(self, json)
+    }
+
     fn graph_begin(&self) -> Result<()> {
         self.graph_begin_impl()
     }

@@ -33,6 +33,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use cudarc::driver::{CudaSlice, DevicePtr};
+use serde::{Deserialize, Serialize};
 
 use super::context::{Arg, CudaBackend};
 use super::conv_implicit::ConvPass;
@@ -55,7 +56,7 @@ pub(crate) trait Candidate: Copy {
 }
 
 /// What a choice is kept for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub(crate) enum TuneKey {
     /// `align`: the widest staging vector (1, 2 or 4 floats) every operand address allows,
     /// which selects kernel variants.
@@ -131,7 +132,29 @@ impl TuneKey {
 #[derive(Default)]
 pub(crate) struct Tuning {
     chosen: HashMap<TuneKey, &'static str>,
-    log: Vec<KernelChoice>,
+    log: Vec<Saved>,
+}
+
+/// One choice as [`CudaBackend::saved_kernel_choices`] writes it.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct Saved {
+    key: TuneKey,
+    choice: KernelChoice,
+}
+
+/// The name of a candidate as `&'static str` (choices store names): every convolution path and
+/// relation version.
+fn candidate_name(name: &str) -> Option<&'static str> {
+    use super::conv_implicit::ConvPath;
+    [ConvPath::Im2col, ConvPath::Implicit, ConvPath::Halo]
+        .iter()
+        .map(|p| p.name())
+        .chain(
+            super::relation_tc::relation_versions()
+                .iter()
+                .map(|v| v.name()),
+        )
+        .find(|n| *n == name)
 }
 
 impl CudaBackend {
@@ -148,12 +171,43 @@ impl CudaBackend {
         f64::from_bits(self.tune_min_flops.load(Ordering::Relaxed))
     }
 
-    /// Every choice measured on this backend, oldest first.
+    /// Every choice measured on this backend (or restored), oldest first.
     pub fn kernel_choices(&self) -> Vec<KernelChoice> {
         self.tuning
             .lock()
-            .map(|t| t.log.clone())
+            .map(|t| t.log.iter().map(|s| s.choice.clone()).collect())
             .unwrap_or_default()
+    }
+
+    /// The choices as JSON for [`CudaBackend::restore_kernel_choices`]; None when there are none.
+    pub fn saved_kernel_choices(&self) -> Option<String> {
+        let t = self.tuning.lock().ok()?;
+        (!t.log.is_empty()).then(|| serde_json::to_string(&t.log).expect("choices serialise"))
+    }
+
+    /// Take back choices saved by [`CudaBackend::saved_kernel_choices`] (keys measured here
+    /// already keep their own choice). An error for text that is not such a list.
+    pub fn restore_kernel_choices(&self, json: &str) -> Result<()> {
+        let saved: Vec<Saved> = serde_json::from_str(json)
+            .map_err(|e| Error::Config(format!("not a list of saved kernel choices: {e}")))?;
+        let mut named = Vec::with_capacity(saved.len());
+        for s in saved {
+            let name = candidate_name(&s.choice.chosen).ok_or_else(|| {
+                Error::Config(format!(
+                    "saved kernel choice names no kernel: {}",
+                    s.choice.chosen
+                ))
+            })?;
+            named.push((name, s));
+        }
+        let mut t = self.tuning()?;
+        for (name, s) in named {
+            if let std::collections::hash_map::Entry::Vacant(e) = t.chosen.entry(s.key) {
+                e.insert(name);
+                t.log.push(s);
+            }
+        }
+        Ok(())
     }
 
     /// Forget every choice (the next call of each key measures again).
@@ -221,33 +275,46 @@ pub(crate) fn choose<P: Candidate>(
         None => None,
     };
     let mut times = Vec::with_capacity(candidates.len());
+    let mut first_error = None;
     for &c in candidates {
-        let mut ms = Vec::with_capacity(TIMED_RUNS);
-        for rep in 0..=TIMED_RUNS {
-            let start = timing::mark(be)?;
-            run(c)?;
-            let stop = timing::mark(be)?;
-            if rep > 0 {
-                ms.push(timing::elapsed_ms(be, &start, &stop)?);
+        // A candidate that refuses the call (a launch limit, a workspace it cannot get) is left
+        // out; the call fails only if every candidate does.
+        match time_runs(be, c, run) {
+            Ok(ms) => times.push((c, ms)),
+            Err(e) => {
+                first_error.get_or_insert(e);
             }
         }
-        ms.sort_by(f64::total_cmp);
-        times.push((c, ms[ms.len() / 2]));
     }
     if let Some((t, (_slice, ptr))) = &saved {
         // The save buffer is freed (in stream order) after this copy has read it.
         copy_ptr(be, *ptr, be.ptr(*t)?, t.len)?;
     }
-    let chosen = times
-        .iter()
-        .min_by(|a, b| a.1.total_cmp(&b.1))
-        .map_or(fallback, |t| t.0);
+    let Some(chosen) = times.iter().min_by(|a, b| a.1.total_cmp(&b.1)).map(|t| t.0) else {
+        return Err(first_error.unwrap_or_else(|| Error::Other("no kernel candidate ran".into())));
+    };
     let mut tuning = be.tuning()?;
     if tuning.chosen.insert(key, chosen.name()).is_none() {
         let named: Vec<_> = times.iter().map(|(c, ms)| (c.name(), *ms)).collect();
-        tuning.log.push(key.record(chosen.name(), &named));
+        let choice = key.record(chosen.name(), &named);
+        tuning.log.push(Saved { key, choice });
     }
     Ok(chosen)
+}
+
+/// The median milliseconds of [`TIMED_RUNS`] runs of `c`, after one untimed run.
+fn time_runs<P: Candidate>(be: &CudaBackend, c: P, run: &dyn Fn(P) -> Result<()>) -> Result<f64> {
+    let mut ms = Vec::with_capacity(TIMED_RUNS);
+    for rep in 0..=TIMED_RUNS {
+        let start = timing::mark(be)?;
+        run(c)?;
+        let stop = timing::mark(be)?;
+        if rep > 0 {
+            ms.push(timing::elapsed_ms(be, &start, &stop)?);
+        }
+    }
+    ms.sort_by(f64::total_cmp);
+    Ok(ms[ms.len() / 2])
 }
 
 /// A copy of `t` in a buffer of its own (and that buffer's address), or None when it cannot
