@@ -317,8 +317,10 @@ detail_phase() {
         "${relf[@]}"
     step nsight_detail_relation_v3_forward 60 "${ncu[@]}" -k regex:relation_tc_v3_forward \
         "${rel[@]}"
-    local train=("$prrnet" bench --device cuda --preset "$preset" --size "$size"
-        --batch "$batch" --precision bf16 --train --iters 2 --warmup 0 --profile-window 1:1)
+    # The fixed halo rule: measured choices might not run the kernels these steps look at.
+    local train=(env PRRNET_CONV_ALGO=halo "$prrnet" bench --device cuda --preset "$preset"
+        --size "$size" --batch "$batch" --precision bf16 --train --iters 2 --warmup 0
+        --profile-window 1:1)
     step nsight_detail_conv_halo_bf16 60 "${ncu[@]}" --profile-from-start off \
         -k regex:conv_halo_bf16 "${train[@]}"
     step nsight_detail_conv_implicit_bf16 60 "${ncu[@]}" --profile-from-start off \

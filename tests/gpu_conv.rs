@@ -101,9 +101,11 @@ fn all_shapes() -> Vec<(&'static str, ConvShape)> {
         ("odd 11x13 6->5 k3 s3 p0", shape(2, 11, 13, 6, 5, 3, 3, 0)),
         ("odd 12x7 8->4 k5 s3 p2", shape(1, 12, 7, 8, 4, 5, 3, 2)),
         ("odd 7x9 5->3 k1 s2 p0", shape(2, 7, 9, 5, 3, 1, 2, 0)),
-        // Pointwise: cuBLAS, except conv2d_bias_act under the implicit and halo algorithms
-        // (the implicit kernel's fused epilogue): a fuse-layer shape, a bottleneck's widening
-        // 64 → 256 (four column tiles), and odd channel counts (two-float and scalar staging).
+        // Pointwise: the implicit kernels under the implicit algorithm (forward, the data
+        // gradient as the transposed 1×1 convolution, the weight gradient); under halo cuBLAS,
+        // except conv2d_bias_act (the fused epilogue): a fuse-layer shape, a bottleneck's
+        // widening 64 → 256 (four column tiles), and odd channel counts (two-float and scalar
+        // staging).
         ("pointwise 10x10 30->60", shape(2, 10, 10, 30, 60, 1, 1, 0)),
         (
             "pointwise 15x15 64->256",
@@ -315,8 +317,8 @@ fn conv_forward_matches_cpu_every_algo_and_precision() {
 /// every algorithm × every precision: with the implicit and halo algorithms the data gradient
 /// of a stride-1 convolution runs as a forward convolution of dy with the flipped weights
 /// (the halo kernels pack them flipped themselves), that of a strided one on the phase
-/// kernels (`conv_phase_*`); pointwise shapes keep cuBLAS. Also dx alone and dw alone (the
-/// dispatch).
+/// kernels (`conv_phase_*`); pointwise shapes run the implicit kernels under the implicit
+/// algorithm and cuBLAS under halo. Also dx alone and dw alone (the dispatch).
 #[test]
 fn conv_backward_matches_cpu_every_algo_and_precision() {
     let Some(mut gpu) = open_concrete("conv_backward_matches_cpu_every_algo_and_precision") else {

@@ -94,9 +94,10 @@ impl ConvShape {
     }
     /// The stride-1 convolution whose forward is this one's data gradient: input dy
     /// `[B, Ho, Wo, Cout]`, output dx `[B, H, W, Cin]`, weights flipped and transposed, padding
-    /// k − 1 − p. `None` where that does not hold (stride > 1, padding ≥ k, pointwise).
+    /// k − 1 − p (a 1×1 convolution's is the 1×1 convolution Cout → Cin). `None` where that
+    /// does not hold (stride > 1, padding ≥ k).
     pub fn transposed(&self) -> Option<ConvShape> {
-        if self.is_pointwise() || self.stride != 1 || self.pad >= self.k {
+        if self.stride != 1 || self.pad >= self.k {
             return None;
         }
         let t = ConvShape {
@@ -852,8 +853,13 @@ mod tests {
         assert!(ConvShape::new(2, 17, 13, 30, 60, 3, 2, 1)
             .transposed()
             .is_none());
-        assert!(ConvShape::new(2, 17, 13, 30, 60, 1, 1, 0)
+        let p = ConvShape::new(2, 17, 13, 30, 60, 1, 1, 0)
             .transposed()
-            .is_none());
+            .unwrap();
+        assert_eq!(
+            (p.h, p.w, p.cin, p.cout, p.k, p.pad),
+            (17, 13, 60, 30, 1, 0)
+        );
+        assert_eq!((p.ho, p.wo), (17, 13));
     }
 }

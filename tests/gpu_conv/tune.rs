@@ -124,7 +124,7 @@ fn auto_tunes_once_per_shape_and_keeps_results() {
     let mut rng = Rng::new(0x7_0E5);
     // (label, shape, choices measured): the forward with a separate residual (every shape);
     // with residual = y only where two paths remain without im2col (the halo shape); the data
-    // and the weight gradient of the non-pointwise shapes (pointwise ones: cuBLAS only).
+    // and the weight gradient (pointwise: cuBLAS against the implicit kernels).
     let shapes = [
         (
             "halo 13x29 6->70",
@@ -139,7 +139,7 @@ fn auto_tunes_once_per_shape_and_keeps_results() {
         (
             "pointwise 9x7 6->12",
             ConvShape::new(2, 9, 7, 6, 12, 1, 1, 0),
-            1,
+            3,
         ),
     ];
     gpu.set_conv_algo(ConvAlgo::Auto);

@@ -9,20 +9,21 @@
 //! - [`ConvAlgo::Halo`]: the 3×3 stride-1 shapes whose output fills the halo kernels' 8×16
 //!   patches well (`conv_halo.rs`: every precision on the tensor cores, fp32 as 3×TF32) run
 //!   there, forward and data gradient; everything else as [`ConvAlgo::Implicit`].
-//! - [`ConvAlgo::Implicit`]: every non-pointwise convolution forward runs
-//!   `conv_implicit_simt` (precision Fp32: exact f32 FMA) or `conv_implicit_{tf32,bf16}` (WMMA
-//!   tensor cores, f32 accumulation), which gather the im2col matrix tile by tile in shared
-//!   memory instead of writing it to a workspace, and apply `relu?(acc + bias? + residual?)`
-//!   before the single store of `y`.
+//! - [`ConvAlgo::Implicit`]: every convolution runs on the implicit kernels, 1×1 ones
+//!   included: the forward on `conv_implicit_simt` (precision Fp32: exact f32 FMA) or
+//!   `conv_implicit_{tf32,bf16}` (WMMA tensor cores, f32 accumulation), which gather the
+//!   im2col matrix tile by tile in shared memory instead of writing it to a workspace, and
+//!   apply `relu?(acc + bias? + residual?)` before the single store of `y`.
 //! - [`ConvAlgo::Im2col`]: the first path (im2col into a workspace, cuBLAS GEMM, then
 //!   `bias_add` / `bias_act_inplace` as separate passes), kept as the fallback.
 //!
-//! Pointwise convolutions (1×1, stride 1, no padding) stay on cuBLAS under the fixed rules,
-//! except under `conv2d_bias_act` with the implicit and halo algorithms: there the implicit
-//! kernel's fused epilogue saves the separate `bias_act_inplace` pass over y (and its
-//! residual), which costs more than the GEMM itself at these memory-bound shapes (the inference
-//! plan's folded 1×1 convolutions: HRNet's bottlenecks and the fuse layers' upward terms).
-//! [`ConvAlgo::Auto`] times both for every pointwise forward; their backward stays on cuBLAS.
+//! Pointwise convolutions (1×1, stride 1, no padding) stay on cuBLAS under the halo rule
+//! (and so where [`ConvAlgo::Auto`] measures nothing), except under `conv2d_bias_act`: there
+//! the implicit kernel's fused epilogue saves the separate `bias_act_inplace` pass over y (and
+//! its residual), which costs more than the GEMM itself at these memory-bound shapes (the
+//! inference plan's folded 1×1 convolutions: HRNet's bottlenecks and the fuse layers' upward
+//! terms). [`ConvAlgo::Auto`] times cuBLAS against the implicit kernels in every pass (the
+//! data gradient as the transposed 1×1 convolution, the weight gradient on conv_wgrad).
 //! The algorithm is chosen with [`CudaBackend::set_conv_algo`];
 //! `PRRNET_CONV_ALGO=auto|im2col|implicit|halo` sets the initial choice when the backend is
 //! created. Backward: off the im2col path, the data gradient of a stride-1 convolution runs on
@@ -503,8 +504,8 @@ fn forward(be: &CudaBackend, s: &ConvShape, f: Forward, fused: bool) -> Result<(
     let algo = be.conv_algo();
     let rule = match algo {
         ConvAlgo::Im2col => ConvPath::Im2col,
-        _ if s.is_pointwise() && !fused => ConvPath::Im2col,
         ConvAlgo::Implicit => ConvPath::Implicit,
+        _ if s.is_pointwise() && !fused => ConvPath::Im2col,
         ConvAlgo::Halo | ConvAlgo::Auto if halo_rule(be, s, ptrs[0]) => ConvPath::Halo,
         ConvAlgo::Halo | ConvAlgo::Auto => ConvPath::Implicit,
     };
@@ -628,7 +629,9 @@ pub(crate) fn conv2d_bias_act(
 ///   ([`launch_phase`]), again without the column gradient;
 /// - the weight gradient is `conv_wgrad.rs` (implicit, split over the pixels; exact f32 on the
 ///   CUDA cores at Fp32);
-/// - under [`ConvAlgo::Auto`] each of them may also take the im2col path, if measured faster.
+/// - under [`ConvAlgo::Auto`] each of them may also take the im2col path, if measured faster,
+///   and pointwise shapes measure the implicit kernels against cuBLAS too (their fixed rule:
+///   cuBLAS).
 ///
 /// The bias gradient stays on `conv.rs`.
 #[allow(clippy::too_many_arguments)]
@@ -643,7 +646,8 @@ pub(crate) fn conv2d_backward(
     dbias: Option<Tensor>,
 ) -> Result<()> {
     let algo = be.conv_algo();
-    if s.is_pointwise() || algo == ConvAlgo::Im2col {
+    let pointwise = s.is_pointwise();
+    if algo == ConvAlgo::Im2col || (pointwise && algo == ConvAlgo::Halo) {
         return conv::conv2d_backward(be, s, x, w, dy, dx, dw, dbias);
     }
     check_len("conv x", x, s.x_len())?;
@@ -656,6 +660,7 @@ pub(crate) fn conv2d_backward(
             s.transposed().is_some_and(|t| allowed(&t, ptrs[0]))
         };
         let rule = match algo {
+            ConvAlgo::Auto if pointwise => ConvPath::Im2col,
             ConvAlgo::Halo | ConvAlgo::Auto if halo(&|t, p| halo_rule(be, t, p)) => ConvPath::Halo,
             _ => ConvPath::Implicit,
         };
@@ -675,22 +680,18 @@ pub(crate) fn conv2d_backward(
             ConvPath::Im2col => conv::conv2d_backward(be, s, x, w, dy, None, Some(dw), None),
             _ => conv_wgrad::conv2d_wgrad(be, s, x, dy, dw),
         };
-        let path = pick(
-            be,
-            ConvPass::Weight,
-            s,
-            &ptrs,
-            &paths,
-            ConvPath::Implicit,
-            Some(dw),
-            &run,
-        )?;
+        let rule = if pointwise && algo == ConvAlgo::Auto {
+            ConvPath::Im2col
+        } else {
+            ConvPath::Implicit
+        };
+        let path = pick(be, ConvPass::Weight, s, &ptrs, &paths, rule, Some(dw), &run)?;
         run(path)?;
     }
     conv::conv2d_backward(be, s, x, w, dy, None, None, dbias)
 }
 
-/// `dx += ∂L/∂x` of the non-pointwise convolution `s` on `path`; `ptrs` = [dy, w, dx].
+/// `dx += ∂L/∂x` of the convolution `s` on `path`; `ptrs` = [dy, w, dx].
 #[allow(clippy::too_many_arguments)]
 fn run_data(
     be: &CudaBackend,
