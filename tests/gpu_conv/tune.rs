@@ -18,7 +18,7 @@ use prrnet::backend::{Backend, ConvShape, Precision, RelationShape};
 use prrnet::rng::Rng;
 use prrnet::tensor::Tensor;
 
-use super::{common, open_concrete, put_gpu};
+use super::{common, finish, open_concrete, put_gpu};
 
 fn get_gpu(gpu: &CudaBackend, t: Tensor) -> Vec<f32> {
     let mut v = vec![0.0; t.len];
@@ -217,12 +217,7 @@ fn auto_tunes_once_per_shape_and_keeps_results() {
     if !gpu.kernel_choices().is_empty() {
         failures.push("a shape under the floor was measured".into());
     }
-    assert!(
-        failures.is_empty(),
-        "{} failure(s):\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    finish(&gpu, &failures);
 }
 
 /// A convolution first met inside a graph capture takes the fallback path without measuring
@@ -356,13 +351,7 @@ fn relation_versions_measured_once_and_results_kept() {
     if !same {
         failures.push("the second round's results differ from the first's".into());
     }
-    gpu.set_precision(Precision::Fp32).unwrap();
-    assert!(
-        failures.is_empty(),
-        "{} failure(s):\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    finish(&gpu, &failures);
 }
 
 /// Choices saved by one backend and restored into another (a resumed training run,
