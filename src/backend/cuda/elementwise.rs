@@ -20,11 +20,15 @@ pub(crate) fn fill_ptr(be: &CudaBackend, p: u64, len: usize, value: f32) -> Resu
 
 pub(crate) fn copy(be: &CudaBackend, src: Tensor, dst: Tensor) -> Result<()> {
     check_len("copy", dst, src.len)?;
-    let (s, d) = (be.ptr(src)?, be.ptr(dst)?);
+    copy_ptr(be, be.ptr(src)?, be.ptr(dst)?, src.len)
+}
+
+/// `len` floats from device address `src` to `dst` (tensors or buffers of their own).
+pub(crate) fn copy_ptr(be: &CudaBackend, src: u64, dst: u64, len: usize) -> Result<()> {
     be.launch_1d(
         k::COPY,
-        src.len,
-        &[Arg::Ptr(s), Arg::Ptr(d), Arg::I64(src.len as i64)],
+        len,
+        &[Arg::Ptr(src), Arg::Ptr(dst), Arg::I64(len as i64)],
     )
 }
 

@@ -35,9 +35,9 @@ use std::sync::atomic::Ordering;
 use cudarc::driver::{CudaSlice, DevicePtr};
 use serde::{Deserialize, Serialize};
 
-use super::context::{Arg, CudaBackend};
+use super::context::CudaBackend;
 use super::conv_implicit::ConvPass;
-use super::kernels::names::elementwise as ke;
+use super::elementwise::copy_ptr;
 use super::relation_tc::relation_flops;
 use super::timing;
 use crate::backend::{ConvShape, KernelChoice, PathTime, Precision, RelationShape};
@@ -329,13 +329,4 @@ fn save(be: &CudaBackend, t: Tensor) -> Result<Option<(CudaSlice<f32>, u64)>> {
     drop(sync);
     copy_ptr(be, be.ptr(t)?, ptr, t.len)?;
     Ok(Some((slice, ptr)))
-}
-
-/// `len` floats from device address `src` to `dst` (kernels/elementwise.cu `copy`).
-fn copy_ptr(be: &CudaBackend, src: u64, dst: u64, len: usize) -> Result<()> {
-    be.launch_1d(
-        ke::COPY,
-        len,
-        &[Arg::Ptr(src), Arg::Ptr(dst), Arg::I64(len as i64)],
-    )
 }
