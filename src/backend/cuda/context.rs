@@ -47,6 +47,25 @@ pub(crate) fn int(what: &str, v: usize) -> Result<i32> {
         .map_err(|_| Error::Device(format!("{what} = {v} exceeds the kernels' 32-bit range")))
 }
 
+/// The number in environment variable `name` when it is set and not blank, else `default`; an
+/// error naming what is `expected` when it is not a number or `valid` refuses it.
+pub(crate) fn env_number(
+    name: &str,
+    default: f64,
+    valid: impl Fn(f64) -> bool,
+    expected: &str,
+) -> Result<f64> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|x| valid(*x))
+            .ok_or_else(|| Error::Config(format!("{name} must be {expected}, not `{v}`"))),
+        _ => Ok(default),
+    }
+}
+
 pub(crate) fn check_len(what: &str, t: Tensor, len: usize) -> Result<()> {
     if t.len != len {
         return Err(Error::Device(format!(

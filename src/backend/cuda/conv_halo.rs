@@ -9,7 +9,7 @@
 //! kernel copies to shared memory with cp.async: `[⌈Cin/KS⌉][9][Np][KS]` in the operand type,
 //! `KS` = 16 (BF16) or 8 (f32), `Np` = Cout rounded up to the column tile; workspace.
 
-use super::context::{int, Arg, CudaBackend, Kernel};
+use super::context::{env_number, int, Arg, CudaBackend, Kernel};
 use super::conv_implicit::staging_vec;
 use super::kernels::names::conv_halo as kh;
 use crate::backend::{ConvShape, Precision};
@@ -30,19 +30,12 @@ pub(crate) const MIN_FILL: f64 = 0.5;
 
 /// `PRRNET_HALO_MIN_FILL` when set (a number in [0, 1]), else [`MIN_FILL`].
 pub(crate) fn min_fill_from_env() -> Result<f64> {
-    match std::env::var("PRRNET_HALO_MIN_FILL") {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|f| (0.0..=1.0).contains(f))
-            .ok_or_else(|| {
-                Error::Config(format!(
-                    "PRRNET_HALO_MIN_FILL must be a number in [0, 1], not `{v}`"
-                ))
-            }),
-        _ => Ok(MIN_FILL),
-    }
+    env_number(
+        "PRRNET_HALO_MIN_FILL",
+        MIN_FILL,
+        |f| (0.0..=1.0).contains(&f),
+        "a number in [0, 1]",
+    )
 }
 
 /// The share of the launched patch pixels that are output pixels of `s`.

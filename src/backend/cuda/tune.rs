@@ -35,7 +35,7 @@ use std::sync::atomic::Ordering;
 use cudarc::driver::{CudaSlice, DevicePtr};
 use serde::{Deserialize, Serialize};
 
-use super::context::CudaBackend;
+use super::context::{env_number, CudaBackend};
 use super::conv_implicit::ConvPass;
 use super::elementwise::copy_ptr;
 use super::relation_tc::relation_flops;
@@ -226,20 +226,13 @@ impl CudaBackend {
 
 /// `PRRNET_TUNE_MIN_GFLOP` in FLOPs when set (a number ≥ 0, or `inf`), else [`MIN_FLOPS`].
 pub(crate) fn min_flops_from_env() -> Result<f64> {
-    match std::env::var("PRRNET_TUNE_MIN_GFLOP") {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|g| *g >= 0.0)
-            .map(|g| g * 1e9)
-            .ok_or_else(|| {
-                Error::Config(format!(
-                    "PRRNET_TUNE_MIN_GFLOP must be a number ≥ 0 (or inf), not `{v}`"
-                ))
-            }),
-        _ => Ok(MIN_FLOPS),
-    }
+    let gflop = env_number(
+        "PRRNET_TUNE_MIN_GFLOP",
+        MIN_FLOPS / 1e9,
+        |g| g >= 0.0,
+        "a number ≥ 0 (or inf)",
+    )?;
+    Ok(gflop * 1e9)
 }
 
 /// The candidate for `key` among `candidates` (those that can compute it): the measured choice
