@@ -603,7 +603,8 @@ def relation_table(recs):
 def kernel_choice_tables(bench):
     """The kernels a prrnet run chose by measurement (`kernel_choices` in `prrnet bench --json`:
     convolution paths under PRRNET_CONV_ALGO=auto, relation versions), one table per run with
-    every candidate's median time."""
+    every candidate's median time, the candidate the others' outputs were checked against and
+    those left out (a failed launch, or an output that disagreed)."""
     runs = [r for r in bench if r.get("impl") == "prrnet" and r.get("kernel_choices")]
     if not runs:
         return "No run in this folder recorded kernel choices."
@@ -616,10 +617,13 @@ def kernel_choice_tables(bench):
         for c in r["kernel_choices"]:
             paths = ", ".join(f"{t.get('path')} {fmt(t.get('ms'), '.3f')}"
                               for t in c.get("paths", []))
+            left_out = "; ".join(f"{x.get('path')}: {x.get('reason')}"
+                                 for x in c.get("rejected", []))
             rows.append([c.get("op"), c.get("pass"), f"`{c.get('shape')}`",
-                         c.get("epilogue") or DASH, c.get("chosen"), paths])
-        out.append(md_table(["op", "pass", "shape", "epilogue", "chosen", "candidates (ms)"],
-                            rows))
+                         c.get("epilogue") or DASH, c.get("chosen"), paths,
+                         c.get("reference") or DASH, left_out or DASH])
+        out.append(md_table(["op", "pass", "shape", "epilogue", "chosen", "candidates (ms)",
+                             "checked against", "left out"], rows))
         out.append("")
     return "\n".join(out).rstrip()
 

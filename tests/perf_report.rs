@@ -254,8 +254,10 @@ fn kernel_choices_of_a_run_become_a_table() {
     let dir = std::env::temp_dir().join(format!("prrnet-perf-choices-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    // A `prrnet bench --json` record as bench.rs writes it, with two measured choices.
-    let record = r#"{"impl":"prrnet","device":"test","preset":"w30","size":299,"batch":64,"precision":"bf16","mode":"infer","plan":"inference+graph","iters":10,"ms_median":80.0,"ms_min":79.0,"ms_max":81.0,"images_per_s":800.0,"peak_mem_bytes":1,"timer":"cuda-events","conv_algo":"auto","kernel_choices":[{"op":"conv","pass":"forward","shape":"b64 75x75 30->30 k3 s1 p1","precision":"bf16","epilogue":"bias+relu","chosen":"halo","paths":[{"path":"implicit","ms":0.428},{"path":"im2col","ms":0.61},{"path":"halo","ms":0.2}]},{"op":"relation","pass":"forward","shape":"b64 75x75 c450 n5","precision":"bf16","epilogue":"","chosen":"v3","paths":[{"path":"sym","ms":15.0},{"path":"v3","ms":14.0}]}]}"#;
+    // A `prrnet bench --json` record as bench.rs writes it, with two measured choices: one as
+    // written before candidates were checked (no reference, nothing left out), one with a
+    // candidate left out.
+    let record = r#"{"impl":"prrnet","device":"test","preset":"w30","size":299,"batch":64,"precision":"bf16","mode":"infer","plan":"inference+graph","iters":10,"ms_median":80.0,"ms_min":79.0,"ms_max":81.0,"images_per_s":800.0,"peak_mem_bytes":1,"timer":"cuda-events","conv_algo":"auto","kernel_choices":[{"op":"conv","pass":"forward","shape":"b64 75x75 30->30 k3 s1 p1","precision":"bf16","epilogue":"bias+relu","chosen":"halo","paths":[{"path":"implicit","ms":0.428},{"path":"im2col","ms":0.61},{"path":"halo","ms":0.2}]},{"op":"relation","pass":"forward","shape":"b64 75x75 c450 n5","precision":"bf16","epilogue":"","chosen":"v3","paths":[{"path":"v2","ms":16.0},{"path":"v3","ms":14.0}],"reference":"v2","rejected":[{"path":"sym","reason":"differs from v2 by 3.10e-1 in the L2 norm"}]}]}"#;
     std::fs::write(
         dir.join("prrnet_bench_w30_infer_bf16.log"),
         format!("$ prrnet bench --json --precision bf16\n{record}\n"),
@@ -287,7 +289,9 @@ fn kernel_choices_of_a_run_become_a_table() {
             "`b64 75x75 30->30 k3 s1 p1`",
             "bias+relu",
             "halo",
-            "implicit 0.428, im2col 0.610, halo 0.200"
+            "implicit 0.428, im2col 0.610, halo 0.200",
+            "—",
+            "—"
         ]
     );
     assert_eq!(
@@ -298,7 +302,9 @@ fn kernel_choices_of_a_run_become_a_table() {
             "`b64 75x75 c450 n5`",
             "—",
             "v3",
-            "sym 15.000, v3 14.000"
+            "v2 16.000, v3 14.000",
+            "v2",
+            "sym: differs from v2 by 3.10e-1 in the L2 norm"
         ]
     );
 }

@@ -299,6 +299,21 @@ pub struct KernelChoice {
     pub chosen: String,
     /// Every candidate timed, with its median milliseconds.
     pub paths: Vec<PathTime>,
+    /// The candidate whose output every other one's was compared with before it was timed (the
+    /// most trusted that ran); empty when no comparison could be made (no memory for it).
+    #[serde(default)]
+    pub reference: String,
+    /// Candidates left out of the choice: a launch that failed, or an output that did not
+    /// agree with the reference's.
+    #[serde(default)]
+    pub rejected: Vec<RejectedPath>,
+}
+
+/// A candidate left out of a [`KernelChoice`], and why.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RejectedPath {
+    pub path: String,
+    pub reason: String,
 }
 
 /// One candidate's median time in a [`KernelChoice`].

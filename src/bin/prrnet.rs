@@ -419,7 +419,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
 /// The stage table of `prrnet bench --breakdown`: device time, share, the cost model's work
 /// and the rates it implies.
 /// The kernels chosen by measurement: per operation, how many calls took each candidate (the
-/// full list, with every candidate's time, is in `--json`'s `kernel_choices`).
+/// full list, with every candidate's time, is in `--json`'s `kernel_choices`), and every
+/// candidate left out, with the reason.
 fn print_kernel_choices(r: &prrnet::bench::BenchResult) {
     let mut counts: Vec<(String, String, usize)> = Vec::new();
     for c in &r.kernel_choices {
@@ -439,6 +440,15 @@ fn print_kernel_choices(r: &prrnet::bench::BenchResult) {
             .collect();
         if !of.is_empty() {
             println!("{op} kernels chosen by measurement: {}", of.join(", "));
+        }
+    }
+    // A candidate left out is a kernel that failed or computed something else on this device.
+    for c in &r.kernel_choices {
+        for x in &c.rejected {
+            println!(
+                "left out: {} for {} {} {} {}: {}",
+                x.path, c.op, c.pass, c.shape, c.precision, x.reason
+            );
         }
     }
 }

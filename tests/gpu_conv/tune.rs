@@ -8,6 +8,8 @@
 //! convolutions on a shape the halo kernels take (three paths forward and for the data
 //! gradient), a strided one (the phase kernels), a pointwise one (cuBLAS against the implicit
 //! kernel's epilogue); the relation map in BF16 (sym, v3, v2 forward; v3, v2 backward).
+//! Every candidate's output is checked against the most trusted one's before it is timed; one
+//! that disagrees (made so on purpose here) is left out.
 //! Tolerances as tests/gpu_conv.rs and tests/gpu_relation.rs (relative L2: fp32 1e-5, bf16
 //! 1e-2). Without a usable GPU
 //! the test prints a skip message and passes; `PRRNET_REQUIRE_GPU=1` makes it fail instead.
@@ -179,6 +181,10 @@ fn auto_tunes_once_per_shape_and_keeps_results() {
                 if !valid {
                     failures.push(format!("{name} {p}: malformed choice {ch:?}"));
                 }
+                // Every candidate here is right: checked against the reference, none left out.
+                if !ch.rejected.is_empty() || !ch.paths.iter().any(|t| t.path == ch.reference) {
+                    failures.push(format!("{name} {p}: a candidate was left out: {ch:?}"));
+                }
             }
             if choices.len() != want {
                 failures.push(format!(
@@ -343,6 +349,14 @@ fn relation_versions_measured_once_and_results_kept() {
         if bwd.iter().any(|v| v == "sym") {
             failures.push("sym measured as a backward of its own (it runs v3's)".into());
         }
+        if choices
+            .iter()
+            .any(|c| !c.rejected.is_empty() || c.reference != "v2")
+        {
+            failures.push(format!(
+                "round {round}: expected every version checked against v2, none left out"
+            ));
+        }
     }
     let same = runs[0]
         .iter()
@@ -352,6 +366,139 @@ fn relation_versions_measured_once_and_results_kept() {
         failures.push("the second round's results differ from the first's".into());
     }
     finish(&gpu, &failures);
+}
+
+/// A candidate whose output disagrees with the most trusted candidate's is left out of the
+/// choice and reported, however fast it is: here the halo kernels (convolutions) and sym (the
+/// relation forward) with an eighth of their output overwritten while they are measured
+/// (`inject_tune_fault`). The results stay the CPU's, and the other candidates are kept.
+#[test]
+fn a_candidate_that_disagrees_is_left_out() {
+    let Some(mut gpu) = open_concrete("a_candidate_that_disagrees_is_left_out") else {
+        return;
+    };
+    let mut rng = Rng::new(0xFA17);
+    let c = case(ConvShape::new(2, 13, 29, 6, 70, 3, 1, 1), &mut rng);
+    gpu.set_conv_algo(ConvAlgo::Auto);
+    gpu.set_tune_min_flops(0.0);
+    let mut failures = Vec::new();
+    for p in [Precision::Fp32, Precision::Bf16] {
+        gpu.set_precision(p).unwrap();
+        gpu.clear_kernel_choices();
+        gpu.inject_tune_fault(Some("halo"));
+        let got = run_gpu(&mut gpu, &c);
+        gpu.inject_tune_fault(None);
+        let tol = if p == Precision::Fp32 { 1e-5 } else { 1e-2 };
+        check(&format!("halo left out {p}"), &got, &c, tol, &mut failures);
+        let choices = gpu.kernel_choices();
+        // The forward (separate residual and residual = y) and the data gradient have a halo
+        // candidate; the weight gradient does not.
+        let with_halo: Vec<_> = choices
+            .iter()
+            .filter(|ch| ch.pass != "backward_weight")
+            .collect();
+        if with_halo.len() != 3 {
+            failures.push(format!(
+                "{p}: {} choices with a halo candidate",
+                with_halo.len()
+            ));
+        }
+        for ch in with_halo {
+            eprintln!(
+                "     {} [{}] → {} rejected {:?}",
+                ch.pass, ch.epilogue, ch.chosen, ch.rejected
+            );
+            let left_out = ch.rejected.len() == 1
+                && ch.rejected[0].path == "halo"
+                && ch.rejected[0].reason.contains("differs from");
+            if !left_out || ch.chosen == "halo" || ch.paths.iter().any(|t| t.path == "halo") {
+                failures.push(format!("{p}: halo not left out: {ch:?}"));
+            }
+            if ch.paths.is_empty() || ch.reference == "halo" || ch.reference.is_empty() {
+                failures.push(format!("{p}: no trusted candidate kept: {ch:?}"));
+            }
+        }
+    }
+
+    // The relation forward in BF16: sym left out, v3 and v2 kept.
+    let s = RelationShape {
+        b: 2,
+        h: 13,
+        w: 11,
+        c: 40,
+        n: 5,
+    };
+    let (np, nb) = (s.pixels(), s.bins());
+    let f = common::uniform(&mut rng, s.b * np * s.c, 0.02, 1.0);
+    let mut cpu = CpuBackend::new();
+    let fc = common::put(&mut cpu, &f);
+    let [nc, lc, pc] =
+        [s.b * np, s.b * np, s.b * np * nb].map(|n| common::put(&mut cpu, &vec![f32::NAN; n]));
+    cpu.relation(&s, fc, nc, lc, pc).unwrap();
+    gpu.set_precision(Precision::Bf16).unwrap();
+    gpu.clear_kernel_choices();
+    let fg = put_gpu(&mut gpu, &f);
+    let [ng, lg, pg] =
+        [s.b * np, s.b * np, s.b * np * nb].map(|n| put_gpu(&mut gpu, &vec![f32::NAN; n]));
+    gpu.inject_tune_fault(Some("sym"));
+    gpu.relation(&s, fg, ng, lg, pg).unwrap();
+    gpu.inject_tune_fault(None);
+    let err = common::rel_l2(&get_gpu(&gpu, pg), &common::get(&cpu, pc));
+    eprintln!("relation p with sym left out: rel err {err:.2e}");
+    if err.is_nan() || err > 1e-2 {
+        failures.push(format!("relation p: rel err {err:.2e} (tol 1e-2)"));
+    }
+    let choices = gpu.kernel_choices();
+    let sym_left_out = choices.len() == 1
+        && choices[0].chosen != "sym"
+        && choices[0].reference == "v2"
+        && choices[0]
+            .rejected
+            .iter()
+            .map(|r| r.path.as_str())
+            .eq(["sym"]);
+    if !sym_left_out {
+        failures.push(format!("relation: sym not left out: {choices:?}"));
+    }
+    finish(&gpu, &failures);
+}
+
+/// The memory measuring holds for a moment (the save of an output the call adds into, the
+/// reference's copy) counts in `allocated_bytes`, the peak that benchmarks report: after every
+/// path has run the shape once under its fixed rule (so the workspace has grown as far as it
+/// will), a measured run adds exactly its own buffers and what measuring held.
+#[test]
+fn memory_held_while_measuring_is_counted() {
+    let Some(mut gpu) = open_concrete("memory_held_while_measuring_is_counted") else {
+        return;
+    };
+    let mut rng = Rng::new(0x3E3);
+    let c = case(ConvShape::new(2, 13, 29, 6, 70, 3, 1, 1), &mut rng);
+    gpu.set_precision(Precision::Bf16).unwrap();
+    gpu.set_tune_min_flops(0.0);
+    for algo in [ConvAlgo::Im2col, ConvAlgo::Implicit, ConvAlgo::Halo] {
+        gpu.set_conv_algo(algo);
+        run_gpu(&mut gpu, &c);
+    }
+    // What one more run adds without measuring: its own buffers (run_gpu allocates them).
+    let before = gpu.allocated_bytes();
+    run_gpu(&mut gpu, &c);
+    let buffers = gpu.allocated_bytes() - before;
+    assert_eq!(gpu.tuning_peak_bytes(), 0, "nothing measured yet");
+    let before = gpu.allocated_bytes();
+    gpu.set_conv_algo(ConvAlgo::Auto);
+    run_gpu(&mut gpu, &c);
+    assert!(!gpu.kernel_choices().is_empty());
+    // At least the largest of: the forward's copy of y, the data gradient's save and copy of
+    // dx, the weight gradient's of dw (here y's: 70 channels against x's 6).
+    let held = gpu.tuning_peak_bytes();
+    let s = c.s;
+    let at_least = (4 * s.y_len()).max(8 * s.x_len()).max(8 * s.w_len());
+    assert!(
+        held >= at_least,
+        "measuring held {held} bytes, expected ≥ {at_least}"
+    );
+    assert_eq!(gpu.allocated_bytes(), before + buffers + held);
 }
 
 /// Choices saved by one backend and restored into another (a resumed training run,

@@ -26,7 +26,7 @@ pub(crate) struct Blas {
     _workspace: cudarc::driver::CudaSlice<u8>,
 }
 
-const BLAS_WORKSPACE_BYTES: usize = 32 << 20;
+pub(crate) const BLAS_WORKSPACE_BYTES: usize = 32 << 20;
 
 /// One row-major operand: device pointer, whether it is used transposed, its row stride.
 #[derive(Clone, Copy, Debug)]

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
@@ -113,6 +113,8 @@ pub struct CudaBackend {
     pub(crate) tune_min_flops: AtomicU64,
     /// Whether a CUDA graph capture is open on the stream (nothing may synchronise).
     pub(crate) capturing: AtomicBool,
+    /// The most bytes kernel tuning held at once (`note_tune_transient`).
+    tune_transient_peak: AtomicUsize,
     /// Grow-only page-locked staging area for `upload_with`.
     pinned: Mutex<Staging>,
     /// Instantiated CUDA graphs, addressed by index.
@@ -184,6 +186,7 @@ impl CudaBackend {
             tuning: Mutex::new(Default::default()),
             tune_min_flops: AtomicU64::new(tune_min_flops.to_bits()),
             capturing: AtomicBool::new(false),
+            tune_transient_peak: AtomicUsize::new(0),
             graphs: Mutex::new(Vec::new()),
             pinned: Mutex::new(Staging::default()),
         })
@@ -238,9 +241,25 @@ impl CudaBackend {
         Ok(BufId(self.bufs.len() as u32 - 1))
     }
 
+    /// The peak of this backend's device memory: the buffers and the workspace (both only
+    /// grow), cuBLAS's workspace, and the most that kernel tuning ever held at once beside
+    /// them (its save and comparison copies, freed after each choice).
     pub(crate) fn total_bytes(&self) -> usize {
         let ws = self.workspace.lock().map(|w| w.len).unwrap_or(0);
         (self.bufs.iter().map(|b| b.len).sum::<usize>() + ws) * 4
+            + super::blas::BLAS_WORKSPACE_BYTES
+            + self.tune_transient_peak.load(Ordering::Relaxed)
+    }
+
+    /// Note `bytes` held by kernel tuning at once (see [`CudaBackend::total_bytes`]).
+    pub(crate) fn note_tune_transient(&self, bytes: usize) {
+        self.tune_transient_peak.fetch_max(bytes, Ordering::Relaxed);
+    }
+
+    /// The most bytes kernel tuning has held at once beside the buffers (counted in
+    /// `allocated_bytes`).
+    pub fn tuning_peak_bytes(&self) -> usize {
+        self.tune_transient_peak.load(Ordering::Relaxed)
     }
 
     /// The device address of a tensor's first element (range-checked).

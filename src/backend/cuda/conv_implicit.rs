@@ -136,6 +136,16 @@ impl Candidate for ConvPath {
     fn name(self) -> &'static str {
         ConvPath::name(self)
     }
+
+    /// im2col + cuBLAS and the implicit kernels were checked against the CPU on an H100
+    /// (2026-11-27); the halo kernels only under cuda-emu so far.
+    fn trust(self) -> u8 {
+        match self {
+            ConvPath::Im2col => 0,
+            ConvPath::Implicit => 1,
+            ConvPath::Halo => 2,
+        }
+    }
 }
 
 /// Which computation of a convolution a path is chosen for.
@@ -454,7 +464,7 @@ fn halo_can(s: &ConvShape, x: u64) -> bool {
 }
 
 /// The path of `pass` for `s`: under [`ConvAlgo::Auto`] the measured choice among `paths`
-/// (`tune::choose`, which runs them; `accumulates`: the output they add into; `rule` where
+/// (`tune::choose`, which runs them; `output`: what they write; `rule` where
 /// nothing is measured), else `rule`. `ptrs`: the operand addresses, whose alignment selects
 /// kernel variants.
 #[allow(clippy::too_many_arguments)]
@@ -465,7 +475,7 @@ fn pick(
     ptrs: &[u64],
     paths: &[ConvPath],
     rule: ConvPath,
-    accumulates: Option<Tensor>,
+    output: tune::Output,
     run: &dyn Fn(ConvPath) -> Result<()>,
 ) -> Result<ConvPath> {
     if be.conv_algo() != ConvAlgo::Auto {
@@ -477,7 +487,7 @@ fn pick(
         shape: *s,
         align: staging_vec(&[], ptrs) as u8,
     };
-    tune::choose(be, key, paths, rule, accumulates, run)
+    tune::choose(be, key, paths, rule, output, run)
 }
 
 /// The operands of one forward call (`conv2d`: no residual, no ReLU).
@@ -532,7 +542,10 @@ fn forward(be: &CudaBackend, s: &ConvShape, f: Forward, fused: bool) -> Result<(
         &ptrs,
         &paths,
         rule,
-        in_place.then_some(f.y),
+        tune::Output {
+            t: f.y,
+            accumulates: in_place,
+        },
         &run,
     )?;
     run(path)
@@ -669,7 +682,11 @@ pub(crate) fn conv2d_backward(
             paths.push(ConvPath::Halo);
         }
         let run = |p: ConvPath| run_data(be, s, p, x, w, dy, dx, ptrs);
-        let path = pick(be, ConvPass::Data, s, &ptrs, &paths, rule, Some(dx), &run)?;
+        let out = tune::Output {
+            t: dx,
+            accumulates: true,
+        };
+        let path = pick(be, ConvPass::Data, s, &ptrs, &paths, rule, out, &run)?;
         run(path)?;
     }
     if let Some(dw) = dw {
@@ -685,7 +702,11 @@ pub(crate) fn conv2d_backward(
         } else {
             ConvPath::Implicit
         };
-        let path = pick(be, ConvPass::Weight, s, &ptrs, &paths, rule, Some(dw), &run)?;
+        let out = tune::Output {
+            t: dw,
+            accumulates: true,
+        };
+        let path = pick(be, ConvPass::Weight, s, &ptrs, &paths, rule, out, &run)?;
         run(path)?;
     }
     conv::conv2d_backward(be, s, x, w, dy, None, None, dbias)

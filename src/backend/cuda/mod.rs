@@ -30,6 +30,7 @@ pub mod relation_tc;
 mod resample;
 mod timing;
 mod tune;
+mod tune_check;
 
 pub use context::CudaBackend;
 pub use conv_implicit::{shape_name, ConvAlgo, ConvPath};

@@ -84,19 +84,23 @@ pub(crate) fn forward(
         RelationVersion::Simt => simt_forward(be, s, f, norms, lsum, p),
         v => be.relation_forward_version(v, prec, s, f, norms, lsum, p),
     };
-    let v = version(be, prec, s, false, None, &run)?;
+    let out = tune::Output {
+        t: p,
+        accumulates: false,
+    };
+    let v = version(be, prec, s, false, out, &run)?;
     run(v)
 }
 
 /// The version for `s` at `prec`: the fixed rule when `PRRNET_RELATION_VERSION` is set, else
-/// the measured choice among [`CudaBackend::relation_candidates`] (`accumulates`: the output
-/// the call adds into).
+/// the measured choice among [`CudaBackend::relation_candidates`] (`output`: what the call
+/// writes).
 fn version(
     be: &CudaBackend,
     prec: Precision,
     s: &RelationShape,
     backward: bool,
-    accumulates: Option<Tensor>,
+    output: tune::Output,
     run: &dyn Fn(RelationVersion) -> Result<()>,
 ) -> Result<RelationVersion> {
     let rule = be.relation_dispatch(prec, s, backward);
@@ -109,7 +113,7 @@ fn version(
         shape: *s,
     };
     let candidates = be.relation_candidates(prec, s, backward);
-    tune::choose(be, key, &candidates, rule, accumulates, run)
+    tune::choose(be, key, &candidates, rule, output, run)
 }
 
 /// `Backend::relation_backward`, dispatched like [`forward`].
@@ -129,7 +133,11 @@ pub(crate) fn backward(
         RelationVersion::Simt => simt_backward(be, s, f, norms, lsum, p, dp, df),
         v => be.relation_backward_version(v, prec, s, f, norms, lsum, p, dp, df),
     };
-    let v = version(be, prec, s, true, Some(df), &run)?;
+    let out = tune::Output {
+        t: df,
+        accumulates: true,
+    };
+    let v = version(be, prec, s, true, out, &run)?;
     run(v)
 }
 

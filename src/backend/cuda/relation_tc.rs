@@ -84,6 +84,19 @@ impl super::tune::Candidate for RelationVersion {
     fn name(self) -> &'static str {
         RelationVersion::name(self)
     }
+
+    /// simt, v1 and v2 were checked against the CPU on an H100 (2026-11-27); v3, split and sym
+    /// only under cuda-emu so far.
+    fn trust(self) -> u8 {
+        match self {
+            RelationVersion::Simt => 0,
+            RelationVersion::V1 => 1,
+            RelationVersion::V2 => 2,
+            RelationVersion::V3 => 3,
+            RelationVersion::Split => 4,
+            RelationVersion::Sym => 5,
+        }
+    }
 }
 
 impl RelationVersion {

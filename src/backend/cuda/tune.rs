@@ -13,9 +13,11 @@
 //!
 //! Side effects: a run writes the call's output, and accumulates into it where the call does
 //! (the gradients dx, dw and df, an epilogue whose residual is the output). Such an output is
-//! saved to a buffer of its own first and restored after the measurements; the chosen candidate
-//! then runs once more, for real. Per candidate: one untimed run (a workspace may grow, a module
-//! load), then [`TIMED_RUNS`] timed ones, their median compared.
+//! saved to a buffer of its own first, restored before each candidate and after the
+//! measurements; the chosen candidate then runs once more, for real. Per candidate: one
+//! untimed run (a workspace may grow, a module load), whose output is checked against the most
+//! trusted candidate's (`tune_check.rs`: one that disagrees is left out and reported), then
+//! [`TIMED_RUNS`] timed ones, their median compared.
 //!
 //! Not measured, the fallback (the fixed rule) runs instead: while a CUDA graph is being captured
 //! (timing needs the host to wait; the forward a capture records is run once before it, and
@@ -40,7 +42,8 @@ use super::conv_implicit::ConvPass;
 use super::elementwise::copy_ptr;
 use super::relation_tc::relation_flops;
 use super::timing;
-use crate::backend::{ConvShape, KernelChoice, PathTime, Precision, RelationShape};
+use super::tune_check::Check;
+use crate::backend::{ConvShape, KernelChoice, PathTime, Precision, RejectedPath, RelationShape};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -53,6 +56,18 @@ pub(crate) const MIN_FLOPS: f64 = 0.25e9;
 /// One of the interchangeable implementations a choice is made between.
 pub(crate) trait Candidate: Copy {
     fn name(self) -> &'static str;
+    /// Lower is trusted more: the candidates that were checked against the CPU backend on a
+    /// GPU first. The most trusted one that runs is the reference the others are checked
+    /// against (`tune_check.rs`).
+    fn trust(self) -> u8;
+}
+
+/// The output of a tuned call: compared between candidates, and saved and restored around the
+/// measurements when the call adds into it (`accumulates`).
+#[derive(Clone, Copy)]
+pub(crate) struct Output {
+    pub t: Tensor,
+    pub accumulates: bool,
 }
 
 /// What a choice is kept for.
@@ -84,8 +99,15 @@ impl TuneKey {
         }
     }
 
-    fn record(&self, chosen: &'static str, times: &[(&'static str, f64)]) -> KernelChoice {
-        let (op, pass, shape, precision, epilogue) = match *self {
+    fn precision(&self) -> Precision {
+        match *self {
+            TuneKey::Conv { precision, .. } | TuneKey::Relation { precision, .. } => precision,
+        }
+    }
+
+    /// What a report names the key by: op, pass, shape, precision, epilogue.
+    fn parts(&self) -> (&'static str, &'static str, String, Precision, String) {
+        match *self {
             TuneKey::Conv {
                 pass,
                 precision,
@@ -109,7 +131,23 @@ impl TuneKey {
                 precision,
                 String::new(),
             ),
-        };
+        }
+    }
+
+    /// The key in words, for messages: `conv forward b64 75x75 30->30 k3 s1 p1 bf16`.
+    fn describe(&self) -> String {
+        let (op, pass, shape, precision, _) = self.parts();
+        format!("{op} {pass} {shape} {precision}")
+    }
+
+    fn record(
+        &self,
+        chosen: &'static str,
+        times: &[(&'static str, f64)],
+        reference: Option<&'static str>,
+        rejected: &[(&'static str, String)],
+    ) -> KernelChoice {
+        let (op, pass, shape, precision, epilogue) = self.parts();
         KernelChoice {
             op: op.into(),
             pass: pass.into(),
@@ -124,6 +162,14 @@ impl TuneKey {
                     ms,
                 })
                 .collect(),
+            reference: reference.unwrap_or_default().into(),
+            rejected: rejected
+                .iter()
+                .map(|(path, reason)| RejectedPath {
+                    path: (*path).into(),
+                    reason: reason.clone(),
+                })
+                .collect(),
         }
     }
 }
@@ -133,6 +179,8 @@ impl TuneKey {
 pub(crate) struct Tuning {
     chosen: HashMap<TuneKey, &'static str>,
     log: Vec<Saved>,
+    /// [`CudaBackend::inject_tune_fault`]'s candidate.
+    fault: Option<String>,
 }
 
 /// One choice as [`CudaBackend::saved_kernel_choices`] writes it.
@@ -213,8 +261,24 @@ impl CudaBackend {
     /// Forget every choice (the next call of each key measures again).
     pub fn clear_kernel_choices(&self) {
         if let Ok(mut t) = self.tuning.lock() {
-            *t = Tuning::default();
+            t.chosen.clear();
+            t.log.clear();
         }
+    }
+
+    /// For tests of the check between candidates: from now on, whenever the candidate named
+    /// `candidate` (a convolution path or a relation version) runs while a choice is being
+    /// measured, an eighth of its output is overwritten afterwards, as a kernel with a race
+    /// might leave it. The check must then leave it out. None ends it.
+    #[doc(hidden)]
+    pub fn inject_tune_fault(&self, candidate: Option<&str>) {
+        if let Ok(mut t) = self.tuning.lock() {
+            t.fault = candidate.map(str::to_owned);
+        }
+    }
+
+    fn tune_fault(&self) -> Option<String> {
+        self.tuning.lock().ok().and_then(|t| t.fault.clone())
     }
 
     fn tuning(&self) -> Result<std::sync::MutexGuard<'_, Tuning>> {
@@ -236,15 +300,15 @@ pub(crate) fn min_flops_from_env() -> Result<f64> {
 }
 
 /// The candidate for `key` among `candidates` (those that can compute it): the measured choice
-/// when there is one or it can be measured now, else `fallback`. `accumulates`: the output the
-/// call adds into, saved and restored around the measurements (see the module comment); `run`
-/// runs one candidate. The caller then runs the result.
+/// when there is one or it can be measured now, else `fallback`. `output`: what the call writes
+/// (checked between candidates; saved and restored when the call adds into it, see the module
+/// comment); `run` runs one candidate. The caller then runs the result.
 pub(crate) fn choose<P: Candidate>(
     be: &CudaBackend,
     key: TuneKey,
     candidates: &[P],
     fallback: P,
-    accumulates: Option<Tensor>,
+    output: Output,
     run: &dyn Fn(P) -> Result<()>,
 ) -> Result<P> {
     if candidates.len() < 2 {
@@ -260,51 +324,89 @@ pub(crate) fn choose<P: Candidate>(
     if be.capturing.load(Ordering::Relaxed) || key.flops() < be.tune_min_flops() {
         return Ok(fallback);
     }
-    let saved = match accumulates {
-        Some(t) => match save(be, t)? {
-            Some(s) => Some((t, s)),
+    let out = output.t;
+    let saved = if output.accumulates {
+        match save(be, out)? {
+            Some(s) => Some(s),
             None => return Ok(fallback),
-        },
-        None => None,
+        }
+    } else {
+        None
     };
-    let mut times = Vec::with_capacity(candidates.len());
+    let base = saved.as_ref().map(|s| s.1);
+    let mut check = Check::new(be, out, base, key.precision())?;
+    let mut order = candidates.to_vec();
+    order.sort_by_key(|c| c.trust());
+    let fault = be.tune_fault();
+    let mut times = Vec::with_capacity(order.len());
+    let mut rejected: Vec<(&'static str, String)> = Vec::new();
     let mut first_error = None;
-    for &c in candidates {
+    for (i, &c) in order.iter().enumerate() {
+        if let (Some(base), true) = (base, i > 0) {
+            // Each candidate starts from the call's own output.
+            copy_ptr(be, base, be.ptr(out)?, out.len)?;
+        }
         // A candidate that refuses the call (a launch limit, a workspace it cannot get) is left
         // out; the call fails only if every candidate does.
+        if let Err(e) = run(c) {
+            rejected.push((c.name(), format!("failed: {e}")));
+            first_error.get_or_insert(e);
+            continue;
+        }
+        if fault.as_deref() == Some(c.name()) {
+            // The fault injection of [`CudaBackend::inject_tune_fault`]: an eighth of the output
+            // made wrong, as a race might leave it.
+            super::elementwise::fill_ptr(be, be.ptr(out)?, out.len.div_ceil(8), 1e3)?;
+        }
+        if let Some(check) = check.as_mut() {
+            if let Some(why) = check.disagreement(be, c)? {
+                eprintln!(
+                    "prrnet: warning: kernel {} left out of {}: {why}",
+                    c.name(),
+                    key.describe()
+                );
+                rejected.push((c.name(), why));
+                continue;
+            }
+        }
         match time_runs(be, c, run) {
             Ok(ms) => times.push((c, ms)),
             Err(e) => {
+                rejected.push((c.name(), format!("failed: {e}")));
                 first_error.get_or_insert(e);
             }
         }
     }
-    if let Some((t, (_slice, ptr))) = &saved {
+    if let Some((_slice, ptr)) = &saved {
         // The save buffer is freed (in stream order) after this copy has read it.
-        copy_ptr(be, *ptr, be.ptr(*t)?, t.len)?;
+        copy_ptr(be, *ptr, be.ptr(out)?, out.len)?;
     }
     let Some(chosen) = times.iter().min_by(|a, b| a.1.total_cmp(&b.1)).map(|t| t.0) else {
-        return Err(first_error.unwrap_or_else(|| Error::Other("no kernel candidate ran".into())));
+        return Err(first_error.unwrap_or_else(|| {
+            Error::Other(format!(
+                "no kernel candidate gave a result that could be used for {}",
+                key.describe()
+            ))
+        }));
     };
+    let reference = check.as_ref().and_then(|c| c.reference());
     let mut tuning = be.tuning()?;
     if tuning.chosen.insert(key, chosen.name()).is_none() {
         let named: Vec<_> = times.iter().map(|(c, ms)| (c.name(), *ms)).collect();
-        let choice = key.record(chosen.name(), &named);
+        let choice = key.record(chosen.name(), &named, reference, &rejected);
         tuning.log.push(Saved { key, choice });
     }
     Ok(chosen)
 }
 
-/// The median milliseconds of [`TIMED_RUNS`] runs of `c`, after one untimed run.
+/// The median milliseconds of [`TIMED_RUNS`] runs of `c` (after its untimed, checked run).
 fn time_runs<P: Candidate>(be: &CudaBackend, c: P, run: &dyn Fn(P) -> Result<()>) -> Result<f64> {
     let mut ms = Vec::with_capacity(TIMED_RUNS);
-    for rep in 0..=TIMED_RUNS {
+    for _ in 0..TIMED_RUNS {
         let start = timing::mark(be)?;
         run(c)?;
         let stop = timing::mark(be)?;
-        if rep > 0 {
-            ms.push(timing::elapsed_ms(be, &start, &stop)?);
-        }
+        ms.push(timing::elapsed_ms(be, &start, &stop)?);
     }
     ms.sort_by(f64::total_cmp);
     Ok(ms[ms.len() / 2])
@@ -318,6 +420,7 @@ fn save(be: &CudaBackend, t: Tensor) -> Result<Option<(CudaSlice<f32>, u64)>> {
     let Ok(slice) = (unsafe { be.stream.alloc::<f32>(t.len.max(1)) }) else {
         return Ok(None);
     };
+    be.note_tune_transient(4 * t.len.max(1));
     let (ptr, sync) = slice.device_ptr(&be.stream);
     drop(sync);
     copy_ptr(be, be.ptr(t)?, ptr, t.len)?;
