@@ -22,7 +22,16 @@
 #        BF16), and the BF16 halo and implicit convolutions and weight gradient in one training
 #        step.
 #        Plain-text reports in LOGDIR/nsight_detail_*.log, for reading, not for perf-report.
-# all    tests, then perf, within one budget.
+# all    tests and perf within one budget, for a single device call (the usual case: 15 minutes
+#        of device time a session, machine start included): the GPU tests, then the headline
+#        numbers (peaks; prrnet fp32 and bf16, inference and training; PyTorch eager), then the
+#        sanitizers, then the rest of perf. Suggested: PRRNET_GPU_BUDGET_S=540 in one call
+#        with timeout_s=600.
+#
+# A whole-network `prrnet bench` that fails (not one that runs out of time) is run again at
+# once with the kernels last checked on a GPU (PRRNET_CONV_ALGO=im2col, the relation v2, simt
+# at fp32), logged as conv_im2col_prrnet_bench_…: a kernel that breaks the default path then
+# still leaves numbers, in the report's convolution-algorithm table, beside the failure.
 #
 # Time: each phase (or `all` as a whole) runs within PRRNET_GPU_BUDGET_S (default 280 s; perf
 # keeps its last 20 s for the report and the summary). Every
@@ -82,6 +91,7 @@ fi
 reserve=0
 [ "$phase" != tests ] && reserve=20
 declare -a rows
+last_status=""
 step() { # name, cap in seconds, command...
     local name="$1" cap="$2"; shift 2
     # PRRNET_GPU_ONLY: run only the steps whose names match this regular expression (a
@@ -93,6 +103,7 @@ step() { # name, cap in seconds, command...
     if [ "$left" -lt 15 ]; then
         rows+=("$(printf '%-34s %-7s %4ds' "$name" SKIP 0)")
         echo "skipped: out of time budget (${budget}s)" >"$logs/$name.log"
+        last_status=SKIP
         return
     fi
     [ "$cap" -gt "$left" ] && cap=$left
@@ -108,6 +119,7 @@ step() { # name, cap in seconds, command...
         status=FAIL
     fi
     rows+=("$(printf '%-34s %-7s %4ds' "$name" "$status" $((SECONDS - t0)))")
+    last_status=$status
 }
 left() { echo $((budget - reserve - SECONDS)); }
 
@@ -126,7 +138,7 @@ meta() {
     timeout 30 "$prrnet" info >"$logs/info.log" 2>&1
 }
 
-tests_phase() {
+gpu_tests() {
     step gpu_parity 120 "$bin/gpu_parity" --test-threads 1 --nocapture
     step gpu_model_parity 150 "$bin/gpu_model_parity" --test-threads 1 --nocapture
     if [ -x "$bin/gpu_relation" ]; then
@@ -140,6 +152,9 @@ tests_phase() {
         case "$t" in gpu_parity | gpu_model_parity | gpu_relation) continue ;; esac
         step "$t" 90 "$exe" --test-threads 1 --nocapture
     done
+}
+
+sanitizers() {
     if command -v compute-sanitizer >/dev/null; then
         # `--report-api-errors no`: failed API calls would count as sanitizer errors, and
         # allocation_and_errors makes one on purpose (an impossible allocation); a real API
@@ -176,11 +191,19 @@ tests_phase() {
 }
 
 prrnet_bench() { # precision, mode
-    local flag=""
+    local flag="" rel=v2
     [ "$2" = train ] && flag="--train"
+    [ "$1" = fp32 ] && rel=simt
     step "prrnet_bench_${preset}_$2_$1" 60 "$prrnet" bench --device "$dev" --preset "$preset" \
         --size "$size" --batch "$batch" --precision "$1" --iters "$iters" --warmup 2 $flag \
         --breakdown --json
+    if [ "$last_status" = FAIL ]; then
+        # The kernels last checked on a GPU (see the header).
+        step "conv_im2col_prrnet_bench_${preset}_$2_$1" 60 env PRRNET_CONV_ALGO=im2col \
+            PRRNET_RELATION_VERSION=$rel "$prrnet" bench --device "$dev" --preset "$preset" \
+            --size "$size" --batch "$batch" --precision "$1" --iters "$iters" --warmup 2 $flag \
+            --json
+    fi
 }
 
 torch_bench() { # name, cap, configs (IMPL:PRECISION:MODE,...)
@@ -197,19 +220,29 @@ torch_bench() { # name, cap, configs (IMPL:PRECISION:MODE,...)
 # compile phase runs it with a budget of its own).
 compile_configs=compile:bf16:infer,compile:bf16:train,compile:fp32:infer,compile:fp32:train,compile:tf32:infer,compile:tf32:train
 
-perf_phase() {
+have_torch=""
+torch_ok() { # whether PyTorch and timm import (asked once)
+    if [ -z "$have_torch" ]; then
+        have_torch=0
+        if timeout 60 "$py" -c "import torch, timm" 2>/dev/null; then have_torch=1; fi
+    fi
+    [ "$have_torch" = 1 ]
+}
+
+perf_headline() {
     step peaks 60 "$prrnet" bench --device "$dev" --peaks --iters 10 --warmup 3 --json
     # The most important first: fp32 and bf16, inference and training.
     prrnet_bench fp32 infer
     prrnet_bench fp32 train
     prrnet_bench bf16 infer
     prrnet_bench bf16 train
-    local have_torch=0
-    if timeout 60 "$py" -c "import torch, timm" 2>/dev/null; then have_torch=1; fi
-    if [ "$have_torch" = 1 ]; then
+    if torch_ok; then
         torch_bench pytorch_eager_fp32_bf16 100 \
             eager:fp32:infer,eager:fp32:train,eager:bf16:infer,eager:bf16:train
     fi
+}
+
+perf_rest() {
     # The relation map alone (kernels vs PyTorch), when the bundle has its benchmarks.
     if "$prrnet" help 2>/dev/null | grep -q "bench-relation"; then
         # Tensor-core versions in bf16 and tf32; fp32: the 3xTF32 split version, then the
@@ -235,7 +268,7 @@ perf_phase() {
             --preset "$preset" --size "$size" --batch "$batch" --precision bf16 \
             --halo-min-fill 0 --iters 5 --warmup 1 --json
     fi
-    if [ "$have_torch" = 1 ] && [ -f "$here/reference/bench_relation.py" ]; then
+    if torch_ok && [ -f "$here/reference/bench_relation.py" ]; then
         for p in fp32 bf16 tf32; do
             step "pytorch_bench_relation_$p" 40 "$py" "$here/reference/bench_relation.py" \
                 --precision "$p" --backward --json
@@ -287,7 +320,7 @@ perf_phase() {
     step "relation_simt_prrnet_bench_${preset}_train_fp32" 60 env PRRNET_RELATION_VERSION=simt \
         "$prrnet" bench --device "$dev" --preset "$preset" --size "$size" --batch "$batch" \
         --precision fp32 --iters 3 --warmup 1 --train --json
-    if [ "$have_torch" = 1 ]; then
+    if torch_ok; then
         torch_bench pytorch_rest 200 "eager:tf32:infer,eager:tf32:train,$compile_configs"
     fi
 }
@@ -340,11 +373,11 @@ report() {
 
 meta
 case "$phase" in
-    tests) tests_phase ;;
-    perf) perf_phase; report ;;
+    tests) gpu_tests; sanitizers ;;
+    perf) perf_headline; perf_rest; report ;;
     compile) compile_phase; report ;;
     detail) detail_phase ;;
-    all) tests_phase; perf_phase; report ;;
+    all) gpu_tests; perf_headline; sanitizers; perf_rest; report ;;
 esac
 
 echo
