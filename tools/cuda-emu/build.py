@@ -2,7 +2,14 @@
 """Build cuda-emu: the kernels under kernels/ compiled as C++ for the CPU, plus a fake CUDA
 driver and cuBLAS, into one shared library that stands in for libcuda.so.1 and libcublas.so.13.
 
-    python3 tools/cuda-emu/build.py [OUT_DIR]     (default: target/cuda-emu)
+    python3 tools/cuda-emu/build.py [OUT_DIR]          (default: target/cuda-emu)
+    python3 tools/cuda-emu/build.py --race [OUT_DIR]   (default: target/cuda-emu-race)
+
+`--race` builds the race detector: the kernels compiled with ThreadSanitizer, and the scheduler
+telling it CUDA's synchronisation (src/sched.cpp, "race mode"), so that two threads of a block
+touching the same memory with no barrier or warp collective between them are reported in any
+run order. The library then needs the TSan runtime loaded first: run the tests with
+LD_PRELOAD=$(g++ -print-file-name=libtsan.so) (scripts/test-race.sh does).
 
 Each kernels/NAME.cu becomes OUT_DIR/gen/NAME.cpp: the file's text inside its own namespace
 (kernel files may define helpers of the same name), with `extern __shared__ T x[];` rewritten to
@@ -71,7 +78,15 @@ def compile_one(src, obj, extra=()):
 
 
 def main():
-    out = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target", "cuda-emu"))
+    args = sys.argv[1:]
+    race = "--race" in args
+    args = [a for a in args if a != "--race"]
+    default = os.path.join(ROOT, "target", "cuda-emu-race" if race else "cuda-emu")
+    out = os.path.abspath(args[0] if args else default)
+    # Race mode: TSan in the kernels (what it checks), the scheduler's annotations switched on
+    # (the scheduler itself stays uninstrumented: its bookkeeping is not CUDA memory).
+    tsan = ("-fsanitize=thread",) if race else ()
+    race_def = ("-DPRRNET_EMU_RACE=1",) if race else ()
     gen_dir, obj_dir, lib_dir = (os.path.join(out, d) for d in ("gen", "obj", "lib"))
     for d in (gen_dir, obj_dir, lib_dir):
         os.makedirs(d, exist_ok=True)
@@ -80,17 +95,18 @@ def main():
     for cu in sorted(f for f in os.listdir(KERNELS) if f.endswith(".cu")):
         src, names = generate(os.path.join(KERNELS, cu), gen_dir)
         total += len(names)
-        jobs.append((src, os.path.join(obj_dir, os.path.basename(src) + ".o"), ("-fvisibility=hidden", *UBSAN)))
+        jobs.append((src, os.path.join(obj_dir, os.path.basename(src) + ".o"),
+                     ("-fvisibility=hidden", *UBSAN, *tsan, *race_def)))
     for name in ("sched.cpp", "driver.cpp", "cublas.cpp"):
         jobs.append((os.path.join(HERE, "src", name), os.path.join(obj_dir, name + ".o"),
-                     ("-fvisibility=hidden", "-I", os.path.join(HERE, "src"))))
+                     ("-fvisibility=hidden", "-I", os.path.join(HERE, "src"), *race_def)))
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         objs = list(pool.map(lambda j: compile_one(*j), jobs))
     asm = os.path.join(obj_dir, "switch.o")
     subprocess.run([CXX, "-c", os.path.join(HERE, "src", "switch.S"), "-o", asm], check=True)
     lib = os.path.join(lib_dir, "libcuda-emu.so")
-    subprocess.run([CXX, "-shared", "-o", lib, *objs, asm, "-Wl,-soname,libcuda.so.1", "-lpthread", *UBSAN],
-                   check=True)
+    subprocess.run([CXX, "-shared", "-o", lib, *objs, asm, "-Wl,-soname,libcuda.so.1", "-lpthread", *UBSAN,
+                    *tsan], check=True)
     for alias in ("libcuda.so", "libcuda.so.1", "libcublas.so", "libcublas.so.13"):
         path = os.path.join(lib_dir, alias)
         if os.path.lexists(path):
@@ -101,10 +117,13 @@ def main():
                                ("-I", os.path.join(HERE, "src")))
     runtime = [o for o in objs if os.path.basename(o) in ("sched.cpp.o", "driver.cpp.o", "cublas.cpp.o")]
     selftest = os.path.join(out, "selftest")
-    subprocess.run([CXX, "-o", selftest, selftest_obj, *runtime, asm, "-lpthread"], check=True)
-    # Once in each run order (PRRNET_EMU_ORDER), whatever the caller's environment says.
+    subprocess.run([CXX, "-o", selftest, selftest_obj, *runtime, asm, "-lpthread", *tsan], check=True)
+    # Once in each run order (PRRNET_EMU_ORDER), whatever the caller's environment says. In race
+    # mode TSan's reports are off here: the self-test leaves barriers out on purpose.
     for order in ("", "reverse", "shuffle:7"):
         env = dict(os.environ, PRRNET_EMU_ORDER=order)
+        if race:
+            env["TSAN_OPTIONS"] = "report_bugs=0"
         if not order:
             env.pop("PRRNET_EMU_ORDER")
         if subprocess.run([selftest], env=env).returncode != 0:

@@ -30,6 +30,30 @@
 extern "C" void emu_switch(void** save_sp, void* new_sp);
 extern "C" void emu_fiber_start();
 
+// ---- race mode (build.py --race) --------------------------------------------------------------
+// The kernels are compiled with ThreadSanitizer, every CUDA thread is a TSan fiber, and the
+// synchronisation CUDA defines is told to TSan as happens-before edges, so an access to the same
+// shared (or global) memory by two threads of a block with no barrier or warp collective between
+// them is reported whatever order the fibers happened to run in:
+// - a fiber's first switch-in of a block inherits the scheduler's history (the block's shared
+//   memory poisoning, earlier blocks and launches, the host's copies); later switches carry
+//   nothing;
+// - __syncthreads: every waiting thread releases into one object, then every one acquires it;
+// - a warp collective: its lanes release, the lowest lane acquires, runs the collective (WMMA
+//   loads and stores, ldmatrix's row reads: attributed to that lane), releases, and every lane
+//   acquires;
+// - cp.async: the source is read at issue and the destination written at the wait that lands it,
+//   by the issuing thread;
+// - a block's end: every thread releases and the scheduler acquires (blocks run in sequence).
+#ifdef PRRNET_EMU_RACE
+#include <sanitizer/tsan_interface.h>
+extern "C" void __tsan_read_range(void* addr, unsigned long size);
+extern "C" void __tsan_write_range(void* addr, unsigned long size);
+#define RACE(...) __VA_ARGS__
+#else
+#define RACE(...)
+#endif
+
 namespace emu {
 
 thread_local dim3 t_thread, t_block, t_bdim, t_gdim;
@@ -57,6 +81,7 @@ struct Fiber {
     void* data;
     std::vector<Copy> open;
     std::deque<std::vector<Copy>> committed;
+    RACE(void* tsan = nullptr; bool fresh = false;)
 };
 
 // Everything about the block being run on this host thread.
@@ -76,6 +101,15 @@ struct Run {
 
 thread_local Run g;
 thread_local bool in_fiber = false;
+
+#ifdef PRRNET_EMU_RACE
+// The scheduler's own TSan context, and objects whose addresses serve as TSan sync objects.
+thread_local void* sched_tsan = nullptr;
+thread_local char barrier_sync, block_sync, warp_sync[32];
+
+// Make `ctx` TSan's current thread without any happens-before edge.
+void tsan_enter(void* ctx) { __tsan_switch_to_fiber(ctx, __tsan_switch_to_fiber_no_sync); }
+#endif
 
 struct Failure {
     std::string msg;
@@ -196,6 +230,7 @@ void* fiber_init(char* stack_lo) {
 
 void to_scheduler() {
     Fiber& f = g.fibers[g.cur];
+    RACE(tsan_enter(sched_tsan);)
     emu_switch(&f.sp, g.sched_sp);
 }
 
@@ -272,7 +307,26 @@ bool resolve_warps(unsigned long long* skew) {
         void* data[32] = {};
         for (int r = 0; r < lanes; ++r)
             if ((c.need >> r) & 1u) data[r] = g.fibers[c.w0 + r].data;
+#ifdef PRRNET_EMU_RACE
+        char* sync = &warp_sync[c.w0 / 32];
+        for (int r = 0; r < lanes; ++r)
+            if ((c.need >> r) & 1u) {
+                tsan_enter(g.fibers[c.w0 + r].tsan);
+                __tsan_release(sync);
+            }
+        tsan_enter(g.fibers[c.w0 + c.lane].tsan);
+        __tsan_acquire(sync);
+#endif
         g.fibers[c.w0 + c.lane].fn(data, c.need);
+#ifdef PRRNET_EMU_RACE
+        __tsan_release(sync);
+        for (int r = 0; r < lanes; ++r)
+            if ((c.need >> r) & 1u) {
+                tsan_enter(g.fibers[c.w0 + r].tsan);
+                __tsan_acquire(sync);
+            }
+        tsan_enter(sched_tsan);
+#endif
         for (int r = 0; r < lanes; ++r)
             if ((c.need >> r) & 1u) g.fibers[c.w0 + r].st = READY;
     }
@@ -287,8 +341,25 @@ void warn_once(const char* kernel, const char* what) {
     if (seen.insert(key).second) fprintf(stderr, "cuda-emu: warning: kernel %s: %s\n", kernel, what);
 }
 
+#ifdef PRRNET_EMU_RACE
+// Every thread of the block that is in state `st` releases into `sync`, then every one acquires
+// it: a barrier among them (the scheduler's context is current again afterwards).
+void tsan_barrier(State st, char* sync) {
+    for (int pass = 0; pass < 2; ++pass)
+        for (int i = 0; i < g.n; ++i) {
+            Fiber& f = g.fibers[i];
+            if (f.st != st) continue;
+            tsan_enter(f.tsan);
+            if (pass == 0) __tsan_release(sync);
+            else __tsan_acquire(sync);
+        }
+    tsan_enter(sched_tsan);
+}
+#endif
+
 void run_block(size_t smem) {
     if (smem) memset(g.dyn, 0xff, smem);
+    RACE(sched_tsan = __tsan_get_current_fiber();)
     for (int i = 0; i < g.n; ++i) {
         Fiber& f = g.fibers[i];
         const unsigned bx = t_bdim.x, by = t_bdim.y;
@@ -297,6 +368,13 @@ void run_block(size_t smem) {
         f.sp = fiber_init(f.stack);
         f.open.clear();
         f.committed.clear();
+#ifdef PRRNET_EMU_RACE
+        // One TSan context per fiber slot, kept from block to block (creating one per block
+        // and thread costs more than the kernels): the same thread index continues its history,
+        // and every other thread's reaches it through the scheduler at the block's start.
+        if (!f.tsan) f.tsan = __tsan_create_fiber(0);
+        f.fresh = true;
+#endif
     }
     std::vector<int> perm;
     unsigned long long skew = mix(run_order().seed ^ mix(block_index() + 0x5eed));
@@ -309,6 +387,10 @@ void run_block(size_t smem) {
             g.cur = i;
             t_thread = f.tid;
             in_fiber = true;
+#ifdef PRRNET_EMU_RACE
+            __tsan_switch_to_fiber(f.tsan, f.fresh ? 0 : __tsan_switch_to_fiber_no_sync);
+            f.fresh = false;
+#endif
             emu_switch(&g.sched_sp, f.sp);
             in_fiber = false;
             if (f.st == FAILED) throw Failure{g.error};
@@ -318,11 +400,15 @@ void run_block(size_t smem) {
             done += g.fibers[i].st == DONE;
             bar += g.fibers[i].st == AT_BAR;
         }
-        if (done == g.n) return;
+        if (done == g.n) {
+            RACE(tsan_barrier(DONE, &block_sync); __tsan_acquire(&block_sync);)
+            return;
+        }
         bool progressed = resolve_warps(run_order().kind == Order::SHUFFLE ? &skew : nullptr);
         if (!progressed && bar > 0 && bar + done == g.n) {
             if (done > 0)
                 warn_once(g.kernel, "__syncthreads is reached after some threads of the block exited");
+            RACE(tsan_barrier(AT_BAR, &barrier_sync);)
             for (int i = 0; i < g.n; ++i)
                 if (g.fibers[i].st == AT_BAR) g.fibers[i].st = READY;
             progressed = true;
@@ -378,6 +464,7 @@ void cp_async(void* dst, const void* src, unsigned bytes) {
     Copy c;
     c.dst = dst;
     c.n = bytes;
+    RACE(__tsan_read_range(const_cast<void*>(src), bytes);)
     memcpy(c.bytes, src, bytes);
     g.fibers[g.cur].open.push_back(c);
 }
@@ -391,7 +478,10 @@ void cp_async_commit() {
 void cp_async_wait(int pending) {
     Fiber& f = g.fibers[g.cur];
     while ((int)f.committed.size() > pending) {
-        for (const Copy& c : f.committed.front()) memcpy(c.dst, c.bytes, c.n);
+        for (const Copy& c : f.committed.front()) {
+            RACE(__tsan_write_range(c.dst, c.n);)
+            memcpy(c.dst, c.bytes, c.n);
+        }
         f.committed.pop_front();
     }
 }
@@ -530,6 +620,7 @@ void ldmatrix_collective(void* const* lanes, unsigned mask) {
         if (l >= 8 * num) continue;
         const auto a = reinterpret_cast<uintptr_t>(d->row);
         if (a == 0 || a % 16) fail("ldmatrix: lane %d row address %p is not 16-byte aligned", l, d->row);
+        RACE(__tsan_read_range(const_cast<void*>(d->row), 16);)
         memcpy(m[l / 8][l % 8], d->row, 16);
     }
     for (int l = 0; l < 32; ++l) {
@@ -633,6 +724,7 @@ extern "C" void emu_fiber_main() {
     (*g.body)();
     Fiber& f = g.fibers[g.cur];
     f.st = DONE;
+    RACE(tsan_enter(sched_tsan);)
     emu_switch(&f.sp, g.sched_sp);
     abort();
 }
