@@ -118,6 +118,22 @@ fn check(label: &str, got: &[Vec<f32>; 5], c: &Case, tol: f64, failures: &mut Ve
     }
 }
 
+/// The relation map of these tests: two 13×11 maps of 40 channels in 5×5 bins (overlapping
+/// bins, partial tiles).
+const RELATION: RelationShape = RelationShape {
+    b: 2,
+    h: 13,
+    w: 11,
+    c: 40,
+    n: 5,
+};
+
+/// The lengths of the relation map's outputs: norms, row sums, p.
+fn outputs(s: &RelationShape) -> [usize; 3] {
+    let np = s.b * s.pixels();
+    [np, np, np * s.bins()]
+}
+
 #[test]
 fn auto_tunes_once_per_shape_and_keeps_results() {
     let Some(mut gpu) = open_concrete("auto_tunes_once_per_shape_and_keeps_results") else {
@@ -270,13 +286,7 @@ fn relation_versions_measured_once_and_results_kept() {
     let Some(mut gpu) = open_concrete("relation_versions_measured_once_and_results_kept") else {
         return;
     };
-    let s = RelationShape {
-        b: 2,
-        h: 13,
-        w: 11,
-        c: 40,
-        n: 5,
-    };
+    let s = RELATION;
     let (np, nb) = (s.pixels(), s.bins());
     let mut rng = Rng::new(0x4E1A);
     let f = common::uniform(&mut rng, s.b * np * s.c, 0.02, 1.0);
@@ -284,8 +294,7 @@ fn relation_versions_measured_once_and_results_kept() {
     let df0 = common::randn(&mut rng, s.b * np * s.c, 0.1);
     let mut cpu = CpuBackend::new();
     let [fc, dpc, dfc] = [&f, &dp, &df0].map(|v| common::put(&mut cpu, v));
-    let [nc, lc, pc] =
-        [s.b * np, s.b * np, s.b * np * nb].map(|n| common::put(&mut cpu, &vec![f32::NAN; n]));
+    let [nc, lc, pc] = outputs(&s).map(|n| common::put(&mut cpu, &vec![f32::NAN; n]));
     cpu.relation(&s, fc, nc, lc, pc).unwrap();
     cpu.relation_backward(&s, fc, nc, lc, pc, dpc, dfc).unwrap();
     // df is compared by its increment (df after − df0), which a second accumulation would
@@ -299,8 +308,7 @@ fn relation_versions_measured_once_and_results_kept() {
     gpu.clear_kernel_choices();
     gpu.set_precision(Precision::Bf16).unwrap();
     let [fg, dpg] = [&f, &dp].map(|v| put_gpu(&mut gpu, v));
-    let [ng, lg, pg] =
-        [s.b * np, s.b * np, s.b * np * nb].map(|n| put_gpu(&mut gpu, &vec![f32::NAN; n]));
+    let [ng, lg, pg] = outputs(&s).map(|n| put_gpu(&mut gpu, &vec![f32::NAN; n]));
     let dfg = put_gpu(&mut gpu, &df0);
     let mut runs = Vec::new();
     let mut failures = Vec::new();
@@ -421,25 +429,16 @@ fn a_candidate_that_disagrees_is_left_out() {
     }
 
     // The relation forward in BF16: sym left out, v3 and v2 kept.
-    let s = RelationShape {
-        b: 2,
-        h: 13,
-        w: 11,
-        c: 40,
-        n: 5,
-    };
-    let (np, nb) = (s.pixels(), s.bins());
-    let f = common::uniform(&mut rng, s.b * np * s.c, 0.02, 1.0);
+    let s = RELATION;
+    let f = common::uniform(&mut rng, s.b * s.pixels() * s.c, 0.02, 1.0);
     let mut cpu = CpuBackend::new();
     let fc = common::put(&mut cpu, &f);
-    let [nc, lc, pc] =
-        [s.b * np, s.b * np, s.b * np * nb].map(|n| common::put(&mut cpu, &vec![f32::NAN; n]));
+    let [nc, lc, pc] = outputs(&s).map(|n| common::put(&mut cpu, &vec![f32::NAN; n]));
     cpu.relation(&s, fc, nc, lc, pc).unwrap();
     gpu.set_precision(Precision::Bf16).unwrap();
     gpu.clear_kernel_choices();
     let fg = put_gpu(&mut gpu, &f);
-    let [ng, lg, pg] =
-        [s.b * np, s.b * np, s.b * np * nb].map(|n| put_gpu(&mut gpu, &vec![f32::NAN; n]));
+    let [ng, lg, pg] = outputs(&s).map(|n| put_gpu(&mut gpu, &vec![f32::NAN; n]));
     gpu.inject_tune_fault(Some("sym"));
     gpu.relation(&s, fg, ng, lg, pg).unwrap();
     gpu.inject_tune_fault(None);
