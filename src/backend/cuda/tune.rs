@@ -342,36 +342,22 @@ pub(crate) fn choose<P: Candidate>(
     let mut rejected: Vec<(&'static str, String)> = Vec::new();
     let mut first_error = None;
     for (i, &c) in order.iter().enumerate() {
-        if let (Some(base), true) = (base, i > 0) {
-            // Each candidate starts from the call's own output.
-            copy_ptr(be, base, be.ptr(out)?, out.len)?;
-        }
-        // A candidate that refuses the call (a launch limit, a workspace it cannot get) is left
-        // out; the call fails only if every candidate does.
-        if let Err(e) = run(c) {
-            rejected.push((c.name(), format!("failed: {e}")));
-            first_error.get_or_insert(e);
-            continue;
-        }
-        if fault.as_deref() == Some(c.name()) {
-            // The fault injection of [`CudaBackend::inject_tune_fault`]: an eighth of the output
-            // made wrong, as a race might leave it.
-            super::elementwise::fill_ptr(be, be.ptr(out)?, out.len.div_ceil(8), 1e3)?;
-        }
-        if let Some(check) = check.as_mut() {
-            if let Some(why) = check.disagreement(be, c)? {
+        // Each candidate starts from the call's own output (the first finds it there).
+        let restore = base.filter(|_| i > 0);
+        let faulty = fault.as_deref() == Some(c.name());
+        match take_turn(be, c, run, out, restore, check.as_mut(), faulty)? {
+            Turn::Timed(ms) => times.push((c, ms)),
+            Turn::Disagrees(why) => {
                 eprintln!(
                     "prrnet: warning: kernel {} left out of {}: {why}",
                     c.name(),
                     key.describe()
                 );
                 rejected.push((c.name(), why));
-                continue;
             }
-        }
-        match time_runs(be, c, run) {
-            Ok(ms) => times.push((c, ms)),
-            Err(e) => {
+            // A candidate that refuses the call (a launch limit, a workspace it cannot get) is
+            // left out; the call fails only if every candidate does.
+            Turn::Failed(e) => {
                 rejected.push((c.name(), format!("failed: {e}")));
                 first_error.get_or_insert(e);
             }
@@ -397,6 +383,50 @@ pub(crate) fn choose<P: Candidate>(
         tuning.log.push(Saved { key, choice });
     }
     Ok(chosen)
+}
+
+/// How one candidate's turn at a measurement ended.
+enum Turn {
+    /// Its median milliseconds.
+    Timed(f64),
+    /// Its output did not agree with the reference's (why).
+    Disagrees(String),
+    /// It refused the call.
+    Failed(Error),
+}
+
+/// One candidate's turn: `restore` the output from the save (an output the call adds into),
+/// run `c` once, check that run against the reference's (`faulty`: made wrong first, for
+/// [`CudaBackend::inject_tune_fault`]), then time it. An `Err` is a failure of the measurement
+/// itself (a copy, the comparison), not of the candidate.
+fn take_turn<P: Candidate>(
+    be: &CudaBackend,
+    c: P,
+    run: &dyn Fn(P) -> Result<()>,
+    out: Tensor,
+    restore: Option<u64>,
+    check: Option<&mut Check>,
+    faulty: bool,
+) -> Result<Turn> {
+    if let Some(base) = restore {
+        copy_ptr(be, base, be.ptr(out)?, out.len)?;
+    }
+    if let Err(e) = run(c) {
+        return Ok(Turn::Failed(e));
+    }
+    if faulty {
+        // An eighth of the output made wrong, as a race might leave it.
+        super::elementwise::fill_ptr(be, be.ptr(out)?, out.len.div_ceil(8), 1e3)?;
+    }
+    if let Some(check) = check {
+        if let Some(why) = check.disagreement(be, c)? {
+            return Ok(Turn::Disagrees(why));
+        }
+    }
+    Ok(match time_runs(be, c, run) {
+        Ok(ms) => Turn::Timed(ms),
+        Err(e) => Turn::Failed(e),
+    })
 }
 
 /// The median milliseconds of [`TIMED_RUNS`] runs of `c` (after its untimed, checked run).
