@@ -191,18 +191,16 @@ sanitizers() {
 }
 
 prrnet_bench() { # precision, mode
-    local flag="" rel=v2
-    [ "$2" = train ] && flag="--train"
+    local rel=v2
+    local run=("$prrnet" bench --device "$dev" --preset "$preset" --size "$size" --batch "$batch"
+        --precision "$1" --iters "$iters" --warmup 2)
+    [ "$2" = train ] && run+=(--train)
     [ "$1" = fp32 ] && rel=simt
-    step "prrnet_bench_${preset}_$2_$1" 60 "$prrnet" bench --device "$dev" --preset "$preset" \
-        --size "$size" --batch "$batch" --precision "$1" --iters "$iters" --warmup 2 $flag \
-        --breakdown --json
+    step "prrnet_bench_${preset}_$2_$1" 60 "${run[@]}" --breakdown --json
     if [ "$last_status" = FAIL ]; then
         # The kernels last checked on a GPU (see the header).
         step "conv_im2col_prrnet_bench_${preset}_$2_$1" 60 env PRRNET_CONV_ALGO=im2col \
-            PRRNET_RELATION_VERSION=$rel "$prrnet" bench --device "$dev" --preset "$preset" \
-            --size "$size" --batch "$batch" --precision "$1" --iters "$iters" --warmup 2 $flag \
-            --json
+            PRRNET_RELATION_VERSION=$rel "${run[@]}" --json
     fi
 }
 
