@@ -28,10 +28,16 @@
 #        sanitizers, then the rest of perf. Suggested: PRRNET_GPU_BUDGET_S=540 in one call
 #        with timeout_s=600.
 #
-# A whole-network `prrnet bench` that fails (not one that runs out of time) is run again at
-# once with the kernels last checked on a GPU (PRRNET_CONV_ALGO=im2col, the relation v2, simt
-# at fp32), logged as conv_im2col_prrnet_bench_…: a kernel that breaks the default path then
-# still leaves numbers, in the report's convolution-algorithm table, beside the failure.
+# Every whole-network `prrnet bench` keeps its kernel measurements in one tuning journal,
+# LOGDIR/tune-journal.tsv (PRRNET_TUNE_JOURNAL; src/backend/cuda/tune_journal.rs). A candidate
+# kernel that stops the process in its turn (a fault: the step FAILs; a hang: it runs out of
+# time with the journal untouched for 20 s) is left open there, and every later run leaves it
+# out of its kernel family (operation, pass, precision). Such a step runs again at once, up to
+# twice, as <step>_rerun1 and _rerun2: the numbers of every other kernel still come, and the
+# kernel choices name the candidate left out and why. A step that fails some other way, or
+# still fails, is run once more with the kernels last checked on a GPU (PRRNET_CONV_ALGO=im2col,
+# the relation v2, simt at fp32), logged as conv_im2col_prrnet_bench_…: a kernel that breaks the
+# default path then still leaves numbers, in the report's convolution-algorithm table.
 #
 # Time: each phase (or `all` as a whole) runs within PRRNET_GPU_BUDGET_S (default 280 s; perf
 # keeps its last 20 s for the report and the summary). Every
@@ -101,7 +107,7 @@ step() { # name, cap in seconds, command...
     fi
     local left=$((budget - reserve - SECONDS)) t0=$SECONDS status rc
     if [ "$left" -lt 15 ]; then
-        rows+=("$(printf '%-34s %-7s %4ds' "$name" SKIP 0)")
+        rows+=("$(printf '%-38s %-7s %4ds' "$name" SKIP 0)")
         echo "skipped: out of time budget (${budget}s)" >"$logs/$name.log"
         last_status=SKIP
         return
@@ -118,7 +124,7 @@ step() { # name, cap in seconds, command...
     else
         status=FAIL
     fi
-    rows+=("$(printf '%-34s %-7s %4ds' "$name" "$status" $((SECONDS - t0)))")
+    rows+=("$(printf '%-38s %-7s %4ds' "$name" "$status" $((SECONDS - t0)))")
     last_status=$status
 }
 left() { echo $((budget - reserve - SECONDS)); }
@@ -190,13 +196,44 @@ sanitizers() {
     fi
 }
 
+journal="$logs/tune-journal.tsv"
+open_turns() { # turns the journal has begun and never ended
+    [ -f "$journal" ] || { echo 0; return; }
+    awk -F'\t' '$1 == "begin" { open[$2 FS $3] = 1 } $1 == "end" { delete open[$2 FS $3] }
+        END { n = 0; for (k in open) n++; print n }' "$journal"
+}
+stuck_for() { # seconds since the journal was last written
+    echo $(($(date +%s) - $(stat -c %Y "$journal" 2>/dev/null || date +%s)))
+}
+tuned_step() { # name, cap, command...: a step that measures kernels through the journal, run
+    # again (up to twice) when a candidate stopped it (see the header)
+    local name="$1" cap="$2" before try=0 stopped
+    shift 2
+    before=$(open_turns)
+    step "$name" "$cap" env "PRRNET_TUNE_JOURNAL=$journal" "$@"
+    while [ "$try" -lt 2 ]; do
+        stopped=0
+        if [ "$(open_turns)" -gt "$before" ]; then
+            # A time-out counts only as a hang in one turn: no measurement takes 20 s.
+            case "$last_status" in
+                FAIL) stopped=1 ;;
+                TIMEOUT) [ "$(stuck_for)" -ge 20 ] && stopped=1 ;;
+            esac
+        fi
+        [ "$stopped" = 1 ] || break
+        try=$((try + 1))
+        before=$(open_turns)
+        step "${name}_rerun$try" "$cap" env "PRRNET_TUNE_JOURNAL=$journal" "$@"
+    done
+}
+
 prrnet_bench() { # precision, mode
     local rel=v2
     local run=("$prrnet" bench --device "$dev" --preset "$preset" --size "$size" --batch "$batch"
         --precision "$1" --iters "$iters" --warmup 2)
     [ "$2" = train ] && run+=(--train)
     [ "$1" = fp32 ] && rel=simt
-    step "prrnet_bench_${preset}_$2_$1" 60 "${run[@]}" --breakdown --json
+    tuned_step "prrnet_bench_${preset}_$2_$1" 60 "${run[@]}" --breakdown --json
     if [ "$last_status" = FAIL ]; then
         # The kernels last checked on a GPU (see the header).
         step "conv_im2col_prrnet_bench_${preset}_$2_$1" 60 env PRRNET_CONV_ALGO=im2col \
@@ -305,17 +342,17 @@ perf_rest() {
     for pm in bf16:infer bf16:train fp32:train; do
         local p="${pm%%:*}" m="${pm##*:}" train=()
         [ "$m" = train ] && train=(--train)
-        step "conv_halo_prrnet_bench_${preset}_${m}_$p" 60 env PRRNET_CONV_ALGO=halo \
+        tuned_step "conv_halo_prrnet_bench_${preset}_${m}_$p" 60 env PRRNET_CONV_ALGO=halo \
             "$prrnet" bench --device "$dev" --preset "$preset" --size "$size" --batch "$batch" \
             --precision "$p" --iters "$iters" --warmup 2 "${train[@]}" --json
     done
     # The BF16 training step with the relation fixed to v2 (the last measured version) against
     # the default (the versions measured per shape: kernel_choices): the whole-step effect.
-    step "relation_v2_prrnet_bench_${preset}_train_bf16" 60 env PRRNET_RELATION_VERSION=v2 \
+    tuned_step "relation_v2_prrnet_bench_${preset}_train_bf16" 60 env PRRNET_RELATION_VERSION=v2 \
         "$prrnet" bench --device "$dev" --preset "$preset" --size "$size" --batch "$batch" \
         --precision bf16 --iters "$iters" --warmup 2 --train --json
     # The fp32 training step with the exact simt relation against the default (split, 3xTF32).
-    step "relation_simt_prrnet_bench_${preset}_train_fp32" 60 env PRRNET_RELATION_VERSION=simt \
+    tuned_step "relation_simt_prrnet_bench_${preset}_train_fp32" 60 env PRRNET_RELATION_VERSION=simt \
         "$prrnet" bench --device "$dev" --preset "$preset" --size "$size" --batch "$batch" \
         --precision fp32 --iters 3 --warmup 1 --train --json
     if torch_ok; then
@@ -364,8 +401,8 @@ report() {
     if [ -f "$here/scripts/perf-report.py" ]; then
         timeout 30 "$py" "$here/scripts/perf-report.py" "$logs" --window-iters 3 \
             --out "$logs/PERFORMANCE-tables.md" >"$logs/perf_report.log" 2>&1 &&
-            rows+=("$(printf '%-34s %-7s %4ds' perf_report ok 0)") ||
-            rows+=("$(printf '%-34s %-7s %4ds' perf_report FAIL 0)")
+            rows+=("$(printf '%-38s %-7s %4ds' perf_report ok 0)") ||
+            rows+=("$(printf '%-38s %-7s %4ds' perf_report FAIL 0)")
     fi
 }
 
@@ -410,6 +447,6 @@ for line in sys.stdin:
 done
 [ -f "$logs/PERFORMANCE-tables.md" ] && echo "tables: $logs/PERFORMANCE-tables.md"
 echo
-printf '%-34s %-7s %5s\n' step status time
+printf '%-38s %-7s %5s\n' step status time
 for r in "${rows[@]}"; do echo "$r"; done
 echo "total ${SECONDS}s (phase $phase, budget ${budget}s)"

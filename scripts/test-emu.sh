@@ -20,6 +20,8 @@ export PRRNET_REQUIRE_GPU=1
 export PRRNET_REQUIRE_KERNELS=1
 tests=()
 for f in tests/gpu_*.rs; do tests+=(--test "$(basename "$f" .rs)"); done
+# The bundle's run script against a kernel that stops its process (needs a device too).
+tests+=(--test bundle_rerun)
 skips=(--skip reduced_precision_verdicts --skip detect_end_to_end_throughput)
 if [ "${PRRNET_EMU_FULL:-0}" != 1 ]; then
     skips+=(--skip w30_299 --skip w30_at_299)

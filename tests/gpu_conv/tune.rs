@@ -462,6 +462,115 @@ fn a_candidate_that_disagrees_is_left_out() {
     finish(&gpu, &failures);
 }
 
+/// A candidate that stops its process while it is measured (a kernel fault takes the CUDA
+/// context with it) leaves its turn open in the tuning journal. A backend that opens the
+/// journal puts it in quarantine: it is left out of every measurement of the same operation,
+/// pass and precision, with the reason in the choice's record, and everything else is still
+/// measured. Here `inject_tune_stop` stands in for the fault: the halo kernels in the fp32
+/// forward. The data gradient (another pass) and the BF16 forward keep halo.
+#[test]
+fn a_candidate_that_stopped_a_process_is_quarantined() {
+    let Some(mut gpu) = open_concrete("a_candidate_that_stopped_a_process_is_quarantined") else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("prrnet-tune-journal-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let journal = dir.join("journal.tsv");
+    let _ = std::fs::remove_file(&journal);
+    let mut rng = Rng::new(0x570B);
+    let c = case(ConvShape::new(2, 13, 29, 6, 70, 3, 1, 1), &mut rng);
+    let s = c.s;
+    gpu.set_conv_algo(ConvAlgo::Auto);
+    gpu.set_tune_min_flops(0.0);
+    gpu.set_precision(Precision::Fp32).unwrap();
+    gpu.clear_kernel_choices();
+    gpu.set_tune_journal(Some(&journal)).unwrap();
+    let mut failures = Vec::new();
+
+    // The "first process": the forward stops in halo's turn (the last, by trust).
+    gpu.inject_tune_stop(Some("halo"));
+    let [x, w, b, r] = [&c.x, &c.w, &c.bias, &c.residual].map(|v| put_gpu(&mut gpu, v));
+    let y = put_gpu(&mut gpu, &vec![f32::NAN; s.y_len()]);
+    match gpu.conv2d_bias_act(&s, x, w, b, Some(r), true, y) {
+        Err(e) if e.to_string().contains("injected fault") => {}
+        other => failures.push(format!(
+            "the injected stop did not fail the call: {other:?}"
+        )),
+    }
+    gpu.inject_tune_stop(None);
+    let text = std::fs::read_to_string(&journal).unwrap();
+    let begins: Vec<_> = text.lines().filter(|l| l.starts_with("begin\t")).collect();
+    let ends = text.lines().filter(|l| l.starts_with("end\t")).count();
+    eprintln!("journal after the stop:\n{text}");
+    if begins.len() != 3 || ends != 2 || !begins[2].contains("\thalo\tconv forward fp32\t") {
+        failures.push(format!("journal after the stop: {text}"));
+    }
+
+    // The "next process": a new journal reader, no choices yet.
+    gpu.set_tune_journal(Some(&journal)).unwrap();
+    gpu.clear_kernel_choices();
+    let got = run_gpu(&mut gpu, &c);
+    check("halo quarantined fp32", &got, &c, 1e-5, &mut failures);
+    for ch in gpu.kernel_choices() {
+        eprintln!(
+            "     {} [{}] → {} paths {:?} rejected {:?}",
+            ch.pass, ch.epilogue, ch.chosen, ch.paths, ch.rejected
+        );
+        let halo_timed = ch.paths.iter().any(|t| t.path == "halo");
+        let quarantined = ch.rejected.len() == 1
+            && ch.rejected[0].path == "halo"
+            && ch.rejected[0].reason.contains("quarantined")
+            && ch.rejected[0].reason.contains("conv forward b2");
+        match ch.pass.as_str() {
+            "forward" if !quarantined || halo_timed || ch.chosen == "halo" => {
+                failures.push(format!("fp32 forward: halo not quarantined: {ch:?}"))
+            }
+            "backward_data" if !halo_timed || !ch.rejected.is_empty() => {
+                failures.push(format!("fp32 data gradient: halo not measured: {ch:?}"))
+            }
+            _ => {}
+        }
+    }
+    let forwards = gpu
+        .kernel_choices()
+        .iter()
+        .filter(|ch| ch.pass == "forward")
+        .count();
+    if forwards != 2 {
+        failures.push(format!("{forwards} forward choices recorded, want 2"));
+    }
+    // Saved choices that name halo (a checkpoint's, say) are not taken back where halo is in
+    // quarantine: those keys are measured again. The data gradient's is taken back.
+    let saved = gpu.saved_kernel_choices().unwrap();
+    let as_halo = ["im2col", "implicit"].iter().fold(saved, |s, p| {
+        s.replace(&format!("\"chosen\":\"{p}\""), "\"chosen\":\"halo\"")
+    });
+    gpu.clear_kernel_choices();
+    gpu.restore_kernel_choices(&as_halo).unwrap();
+    let restored: Vec<_> = gpu.kernel_choices().into_iter().map(|c| c.pass).collect();
+    if restored != ["backward_data", "backward_weight"] {
+        failures.push(format!("restored choices of passes {restored:?}"));
+    }
+
+    // Another precision is another kernel family: halo is measured there.
+    gpu.set_precision(Precision::Bf16).unwrap();
+    gpu.clear_kernel_choices();
+    let got = run_gpu(&mut gpu, &c);
+    check("halo kept bf16", &got, &c, 1e-2, &mut failures);
+    for ch in gpu
+        .kernel_choices()
+        .iter()
+        .filter(|ch| ch.pass == "forward")
+    {
+        if !ch.paths.iter().any(|t| t.path == "halo") || !ch.rejected.is_empty() {
+            failures.push(format!("bf16 forward: halo not measured: {ch:?}"));
+        }
+    }
+    gpu.set_tune_journal(None).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    finish(&gpu, &failures);
+}
+
 /// The memory measuring holds for a moment (the save of an output the call adds into, the
 /// reference's copy) counts in `allocated_bytes`, the peak that benchmarks report: after every
 /// path has run the shape once under its fixed rule (so the workspace has grown as far as it

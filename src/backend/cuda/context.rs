@@ -183,7 +183,7 @@ impl CudaBackend {
             precision: AtomicU8::new(Precision::Fp32 as u8),
             conv_algo: AtomicU8::new(conv_algo as u8),
             halo_min_fill: AtomicU64::new(halo_min_fill.to_bits()),
-            tuning: Mutex::new(Default::default()),
+            tuning: Mutex::new(super::tune::Tuning::from_env()?),
             tune_min_flops: AtomicU64::new(tune_min_flops.to_bits()),
             capturing: AtomicBool::new(false),
             tune_transient_peak: AtomicUsize::new(0),

@@ -31,6 +31,7 @@ mod resample;
 mod timing;
 mod tune;
 mod tune_check;
+mod tune_journal;
 
 pub use context::CudaBackend;
 pub use conv_implicit::{shape_name, ConvAlgo, ConvPath};

@@ -43,6 +43,7 @@ use super::elementwise::copy_ptr;
 use super::relation_tc::relation_flops;
 use super::timing;
 use super::tune_check::Check;
+use super::tune_journal::Journal;
 use crate::backend::{ConvShape, KernelChoice, PathTime, Precision, RejectedPath, RelationShape};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -97,6 +98,13 @@ impl TuneKey {
                 backward, shape, ..
             } => relation_flops(shape, *backward),
         }
+    }
+
+    /// What a quarantine covers (`tune_journal.rs`): the key without its shape, one kernel
+    /// family: `conv forward bf16`.
+    fn scope(&self) -> String {
+        let (op, pass, _, precision, _) = self.parts();
+        format!("{op} {pass} {precision}")
     }
 
     fn precision(&self) -> Precision {
@@ -179,8 +187,123 @@ impl TuneKey {
 pub(crate) struct Tuning {
     chosen: HashMap<TuneKey, &'static str>,
     log: Vec<Saved>,
-    /// [`CudaBackend::inject_tune_fault`]'s candidate.
-    fault: Option<String>,
+    /// Where each candidate's turn is written down, and the quarantine read from it.
+    journal: Option<Journal>,
+    /// A candidate made to misbehave while measured, for tests: [`CudaBackend::inject_tune_fault`],
+    /// [`CudaBackend::inject_tune_stop`].
+    fault: Option<(String, Fault)>,
+}
+
+/// How [`Tuning::fault`]'s candidate misbehaves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// An eighth of its output overwritten, as a race might leave it.
+    Wrong,
+    /// The measurement fails after its run, as when its kernel faults and the context is lost.
+    Stop,
+}
+
+impl Tuning {
+    /// A new record, with the journal of `PRRNET_TUNE_JOURNAL` when it names a file and the
+    /// stop of `PRRNET_TEST_TUNE_STOP` (a test hook: the candidate whose turns fail, see
+    /// [`CudaBackend::inject_tune_stop`]).
+    pub(crate) fn from_env() -> Result<Tuning> {
+        let journal = match std::env::var_os("PRRNET_TUNE_JOURNAL") {
+            Some(p) if !p.is_empty() => Some(Journal::open(std::path::Path::new(&p))?),
+            _ => None,
+        };
+        let fault = std::env::var("PRRNET_TEST_TUNE_STOP")
+            .ok()
+            .filter(|c| !c.is_empty())
+            .map(|c| (c, Fault::Stop));
+        Ok(Tuning {
+            journal,
+            fault,
+            ..Default::default()
+        })
+    }
+
+    /// `candidates` without those the journal has in quarantine for `key`'s scope.
+    fn screen<P: Candidate>(&self, key: &TuneKey, candidates: &[P], fallback: P) -> Screened<P> {
+        let Some(j) = &self.journal else {
+            return Screened {
+                candidates: candidates.to_vec(),
+                fallback,
+                left_out: Vec::new(),
+            };
+        };
+        let scope = key.scope();
+        let mut kept = Vec::with_capacity(candidates.len());
+        let mut left_out = Vec::new();
+        for &c in candidates {
+            match j.quarantined(c.name(), &scope) {
+                Some(s) => left_out.push((
+                    c.name(),
+                    format!(
+                        "quarantined: an earlier process stopped in its turn at {} (run {}, \
+                         journal {})",
+                        s.key,
+                        s.run,
+                        j.path().display()
+                    ),
+                )),
+                None => kept.push(c),
+            }
+        }
+        // A fallback in quarantine gives way to the most trusted candidate left.
+        let fallback = if left_out.iter().any(|(n, _)| *n == fallback.name()) {
+            kept.iter()
+                .copied()
+                .min_by_key(|c| c.trust())
+                .unwrap_or(fallback)
+        } else {
+            fallback
+        };
+        Screened {
+            candidates: kept,
+            fallback,
+            left_out,
+        }
+    }
+
+    /// Write down the start of `c`'s turn at `key` (None without a journal).
+    fn begin_turn(&mut self, c: &str, key: &TuneKey) -> Result<Option<u64>> {
+        match &mut self.journal {
+            Some(j) => j.begin(c, &key.scope(), &key.describe()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn end_turn(&mut self, turn: Option<u64>) -> Result<()> {
+        match (&mut self.journal, turn) {
+            (Some(j), Some(t)) => j.end(t),
+            _ => Ok(()),
+        }
+    }
+
+    /// Keep `chosen` for `key` with its record, unless a choice was made for it meanwhile.
+    fn keep(
+        &mut self,
+        key: TuneKey,
+        chosen: &'static str,
+        times: &[(&'static str, f64)],
+        reference: Option<&'static str>,
+        rejected: &[(&'static str, String)],
+    ) {
+        if self.chosen.insert(key, chosen).is_none() {
+            let choice = key.record(chosen, times, reference, rejected);
+            self.log.push(Saved { key, choice });
+        }
+    }
+}
+
+/// The candidates of a call that may run, after the quarantine.
+struct Screened<P> {
+    candidates: Vec<P>,
+    /// The fixed rule's candidate, or the most trusted one left if that is in quarantine.
+    fallback: P,
+    /// The candidates in quarantine, with why.
+    left_out: Vec<(&'static str, String)>,
 }
 
 /// One choice as [`CudaBackend::saved_kernel_choices`] writes it.
@@ -250,6 +373,14 @@ impl CudaBackend {
         }
         let mut t = self.tuning()?;
         for (name, s) in named {
+            // A choice of a candidate in quarantine is measured again instead.
+            let scope = s.key.scope();
+            if t.journal
+                .as_ref()
+                .is_some_and(|j| j.quarantined(name, &scope).is_some())
+            {
+                continue;
+            }
             if let std::collections::hash_map::Entry::Vacant(e) = t.chosen.entry(s.key) {
                 e.insert(name);
                 t.log.push(s);
@@ -272,13 +403,36 @@ impl CudaBackend {
     /// might leave it. The check must then leave it out. None ends it.
     #[doc(hidden)]
     pub fn inject_tune_fault(&self, candidate: Option<&str>) {
+        self.set_tune_fault(candidate, Fault::Wrong);
+    }
+
+    /// For tests of the tuning journal: from now on, the measurement fails right after the
+    /// candidate named `candidate` runs, with its turn left open in the journal, as when its
+    /// kernel faults and the context is lost (the context stays usable here). None ends it.
+    /// `PRRNET_TEST_TUNE_STOP=CANDIDATE` sets it at creation.
+    #[doc(hidden)]
+    pub fn inject_tune_stop(&self, candidate: Option<&str>) {
+        self.set_tune_fault(candidate, Fault::Stop);
+    }
+
+    fn set_tune_fault(&self, candidate: Option<&str>, fault: Fault) {
         if let Ok(mut t) = self.tuning.lock() {
-            t.fault = candidate.map(str::to_owned);
+            t.fault = candidate.map(|c| (c.to_owned(), fault));
         }
     }
 
-    fn tune_fault(&self) -> Option<String> {
+    fn tune_fault(&self) -> Option<(String, Fault)> {
         self.tuning.lock().ok().and_then(|t| t.fault.clone())
+    }
+
+    /// Keep the tuning journal at `path` from now on (None: no journal), and read its
+    /// quarantine: candidates that stopped an earlier process while measured are left out of
+    /// every measurement of their scope (`tune_journal.rs`). `PRRNET_TUNE_JOURNAL` sets it at
+    /// creation. Choices made already stay.
+    pub fn set_tune_journal(&self, path: Option<&std::path::Path>) -> Result<()> {
+        let journal = path.map(Journal::open).transpose()?;
+        self.tuning()?.journal = journal;
+        Ok(())
     }
 
     fn tuning(&self) -> Result<std::sync::MutexGuard<'_, Tuning>> {
@@ -314,12 +468,24 @@ pub(crate) fn choose<P: Candidate>(
     if candidates.len() < 2 {
         return Ok(candidates.first().copied().unwrap_or(fallback));
     }
+    let Screened {
+        candidates,
+        fallback,
+        left_out,
+    } = be.tuning()?.screen(&key, candidates, fallback);
     if let Some(name) = be.tuning()?.chosen.get(&key) {
         return Ok(candidates
             .iter()
             .copied()
             .find(|c| c.name() == *name)
             .unwrap_or(fallback));
+    }
+    if candidates.len() < 2 {
+        // The quarantine left one candidate (or none): nothing to measure; the record says
+        // what was left out.
+        let only = candidates.first().copied().unwrap_or(fallback);
+        be.tuning()?.keep(key, only.name(), &[], None, &left_out);
+        return Ok(only);
     }
     if be.capturing.load(Ordering::Relaxed) || key.flops() < be.tune_min_flops() {
         return Ok(fallback);
@@ -335,17 +501,28 @@ pub(crate) fn choose<P: Candidate>(
     };
     let base = saved.as_ref().map(|s| s.1);
     let mut check = Check::new(be, out, base, key.precision())?;
-    let mut order = candidates.to_vec();
+    let mut order = candidates;
     order.sort_by_key(|c| c.trust());
     let fault = be.tune_fault();
     let mut times = Vec::with_capacity(order.len());
-    let mut rejected: Vec<(&'static str, String)> = Vec::new();
+    let mut rejected = left_out;
     let mut first_error = None;
     for (i, &c) in order.iter().enumerate() {
         // Each candidate starts from the call's own output (the first finds it there).
         let restore = base.filter(|_| i > 0);
-        let faulty = fault.as_deref() == Some(c.name());
-        match take_turn(be, c, run, out, restore, check.as_mut(), faulty)? {
+        let fault = fault
+            .as_ref()
+            .filter(|(name, _)| name == c.name())
+            .map(|f| f.1);
+        let turn = be.tuning()?.begin_turn(c.name(), &key)?;
+        // An error of the measurement itself, or a failed candidate after which the device no
+        // longer works, leaves the turn open in the journal: the candidate stopped the process.
+        let outcome = match take_turn(be, c, run, out, restore, check.as_mut(), fault)? {
+            Turn::Failed(e) if be.synchronize_stream().is_err() => return Err(e),
+            t => t,
+        };
+        be.tuning()?.end_turn(turn)?;
+        match outcome {
             Turn::Timed(ms) => times.push((c, ms)),
             Turn::Disagrees(why) => {
                 eprintln!(
@@ -376,12 +553,9 @@ pub(crate) fn choose<P: Candidate>(
         }));
     };
     let reference = check.as_ref().and_then(|c| c.reference());
-    let mut tuning = be.tuning()?;
-    if tuning.chosen.insert(key, chosen.name()).is_none() {
-        let named: Vec<_> = times.iter().map(|(c, ms)| (c.name(), *ms)).collect();
-        let choice = key.record(chosen.name(), &named, reference, &rejected);
-        tuning.log.push(Saved { key, choice });
-    }
+    let named: Vec<_> = times.iter().map(|(c, ms)| (c.name(), *ms)).collect();
+    be.tuning()?
+        .keep(key, chosen.name(), &named, reference, &rejected);
     Ok(chosen)
 }
 
@@ -396,9 +570,9 @@ enum Turn {
 }
 
 /// One candidate's turn: `restore` the output from the save (an output the call adds into),
-/// run `c` once, check that run against the reference's (`faulty`: made wrong first, for
-/// [`CudaBackend::inject_tune_fault`]), then time it. An `Err` is a failure of the measurement
-/// itself (a copy, the comparison), not of the candidate.
+/// run `c` once, check that run against the reference's (`fault`: the misbehaviour a test
+/// injected, after the run), then time it. An `Err` is a failure of the measurement itself (a
+/// copy, the comparison, a fault that surfaces there), not a candidate refusing the call.
 fn take_turn<P: Candidate>(
     be: &CudaBackend,
     c: P,
@@ -406,7 +580,7 @@ fn take_turn<P: Candidate>(
     out: Tensor,
     restore: Option<u64>,
     check: Option<&mut Check>,
-    faulty: bool,
+    fault: Option<Fault>,
 ) -> Result<Turn> {
     if let Some(base) = restore {
         copy_ptr(be, base, be.ptr(out)?, out.len)?;
@@ -414,9 +588,18 @@ fn take_turn<P: Candidate>(
     if let Err(e) = run(c) {
         return Ok(Turn::Failed(e));
     }
-    if faulty {
+    match fault {
         // An eighth of the output made wrong, as a race might leave it.
-        super::elementwise::fill_ptr(be, be.ptr(out)?, out.len.div_ceil(8), 1e3)?;
+        Some(Fault::Wrong) => {
+            super::elementwise::fill_ptr(be, be.ptr(out)?, out.len.div_ceil(8), 1e3)?
+        }
+        Some(Fault::Stop) => {
+            return Err(Error::Device(format!(
+                "injected fault: kernel {} stops the process (PRRNET_TEST_TUNE_STOP)",
+                c.name()
+            )))
+        }
+        None => {}
     }
     if let Some(check) = check {
         if let Some(why) = check.disagreement(be, c)? {

@@ -1,0 +1,122 @@
+//! The GPU bundle's run script (scripts/gpu-run.sh) against a kernel that stops its process
+//! while it is measured: the whole-network benchmark fails, runs again without that kernel,
+//! and the report says which kernel was left out and why.
+//!
+//! The script runs as the bundle runs it (`run.sh` beside `bin/prrnet` and
+//! `scripts/perf-report.py`), on the tiny network. `PRRNET_TEST_TUNE_STOP=halo` stands in for a
+//! fault: every measurement fails right after a halo kernel's run, as a kernel fault would. In
+//! a training step that happens twice, once for the forward and once for the data gradient (two
+//! kernel families), so the script's two reruns are both needed; the second one succeeds.
+//!
+//! It needs a CUDA device (cuda-emu in scripts/test-emu.sh); without one it prints a skip
+//! message and passes, and `PRRNET_REQUIRE_GPU=1` makes it fail instead. It is not in the GPU
+//! bundle (it runs the script the bundle is made of).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn a_kernel_that_stops_the_benchmark_is_left_out_of_its_rerun() {
+    if common::open_gpu("a_kernel_that_stops_the_benchmark_is_left_out_of_its_rerun").is_none() {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = common::tmp_dir("bundle-rerun");
+    let bundle = dir.join("bundle");
+    std::fs::create_dir_all(bundle.join("bin")).unwrap();
+    std::fs::create_dir_all(bundle.join("scripts")).unwrap();
+    std::fs::copy(root.join("scripts/gpu-run.sh"), bundle.join("run.sh")).unwrap();
+    std::fs::copy(
+        root.join("scripts/perf-report.py"),
+        bundle.join("scripts/perf-report.py"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_prrnet"), bundle.join("bin/prrnet")).unwrap();
+    let logs = dir.join("logs");
+    let out = Command::new("bash")
+        .arg(bundle.join("run.sh"))
+        .arg(&logs)
+        .arg("perf")
+        .env("PRRNET_GPU_BUDGET_S", "600")
+        .env("PRRNET_PERF_PRESET", "tiny")
+        .env("PRRNET_PERF_SIZE", "64")
+        .env("PRRNET_PERF_BATCH", "2")
+        .env("PRRNET_PERF_ITERS", "1")
+        .env(
+            "PRRNET_GPU_ONLY",
+            "^(conv_im2col_)?prrnet_bench_tiny_train_bf16",
+        )
+        .env("PRRNET_TEST_TUNE_STOP", "halo")
+        .env("PRRNET_TUNE_MIN_GFLOP", "0")
+        .env_remove("PRRNET_TUNE_JOURNAL")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "run.sh failed");
+
+    let step = |suffix: &str| logs.join(format!("prrnet_bench_tiny_train_bf16{suffix}.log"));
+    for (suffix, family) in [
+        ("", "conv forward bf16"),
+        ("_rerun1", "conv backward_data bf16"),
+    ] {
+        let log = read(&step(suffix));
+        assert!(
+            log.contains("injected fault: kernel halo"),
+            "{suffix}: {family}: {log}"
+        );
+    }
+    let last = read(&step("_rerun2"));
+    let record: serde_json::Value = last
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .find(|r: &serde_json::Value| r.get("ms_median").is_some())
+        .unwrap_or_else(|| panic!("the second rerun printed no result: {last}"));
+    let choices = record["kernel_choices"].as_array().unwrap();
+    let mut quarantined = std::collections::BTreeSet::new();
+    for c in choices {
+        assert_ne!(c["chosen"], "halo", "{c}");
+        for r in c["rejected"].as_array().unwrap() {
+            let reason = r["reason"].as_str().unwrap();
+            assert!(r["path"] == "halo" && reason.contains("quarantined"), "{c}");
+            quarantined.insert(c["pass"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(
+        quarantined.into_iter().collect::<Vec<_>>(),
+        ["backward_data", "forward"],
+        "halo left out of both families it stopped"
+    );
+    assert!(
+        !logs
+            .join("conv_im2col_prrnet_bench_tiny_train_bf16.log")
+            .exists(),
+        "the fallback to the old kernels ran although the rerun succeeded"
+    );
+    let journal = read(&logs.join("tune-journal.tsv"));
+    let begins = journal.lines().filter(|l| l.starts_with("begin\t")).count();
+    let ends = journal.lines().filter(|l| l.starts_with("end\t")).count();
+    assert_eq!(begins, ends + 2, "two turns left open:\n{journal}");
+    let tables = read(&logs.join("PERFORMANCE-tables.md"));
+    assert!(tables.contains("halo: quarantined"), "{tables}");
+    for (name, status) in [
+        ("prrnet_bench_tiny_train_bf16 ", "FAIL"),
+        ("prrnet_bench_tiny_train_bf16_rerun1", "FAIL"),
+        ("prrnet_bench_tiny_train_bf16_rerun2", "ok"),
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(name) && l.split_whitespace().nth(1) == Some(status)),
+            "summary row {name} {status}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
