@@ -6,7 +6,9 @@
 # tests  every GPU test executable with PRRNET_REQUIRE_GPU=1 (gpu_parity, gpu_model_parity,
 #        gpu_relation when bundled, then any other bin/gpu_*), then compute-sanitizer
 #        (memcheck, racecheck) on the parity tests (gpu_parity, the tiny network, the relation
-#        and, on their small shapes, the convolution kernels).
+#        and, on their small shapes, the convolution kernels). A test executable whose
+#        process dies (a crash, a hang) runs the tests it had not started once more, as
+#        <name>_rest; the test in flight is named there.
 # perf   the measured peaks (`prrnet bench --peaks`), `prrnet bench --breakdown` for W30 at
 #        299×299, batch 64 (inference and training; fp32 and bf16 first, then tf32), PyTorch
 #        eager with the same stage breakdown, the relation-map benchmarks when bundled, an nsys
@@ -103,6 +105,7 @@ step() { # name, cap in seconds, command...
     # PRRNET_GPU_ONLY: run only the steps whose names match this regular expression (a
     # second device call that fills in what the first one had no time for).
     if [ -n "${PRRNET_GPU_ONLY:-}" ] && ! [[ "$name" =~ $PRRNET_GPU_ONLY ]]; then
+        last_status=""
         return
     fi
     local left=$((budget - reserve - SECONDS)) t0=$SECONDS status rc
@@ -144,11 +147,34 @@ meta() {
     timeout 30 "$prrnet" info >"$logs/info.log" 2>&1
 }
 
+test_step() { # name, cap, test executable, arguments...: when its process dies (a crash, a
+    # hang that runs out of time), the tests it had not started run once more in a process of
+    # their own, as <name>_rest; the one in flight is named in that log and not run again
+    local name="$1" cap="$2" exe="$3" listed started left in_flight
+    shift 3
+    step "$name" "$cap" "$exe" "$@"
+    case "$last_status" in FAIL | TIMEOUT) ;; *) return ;; esac
+    listed=$("$exe" --list "$@" 2>/dev/null | sed -n 's/: test$//p' | sort -u)
+    # libtest prints `test NAME ... ` as a test starts (its result may follow on a later line).
+    started=$(sed -nE 's/^test ([^ ]+) \.\.\. .*/\1/p' "$logs/$name.log")
+    in_flight=$(printf '%s\n' "$started" | grep -Fxf <(printf '%s\n' "$listed") | tail -n 1)
+    if grep -Eq "^test $in_flight \.\.\. .*(ok|FAILED|ignored)\$" "$logs/$name.log"; then
+        in_flight=""
+    fi
+    mapfile -t left < <(comm -23 <(printf '%s\n' "$listed") <(printf '%s\n' "$started" | sort -u) |
+        grep -v '^$')
+    [ "${#left[@]}" -gt 0 ] || return
+    step "${name}_rest" "$cap" "$exe" "$@" --exact "${left[@]}"
+    if [ -n "$in_flight" ]; then
+        echo "not run again: $in_flight (in flight when $name stopped)" >>"$logs/${name}_rest.log"
+    fi
+}
+
 gpu_tests() {
-    step gpu_parity 120 "$bin/gpu_parity" --test-threads 1 --nocapture
-    step gpu_model_parity 150 "$bin/gpu_model_parity" --test-threads 1 --nocapture
+    test_step gpu_parity 120 "$bin/gpu_parity" --test-threads 1 --nocapture
+    test_step gpu_model_parity 150 "$bin/gpu_model_parity" --test-threads 1 --nocapture
     if [ -x "$bin/gpu_relation" ]; then
-        step gpu_relation 90 "$bin/gpu_relation" --test-threads 1 --nocapture
+        test_step gpu_relation 90 "$bin/gpu_relation" --test-threads 1 --nocapture
     fi
     # Any other GPU test executable in the bundle (tests/gpu_*.rs), in name order.
     local exe t
@@ -156,7 +182,7 @@ gpu_tests() {
         [ -x "$exe" ] && [ "${exe%.gz}" = "$exe" ] || continue
         t=$(basename "$exe")
         case "$t" in gpu_parity | gpu_model_parity | gpu_relation) continue ;; esac
-        step "$t" 90 "$exe" --test-threads 1 --nocapture
+        test_step "$t" 90 "$exe" --test-threads 1 --nocapture
     done
 }
 

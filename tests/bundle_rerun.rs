@@ -1,16 +1,18 @@
-//! The GPU bundle's run script (scripts/gpu-run.sh) against a kernel that stops its process
-//! while it is measured: the whole-network benchmark fails, runs again without that kernel,
-//! and the report says which kernel was left out and why.
+//! The GPU bundle's run script (scripts/gpu-run.sh) when a process it starts dies: the
+//! results of everything else must still come.
 //!
-//! The script runs as the bundle runs it (`run.sh` beside `bin/prrnet` and
-//! `scripts/perf-report.py`), on the tiny network. `PRRNET_TEST_TUNE_STOP=halo` stands in for a
-//! fault: every measurement fails right after a halo kernel's run, as a kernel fault would. In
-//! a training step that happens twice, once for the forward and once for the data gradient (two
-//! kernel families), so the script's two reruns are both needed; the second one succeeds.
+//! - A kernel that stops its process while it is measured: the whole-network benchmark fails,
+//!   runs again without that kernel, and the report says which kernel was left out and why.
+//!   The script runs as the bundle runs it (`run.sh` beside `bin/prrnet` and
+//!   `scripts/perf-report.py`), on the tiny network. `PRRNET_TEST_TUNE_STOP=halo` stands in for
+//!   a fault: every measurement fails right after a halo kernel's run, as a kernel fault would.
+//!   In a training step that happens twice, once for the forward and once for the data
+//!   gradient (two kernel families), so the script's two reruns are both needed; the second
+//!   one succeeds. It needs a CUDA device (cuda-emu in scripts/test-emu.sh); without one it
+//!   prints a skip message and passes, and `PRRNET_REQUIRE_GPU=1` makes it fail instead.
+//! - A test executable that crashes: the tests it never started run in a second process.
 //!
-//! It needs a CUDA device (cuda-emu in scripts/test-emu.sh); without one it prints a skip
-//! message and passes, and `PRRNET_REQUIRE_GPU=1` makes it fail instead. It is not in the GPU
-//! bundle (it runs the script the bundle is made of).
+//! Not in the GPU bundle (it runs the script the bundle is made of).
 
 mod common;
 
@@ -111,6 +113,96 @@ fn a_kernel_that_stops_the_benchmark_is_left_out_of_its_rerun() {
         ("prrnet_bench_tiny_train_bf16_rerun1", "FAIL"),
         ("prrnet_bench_tiny_train_bf16_rerun2", "ok"),
     ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(name) && l.split_whitespace().nth(1) == Some(status)),
+            "summary row {name} {status}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A test executable whose process dies mid-run (a crash; a hang that runs out of time is
+/// handled the same way): the tests it never started run again in a process of their own, and
+/// the one in flight is named, not run again. A shell script stands in for the libtest
+/// executable (`--list`, `--exact NAMES`, `test NAME ... ok` lines); no GPU is needed.
+#[test]
+fn tests_after_a_crash_run_again_in_a_process_of_their_own() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = common::tmp_dir("bundle-rest");
+    let bundle = dir.join("bundle");
+    std::fs::create_dir_all(bundle.join("bin")).unwrap();
+    std::fs::copy(root.join("scripts/gpu-run.sh"), bundle.join("run.sh")).unwrap();
+    let fake = bundle.join("bin/gpu_fake");
+    std::fs::write(
+        &fake,
+        r#"#!/usr/bin/env bash
+# Tests alpha, beta, gamma, delta; beta kills the process.
+all=(alpha beta gamma delta)
+run=()
+exact=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --list) for t in "${all[@]}"; do echo "$t: test"; done; echo; echo "4 tests"; exit 0 ;;
+        --test-threads) shift ;;
+        --exact) exact=1 ;;
+        --*) ;;
+        *) [ "$exact" = 1 ] && run+=("$1") ;;
+    esac
+    shift
+done
+[ ${#run[@]} -eq 0 ] && run=("${all[@]}")
+echo "running ${#run[@]} tests"
+for t in "${run[@]}"; do
+    printf 'test %s ... ' "$t"
+    echo "output of $t"
+    [ "$t" = beta ] && kill -SEGV $$
+    echo ok
+done
+"#,
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let logs = dir.join("logs");
+    let out = Command::new("bash")
+        .arg(bundle.join("run.sh"))
+        .arg(&logs)
+        .arg("tests")
+        .env("PRRNET_GPU_BUDGET_S", "120")
+        .env("PRRNET_GPU_ONLY", "^gpu_fake")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let first = read(&logs.join("gpu_fake.log"));
+    assert!(
+        first.contains("test alpha ... output of alpha\nok"),
+        "{first}"
+    );
+    let rest = read(&logs.join("gpu_fake_rest.log"));
+    assert!(
+        rest.lines()
+            .next()
+            .is_some_and(|l| l.ends_with("--exact delta gamma")),
+        "{rest}"
+    );
+    for t in ["gamma", "delta"] {
+        assert!(
+            rest.contains(&format!("test {t} ... output of {t}\nok")),
+            "{rest}"
+        );
+    }
+    assert!(
+        !rest.contains("test alpha") && !rest.contains("test beta"),
+        "{rest}"
+    );
+    assert!(
+        rest.contains("not run again: beta (in flight when gpu_fake stopped)"),
+        "{rest}"
+    );
+    for (name, status) in [("gpu_fake ", "FAIL"), ("gpu_fake_rest", "ok")] {
         assert!(
             stdout
                 .lines()
