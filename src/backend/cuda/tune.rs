@@ -517,9 +517,12 @@ pub(crate) fn choose<P: Candidate>(
         let turn = be.tuning()?.begin_turn(c.name(), &key)?;
         // An error of the measurement itself, or a failed candidate after which the device no
         // longer works, leaves the turn open in the journal: the candidate stopped the process.
-        let outcome = match take_turn(be, c, run, out, restore, check.as_mut(), fault)? {
-            Turn::Failed(e) if be.synchronize_stream().is_err() => return Err(e),
-            t => t,
+        let outcome = match take_turn(be, c, run, out, restore, check.as_mut(), fault) {
+            Err(e) => return Err(stopped_in_turn(be, c.name(), &key, e)),
+            Ok(Turn::Failed(e)) if be.synchronize_stream().is_err() => {
+                return Err(stopped_in_turn(be, c.name(), &key, e))
+            }
+            Ok(t) => t,
         };
         be.tuning()?.end_turn(turn)?;
         match outcome {
@@ -557,6 +560,31 @@ pub(crate) fn choose<P: Candidate>(
     be.tuning()?
         .keep(key, chosen.name(), &named, reference, &rejected);
     Ok(chosen)
+}
+
+/// The error of a measurement that stopped in `candidate`'s turn, with what to do about it:
+/// the journal leaves the candidate out of the next run, or the kernels can be fixed.
+fn stopped_in_turn(be: &CudaBackend, candidate: &str, key: &TuneKey, e: Error) -> Error {
+    let journal = be
+        .tuning
+        .lock()
+        .ok()
+        .and_then(|t| t.journal.as_ref().map(|j| j.path().display().to_string()));
+    let next = match journal {
+        Some(path) => format!("the tuning journal {path} leaves it out of the next run"),
+        None => "with PRRNET_TUNE_JOURNAL=FILE a run that stops here leaves it out of the \
+                 next one that names FILE"
+            .to_owned(),
+    };
+    let why = match e {
+        Error::Device(m) => m,
+        e => e.to_string(),
+    };
+    Error::Device(format!(
+        "kernel {candidate} stopped while being measured for {}: {why} ({next}; \
+         PRRNET_CONV_ALGO=im2col and PRRNET_RELATION_VERSION=v2 fix the kernels instead)",
+        key.describe()
+    ))
 }
 
 /// How one candidate's turn at a measurement ended.
