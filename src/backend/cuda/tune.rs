@@ -43,7 +43,7 @@ use super::elementwise::copy_ptr;
 use super::relation_tc::relation_flops;
 use super::timing;
 use super::tune_check::Check;
-use super::tune_journal::Journal;
+use super::tune_journal::{Journal, Screened};
 use crate::backend::{ConvShape, KernelChoice, PathTime, Precision, RejectedPath, RelationShape};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -225,44 +225,13 @@ impl Tuning {
 
     /// `candidates` without those the journal has in quarantine for `key`'s scope.
     fn screen<P: Candidate>(&self, key: &TuneKey, candidates: &[P], fallback: P) -> Screened<P> {
-        let Some(j) = &self.journal else {
-            return Screened {
+        match &self.journal {
+            Some(j) => j.screen(&key.scope(), candidates, fallback),
+            None => Screened {
                 candidates: candidates.to_vec(),
                 fallback,
                 left_out: Vec::new(),
-            };
-        };
-        let scope = key.scope();
-        let mut kept = Vec::with_capacity(candidates.len());
-        let mut left_out = Vec::new();
-        for &c in candidates {
-            match j.quarantined(c.name(), &scope) {
-                Some(s) => left_out.push((
-                    c.name(),
-                    format!(
-                        "quarantined: an earlier process stopped in its turn at {} (run {}, \
-                         journal {})",
-                        s.key,
-                        s.run,
-                        j.path().display()
-                    ),
-                )),
-                None => kept.push(c),
-            }
-        }
-        // A fallback in quarantine gives way to the most trusted candidate left.
-        let fallback = if left_out.iter().any(|(n, _)| *n == fallback.name()) {
-            kept.iter()
-                .copied()
-                .min_by_key(|c| c.trust())
-                .unwrap_or(fallback)
-        } else {
-            fallback
-        };
-        Screened {
-            candidates: kept,
-            fallback,
-            left_out,
+            },
         }
     }
 
@@ -295,15 +264,6 @@ impl Tuning {
             self.log.push(Saved { key, choice });
         }
     }
-}
-
-/// The candidates of a call that may run, after the quarantine.
-struct Screened<P> {
-    candidates: Vec<P>,
-    /// The fixed rule's candidate, or the most trusted one left if that is in quarantine.
-    fallback: P,
-    /// The candidates in quarantine, with why.
-    left_out: Vec<(&'static str, String)>,
 }
 
 /// One choice as [`CudaBackend::saved_kernel_choices`] writes it.
@@ -503,28 +463,13 @@ pub(crate) fn choose<P: Candidate>(
     let mut check = Check::new(be, out, base, key.precision())?;
     let mut order = candidates;
     order.sort_by_key(|c| c.trust());
-    let fault = be.tune_fault();
     let mut times = Vec::with_capacity(order.len());
     let mut rejected = left_out;
     let mut first_error = None;
     for (i, &c) in order.iter().enumerate() {
         // Each candidate starts from the call's own output (the first finds it there).
         let restore = base.filter(|_| i > 0);
-        let fault = fault
-            .as_ref()
-            .filter(|(name, _)| name == c.name())
-            .map(|f| f.1);
-        let turn = be.tuning()?.begin_turn(c.name(), &key)?;
-        // An error of the measurement itself, or a failed candidate after which the device no
-        // longer works, leaves the turn open in the journal: the candidate stopped the process.
-        let outcome = match take_turn(be, c, run, out, restore, check.as_mut(), fault) {
-            Err(e) => return Err(stopped_in_turn(be, c.name(), &key, e)),
-            Ok(Turn::Failed(e)) if be.synchronize_stream().is_err() => {
-                return Err(stopped_in_turn(be, c.name(), &key, e))
-            }
-            Ok(t) => t,
-        };
-        be.tuning()?.end_turn(turn)?;
+        let outcome = take_turn(be, &key, c, run, out, restore, check.as_mut())?;
         match outcome {
             Turn::Timed(ms) => times.push((c, ms)),
             Turn::Disagrees(why) => {
@@ -597,18 +542,41 @@ enum Turn {
     Failed(Error),
 }
 
-/// One candidate's turn: `restore` the output from the save (an output the call adds into),
-/// run `c` once, check that run against the reference's (`fault`: the misbehaviour a test
-/// injected, after the run), then time it. An `Err` is a failure of the measurement itself (a
-/// copy, the comparison, a fault that surfaces there), not a candidate refusing the call.
+/// One candidate's turn, written down in the journal as it begins and ends: `restore` the
+/// output from the save (an output the call adds into), run `c` once, check that run against
+/// the reference's, then time it. An `Err` means the candidate stopped the measurement (its
+/// turn stays open in the journal): the measurement itself failed (a copy, the comparison, a
+/// fault that surfaces there), or the device no longer works after the candidate failed.
 fn take_turn<P: Candidate>(
+    be: &CudaBackend,
+    key: &TuneKey,
+    c: P,
+    run: &dyn Fn(P) -> Result<()>,
+    out: Tensor,
+    restore: Option<u64>,
+    check: Option<&mut Check>,
+) -> Result<Turn> {
+    let turn = be.tuning()?.begin_turn(c.name(), key)?;
+    let outcome = match run_turn(be, c, run, out, restore, check) {
+        Err(e) => return Err(stopped_in_turn(be, c.name(), key, e)),
+        Ok(Turn::Failed(e)) if be.synchronize_stream().is_err() => {
+            return Err(stopped_in_turn(be, c.name(), key, e))
+        }
+        Ok(t) => t,
+    };
+    be.tuning()?.end_turn(turn)?;
+    Ok(outcome)
+}
+
+/// [`take_turn`]'s work, with the misbehaviour a test injected after the run
+/// ([`CudaBackend::inject_tune_fault`], [`CudaBackend::inject_tune_stop`]).
+fn run_turn<P: Candidate>(
     be: &CudaBackend,
     c: P,
     run: &dyn Fn(P) -> Result<()>,
     out: Tensor,
     restore: Option<u64>,
     check: Option<&mut Check>,
-    fault: Option<Fault>,
 ) -> Result<Turn> {
     if let Some(base) = restore {
         copy_ptr(be, base, be.ptr(out)?, out.len)?;
@@ -616,12 +584,12 @@ fn take_turn<P: Candidate>(
     if let Err(e) = run(c) {
         return Ok(Turn::Failed(e));
     }
-    match fault {
+    match be.tune_fault().filter(|(name, _)| name == c.name()) {
         // An eighth of the output made wrong, as a race might leave it.
-        Some(Fault::Wrong) => {
+        Some((_, Fault::Wrong)) => {
             super::elementwise::fill_ptr(be, be.ptr(out)?, out.len.div_ceil(8), 1e3)?
         }
-        Some(Fault::Stop) => {
+        Some((_, Fault::Stop)) => {
             return Err(Error::Device(format!(
                 "injected fault: kernel {} stops the process (PRRNET_TEST_TUNE_STOP)",
                 c.name()

@@ -37,6 +37,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use super::tune::Candidate;
 use crate::error::{Error, Result};
 
 /// Where a quarantined candidate stopped a process: the key it was measuring, and the run.
@@ -44,6 +45,15 @@ use crate::error::{Error, Result};
 pub(crate) struct Stopped {
     pub key: String,
     pub run: String,
+}
+
+/// The candidates of a call that may run, after the quarantine.
+pub(crate) struct Screened<P> {
+    pub candidates: Vec<P>,
+    /// The fixed rule's candidate, or the most trusted one left if that is in quarantine.
+    pub fallback: P,
+    /// The candidates in quarantine, with why.
+    pub left_out: Vec<(&'static str, String)>,
 }
 
 /// An open journal: the quarantine read from it, and the file this process appends to.
@@ -94,6 +104,42 @@ impl Journal {
     pub fn quarantined(&self, candidate: &str, scope: &str) -> Option<&Stopped> {
         self.quarantine
             .get(&(candidate.to_owned(), scope.to_owned()))
+    }
+
+    /// `candidates` of a call in `scope` without those in quarantine there, and a `fallback`
+    /// (the fixed rule's candidate) that is not in quarantine: the most trusted one left
+    /// gives way for one that is.
+    pub fn screen<P: Candidate>(&self, scope: &str, candidates: &[P], fallback: P) -> Screened<P> {
+        let mut kept = Vec::with_capacity(candidates.len());
+        let mut left_out = Vec::new();
+        for &c in candidates {
+            match self.quarantined(c.name(), scope) {
+                Some(s) => left_out.push((
+                    c.name(),
+                    format!(
+                        "quarantined: an earlier process stopped in its turn at {} (run {}, \
+                         journal {})",
+                        s.key,
+                        s.run,
+                        self.path.display()
+                    ),
+                )),
+                None => kept.push(c),
+            }
+        }
+        let fallback = if left_out.iter().any(|(n, _)| *n == fallback.name()) {
+            kept.iter()
+                .copied()
+                .min_by_key(|c| c.trust())
+                .unwrap_or(fallback)
+        } else {
+            fallback
+        };
+        Screened {
+            candidates: kept,
+            fallback,
+            left_out,
+        }
     }
 
     /// Write down that `candidate` starts its turn at `key`; the number to end it with.
