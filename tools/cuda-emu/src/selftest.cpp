@@ -9,6 +9,9 @@
 
 #include "emu.h"
 #include "emu_sched.h"
+// The kernels' own wrappers (their PRRNET_CUDA_EMU branches): mma_bf16, ldsm, movmatrix_trans,
+// bf16_pair.
+#include "mma_sync.cuh"
 
 using emu::dim3;
 
@@ -158,6 +161,91 @@ int main() {
                 CHECK(got[1][l][m] == trans, "ldmatrix.trans lane %d reg %d = %08x, want %08x", l,
                       m, got[1][l][m], trans);
             }
+    }
+    // mma.sync m16n8k16 BF16 through the kernels' wrapper, fragments packed by bf16_pair (the
+    // smaller index in the low half). PTX ISA: A register j of lane (g, t) = 4g + t holds row
+    // g + 8·(j % 2), columns 2t + 8·(j / 2) + {0, 1}; B register j holds rows (k)
+    // 2t + 8j + {0, 1} of column g; C and D as for TF32. Small integers: exact in BF16.
+    {
+        float A[16][16], B[16][8], C[16][8], D[16][8];
+        for (int i = 0; i < 16; ++i)
+            for (int k = 0; k < 16; ++k) A[i][k] = (float)((i * 5 + k * 3) % 9 - 4);
+        for (int k = 0; k < 16; ++k)
+            for (int j = 0; j < 8; ++j) B[k][j] = (float)((k * 3 + j * 2) % 7 - 3);
+        for (int i = 0; i < 16; ++i)
+            for (int j = 0; j < 8; ++j) C[i][j] = (float)(2 * i - j);
+        std::string e = launch(1, 32, 0, [&] {
+            const int l = threadIdx.x, g = l / 4, t = l % 4;
+            unsigned a[4], b[2];
+            for (int j = 0; j < 4; ++j) {
+                const int r = g + 8 * (j % 2), c = 2 * t + 8 * (j / 2);
+                a[j] = bf16_pair(A[r][c], A[r][c + 1]);
+            }
+            for (int j = 0; j < 2; ++j) b[j] = bf16_pair(B[2 * t + 8 * j][g], B[2 * t + 8 * j + 1][g]);
+            float d[4] = {C[g][2 * t], C[g][2 * t + 1], C[g + 8][2 * t], C[g + 8][2 * t + 1]};
+            mma_bf16(d, a, b[0], b[1]);
+            D[g][2 * t] = d[0];
+            D[g][2 * t + 1] = d[1];
+            D[g + 8][2 * t] = d[2];
+            D[g + 8][2 * t + 1] = d[3];
+        });
+        CHECK(e.empty(), "mma bf16 kernel: %s", e.c_str());
+        for (int i = 0; i < 16; ++i)
+            for (int j = 0; j < 8; ++j) {
+                float want = C[i][j];
+                for (int k = 0; k < 16; ++k) want += A[i][k] * B[k][j];
+                CHECK(D[i][j] == want, "mma bf16 D[%d][%d] = %g, want %g", i, j, D[i][j], want);
+            }
+    }
+    // ldmatrix .x2.trans through the kernels' wrapper: only lanes 0–15 name rows (matrix l / 8,
+    // row l % 8); lanes 16–31 pass other rows, which must not matter. Rows are scattered (a
+    // permutation of 32 rows), so every lane's own address counts.
+    {
+        alignas(16) static uint16_t pool[32][8];
+        for (int r = 0; r < 32; ++r)
+            for (int c = 0; c < 8; ++c) pool[r][c] = (uint16_t)(r * 8 + c + 1);
+        auto row_of = [](int l) { return (l * 13 + 5) % 32; };
+        unsigned got[32][2];
+        std::string e = launch(1, 32, 0, [&] {
+            const int l = threadIdx.x;
+            ldsm<2, true>(got[l], pool[l < 16 ? row_of(l) : (l * 7) % 32]);
+        });
+        CHECK(e.empty(), "ldmatrix x2 kernel: %s", e.c_str());
+        for (int l = 0; l < 32; ++l)
+            for (int m = 0; m < 2; ++m) {
+                const int g = l / 4, t = l % 4;
+                const unsigned want = pool[row_of(8 * m + 2 * t)][g] |
+                                      ((unsigned)pool[row_of(8 * m + 2 * t + 1)][g] << 16);
+                CHECK(got[l][m] == want, "ldmatrix.x2.trans lane %d reg %d = %08x, want %08x", l,
+                      m, got[l][m], want);
+            }
+    }
+    // movmatrix.trans through the kernels' wrapper (two shuffles here): lane (g, t) holds row g,
+    // columns 2t, 2t + 1 of an 8×8 b16 matrix and receives rows 2t, 2t + 1 of column g, which
+    // is also what storing the fragment and reading it back with ldmatrix .x1.trans gives.
+    {
+        uint16_t X[8][8];
+        for (int r = 0; r < 8; ++r)
+            for (int c = 0; c < 8; ++c) X[r][c] = (uint16_t)(0x100 * r + c + 7);
+        alignas(16) static uint16_t S[8][8];
+        unsigned got[32], via[32];
+        std::string e = launch(1, 32, 0, [&] {
+            const int l = threadIdx.x, g = l / 4, t = l % 4;
+            got[l] = movmatrix_trans(X[g][2 * t] | ((unsigned)X[g][2 * t + 1] << 16));
+            S[g][2 * t] = X[g][2 * t];
+            S[g][2 * t + 1] = X[g][2 * t + 1];
+            __syncwarp();
+            unsigned r[1];
+            emu::ldmatrix(r, 1, true, S[l % 8]);
+            via[l] = r[0];
+        });
+        CHECK(e.empty(), "movmatrix kernel: %s", e.c_str());
+        for (int l = 0; l < 32; ++l) {
+            const int g = l / 4, t = l % 4;
+            const unsigned want = X[2 * t][g] | ((unsigned)X[2 * t + 1][g] << 16);
+            CHECK(got[l] == want, "movmatrix lane %d = %08x, want %08x", l, got[l], want);
+            CHECK(via[l] == want, "ldmatrix.x1.trans lane %d = %08x, want %08x", l, via[l], want);
+        }
     }
     // The run order between synchronisation points (PRRNET_EMU_ORDER): thread order, its
     // reverse, or a shuffle that is neither, differs from round to round and from block to
