@@ -15,8 +15,8 @@
 #        capture of a 3-iteration training window with its kernel summary, `prrnet bench-conv`
 #        (every W30 convolution shape per algorithm, bf16 and fp32), W30 inference and training
 #        with PRRNET_CONV_ALGO=halo (the fixed rule the measured default falls back to) and
-#        with the previous relation versions, torch.compile where time is left, and finally scripts/perf-report.py writing
-#        LOGDIR/PERFORMANCE-tables.md.
+#        with the previous relation versions, torch.compile where time is left, and finally
+#        scripts/perf-report.py writing LOGDIR/PERFORMANCE-tables.md.
 # compile  PyTorch's torch.compile matrix (and eager TF32 training), which perf rarely has time
 #        for: a third call into the same LOGDIR, whose report then covers all three.
 # detail Nsight Compute's detailed sections (throughput, memory, occupancy, warp stalls) for the
@@ -25,10 +25,13 @@
 #        step.
 #        Plain-text reports in LOGDIR/nsight_detail_*.log, for reading, not for perf-report.
 # all    tests and perf within one budget, for a single device call (the usual case: 15 minutes
-#        of device time a session, machine start included): the GPU tests, then the headline
-#        numbers (peaks; prrnet fp32 and bf16, inference and training; PyTorch eager), then the
-#        sanitizers, then the rest of perf. Suggested: PRRNET_GPU_BUDGET_S=540 in one call
-#        with timeout_s=600.
+#        of device time a session, machine start included), most wanted first: the GPU
+#        tests; the headline numbers (peaks; prrnet fp32 and bf16, inference and training;
+#        PyTorch eager); the relation map against PyTorch's; the sanitizers on the kernels
+#        never checked by one; the top-kernel tables; TF32; torch.compile in BF16; the measured
+#        kernel choices against fixed ones; the sanitizers on the rest; the remaining
+#        torch.compile configurations. Suggested: PRRNET_GPU_BUDGET_S=540 in one call with
+#        timeout_s=600.
 #
 # Every whole-network `prrnet bench` keeps its kernel measurements in one tuning journal,
 # LOGDIR/tune-journal.tsv (PRRNET_TUNE_JOURNAL; src/backend/cuda/tune_journal.rs). A candidate
@@ -186,40 +189,42 @@ gpu_tests() {
     done
 }
 
-sanitizers() {
-    if command -v compute-sanitizer >/dev/null; then
-        # `--report-api-errors no`: failed API calls would count as sanitizer errors, and
-        # allocation_and_errors makes one on purpose (an impossible allocation); a real API
-        # failure already fails the test itself. Kernel memory errors and races stay fatal.
-        local san=(compute-sanitizer --report-api-errors no --error-exitcode 1)
-        # The kernels that have never run under a sanitizer first (relation versions,
-        # convolutions), then those that were clean on 2026-11-27 (parity, tiny network).
-        if [ -x "$bin/gpu_relation" ]; then
-            # The small shapes cover every tail and bin case; W30 size under memcheck is slow.
-            step sanitizer_memcheck_relation 90 "${san[@]}" --tool memcheck \
-                "$bin/gpu_relation" --test-threads 1 --skip w30_at_299
-            step sanitizer_racecheck_relation 90 "${san[@]}" --tool racecheck \
-                "$bin/gpu_relation" --test-threads 1 --skip w30_at_299
-        fi
-        if [ -x "$bin/gpu_conv" ]; then
-            # The implicit, halo and weight-gradient kernels (cp.async pipelines in shared
-            # memory) on the small shapes, which reach every kernel variant and tail.
-            local conv_env=(env PRRNET_CONV_SHAPES=odd,halo PRRNET_CONV_ALGOS=implicit,halo)
-            step sanitizer_memcheck_conv 90 "${conv_env[@]}" "${san[@]}" --tool memcheck \
-                "$bin/gpu_conv" --test-threads 1
-            step sanitizer_racecheck_conv 90 "${conv_env[@]}" "${san[@]}" --tool racecheck \
-                "$bin/gpu_conv" --test-threads 1
-        fi
-        step sanitizer_memcheck 90 "${san[@]}" --tool memcheck "$bin/gpu_parity" \
-            --test-threads 1 --skip allocation_and_errors
-        # racecheck only sees shared memory: the tests whose kernels use it (reductions,
-        # relation tiles), not the purely elementwise ones nor the large cuBLAS-only convolutions.
-        step sanitizer_racecheck 90 "${san[@]}" --tool racecheck "$bin/gpu_parity" \
-            --test-threads 1 --skip allocation_and_errors --skip elementwise --skip resample \
-            --skip concat --skip adam --skip conv2d_w30_sizes
-        step sanitizer_memcheck_tiny 60 "${san[@]}" --tool memcheck "$bin/gpu_model_parity" \
-            tiny --test-threads 1
+# `--report-api-errors no`: failed API calls would count as sanitizer errors, and
+# allocation_and_errors makes one on purpose (an impossible allocation); a real API failure
+# already fails the test itself. Kernel memory errors and races stay fatal.
+san=(compute-sanitizer --report-api-errors no --error-exitcode 1)
+
+sanitizers_new() { # the kernels that have never run under a sanitizer (relation, convolutions)
+    command -v compute-sanitizer >/dev/null || return 0
+    if [ -x "$bin/gpu_relation" ]; then
+        # The small shapes cover every tail and bin case; W30 size under memcheck is slow.
+        step sanitizer_memcheck_relation 90 "${san[@]}" --tool memcheck \
+            "$bin/gpu_relation" --test-threads 1 --skip w30_at_299
+        step sanitizer_racecheck_relation 90 "${san[@]}" --tool racecheck \
+            "$bin/gpu_relation" --test-threads 1 --skip w30_at_299
     fi
+    if [ -x "$bin/gpu_conv" ]; then
+        # The implicit, halo and weight-gradient kernels (cp.async pipelines in shared
+        # memory) on the small shapes, which reach every kernel variant and tail.
+        local conv_env=(env PRRNET_CONV_SHAPES=odd,halo PRRNET_CONV_ALGOS=implicit,halo)
+        step sanitizer_memcheck_conv 90 "${conv_env[@]}" "${san[@]}" --tool memcheck \
+            "$bin/gpu_conv" --test-threads 1
+        step sanitizer_racecheck_conv 90 "${conv_env[@]}" "${san[@]}" --tool racecheck \
+            "$bin/gpu_conv" --test-threads 1
+    fi
+}
+
+sanitizers_old() { # those that were clean on 2026-11-27 (parity, tiny network)
+    command -v compute-sanitizer >/dev/null || return 0
+    step sanitizer_memcheck 90 "${san[@]}" --tool memcheck "$bin/gpu_parity" \
+        --test-threads 1 --skip allocation_and_errors
+    # racecheck only sees shared memory: the tests whose kernels use it (reductions, relation
+    # tiles), not the purely elementwise ones nor the large cuBLAS-only convolutions.
+    step sanitizer_racecheck 90 "${san[@]}" --tool racecheck "$bin/gpu_parity" \
+        --test-threads 1 --skip allocation_and_errors --skip elementwise --skip resample \
+        --skip concat --skip adam --skip conv2d_w30_sizes
+    step sanitizer_memcheck_tiny 60 "${san[@]}" --tool memcheck "$bin/gpu_model_parity" \
+        tiny --test-threads 1
 }
 
 journal="$logs/tune-journal.tsv"
@@ -303,7 +308,7 @@ perf_headline() {
     fi
 }
 
-perf_rest() {
+perf_relation() {
     # The relation map alone (kernels vs PyTorch), when the bundle has its benchmarks.
     if "$prrnet" help 2>/dev/null | grep -q "bench-relation"; then
         # Tensor-core versions in bf16 and tf32; fp32: the 3xTF32 split version, then the
@@ -315,26 +320,15 @@ perf_rest() {
         step prrnet_bench_relation_fp32 50 "$prrnet" bench-relation --precision fp32 \
             --version all --backward --iters 3 --warmup 1 --json
     fi
-    # Every convolution shape of the W30 step, algorithm by algorithm (halo, implicit, im2col);
-    # then the inference plan's shapes in BF16, which adds the pointwise ones (cuBLAS and a
-    # bias_act pass under im2col, the implicit kernel's fused epilogue otherwise).
-    if "$prrnet" help 2>/dev/null | grep -q "bench-conv"; then
-        for p in bf16 fp32; do
-            step "prrnet_bench_conv_$p" 60 "$prrnet" bench-conv --device "$dev" --preset "$preset" \
-                --size "$size" --batch "$batch" --precision "$p" --backward --halo-min-fill 0 \
-                --iters 5 --warmup 1 \
-                --json
-        done
-        step prrnet_bench_conv_infer_bf16 40 "$prrnet" bench-conv --device "$dev" \
-            --preset "$preset" --size "$size" --batch "$batch" --precision bf16 \
-            --halo-min-fill 0 --iters 5 --warmup 1 --json
-    fi
     if torch_ok && [ -f "$here/reference/bench_relation.py" ]; then
         for p in fp32 bf16 tf32; do
             step "pytorch_bench_relation_$p" 40 "$py" "$here/reference/bench_relation.py" \
                 --precision "$p" --backward --json
         done
     fi
+}
+
+perf_kernels() { # the top-kernel tables: nsys, or ncu without it
     if command -v nsys >/dev/null && [ "$dev" = cuda ]; then
         # A 3-iteration window of training (NVTX ranges per stage and module) and its summaries.
         step nsys_train_fp32 75 nsys profile --capture-range=cudaProfilerApi \
@@ -360,8 +354,28 @@ perf_rest() {
             "$prrnet" bench --device cuda --preset "$preset" --size "$size" --batch "$batch" \
             --precision bf16 --train --iters 2 --warmup 0 --profile-window 1:1
     fi
+}
+
+perf_tf32() {
     prrnet_bench tf32 infer
     prrnet_bench tf32 train
+}
+
+perf_compare() { # the measured choices against fixed ones
+    # Every convolution shape of the W30 step, algorithm by algorithm (halo, implicit, im2col);
+    # then the inference plan's shapes in BF16, which adds the pointwise ones (cuBLAS and a
+    # bias_act pass under im2col, the implicit kernel's fused epilogue otherwise).
+    if "$prrnet" help 2>/dev/null | grep -q "bench-conv"; then
+        for p in bf16 fp32; do
+            step "prrnet_bench_conv_$p" 60 "$prrnet" bench-conv --device "$dev" --preset "$preset" \
+                --size "$size" --batch "$batch" --precision "$p" --backward --halo-min-fill 0 \
+                --iters 5 --warmup 1 \
+                --json
+        done
+        step prrnet_bench_conv_infer_bf16 40 "$prrnet" bench-conv --device "$dev" \
+            --preset "$preset" --size "$size" --batch "$batch" --precision bf16 \
+            --halo-min-fill 0 --iters 5 --warmup 1 --json
+    fi
     # The default convolution algorithm (auto: each shape's path measured, kernel_choices in
     # the JSON) against the fixed rule it falls back to (halo tiles where they fill their
     # patches, implicit GEMM elsewhere): what measuring the paths gains in the whole step.
@@ -381,9 +395,20 @@ perf_rest() {
     tuned_step "relation_simt_prrnet_bench_${preset}_train_fp32" 60 env PRRNET_RELATION_VERSION=simt \
         "$prrnet" bench --device "$dev" --preset "$preset" --size "$size" --batch "$batch" \
         --precision fp32 --iters 3 --warmup 1 --train --json
+}
+
+pytorch_rest() { # PyTorch eager TF32 and the torch.compile matrix (the part not run yet)
     if torch_ok; then
-        torch_bench pytorch_rest 200 "eager:tf32:infer,eager:tf32:train,$compile_configs"
+        torch_bench pytorch_rest 200 "eager:tf32:infer,eager:tf32:train,$1"
     fi
+}
+
+perf_rest() {
+    perf_relation
+    perf_kernels
+    perf_tf32
+    perf_compare
+    pytorch_rest "$compile_configs"
 }
 
 compile_phase() {
@@ -434,11 +459,26 @@ report() {
 
 meta
 case "$phase" in
-    tests) gpu_tests; sanitizers ;;
+    tests) gpu_tests; sanitizers_new; sanitizers_old ;;
     perf) perf_headline; perf_rest; report ;;
     compile) compile_phase; report ;;
     detail) detail_phase ;;
-    all) gpu_tests; perf_headline; sanitizers; perf_rest; report ;;
+    all)
+        gpu_tests
+        perf_headline
+        perf_relation
+        sanitizers_new
+        perf_kernels
+        perf_tf32
+        # torch.compile, most wanted first, before the diagnostics below.
+        if torch_ok; then
+            torch_bench pytorch_compile_bf16 150 compile:bf16:infer,compile:bf16:train
+        fi
+        perf_compare
+        sanitizers_old
+        pytorch_rest "${compile_configs#compile:bf16:infer,compile:bf16:train,}"
+        report
+        ;;
 esac
 
 echo
