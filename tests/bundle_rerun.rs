@@ -16,11 +16,49 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A bundle laid out as scripts/gpu-bundle.sh makes it, in `dir/bundle`: `run.sh` and an empty
+/// `bin/` (the caller adds the executables).
+fn bundle_in(dir: &Path) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bundle = dir.join("bundle");
+    std::fs::create_dir_all(bundle.join("bin")).unwrap();
+    std::fs::copy(root.join("scripts/gpu-run.sh"), bundle.join("run.sh")).unwrap();
+    bundle
+}
+
+/// `run.sh LOGDIR phase` in `bundle` with `env` added; its summary (stdout).
+fn run_script(bundle: &Path, logs: &Path, phase: &str, env: &[(&str, &str)]) -> String {
+    let out = Command::new("bash")
+        .arg(bundle.join("run.sh"))
+        .arg(logs)
+        .arg(phase)
+        .envs(env.iter().copied())
+        .env_remove("PRRNET_TUNE_JOURNAL")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "run.sh failed");
+    stdout
+}
+
+/// The summary lists each step of `rows` (name, status).
+fn assert_rows(summary: &str, rows: &[(&str, &str)]) {
+    for (name, status) in rows {
+        assert!(
+            summary
+                .lines()
+                .any(|l| l.split_whitespace().take(2).eq([*name, *status])),
+            "summary row {name} {status}"
+        );
+    }
 }
 
 #[test]
@@ -28,40 +66,34 @@ fn a_kernel_that_stops_the_benchmark_is_left_out_of_its_rerun() {
     if common::open_gpu("a_kernel_that_stops_the_benchmark_is_left_out_of_its_rerun").is_none() {
         return;
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = common::tmp_dir("bundle-rerun");
-    let bundle = dir.join("bundle");
-    std::fs::create_dir_all(bundle.join("bin")).unwrap();
+    let bundle = bundle_in(&dir);
     std::fs::create_dir_all(bundle.join("scripts")).unwrap();
-    std::fs::copy(root.join("scripts/gpu-run.sh"), bundle.join("run.sh")).unwrap();
     std::fs::copy(
-        root.join("scripts/perf-report.py"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/perf-report.py"),
         bundle.join("scripts/perf-report.py"),
     )
     .unwrap();
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_prrnet"), bundle.join("bin/prrnet")).unwrap();
     let logs = dir.join("logs");
-    let out = Command::new("bash")
-        .arg(bundle.join("run.sh"))
-        .arg(&logs)
-        .arg("perf")
-        .env("PRRNET_GPU_BUDGET_S", "600")
-        .env("PRRNET_PERF_PRESET", "tiny")
-        .env("PRRNET_PERF_SIZE", "64")
-        .env("PRRNET_PERF_BATCH", "2")
-        .env("PRRNET_PERF_ITERS", "1")
-        .env(
-            "PRRNET_GPU_ONLY",
-            "^(conv_im2col_)?prrnet_bench_tiny_train_bf16",
-        )
-        .env("PRRNET_TEST_TUNE_STOP", "halo")
-        .env("PRRNET_TUNE_MIN_GFLOP", "0")
-        .env_remove("PRRNET_TUNE_JOURNAL")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "run.sh failed");
+    let summary = run_script(
+        &bundle,
+        &logs,
+        "perf",
+        &[
+            ("PRRNET_GPU_BUDGET_S", "600"),
+            ("PRRNET_PERF_PRESET", "tiny"),
+            ("PRRNET_PERF_SIZE", "64"),
+            ("PRRNET_PERF_BATCH", "2"),
+            ("PRRNET_PERF_ITERS", "1"),
+            (
+                "PRRNET_GPU_ONLY",
+                "^(conv_im2col_)?prrnet_bench_tiny_train_bf16",
+            ),
+            ("PRRNET_TEST_TUNE_STOP", "halo"),
+            ("PRRNET_TUNE_MIN_GFLOP", "0"),
+        ],
+    );
 
     let step = |suffix: &str| logs.join(format!("prrnet_bench_tiny_train_bf16{suffix}.log"));
     for (suffix, family) in [
@@ -108,18 +140,14 @@ fn a_kernel_that_stops_the_benchmark_is_left_out_of_its_rerun() {
     assert_eq!(begins, ends + 2, "two turns left open:\n{journal}");
     let tables = read(&logs.join("PERFORMANCE-tables.md"));
     assert!(tables.contains("halo: quarantined"), "{tables}");
-    for (name, status) in [
-        ("prrnet_bench_tiny_train_bf16 ", "FAIL"),
-        ("prrnet_bench_tiny_train_bf16_rerun1", "FAIL"),
-        ("prrnet_bench_tiny_train_bf16_rerun2", "ok"),
-    ] {
-        assert!(
-            stdout
-                .lines()
-                .any(|l| l.starts_with(name) && l.split_whitespace().nth(1) == Some(status)),
-            "summary row {name} {status}"
-        );
-    }
+    assert_rows(
+        &summary,
+        &[
+            ("prrnet_bench_tiny_train_bf16", "FAIL"),
+            ("prrnet_bench_tiny_train_bf16_rerun1", "FAIL"),
+            ("prrnet_bench_tiny_train_bf16_rerun2", "ok"),
+        ],
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -129,11 +157,8 @@ fn a_kernel_that_stops_the_benchmark_is_left_out_of_its_rerun() {
 /// executable (`--list`, `--exact NAMES`, `test NAME ... ok` lines); no GPU is needed.
 #[test]
 fn tests_after_a_crash_run_again_in_a_process_of_their_own() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = common::tmp_dir("bundle-rest");
-    let bundle = dir.join("bundle");
-    std::fs::create_dir_all(bundle.join("bin")).unwrap();
-    std::fs::copy(root.join("scripts/gpu-run.sh"), bundle.join("run.sh")).unwrap();
+    let bundle = bundle_in(&dir);
     let fake = bundle.join("bin/gpu_fake");
     std::fs::write(
         &fake,
@@ -166,16 +191,15 @@ done
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
     let logs = dir.join("logs");
-    let out = Command::new("bash")
-        .arg(bundle.join("run.sh"))
-        .arg(&logs)
-        .arg("tests")
-        .env("PRRNET_GPU_BUDGET_S", "120")
-        .env("PRRNET_GPU_ONLY", "^gpu_fake")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let summary = run_script(
+        &bundle,
+        &logs,
+        "tests",
+        &[
+            ("PRRNET_GPU_BUDGET_S", "120"),
+            ("PRRNET_GPU_ONLY", "^gpu_fake"),
+        ],
+    );
     let first = read(&logs.join("gpu_fake.log"));
     assert!(
         first.contains("test alpha ... output of alpha\nok"),
@@ -202,13 +226,6 @@ done
         rest.contains("not run again: beta (in flight when gpu_fake stopped)"),
         "{rest}"
     );
-    for (name, status) in [("gpu_fake ", "FAIL"), ("gpu_fake_rest", "ok")] {
-        assert!(
-            stdout
-                .lines()
-                .any(|l| l.starts_with(name) && l.split_whitespace().nth(1) == Some(status)),
-            "summary row {name} {status}"
-        );
-    }
+    assert_rows(&summary, &[("gpu_fake", "FAIL"), ("gpu_fake_rest", "ok")]);
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -557,7 +557,39 @@ fn take_turn<P: Candidate>(
     check: Option<&mut Check>,
 ) -> Result<Turn> {
     let turn = be.tuning()?.begin_turn(c.name(), key)?;
-    let outcome = match run_turn(be, c, run, out, restore, check) {
+    let work = move || -> Result<Turn> {
+        if let Some(base) = restore {
+            copy_ptr(be, base, be.ptr(out)?, out.len)?;
+        }
+        if let Err(e) = run(c) {
+            return Ok(Turn::Failed(e));
+        }
+        // The misbehaviour a test injected ([`CudaBackend::inject_tune_fault`],
+        // [`CudaBackend::inject_tune_stop`]).
+        match be.tune_fault().filter(|(name, _)| name == c.name()) {
+            // An eighth of the output made wrong, as a race might leave it.
+            Some((_, Fault::Wrong)) => {
+                super::elementwise::fill_ptr(be, be.ptr(out)?, out.len.div_ceil(8), 1e3)?
+            }
+            Some((_, Fault::Stop)) => {
+                return Err(Error::Device(format!(
+                    "injected fault: kernel {} stops the process (PRRNET_TEST_TUNE_STOP)",
+                    c.name()
+                )))
+            }
+            None => {}
+        }
+        if let Some(check) = check {
+            if let Some(why) = check.disagreement(be, c)? {
+                return Ok(Turn::Disagrees(why));
+            }
+        }
+        Ok(match time_runs(be, c, run) {
+            Ok(ms) => Turn::Timed(ms),
+            Err(e) => Turn::Failed(e),
+        })
+    };
+    let outcome = match work() {
         Err(e) => return Err(stopped_in_turn(be, c.name(), key, e)),
         Ok(Turn::Failed(e)) if be.synchronize_stream().is_err() => {
             return Err(stopped_in_turn(be, c.name(), key, e))
@@ -566,46 +598,6 @@ fn take_turn<P: Candidate>(
     };
     be.tuning()?.end_turn(turn)?;
     Ok(outcome)
-}
-
-/// [`take_turn`]'s work, with the misbehaviour a test injected after the run
-/// ([`CudaBackend::inject_tune_fault`], [`CudaBackend::inject_tune_stop`]).
-fn run_turn<P: Candidate>(
-    be: &CudaBackend,
-    c: P,
-    run: &dyn Fn(P) -> Result<()>,
-    out: Tensor,
-    restore: Option<u64>,
-    check: Option<&mut Check>,
-) -> Result<Turn> {
-    if let Some(base) = restore {
-        copy_ptr(be, base, be.ptr(out)?, out.len)?;
-    }
-    if let Err(e) = run(c) {
-        return Ok(Turn::Failed(e));
-    }
-    match be.tune_fault().filter(|(name, _)| name == c.name()) {
-        // An eighth of the output made wrong, as a race might leave it.
-        Some((_, Fault::Wrong)) => {
-            super::elementwise::fill_ptr(be, be.ptr(out)?, out.len.div_ceil(8), 1e3)?
-        }
-        Some((_, Fault::Stop)) => {
-            return Err(Error::Device(format!(
-                "injected fault: kernel {} stops the process (PRRNET_TEST_TUNE_STOP)",
-                c.name()
-            )))
-        }
-        None => {}
-    }
-    if let Some(check) = check {
-        if let Some(why) = check.disagreement(be, c)? {
-            return Ok(Turn::Disagrees(why));
-        }
-    }
-    Ok(match time_runs(be, c, run) {
-        Ok(ms) => Turn::Timed(ms),
-        Err(e) => Turn::Failed(e),
-    })
 }
 
 /// The median milliseconds of [`TIMED_RUNS`] runs of `c` (after its untimed, checked run).

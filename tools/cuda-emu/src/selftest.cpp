@@ -26,6 +26,23 @@ static int failures = 0;
         }                                         \
     } while (0)
 
+// The f32 C/D fragment of mma.sync m16n8k*: lane (g, t) = 4g + t holds rows g, g + 8 and
+// columns 2t, 2t + 1 of the 16×8 matrix.
+static void c_load(float (&d)[4], const float (&C)[16][8], int l) {
+    const int g = l / 4, t = l % 4;
+    d[0] = C[g][2 * t];
+    d[1] = C[g][2 * t + 1];
+    d[2] = C[g + 8][2 * t];
+    d[3] = C[g + 8][2 * t + 1];
+}
+static void c_store(float (&D)[16][8], const float (&d)[4], int l) {
+    const int g = l / 4, t = l % 4;
+    D[g][2 * t] = d[0];
+    D[g][2 * t + 1] = d[1];
+    D[g + 8][2 * t] = d[2];
+    D[g + 8][2 * t + 1] = d[3];
+}
+
 static std::string launch(unsigned blocks, unsigned threads, size_t smem, std::function<void()> body) {
     return emu::run_kernel("selftest", dim3{blocks, 1, 1}, dim3{threads, 1, 1}, smem, body);
 }
@@ -117,14 +134,12 @@ int main() {
             for (int j = 0; j < 8; ++j) C[i][j] = (float)(i - j);
         std::string e = launch(1, 32, 0, [&] {
             const int l = threadIdx.x, g = l / 4, t = l % 4;
-            float d[4] = {C[g][2 * t], C[g][2 * t + 1], C[g + 8][2 * t], C[g + 8][2 * t + 1]};
+            float d[4];
+            c_load(d, C, l);
             emu::mma_m16n8k8_tf32(d, __float_as_uint(A[g][t]), __float_as_uint(A[g + 8][t]),
                                   __float_as_uint(A[g][t + 4]), __float_as_uint(A[g + 8][t + 4]),
                                   __float_as_uint(B[t][g]), __float_as_uint(B[t + 4][g]));
-            D[g][2 * t] = d[0];
-            D[g][2 * t + 1] = d[1];
-            D[g + 8][2 * t] = d[2];
-            D[g + 8][2 * t + 1] = d[3];
+            c_store(D, d, l);
         });
         CHECK(e.empty(), "mma kernel: %s", e.c_str());
         for (int i = 0; i < 16; ++i)
@@ -182,12 +197,10 @@ int main() {
                 a[j] = bf16_pair(A[r][c], A[r][c + 1]);
             }
             for (int j = 0; j < 2; ++j) b[j] = bf16_pair(B[2 * t + 8 * j][g], B[2 * t + 8 * j + 1][g]);
-            float d[4] = {C[g][2 * t], C[g][2 * t + 1], C[g + 8][2 * t], C[g + 8][2 * t + 1]};
+            float d[4];
+            c_load(d, C, l);
             mma_bf16(d, a, b[0], b[1]);
-            D[g][2 * t] = d[0];
-            D[g][2 * t + 1] = d[1];
-            D[g + 8][2 * t] = d[2];
-            D[g + 8][2 * t + 1] = d[3];
+            c_store(D, d, l);
         });
         CHECK(e.empty(), "mma bf16 kernel: %s", e.c_str());
         for (int i = 0; i < 16; ++i)
