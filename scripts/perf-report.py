@@ -628,6 +628,61 @@ def kernel_choice_tables(bench):
     return "\n".join(out).rstrip()
 
 
+def journal_open_turns(logdir):
+    """The turns of LOGDIR/tune-journal.tsv that began and never ended (src/backend/cuda/
+    tune_journal.rs): (candidate, family, key) of each, in the order they began."""
+    path = os.path.join(logdir, "tune-journal.tsv")
+    try:
+        with open(path, errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return []
+    open_turns = {}
+    # An unterminated last line (a process stopped while writing it) does not count.
+    for line in text[:text.rfind("\n") + 1].splitlines():
+        f = line.split("\t")
+        if f[0] == "begin" and len(f) == 6:
+            open_turns[(f[1], f[2])] = (f[3], f[4], f[5])
+        elif f[0] == "end" and len(f) == 3:
+            open_turns.pop((f[1], f[2]), None)
+    return list(open_turns.values())
+
+
+def left_out_table(bench, logdir):
+    """Every candidate kernel that some run left out (it disagreed with the trusted one, failed,
+    or was quarantined after it stopped a process), per kernel family, and the journal's turns
+    that never ended: the first thing to read after a GPU run of kernels new to the GPU."""
+    families = {}
+    for r in bench:
+        if r.get("impl") != "prrnet":
+            continue
+        for c in r.get("kernel_choices") or []:
+            fam = f"{c.get('op')} {c.get('pass')} {c.get('precision')}"
+            for x in c.get("rejected") or []:
+                e = families.setdefault((x.get("path"), fam), {"shapes": set(), "runs": set(),
+                                                                 "reason": x.get("reason")})
+                e["shapes"].add(c.get("shape"))
+                e["runs"].add(r.get("_file", DASH))
+    out = []
+    if not any(r.get("kernel_choices") for r in bench if r.get("impl") == "prrnet"):
+        out.append("No run in this folder recorded kernel choices.")
+    elif families:
+        rows = [[f"`{path}`", fam, len(e["shapes"]), ", ".join(f"`{f}`" for f in sorted(e["runs"])),
+                 e["reason"]]
+                for (path, fam), e in sorted(families.items(), key=lambda kv: kv[0])]
+        out.append(md_table(["candidate", "family", "shapes", "runs", "first reason"], rows))
+    else:
+        out.append("No candidate kernel was left out.")
+    stops = journal_open_turns(logdir)
+    if stops:
+        out.append("")
+        out.append("Turns that never ended in `tune-journal.tsv` (the candidate stopped its "
+                   "process; later runs leave it out of its family):")
+        out.append("")
+        out.extend(f"- `{c}` in {fam}, at `{key}`" for c, fam, key in stops)
+    return "\n".join(out)
+
+
 def is_relation(r):
     """A relation-benchmark record (not a whole-network run under PRRNET_RELATION_VERSION,
     whose log name also says "relation")."""
@@ -681,6 +736,10 @@ def main(argv=None):
     out.append("")
     out.append("Measured: " + (meta.get("date") or DASH) + "; host: " + (meta.get("host") or DASH)
                + "; GPU: " + (meta.get("gpu") or DASH) + ".")
+    out.append("")
+    out.append("#### Kernels left out")
+    out.append("")
+    out.append(left_out_table(bench + conv_algo + older, args.logdir))
     out.append("")
     out.append("#### prrnet vs PyTorch eager vs torch.compile")
     out.append("")

@@ -308,3 +308,90 @@ fn kernel_choices_of_a_run_become_a_table() {
         ]
     );
 }
+
+/// The report opens with the candidate kernels that runs left out (per kernel family, with
+/// the number of shapes and the first reason) and the tuning journal's turns that never ended,
+/// so the kernels that broke on a GPU are the first thing read.
+#[test]
+fn kernels_left_out_and_turns_that_never_ended_come_first() {
+    let dir = std::env::temp_dir().join(format!("prrnet-perf-left-out-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let choice = |shape: &str, rejected: &str| {
+        format!(
+            r#"{{"op":"conv","pass":"forward","shape":"{shape}","precision":"bf16","epilogue":"","chosen":"implicit","paths":[{{"path":"implicit","ms":0.4}}],"reference":"implicit","rejected":[{rejected}]}}"#
+        )
+    };
+    let quarantined = r#"{"path":"halo","reason":"quarantined: an earlier process stopped in its turn at conv forward b64 75x75 30->30 k3 s1 p1 bf16"}"#;
+    let record = |mode: &str, choices: &[String]| {
+        format!(
+            r#"{{"impl":"prrnet","device":"test","preset":"w30","size":299,"batch":64,"precision":"bf16","mode":"{mode}","iters":5,"ms_median":80.0,"images_per_s":800.0,"kernel_choices":[{}]}}"#,
+            choices.join(",")
+        )
+    };
+    std::fs::write(
+        dir.join("prrnet_bench_w30_infer_bf16_rerun1.log"),
+        format!(
+            "$ env PRRNET_TUNE_JOURNAL=j prrnet bench --json\n{}\n",
+            record(
+                "infer",
+                &[
+                    choice("b64 75x75 30->30 k3 s1 p1", quarantined),
+                    choice("b64 38x38 60->60 k3 s1 p1", quarantined),
+                    choice("b64 19x19 120->120 k3 s1 p1", ""),
+                ]
+            )
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("prrnet_bench_w30_train_bf16.log"),
+        format!(
+            "$ env PRRNET_TUNE_JOURNAL=j prrnet bench --train --json\n{}\n",
+            record("train", &[choice("b64 38x38 60->60 k3 s1 p1", quarantined)])
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("tune-journal.tsv"),
+        "# journal\n\
+         begin\t1-1\t1\timplicit\tconv forward bf16\tconv forward b64 75x75 30->30 k3 s1 p1 bf16\n\
+         end\t1-1\t1\n\
+         begin\t1-1\t2\thalo\tconv forward bf16\tconv forward b64 75x75 30->30 k3 s1 p1 bf16\n\
+         begin\t2-1\t1\tsym\trelation forward bf16\tpartial line",
+    )
+    .unwrap();
+    let text = report_of(&dir, "left-out");
+    let _ = std::fs::remove_dir_all(&dir);
+    let first = text.split("#### ").nth(1).expect("a first section");
+    assert!(first.starts_with("Kernels left out"), "{text}");
+    let row = first
+        .lines()
+        .find(|l| l.starts_with("| `halo`"))
+        .unwrap_or_else(|| panic!("no halo row in:\n{first}"));
+    let c = cells(row);
+    assert_eq!(c[1], "conv forward bf16");
+    assert_eq!(c[2], "2", "two shapes: {row}");
+    assert!(
+        c[3].contains("rerun1") && c[3].contains("train_bf16.log"),
+        "{row}"
+    );
+    assert!(c[4].starts_with("quarantined"), "{row}");
+    assert_eq!(
+        first.lines().filter(|l| l.starts_with("| `")).count(),
+        1,
+        "{first}"
+    );
+    assert!(
+        first.contains("- `halo` in conv forward bf16, at `conv forward b64 75x75"),
+        "{first}"
+    );
+    assert!(
+        !first.contains("sym"),
+        "a partial last line counts: {first}"
+    );
+    assert!(
+        !first.contains("`implicit` in"),
+        "an ended turn counts: {first}"
+    );
+}
