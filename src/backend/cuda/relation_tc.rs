@@ -38,7 +38,6 @@
 //! `PRRNET_RELATION_VERSION=simt|v1|…` overrides the choice when the named version computes in
 //! the precision and supports the call (simt always can).
 
-use std::str::FromStr;
 use std::sync::OnceLock;
 
 use super::context::{int, Arg, CudaBackend, Kernel};
@@ -48,159 +47,31 @@ use crate::backend::{Precision, RelationShape, MAX_BINS_SIDE};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
-/// One implementation of the fused relation kernels (forward and backward).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RelationVersion {
-    /// Exact f32 on the CUDA cores (kernels/relation.cu); fp32 only.
-    Simt,
-    /// WMMA tensor cores, tiles through shared memory (TF32, BF16).
-    V1,
-    /// `mma.sync` tensor cores, `cp.async` pipeline, register epilogues (TF32, BF16).
-    V2,
-    /// `ldmatrix` + `mma.sync`, `dq` in registers in the backward (BF16).
-    V3,
-    /// v2's kernels with 3×TF32 products: fp32 accuracy on the tensor cores (fp32).
-    Split,
-    /// The symmetric forward (each tile pair once, fixed-point cross-block sums) with the
-    /// backward of v3 (BF16), v2 (TF32) or split (fp32).
-    Sym,
-}
-
-const ALL_VERSIONS: [RelationVersion; 6] = [
-    RelationVersion::Simt,
-    RelationVersion::V1,
-    RelationVersion::V2,
-    RelationVersion::V3,
-    RelationVersion::Split,
-    RelationVersion::Sym,
-];
-
-/// Every version, the exact one first.
-pub fn relation_versions() -> &'static [RelationVersion] {
-    &ALL_VERSIONS
-}
-
-impl super::tune::Candidate for RelationVersion {
-    fn name(self) -> &'static str {
-        RelationVersion::name(self)
-    }
-
-    /// simt, v1 and v2 were checked against the CPU on an H100 (2026-11-27); v3, split and sym
-    /// only under cuda-emu so far.
-    fn trust(self) -> u8 {
-        match self {
-            RelationVersion::Simt => 0,
-            RelationVersion::V1 => 1,
-            RelationVersion::V2 => 2,
-            RelationVersion::V3 => 3,
-            RelationVersion::Split => 4,
-            RelationVersion::Sym => 5,
-        }
-    }
-}
-
-impl RelationVersion {
-    /// The name used on command lines and in reports (`simt`, `v1`, …).
-    pub fn name(self) -> &'static str {
-        match self {
-            RelationVersion::Simt => "simt",
-            RelationVersion::V1 => "v1",
-            RelationVersion::V2 => "v2",
-            RelationVersion::V3 => "v3",
-            RelationVersion::Split => "split",
-            RelationVersion::Sym => "sym",
-        }
-    }
-
-    /// The precisions this version computes in.
-    pub fn precisions(self) -> &'static [Precision] {
-        match self {
-            RelationVersion::Simt | RelationVersion::Split => &[Precision::Fp32],
-            RelationVersion::V1 | RelationVersion::V2 => &[Precision::Tf32, Precision::Bf16],
-            RelationVersion::V3 => &[Precision::Bf16],
-            RelationVersion::Sym => &[Precision::Fp32, Precision::Tf32, Precision::Bf16],
-        }
-    }
-
-    /// One line on how it works.
-    pub fn description(self) -> &'static str {
-        match self {
-            RelationVersion::Simt => {
-                "exact f32 SIMT: 32x32 score tiles, f64 row and bin accumulators (relation.cu)"
-            }
-            RelationVersion::V1 => {
-                "WMMA tensor cores: 128x64 forward / 32x64 backward tiles through shared memory, \
-                 row-walk bin epilogue, dq accumulated in shared memory (relation_tc.cu v1)"
-            }
-            RelationVersion::V2 => {
-                "mma.sync tensor cores: 128x128 forward / 64x64 backward tiles, 3-stage cp.async \
-                 pipeline, bins as a second MMA and M = dS + dS^T in registers (relation_tc.cu v2)"
-            }
-            RelationVersion::V3 => {
-                "ldmatrix + mma.sync: v2's forward; backward 64x64 tiles on 8 warps with dq in \
-                 registers, Q_J double-buffered, M through shared memory (relation_tc.cu v3)"
-            }
-            RelationVersion::Split => {
-                "3xTF32 mma.sync: v2's tiles and pipeline on exact f32 operands, each product \
-                 hi*hi + hi*lo + lo*hi of TF32 halves, fp32-accurate (relation_tc.cu split)"
-            }
-            RelationVersion::Sym => {
-                "symmetric forward: each pair of 128x128 tiles once, row and column bin sums \
-                 (transposed fragments), 64-bit fixed-point cross-block sums; the backward of \
-                 v3 (bf16), v2 (tf32) or split (fp32) (relation_sym.cu)"
-            }
-        }
-    }
-
-    /// Whether this version computes in precision `p`.
-    pub fn supports(self, p: Precision) -> bool {
-        self.precisions().contains(&p)
-    }
-}
-
-impl std::fmt::Display for RelationVersion {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for RelationVersion {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        ALL_VERSIONS
-            .iter()
-            .copied()
-            .find(|v| v.name().eq_ignore_ascii_case(s))
-            .ok_or_else(|| {
-                let names: Vec<_> = ALL_VERSIONS.iter().map(|v| v.name()).collect();
-                Error::Config(format!(
-                    "unknown relation version `{s}` (expected one of {})",
-                    names.join(", ")
-                ))
-            })
-    }
-}
+pub use super::relation_cost::{
+    relation_bytes, relation_executed_share, relation_flops, relation_workspace_bytes,
+};
+pub use super::relation_version::{relation_versions, RelationVersion};
 
 // ---- geometry shared with the kernels (keep in step with kernels/relation_tc.cu) -------------
 
 /// Rows of the operand copy are padded to a multiple of this (the largest row tile).
 const ROW_PAD: usize = 128;
 /// Channels of the operand copy are padded to a multiple of this (the staged chunk).
-const CHAN_PAD: usize = 32;
+pub(super) const CHAN_PAD: usize = 32;
 
 const fn a128(bytes: usize) -> usize {
     bytes.div_ceil(128) * 128
 }
 
 /// Bytes per operand element and the shared-memory row pitch (elements) of a 32-channel chunk.
-fn operand(p: Precision) -> (usize, usize) {
+pub(super) fn operand(p: Precision) -> (usize, usize) {
     match p {
         Precision::Bf16 => (2, 40),
         _ => (4, 36),
     }
 }
 
-mod v1 {
+pub(super) mod v1 {
     pub const THREADS: u32 = 128;
     pub const F_BM: usize = 128;
     pub const F_BN: usize = 64;
@@ -211,7 +82,7 @@ mod v1 {
     pub const LDM: usize = B_BN + 8;
 }
 
-mod v2 {
+pub(super) mod v2 {
     pub const STAGES: usize = 3;
     pub const F_THREADS: u32 = 256;
     pub const F_BM: usize = 128;
@@ -231,7 +102,7 @@ mod v2 {
     }
 }
 
-mod v3 {
+pub(super) mod v3 {
     pub const THREADS: u32 = 256;
     pub const BM: usize = 64;
     pub const BN: usize = 64;
@@ -253,7 +124,7 @@ mod v3 {
     }
 }
 
-mod sym {
+pub(super) mod sym {
     pub const THREADS: u32 = 256;
     pub const BM: usize = 128;
     /// Largest n of the forward: n² bins and the column sums in its 4 tiles of 8 slots
@@ -341,7 +212,7 @@ fn backward_smem(v: RelationVersion, p: Precision, n: usize, c: usize) -> usize 
 
 /// Padded operand geometry of a tensor-core call.
 #[derive(Clone, Copy, Debug)]
-struct Padded {
+pub(super) struct Padded {
     npad: usize,
     cpad: usize,
     /// Floats of the operand copy (rounded up to 16: 64-byte alignment of what follows).
@@ -352,12 +223,12 @@ struct Padded {
 
 impl Padded {
     /// Floats of the operand copy and the pixel bins.
-    fn floats(&self) -> usize {
+    pub(super) fn floats(&self) -> usize {
         self.qop_floats + self.pixbin_floats
     }
 }
 
-fn padded(s: &RelationShape, p: Precision) -> Padded {
+pub(super) fn padded(s: &RelationShape, p: Precision) -> Padded {
     let (ob, _) = operand(p);
     let npad = s.pixels().next_multiple_of(ROW_PAD);
     let cpad = s.c.next_multiple_of(CHAN_PAD);
@@ -953,141 +824,4 @@ fn tc_backward(
         args.push(Arg::Ptr(dfp));
         be.launch(k.backward, g, (k.bwd_block.0, 1, 1), smem as u32, &args)
     })
-}
-
-// ---- models for the benchmark ----------------------------------------------------------------
-
-/// Bytes of workspace one call of version `v` uses (the operand copy or SIMT's f32 `q`, and the
-/// backward's scratch vectors).
-pub fn relation_workspace_bytes(
-    v: RelationVersion,
-    p: Precision,
-    s: &RelationShape,
-    backward: bool,
-) -> usize {
-    let rows = s.b * s.pixels();
-    let scratch = if backward {
-        2 * rows.next_multiple_of(16) + rows * s.bins()
-    } else {
-        0
-    };
-    let q = match v {
-        RelationVersion::Simt => (rows * s.c).next_multiple_of(16),
-        RelationVersion::Sym if !backward => {
-            padded(s, p).floats() + sym::acc_floats(rows, s.bins())
-        }
-        _ => padded(s, p).floats(),
-    };
-    (q + scratch) * 4
-}
-
-/// Nominal floating-point work of one call, the benchmark's denominator (per image, N = h·w):
-/// forward `2·N²·C` (Q·Qᵀ) `+ 2·N²` (exp and the row/bin accumulation of every score);
-/// backward `3·2·N²·C` (the score recomputation plus the two GEMMs dS·Q and dSᵀ·Q of the
-/// textbook backward) `+ 8·N²` (exp, g, dS for both orientations). Versions that fuse dS·Q and
-/// dSᵀ·Q into one GEMM (all of ours) execute about `2·2·N²·C`; the symmetric forward (`sym`)
-/// executes about half of the forward's `2·N²·C`. The nominal count is the same for every
-/// implementation, so rates compare.
-pub fn relation_flops(s: &RelationShape, backward: bool) -> f64 {
-    let (n2, c) = ((s.pixels() * s.pixels()) as f64, s.c as f64);
-    let per_image = if backward {
-        6.0 * n2 * c + 8.0 * n2
-    } else {
-        2.0 * n2 * c + 2.0 * n2
-    };
-    s.b as f64 * per_image
-}
-
-/// The share of the nominal [`relation_flops`] version `v` executes: every backward (simt's
-/// too) forms `dS·Q + dSᵀ·Q` as one GEMM, 2 of the nominal 3 `N²·C` products; the symmetric
-/// forward computes T(T + 1)/2 of the T² score tiles (T = ⌈N/128⌉); the other forwards all of it.
-pub fn relation_executed_share(v: RelationVersion, s: &RelationShape, backward: bool) -> f64 {
-    let (n2, c) = ((s.pixels() * s.pixels()) as f64, s.c as f64);
-    if backward {
-        return (4.0 * n2 * c + 8.0 * n2) / (6.0 * n2 * c + 8.0 * n2);
-    }
-    if v == RelationVersion::Sym {
-        let t = s.pixels().div_ceil(sym::BM) as f64;
-        return (t + 1.0) / (2.0 * t);
-    }
-    1.0
-}
-
-/// Bytes a version moves between L2/DRAM and the SMs in one call (the model, per image):
-/// every block re-reads its row tile and each column tile of the operand copy once per tile pair
-/// (forward: `⌈N/BM⌉·⌈N/BN⌉·(BM + BN)·Cp·e` bytes, `e` the operand size; the backward reads the
-/// column tile twice, for the scores and for `dq`, plus its row tile once per pair; v3's
-/// backward reads the column tile once and its row tile once per block), plus the
-/// compulsory traffic: `f` read by the normalisation, the operand copy written, `p`, `lsum`,
-/// `norms` written (backward: `p`, `dp`, `f` read, `df` read and written, `gt` and `D`).
-/// The symmetric forward reads `T(T + 1)/2` tile pairs (`T = ⌈N/128⌉`) and moves its 8-byte
-/// fixed-point sums: cleared, added (the row side once per block, the column side once per
-/// off-diagonal pair, `128·(n² + 1)` each) and read back.
-pub fn relation_bytes(v: RelationVersion, p: Precision, s: &RelationShape, backward: bool) -> f64 {
-    let (np, c, nb) = (s.pixels() as f64, s.c as f64, s.bins() as f64);
-    if v == RelationVersion::Sym && !backward {
-        let (ob, _) = operand(p);
-        let cp = s.c.next_multiple_of(CHAN_PAD) as f64;
-        let bm = sym::BM as f64;
-        let t = (np / bm).ceil();
-        let pairs = t * (t + 1.0) / 2.0;
-        // Added: a row side per block (t) and a column side per off-diagonal pair (pairs − t);
-        // then cleared and read back once.
-        let sums = pairs * bm * (nb + 1.0) * 8.0 + 2.0 * np * (nb + 1.0) * 8.0;
-        let compulsory = np * c * 4.0 + np * cp * ob as f64 + np * nb * 4.0 + 2.0 * np * 4.0;
-        return s.b as f64 * (pairs * 2.0 * bm * cp * ob as f64 + sums + compulsory);
-    }
-    let v = if v == RelationVersion::Sym {
-        sym::backward_version(p)
-    } else {
-        v
-    };
-    let (ob, cp, bm, bn, col_reads) = match v {
-        RelationVersion::Simt => {
-            if backward {
-                (4.0, c, 16.0, 32.0, 2.0)
-            } else {
-                (4.0, c, 32.0, 32.0, 1.0)
-            }
-        }
-        RelationVersion::V1
-        | RelationVersion::V2
-        | RelationVersion::V3
-        | RelationVersion::Split
-        | RelationVersion::Sym => {
-            let (ob, _) = operand(p);
-            let cp = s.c.next_multiple_of(CHAN_PAD) as f64;
-            let (fb, bb) = match v {
-                RelationVersion::V1 => ((v1::F_BM, v1::F_BN), (v1::B_BM, v1::B_BN)),
-                RelationVersion::V3 => ((v2::F_BM, v2::F_BN), (v3::BM, v3::BN)),
-                _ => ((v2::F_BM, v2::F_BN), (v2::B_BM, v2::B_BN)),
-            };
-            if backward && v == RelationVersion::V3 {
-                (ob as f64, cp, 0.0, bb.1 as f64, 1.0)
-            } else if backward {
-                (ob as f64, cp, bb.0 as f64, bb.1 as f64, 2.0)
-            } else {
-                (ob as f64, cp, fb.0 as f64, fb.1 as f64, 1.0)
-            }
-        }
-    };
-    // Row tiles per image (v3's backward: its row tile once per block, `bm` = 0 per pair).
-    let row_tiles = if backward && v == RelationVersion::V3 {
-        (np / v3::BM as f64).ceil()
-    } else {
-        (np / bm).ceil()
-    };
-    let tiles = row_tiles * (np / bn).ceil();
-    let once = if bm == 0.0 {
-        row_tiles * v3::BM as f64 * cp * ob
-    } else {
-        0.0
-    };
-    let tile_traffic = tiles * (bm + col_reads * bn) * cp * ob + once;
-    let compulsory = if backward {
-        np * c * 4.0 * 4.0 + np * cp * ob + np * nb * 4.0 * 4.0 + np * 4.0 * 4.0
-    } else {
-        np * c * 4.0 + np * cp * ob + np * nb * 4.0 + 2.0 * np * 4.0
-    };
-    s.b as f64 * (tile_traffic + compulsory)
 }
