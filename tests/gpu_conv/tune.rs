@@ -28,6 +28,12 @@ fn get_gpu(gpu: &CudaBackend, t: Tensor) -> Vec<f32> {
     v
 }
 
+/// A 3×3 convolution the halo kernels take (odd sizes, partial tiles): three candidates for
+/// the forward and the data gradient, two for the weight gradient.
+fn halo_shape() -> ConvShape {
+    ConvShape::new(2, 13, 29, 6, 70, 3, 1, 1)
+}
+
 /// Inputs, and the CPU's outputs: y = relu(conv + bias + residual), and dx, dw, db accumulated
 /// onto their initial values.
 struct Case {
@@ -144,11 +150,7 @@ fn auto_tunes_once_per_shape_and_keeps_results() {
     // with residual = y only where two paths remain without im2col (the halo shape); the data
     // and the weight gradient (pointwise: cuBLAS against the implicit kernels).
     let shapes = [
-        (
-            "halo 13x29 6->70",
-            ConvShape::new(2, 13, 29, 6, 70, 3, 1, 1),
-            4,
-        ),
+        ("halo 13x29 6->70", halo_shape(), 4),
         (
             "strided 9x11 13->17",
             ConvShape::new(2, 9, 11, 13, 17, 3, 2, 1),
@@ -253,7 +255,7 @@ fn auto_does_not_tune_inside_a_graph_capture() {
     gpu.set_tune_min_flops(0.0);
     gpu.clear_kernel_choices();
     let mut rng = Rng::new(0xCA97);
-    let c = case(ConvShape::new(2, 13, 29, 6, 70, 3, 1, 1), &mut rng);
+    let c = case(halo_shape(), &mut rng);
     let s = c.s;
     let [x, w, b, r] = [&c.x, &c.w, &c.bias, &c.residual].map(|v| put_gpu(&mut gpu, v));
     let y = put_gpu(&mut gpu, &vec![f32::NAN; s.y_len()]);
@@ -386,7 +388,7 @@ fn a_candidate_that_disagrees_is_left_out() {
         return;
     };
     let mut rng = Rng::new(0xFA17);
-    let c = case(ConvShape::new(2, 13, 29, 6, 70, 3, 1, 1), &mut rng);
+    let c = case(halo_shape(), &mut rng);
     gpu.set_conv_algo(ConvAlgo::Auto);
     gpu.set_tune_min_flops(0.0);
     let mut failures = Vec::new();
@@ -478,7 +480,7 @@ fn a_candidate_that_stopped_a_process_is_quarantined() {
     let journal = dir.join("journal.tsv");
     let _ = std::fs::remove_file(&journal);
     let mut rng = Rng::new(0x570B);
-    let c = case(ConvShape::new(2, 13, 29, 6, 70, 3, 1, 1), &mut rng);
+    let c = case(halo_shape(), &mut rng);
     let s = c.s;
     gpu.set_conv_algo(ConvAlgo::Auto);
     gpu.set_tune_min_flops(0.0);
@@ -581,7 +583,7 @@ fn memory_held_while_measuring_is_counted() {
         return;
     };
     let mut rng = Rng::new(0x3E3);
-    let c = case(ConvShape::new(2, 13, 29, 6, 70, 3, 1, 1), &mut rng);
+    let c = case(halo_shape(), &mut rng);
     gpu.set_precision(Precision::Bf16).unwrap();
     gpu.set_tune_min_flops(0.0);
     for algo in [ConvAlgo::Im2col, ConvAlgo::Implicit, ConvAlgo::Halo] {
@@ -618,7 +620,7 @@ fn saved_choices_restore_into_a_new_backend() {
         return;
     };
     let mut rng = Rng::new(0x5A7E);
-    let c = case(ConvShape::new(2, 13, 29, 6, 70, 3, 1, 1), &mut rng);
+    let c = case(halo_shape(), &mut rng);
     first.set_tune_min_flops(0.0);
     first.set_precision(Precision::Bf16).unwrap();
     let want = run_gpu(&mut first, &c);

@@ -428,18 +428,22 @@ pub(crate) fn choose<P: Candidate>(
     if candidates.len() < 2 {
         return Ok(candidates.first().copied().unwrap_or(fallback));
     }
+    // The common case, every call after the first of a key: no screening on this path (a
+    // choice never names a candidate in quarantine when it is made or restored).
+    let chosen = be.tuning()?.chosen.get(&key).copied();
+    if let Some(name) = chosen {
+        return Ok(
+            match candidates.iter().copied().find(|c| c.name() == name) {
+                Some(c) => c,
+                None => be.tuning()?.screen(&key, candidates, fallback).fallback,
+            },
+        );
+    }
     let Screened {
         candidates,
         fallback,
         left_out,
     } = be.tuning()?.screen(&key, candidates, fallback);
-    if let Some(name) = be.tuning()?.chosen.get(&key) {
-        return Ok(candidates
-            .iter()
-            .copied()
-            .find(|c| c.name() == *name)
-            .unwrap_or(fallback));
-    }
     if candidates.len() < 2 {
         // The quarantine left one candidate (or none): nothing to measure; the record says
         // what was left out.
