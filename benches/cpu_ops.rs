@@ -78,6 +78,25 @@ fn norm_and_resample(c: &mut Criterion) {
     c.bench_function("batchnorm train 75x75x30 fwd", |b| {
         b.iter(|| be.batchnorm(&s, &t).unwrap())
     });
+    // The backward as a BasicBlock's second unit runs it: residual and ReLU, every gradient.
+    let residual = put(&mut be, rows * ch, &mut rng);
+    let tr = BatchNormTensors {
+        residual: Some(residual),
+        ..t
+    };
+    be.batchnorm(&s, &tr).unwrap();
+    let d: Vec<Tensor> = (0..3).map(|_| put(&mut be, rows * ch, &mut rng)).collect();
+    let dp: Vec<Tensor> = (0..2).map(|_| put(&mut be, ch, &mut rng)).collect();
+    let g = BatchNormGrads {
+        dy: d[0],
+        dx: Some(d[1]),
+        dgamma: Some(dp[0]),
+        dbeta: Some(dp[1]),
+        dresidual: Some(d[2]),
+    };
+    c.bench_function("batchnorm train 75x75x30 bwd (residual, relu)", |b| {
+        b.iter(|| be.batchnorm_backward(&s, &tr, &g).unwrap())
+    });
     let rs = ResizeShape {
         b: 1,
         c: 240,

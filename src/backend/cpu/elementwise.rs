@@ -71,14 +71,20 @@ pub fn bias_act_inplace(
         .with_min_len((PAR_MIN / c).max(1))
         .enumerate()
         .for_each(|(r, row)| {
-            let rr = res.map(|s| &s[r * c..(r + 1) * c]);
-            for (ch, v) in row.iter_mut().enumerate() {
-                let mut t = *v + bias[ch];
-                if let Some(rr) = rr {
-                    t += rr[ch];
+            // Whole-row passes, the options decided once per row: the loops vectorise.
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v += b;
+            }
+            if let Some(res) = res {
+                for (v, t) in row.iter_mut().zip(&res[r * c..(r + 1) * c]) {
+                    *v += t;
                 }
+            }
+            if relu {
                 // NaN stays NaN, as in relu_inplace.
-                *v = if relu && t < 0.0 { 0.0 } else { t };
+                for v in row.iter_mut() {
+                    *v = if *v < 0.0 { 0.0 } else { *v };
+                }
             }
         });
 }
