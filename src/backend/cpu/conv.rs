@@ -184,21 +184,7 @@ pub fn backward(
             if let Some(dw) = dw {
                 im2col(s, &xs[b0 * xi..(b0 + nb) * xi], nb, col);
                 // dw[cout, kk] += dy[rows, cout]ᵀ · col[rows, kk]
-                sgemm(
-                    s.cout,
-                    kk,
-                    rows,
-                    be.w(dw),
-                    kk,
-                    true,
-                    dyc,
-                    1,
-                    s.cout,
-                    col,
-                    kk,
-                    1,
-                    true,
-                );
+                linear::weight_grad(dyc, s.cout, col, kk, rows, be.w(dw));
             }
             if let Some(dx) = dx {
                 // dcol[rows, kk] = dy[rows, cout] · w[cout, kk]
