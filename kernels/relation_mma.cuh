@@ -1,6 +1,7 @@
 // relation_mma.cuh: the mma.sync fragment helpers of the relation kernels (relation_tc.cu's v2,
-// v3 and split; relation_sym.cu): the 32-channel cp.async staging of operand rows and the
-// fragment loads from it (32-bit loads or ldmatrix), in namespace v2 where they began.
+// v3 and split; relation_sym.cu): the 32-channel cp.async staging of operand rows, the
+// multi-stage pipeline that drives it, and the fragment loads from it (32-bit loads or
+// ldmatrix), in namespace v2 where they began.
 #pragma once
 
 #include "common.cuh"
@@ -52,6 +53,51 @@ __device__ __forceinline__ void stage_async(typename Op::T* __restrict__ dst,
         const int r = v / VPR, cc = (v % VPR) * PER;
         cp_async16(dst + r * Op::LDA + cc, src + (i64)r * ld + k0 + cc);
     }
+}
+
+// The STAGES-deep cp.async pipeline over `total` chunks: `load(u)` issues chunk u's copies
+// STAGES − 1 chunks ahead of `body(u)`, which uses them. The one barrier per chunk both makes
+// chunk u visible and tells every thread that all are done with chunk u − 1's stage, which the
+// copies issued right after it overwrite. On return every copy has landed and the block has
+// passed a barrier: the caller may reuse the stages.
+template <class Load, class Body>
+__device__ __forceinline__ void pipeline(int total, const Load& load, const Body& body) {
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < total) load(s);
+        cp_async_commit();
+    }
+    for (int u = 0; u < total; ++u) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        if (u + STAGES - 1 < total) load(u + STAGES - 1);
+        cp_async_commit();
+        body(u);
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+}
+
+// The bin (v, u) of column g of each 8-bin tile, packed v | u << 8 (for the membership
+// fragments); 0xFFFF where no bin (bin ≥ n²).
+template <int NBT>
+__device__ __forceinline__ void bin_codes(int n, int g, unsigned (&bvu)[NBT]) {
+#pragma unroll
+    for (int bt = 0; bt < NBT; ++bt) {
+        const int bin = bt * 8 + g, v = bin / n;
+        bvu[bt] = bin < n * n ? (unsigned)v | ((unsigned)(bin - v * n) << 8) : 0xFFFFu;
+    }
+}
+
+// Zero an array of MMA accumulator fragments.
+template <int A, int B>
+__device__ __forceinline__ void zero(float (&x)[A][B][4]) {
+#pragma unroll
+    for (int a = 0; a < A; ++a)
+#pragma unroll
+        for (int b = 0; b < B; ++b)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) x[a][b][e] = 0.0f;
 }
 
 // Per k-step of one chunk: the A fragment of rows r0..r0+15 and the B fragment of columns

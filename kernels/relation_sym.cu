@@ -139,14 +139,9 @@ __device__ __forceinline__ void forward(const typename Op::T* __restrict__ qop,
     constexpr unsigned ONE = 0x3F80u;       // BF16 1.0
     constexpr unsigned ONE_F32 = 0x3F800000u;
 
-    // The bin (v, u) of slot g of each 8-slot tile, packed v | u << 8; 0xFFFF: no bin (the
-    // column-sum slot n² and the unused ones).
+    // The bin of slot g of each 8-slot tile; none for the column-sum slot n² and the unused ones.
     unsigned bvu[NBT];
-#pragma unroll
-    for (int bt = 0; bt < NBT; ++bt) {
-        const int bin = bt * 8 + g, v = bin / n;
-        bvu[bt] = bin < nb ? (unsigned)v | ((unsigned)(bin - v * n) << 8) : 0xFFFFu;
-    }
+    v2::bin_codes<NBT>(n, g, bvu);
     // BF16: Mem_I as the column side's B fragments: k = the warp's rows 16m + (2t, 2t + 1 | +8),
     // n = slot g of tile bt; slot n² is 1 for every row < N. (TF32 builds them where used.)
     unsigned memi[2][NBT][2];
@@ -167,19 +162,9 @@ __device__ __forceinline__ void forward(const typename Op::T* __restrict__ qop,
 
     float sacc[2][8][4];  // the score tile, then e
     float bacc[2][NBT][4];
-    float lrow[2][2];
-#pragma unroll
-    for (int m = 0; m < 2; ++m) {
-#pragma unroll
-        for (int x = 0; x < 8; ++x)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) sacc[m][x][e] = 0.0f;
-#pragma unroll
-        for (int x = 0; x < NBT; ++x)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) bacc[m][x][e] = 0.0f;
-        lrow[m][0] = lrow[m][1] = 0.0f;
-    }
+    float lrow[2][2] = {};
+    v2::zero(sacc);
+    v2::zero(bacc);
 
     auto col_tile = [&](int d) { return ti + d < ntiles ? ti + d : ti + d - ntiles; };
     auto load = [&](int u) {
@@ -189,23 +174,14 @@ __device__ __forceinline__ void forward(const typename Op::T* __restrict__ qop,
         v2::stage_async<Op, THREADS>(sI, qb + (i64)i0 * cpad, BM, cpad, kc * KC);
         v2::stage_async<Op, THREADS>(sJ, qb + (i64)col_tile(d) * BM * cpad, BM, cpad, kc * KC);
     };
-#pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s) {
-        if (s < total) load(s);
-        cp_async_commit();
-    }
-    for (int u = 0; u < total; ++u) {
-        cp_async_wait<STAGES - 2>();
-        __syncthreads();  // chunk u visible; everyone is done with chunk u − 1's stage
-        if (u + STAGES - 1 < total) load(u + STAGES - 1);
-        cp_async_commit();
+    v2::pipeline(total, load, [&](int u) {
         const T* sI = stages + (u % STAGES) * STAGE;
         const T* sJ = sI + BM * Op::LDA;
 #pragma unroll
         for (int k0 = 0; k0 < KC; k0 += KSTEP)
             v2::score_kstep<Op, !Op::IS_TF32>(sI, sJ, k0, wr, wc, g, tq, lane, sacc);
         const int d = u / nk;
-        if (u - d * nk != nk - 1) continue;
+        if (u - d * nk != nk - 1) return;
 
         // ---- epilogue of tile (I, J) -------------------------------------------------------
         const int tj = col_tile(d);
@@ -293,12 +269,7 @@ __device__ __forceinline__ void forward(const typename Op::T* __restrict__ qop,
                 store_cols<NBT>(cred + wr * CBUF, CP, used, wc * 64 + y * 16, cacc, g, tq);
             }
         }
-#pragma unroll
-        for (int m = 0; m < 2; ++m)
-#pragma unroll
-            for (int x = 0; x < 8; ++x)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) sacc[m][x][e] = 0.0f;
+        v2::zero(sacc);
         if (offdiag) {
             __syncthreads();  // all four row warps' column partials are in cred
             const int j0 = tj * BM;
@@ -311,9 +282,9 @@ __device__ __forceinline__ void forward(const typename Op::T* __restrict__ qop,
             }
             __syncthreads();  // cred is free for the next tile
         }
-    }
-    cp_async_wait<0>();
-    __syncthreads();  // the stages are free: reuse them to combine the two column warps
+    });
+    // The stages are free (the pipeline's last barrier): reuse them to combine the two column
+    // warps.
 
     // Row sums over the quad; column warp 1's partials to shared memory for column warp 0.
     constexpr int RLD = NBT * 8 + 1;

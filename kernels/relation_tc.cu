@@ -500,30 +500,13 @@ __device__ __forceinline__ void forward(const typename Op::T* __restrict__ qop,
     const T* qb = qop + (i64)b * npad * cpad;
     const int nk = cpad / KC, nj = (npix + F_BN - 1) / F_BN, total = nj * nk;
 
-    // The bin (v, u) of column g of each 8-bin tile, packed v | u << 8 (for the membership
-    // fragments); v = u = 255: no bin.
     unsigned bvu[NBT];
-#pragma unroll
-    for (int bt = 0; bt < NBT; ++bt) {
-        const int bin = bt * 8 + g, v = bin / n;
-        bvu[bt] = bin < nb ? (unsigned)v | ((unsigned)(bin - v * n) << 8) : 0xFFFFu;
-    }
-
+    bin_codes<NBT>(n, g, bvu);
     float acc[2][8][4];
     float bacc[2][NBT][4];
-    float lrow[2][2];
-#pragma unroll
-    for (int m = 0; m < 2; ++m) {
-#pragma unroll
-        for (int x = 0; x < 8; ++x)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[m][x][e] = 0.0f;
-#pragma unroll
-        for (int x = 0; x < NBT; ++x)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) bacc[m][x][e] = 0.0f;
-        lrow[m][0] = lrow[m][1] = 0.0f;
-    }
+    float lrow[2][2] = {};
+    zero(acc);
+    zero(bacc);
 
     auto load = [&](int u) {
         const int jt = u / nk, kc = u - jt * nk;
@@ -532,23 +515,14 @@ __device__ __forceinline__ void forward(const typename Op::T* __restrict__ qop,
         stage_async<Op, F_THREADS>(sI, qb + (i64)i0 * cpad, F_BM, cpad, kc * KC);
         stage_async<Op, F_THREADS>(sJ, qb + (i64)jt * F_BN * cpad, F_BN, cpad, kc * KC);
     };
-#pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s) {
-        if (s < total) load(s);
-        cp_async_commit();
-    }
-    for (int u = 0; u < total; ++u) {
-        cp_async_wait<STAGES - 2>();
-        __syncthreads();  // chunk u visible; everyone is done with chunk u − 1's stage
-        if (u + STAGES - 1 < total) load(u + STAGES - 1);
-        cp_async_commit();
+    pipeline(total, load, [&](int u) {
         const T* sI = stages + (u % STAGES) * STAGE;
         const T* sJ = sI + F_BM * Op::LDA;
 #pragma unroll
         for (int k0 = 0; k0 < KC; k0 += KSTEP)
             score_kstep<Op, LDSM>(sI, sJ, k0, wr, wc, g, tq, lane, acc);
         const int jt = u / nk;
-        if (u - jt * nk != nk - 1) continue;
+        if (u - jt * nk != nk - 1) return;
 
         // Epilogue of column tile jt, in registers: e = exp(s − 1) (0 beyond N), row sums, and
         // the bin sums as a second MMA: bacc[r][bin] += Σ_j e[r][j] · [j ∈ bin].
@@ -578,15 +552,10 @@ __device__ __forceinline__ void forward(const typename Op::T* __restrict__ qop,
                 row_bins_bf16<NBT>(a, bacc, pixbins, jw + 16 * y + 2 * tq, bvu);
             }
         }
-#pragma unroll
-        for (int m = 0; m < 2; ++m)
-#pragma unroll
-            for (int x = 0; x < 8; ++x)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) acc[m][x][e] = 0.0f;
-    }
-    cp_async_wait<0>();
-    __syncthreads();  // the stages are free: reuse them to combine the two column warps
+        zero(acc);
+    });
+    // The stages are free (the pipeline's last barrier): reuse them to combine the two column
+    // warps.
 
     // Row sums over the quad; column warp 1's partials to shared memory for column warp 0.
     constexpr int RLD = NBT * 8 + 1;
@@ -673,12 +642,7 @@ __device__ __forceinline__ void backward(const typename Op::T* __restrict__ qop,
         }
 
     float acc[2][4][4];
-#pragma unroll
-    for (int m = 0; m < 2; ++m)
-#pragma unroll
-        for (int x = 0; x < 4; ++x)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[m][x][e] = 0.0f;
+    zero(acc);
     // M as A fragments: TF32 one per (m, score n-tile), BF16 one per (m, pair of n-tiles).
     constexpr int MK = Op::IS_TF32 ? 4 : 2;
     unsigned mf[2][MK][4];
@@ -695,16 +659,7 @@ __device__ __forceinline__ void backward(const typename Op::T* __restrict__ qop,
             stage_async<Op, B_THREADS>(sJ, qb + (i64)jt * B_BN * cpad, B_BN, cpad, (r - nk) * KC);
         }
     };
-#pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s) {
-        if (s < total) load(s);
-        cp_async_commit();
-    }
-    for (int u = 0; u < total; ++u) {
-        cp_async_wait<STAGES - 2>();
-        __syncthreads();
-        if (u + STAGES - 1 < total) load(u + STAGES - 1);
-        cp_async_commit();
+    pipeline(total, load, [&](int u) {
         const T* sI = stages + (u % STAGES) * STAGE;
         const T* sJ = sI + B_BM * Op::LDA;
         const int jt = u / (2 * nk), r = u - jt * 2 * nk;
@@ -736,7 +691,7 @@ __device__ __forceinline__ void backward(const typename Op::T* __restrict__ qop,
                     }
                 }
             }
-            if (r != nk - 1) continue;
+            if (r != nk - 1) return;
             // M_ij = e_ij (g_ij − D_i) / l_i + e_ij (g_ji − D_j) / l_j (0 outside N), with
             // g_ij = Σ_{bins b ∋ j} gt_ib: the accumulator (m, x, e) is row 32·wr + 16·m + g
             // + 8·(e / 2), column 32·wc + 8·x + 2·tq + e % 2.
@@ -793,12 +748,9 @@ __device__ __forceinline__ void backward(const typename Op::T* __restrict__ qop,
                         mf[m][y][3] = bf16_pair(acc[m][2 * y + 1][2], acc[m][2 * y + 1][3]);
                     }
                 }
-#pragma unroll
-                for (int x = 0; x < 4; ++x)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) acc[m][x][e] = 0.0f;
             }
-            continue;
+            zero(acc);
+            return;
         }
         // dq[rows, cc·KC + 8·ct + 0..7] += M · Q_J[:, same channels] for ct in this warp's half.
         const int cc = r - nk;
@@ -866,10 +818,8 @@ __device__ __forceinline__ void backward(const typename Op::T* __restrict__ qop,
                     *reinterpret_cast<float2*>(dq + (row + 8) * ldq + col) = make_float2(d[m][z][2], d[m][z][3]);
                 }
         }
-    }
-    cp_async_wait<0>();
-    __syncthreads();
-    // Normalisation backward, one warp per row.
+    });
+    // Normalisation backward, one warp per row (dq is complete: the pipeline's last barrier).
     for (int rr = warp; rr < B_BM; rr += B_THREADS / 32) {
         const int i = i0 + rr;
         if (i >= npix) continue;  // uniform per warp
