@@ -968,12 +968,7 @@ __device__ __forceinline__ void backward_bf16(
         }
 
     float dq[2][MAX_NT][4];
-#pragma unroll
-    for (int m = 0; m < 2; ++m)
-#pragma unroll
-        for (int x = 0; x < MAX_NT; ++x)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) dq[m][x][e] = 0.0f;
+    v2::zero(dq);
     const int cw0 = wc * (cpad / 4);  // this warp's first dq channel
 
     for (int jt = 0; jt < nj; ++jt) {
@@ -990,12 +985,7 @@ __device__ __forceinline__ void backward_bf16(
 
         // 1. Scores: rows 32·wr.., columns 16·wc.. of the tile.
         float acc[2][2][4];
-#pragma unroll
-        for (int m = 0; m < 2; ++m)
-#pragma unroll
-            for (int x = 0; x < 2; ++x)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) acc[m][x][e] = 0.0f;
+        v2::zero(acc);
         for (int k0 = 0; k0 < cpad; k0 += 16) {
             unsigned a0[4], a1[4], bb[4];
             v2::ldsm_a(qi, ldq, wr * 32, k0, lane, a0);

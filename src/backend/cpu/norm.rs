@@ -7,7 +7,7 @@
 //!
 //! Every pass walks whole rows with all its per-channel slices cut to length C first, so the
 //! inner loops over channels carry no bounds checks and no branches and vectorise; the
-//! options (residual, ReLU, train) are decided once per row block, not per element.
+//! options (residual, ReLU, train) are decided once per row, not per element.
 
 use rayon::prelude::*;
 
