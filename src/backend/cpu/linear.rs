@@ -64,31 +64,56 @@ pub fn bias_grad(dy: &[f32], n: usize, db: &mut [f32]) {
 /// enough that a W30 layer's rows make several.
 const WGRAD_ROWS: usize = 2048;
 
-/// `dw[n, k] += dy[m, n]ᵀ · x[m, k]`: one product per fixed block of `WGRAD_ROWS` rows, in
-/// parallel, the partial products added in block order.
+/// Independent products [`weight_grad`] aims for: where the rows make fewer blocks than this,
+/// the columns are cut into slices too.
+const WGRAD_MIN_TASKS: usize = 8;
+
+/// Narrowest column slice worth its own product.
+const WGRAD_MIN_COLS: usize = 64;
+
+/// `dw[n, k] += dy[m, n]ᵀ · x[m, k]`: one product per fixed block of `WGRAD_ROWS` rows and
+/// slice of columns, in parallel, the partial products added in block order.
 ///
 /// Why not one parallel GEMM: its output (Cout × k·k·Cin, often 30 × 270) is too small for the
 /// `gemm` crate to split well; it ran slower on 2 threads than on 1 (W30's 75×75×30 3×3
-/// convolution at batch 4: 5.8 ms against 4.2 ms). Fixed blocks keep the sum independent of the
+/// convolution at batch 4: 5.8 ms against 4.2 ms). Why the column slices: the deep branches'
+/// maps are small (19×19 at batch 4 is 1444 rows, one block), and one block alone ran on one
+/// thread. The blocks and slices depend on the shape alone, so the sum does not depend on the
 /// number of threads.
 pub(crate) fn weight_grad(dy: &[f32], n: usize, x: &[f32], k: usize, m: usize, dw: &mut [f32]) {
-    let partials: Vec<Vec<f32>> = (0..m.div_ceil(WGRAD_ROWS))
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let blocks = m.div_ceil(WGRAD_ROWS);
+    let slices = WGRAD_MIN_TASKS
+        .div_ceil(blocks)
+        .min(k.div_ceil(WGRAD_MIN_COLS))
+        .max(1);
+    let width = k.div_ceil(slices);
+    // The product of task t: block t / slices, columns [c0, c0 + cols) for slice t % slices.
+    let cols_of = |t: usize| {
+        let c0 = (t % slices) * width;
+        (c0, width.min(k - c0))
+    };
+    let partials: Vec<Vec<f32>> = (0..blocks * slices)
         .into_par_iter()
-        .map(|block| {
-            let r0 = block * WGRAD_ROWS;
+        .map(|t| {
+            let r0 = (t / slices) * WGRAD_ROWS;
             let rows = WGRAD_ROWS.min(m - r0);
-            let mut p = vec![0f32; n * k];
+            let (c0, cols) = cols_of(t);
+            // p[n, cols] = dy[rows, n]ᵀ · x[rows, c0..c0 + cols]
+            let mut p = vec![0f32; n * cols];
             sgemm(
                 n,
-                k,
+                cols,
                 rows,
                 &mut p,
-                k,
+                cols,
                 false,
                 &dy[r0 * n..(r0 + rows) * n],
                 1,
                 n,
-                &x[r0 * k..(r0 + rows) * k],
+                &x[r0 * k + c0..(r0 + rows) * k],
                 k,
                 1,
                 false,
@@ -96,9 +121,12 @@ pub(crate) fn weight_grad(dy: &[f32], n: usize, x: &[f32], k: usize, m: usize, d
             p
         })
         .collect();
-    for p in partials {
-        for (d, v) in dw[..n * k].iter_mut().zip(p) {
-            *d += v;
+    for (t, p) in partials.into_iter().enumerate() {
+        let (c0, cols) = cols_of(t);
+        for (drow, prow) in dw[..n * k].chunks_exact_mut(k).zip(p.chunks_exact(cols)) {
+            for (d, v) in drow[c0..c0 + cols].iter_mut().zip(prow) {
+                *d += v;
+            }
         }
     }
 }
@@ -140,28 +168,34 @@ mod tests {
     use super::*;
     use crate::rng::Rng;
 
-    /// Several row blocks and a partial last one, against the sum written out in f64; the
-    /// existing `dw` is added to, not overwritten.
+    /// Several row blocks and a partial last one; one block cut into column slices (a slice
+    /// narrower than the rest at the end); against the sum written out in f64. The existing
+    /// `dw` is added to, not overwritten.
     #[test]
-    fn weight_grad_over_row_blocks_matches_the_plain_sum() {
-        let (m, n, k) = (2 * WGRAD_ROWS + 77, 5, 9);
-        let mut rng = Rng::new(7);
-        let dy = rng.vec(m * n, |r| r.normal());
-        let x = rng.vec(m * k, |r| r.normal());
-        let start = rng.vec(n * k, |r| r.normal());
-        let mut dw = start.clone();
-        weight_grad(&dy, n, &x, k, m, &mut dw);
-        for j in 0..n {
-            for l in 0..k {
-                let want = start[j * k + l] as f64
-                    + (0..m)
-                        .map(|r| dy[r * n + j] as f64 * x[r * k + l] as f64)
-                        .sum::<f64>();
-                let got = dw[j * k + l] as f64;
-                assert!(
-                    (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                    "dw[{j}, {l}] = {got}, want {want}"
-                );
+    fn weight_grad_over_row_blocks_and_column_slices_matches_the_plain_sum() {
+        for (m, n, k) in [
+            (2 * WGRAD_ROWS + 77, 5, 9),
+            (700, 7, 301),
+            (WGRAD_ROWS + 3, 3, 150),
+        ] {
+            let mut rng = Rng::new(7);
+            let dy = rng.vec(m * n, |r| r.normal());
+            let x = rng.vec(m * k, |r| r.normal());
+            let start = rng.vec(n * k, |r| r.normal());
+            let mut dw = start.clone();
+            weight_grad(&dy, n, &x, k, m, &mut dw);
+            for j in 0..n {
+                for l in 0..k {
+                    let want = start[j * k + l] as f64
+                        + (0..m)
+                            .map(|r| dy[r * n + j] as f64 * x[r * k + l] as f64)
+                            .sum::<f64>();
+                    let got = dw[j * k + l] as f64;
+                    assert!(
+                        (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "{m}×{n}×{k}: dw[{j}, {l}] = {got}, want {want}"
+                    );
+                }
             }
         }
     }
