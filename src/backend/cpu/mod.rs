@@ -10,6 +10,7 @@ mod attention;
 mod concat;
 mod conv;
 mod elementwise;
+mod exp;
 mod linear;
 mod loss;
 mod norm;

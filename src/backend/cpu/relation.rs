@@ -15,12 +15,16 @@
 
 use rayon::prelude::*;
 
+use super::exp::exp_shifted_inplace;
 use super::{check_len, disjoint, sgemm, CpuBackend};
 use crate::backend::{adaptive_bin, RelationShape, MAX_BINS_SIDE};
 use crate::tensor::Tensor;
 
 /// Pixels per tile: large enough for an efficient GEMM, small enough for the cache.
 const TILE: usize = 512;
+
+/// Columns per task of [`accumulate_cols`].
+const COLS_PER_TASK: usize = 64;
 
 /// Bin geometry of one image. Along each side a position lies in one bin or in two neighbouring
 /// ones; that gives `2n − 1` classes per side (`c < n`: bin `c` alone; `c ≥ n`: bins `c − n`
@@ -215,6 +219,55 @@ fn accumulate_rows(
         });
 }
 
+/// The transposed view of [`accumulate_rows`], without transposing: columns of `tile` (row
+/// stride `cols`) are pixels `col0 + k`, its rows pixels `row0 + r`. Every entry is added to its
+/// column's total and, per class of the row pixel, to the column's class sums. Rows of one
+/// class come in runs (pixels along an image row), so each run is a sum of whole tile rows.
+#[allow(clippy::too_many_arguments)]
+fn accumulate_cols(
+    geo: &Geometry,
+    tile: &[f32],
+    rows: usize,
+    cols: usize,
+    row0: usize,
+    col0: usize,
+    lacc: &mut [f64],
+    cacc: &mut [f64],
+) {
+    let nk = geo.classes();
+    // (first row, end row, class) of each run of row pixels of one class.
+    let mut runs = Vec::new();
+    let mut r0 = 0;
+    for r in 1..=rows {
+        if r == rows || geo.class[row0 + r] != geo.class[row0 + r0] {
+            runs.push((r0, r, geo.class[row0 + r0] as usize));
+            r0 = r;
+        }
+    }
+    lacc[col0..col0 + cols]
+        .par_chunks_mut(COLS_PER_TASK)
+        .zip(cacc[col0 * nk..(col0 + cols) * nk].par_chunks_mut(COLS_PER_TASK * nk))
+        .enumerate()
+        .for_each(|(t, (l, acc))| {
+            let (k0, kn) = (t * COLS_PER_TASK, l.len());
+            let mut sum = [0f64; COLS_PER_TASK];
+            let sum = &mut sum[..kn];
+            for &(r0, r1, class) in &runs {
+                sum.fill(0.0);
+                for r in r0..r1 {
+                    let src = &tile[r * cols + k0..r * cols + k0 + kn];
+                    for (s, v) in sum.iter_mut().zip(src) {
+                        *s += *v as f64;
+                    }
+                }
+                for (k, s) in sum.iter().enumerate() {
+                    acc[k * nk + class] += s;
+                    l[k] += s;
+                }
+            }
+        });
+}
+
 pub fn forward(
     be: &CpuBackend,
     s: &RelationShape,
@@ -235,9 +288,8 @@ pub fn forward(
     let nk = geo.classes();
     let mut lacc = vec![0f64; np];
     let mut cacc = vec![0f64; np * nk];
-    be.with_workspace(np * c + 2 * t * t, |ws| {
-        let (q, rest) = ws.split_at_mut(np * c);
-        let (sc, st) = rest.split_at_mut(t * t);
+    be.with_workspace(np * c + t * t, |ws| {
+        let (q, sc) = ws.split_at_mut(np * c);
         for b in 0..s.b {
             normalise(
                 &fs[b * np * c..(b + 1) * np * c],
@@ -254,19 +306,11 @@ pub fn forward(
                     score_tile(q, c, i0, ri, j0, rj, sc);
                     sc[..ri * rj]
                         .par_chunks_mut(rj)
-                        .for_each(|row| row.iter_mut().for_each(|v| *v = (*v - 1.0).exp()));
+                        .for_each(exp_shifted_inplace);
                     accumulate_rows(&geo, sc, ri, rj, i0, j0, &mut lacc, &mut cacc);
                     if j0 != i0 {
-                        // The same scores seen from the rows of J: the transposed tile.
-                        st[..rj * ri]
-                            .par_chunks_mut(ri)
-                            .enumerate()
-                            .for_each(|(k, out)| {
-                                for (r, o) in out.iter_mut().enumerate() {
-                                    *o = sc[r * rj + k];
-                                }
-                            });
-                        accumulate_rows(&geo, st, rj, ri, j0, i0, &mut lacc, &mut cacc);
+                        // The same scores seen from the rows of J.
+                        accumulate_cols(&geo, sc, ri, rj, i0, j0, &mut lacc, &mut cacc);
                     }
                 }
             }
@@ -367,6 +411,7 @@ pub fn backward(
                     score_tile(q, c, i0, ri, j0, rj, m);
                     // M_ij = dS_ij + dS_ji, in place over the scores.
                     let (d, inv_l, hc, ht, geo) = (&d, &inv_l, &hc, &ht, &geo);
+                    let cls = &geo.class[j0..j0 + rj];
                     m[..ri * rj]
                         .par_chunks_mut(rj)
                         .enumerate()
@@ -376,10 +421,11 @@ pub fn backward(
                             let hrow = &hc[i * nk..(i + 1) * nk];
                             // g_ji for every j of the tile: row i's class, all rows j.
                             let hcol = &ht[geo.class[i] as usize * np + j0..][..rj];
-                            let cls = &geo.class[j0..j0 + rj];
                             let (dj, lj) = (&d[j0..j0 + rj], &inv_l[j0..j0 + rj]);
+                            // The same exponential as the forward's (vectorised), then M.
+                            exp_shifted_inplace(row);
                             for k in 0..rj {
-                                let e = (row[k] - 1.0).exp();
+                                let e = row[k];
                                 let ds_ij = e * li * (hrow[cls[k] as usize] - di);
                                 let ds_ji = e * lj[k] * (hcol[k] - dj[k]);
                                 row[k] = ds_ij + ds_ji;
