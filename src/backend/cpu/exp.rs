@@ -15,7 +15,7 @@ const X_MAX: f32 = 88.0;
 
 /// `e^x` for `x` in [`X_MIN`, `X_MAX`] (clamped outside), within 1.5 ulp.
 #[inline(always)]
-pub(crate) fn exp(x: f32) -> f32 {
+fn exp(x: f32) -> f32 {
     const LOG2_E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4; // 355 / 512: 9 significant bits
     const LN2_LO: f32 = -2.121_944_4e-4; // ln 2 − LN2_HI
@@ -42,7 +42,7 @@ pub(crate) fn exp(x: f32) -> f32 {
 /// build's baseline): `f` is inlined into a wrapper carrying that target feature, so the loops
 /// in it are vectorised for it. Call it with a closure holding a whole loop, not per element.
 #[inline(always)]
-pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
+fn simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f")]

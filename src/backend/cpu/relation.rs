@@ -23,7 +23,7 @@ use crate::tensor::Tensor;
 /// Pixels per tile: large enough for an efficient GEMM, small enough for the cache.
 const TILE: usize = 512;
 
-/// Columns per task of [`accumulate_cols`].
+/// Columns per task of [`ScoreTile::add_to_cols`].
 const COLS_PER_TASK: usize = 64;
 
 /// Bin geometry of one image. Along each side a position lies in one bin or in two neighbouring
@@ -179,93 +179,87 @@ fn score_tile(q: &[f32], c: usize, i0: usize, ri: usize, j0: usize, rj: usize, s
     );
 }
 
-/// Rows of `tile` (row stride `cols`) are pixels `row0 + r`, its columns pixels `col0 + k`: add
-/// every entry to its row's total and, per class of the column pixel, to the row's class sums.
-#[allow(clippy::too_many_arguments)]
-fn accumulate_rows(
-    geo: &Geometry,
-    tile: &[f32],
+/// One exponentiated score tile: `e[r·cols + k]` for row pixel `row0 + r` and column pixel
+/// `col0 + k`. The forward adds each tile to the row sums `l` ([N]) and the class sums
+/// `cl` ([N, K]) of its rows and, off the diagonal, of its columns.
+struct ScoreTile<'a> {
+    e: &'a [f32],
     rows: usize,
     cols: usize,
     row0: usize,
     col0: usize,
-    lacc: &mut [f64],
-    cacc: &mut [f64],
-) {
-    let nk = geo.classes();
-    let w = geo.w;
-    tile[..rows * cols]
-        .par_chunks(cols)
-        .zip(lacc[row0..row0 + rows].par_iter_mut())
-        .zip(cacc[row0 * nk..(row0 + rows) * nk].par_chunks_mut(nk))
-        .for_each(|((row, l), acc)| {
-            let mut k = 0;
-            while k < cols {
-                // One image row's stretch of this tile row: pixels (y, x..x+len).
-                let p = col0 + k;
-                let (y, x) = (p / w, p % w);
-                let len = (w - x).min(cols - k);
-                let vbase = geo.vclass[y] * geo.cs;
-                for &(a, b, uc) in &geo.runs {
-                    let (a, b) = (a.max(x), b.min(x + len));
-                    if a < b {
-                        let s = sum_f64(&row[k + a - x..k + b - x]);
-                        acc[vbase + uc] += s;
-                        *l += s;
-                    }
-                }
-                k += len;
-            }
-        });
 }
 
-/// The transposed view of [`accumulate_rows`], without transposing: columns of `tile` (row
-/// stride `cols`) are pixels `col0 + k`, its rows pixels `row0 + r`. Every entry is added to its
-/// column's total and, per class of the row pixel, to the column's class sums. Rows of one
-/// class come in runs (pixels along an image row), so each run is a sum of whole tile rows.
-#[allow(clippy::too_many_arguments)]
-fn accumulate_cols(
-    geo: &Geometry,
-    tile: &[f32],
-    rows: usize,
-    cols: usize,
-    row0: usize,
-    col0: usize,
-    lacc: &mut [f64],
-    cacc: &mut [f64],
-) {
-    let nk = geo.classes();
-    // (first row, end row, class) of each run of row pixels of one class.
-    let mut runs = Vec::new();
-    let mut r0 = 0;
-    for r in 1..=rows {
-        if r == rows || geo.class[row0 + r] != geo.class[row0 + r0] {
-            runs.push((r0, r, geo.class[row0 + r0] as usize));
-            r0 = r;
-        }
+impl ScoreTile<'_> {
+    /// Every entry to its row's total and, per class of the column pixel, to the row's class
+    /// sums.
+    fn add_to_rows(&self, geo: &Geometry, l: &mut [f64], cl: &mut [f64]) {
+        let (rows, cols, row0, col0) = (self.rows, self.cols, self.row0, self.col0);
+        let nk = geo.classes();
+        let w = geo.w;
+        self.e[..rows * cols]
+            .par_chunks(cols)
+            .zip(l[row0..row0 + rows].par_iter_mut())
+            .zip(cl[row0 * nk..(row0 + rows) * nk].par_chunks_mut(nk))
+            .for_each(|((row, l), acc)| {
+                let mut k = 0;
+                while k < cols {
+                    // One image row's stretch of this tile row: pixels (y, x..x+len).
+                    let p = col0 + k;
+                    let (y, x) = (p / w, p % w);
+                    let len = (w - x).min(cols - k);
+                    let vbase = geo.vclass[y] * geo.cs;
+                    for &(a, b, uc) in &geo.runs {
+                        let (a, b) = (a.max(x), b.min(x + len));
+                        if a < b {
+                            let s = sum_f64(&row[k + a - x..k + b - x]);
+                            acc[vbase + uc] += s;
+                            *l += s;
+                        }
+                    }
+                    k += len;
+                }
+            });
     }
-    lacc[col0..col0 + cols]
-        .par_chunks_mut(COLS_PER_TASK)
-        .zip(cacc[col0 * nk..(col0 + cols) * nk].par_chunks_mut(COLS_PER_TASK * nk))
-        .enumerate()
-        .for_each(|(t, (l, acc))| {
-            let (k0, kn) = (t * COLS_PER_TASK, l.len());
-            let mut sum = [0f64; COLS_PER_TASK];
-            let sum = &mut sum[..kn];
-            for &(r0, r1, class) in &runs {
-                sum.fill(0.0);
-                for r in r0..r1 {
-                    let src = &tile[r * cols + k0..r * cols + k0 + kn];
-                    for (s, v) in sum.iter_mut().zip(src) {
-                        *s += *v as f64;
+
+    /// The transposed view of [`Self::add_to_rows`], without transposing: every entry to its
+    /// column's total and, per class of the row pixel, to the column's class sums. Rows of one
+    /// class come in runs (pixels along an image row), so each run is a sum of whole tile rows.
+    fn add_to_cols(&self, geo: &Geometry, l: &mut [f64], cl: &mut [f64]) {
+        let (rows, cols, row0, col0) = (self.rows, self.cols, self.row0, self.col0);
+        let nk = geo.classes();
+        // (first row, end row, class) of each run of row pixels of one class.
+        let mut runs = Vec::new();
+        let mut r0 = 0;
+        for r in 1..=rows {
+            if r == rows || geo.class[row0 + r] != geo.class[row0 + r0] {
+                runs.push((r0, r, geo.class[row0 + r0] as usize));
+                r0 = r;
+            }
+        }
+        l[col0..col0 + cols]
+            .par_chunks_mut(COLS_PER_TASK)
+            .zip(cl[col0 * nk..(col0 + cols) * nk].par_chunks_mut(COLS_PER_TASK * nk))
+            .enumerate()
+            .for_each(|(t, (l, acc))| {
+                let (k0, kn) = (t * COLS_PER_TASK, l.len());
+                let mut sum = [0f64; COLS_PER_TASK];
+                let sum = &mut sum[..kn];
+                for &(r0, r1, class) in &runs {
+                    sum.fill(0.0);
+                    for r in r0..r1 {
+                        let src = &self.e[r * cols + k0..r * cols + k0 + kn];
+                        for (s, v) in sum.iter_mut().zip(src) {
+                            *s += *v as f64;
+                        }
+                    }
+                    for (k, s) in sum.iter().enumerate() {
+                        acc[k * nk + class] += s;
+                        l[k] += s;
                     }
                 }
-                for (k, s) in sum.iter().enumerate() {
-                    acc[k * nk + class] += s;
-                    l[k] += s;
-                }
-            }
-        });
+            });
+    }
 }
 
 pub fn forward(
@@ -307,10 +301,17 @@ pub fn forward(
                     sc[..ri * rj]
                         .par_chunks_mut(rj)
                         .for_each(exp_shifted_inplace);
-                    accumulate_rows(&geo, sc, ri, rj, i0, j0, &mut lacc, &mut cacc);
+                    let tile = ScoreTile {
+                        e: sc,
+                        rows: ri,
+                        cols: rj,
+                        row0: i0,
+                        col0: j0,
+                    };
+                    tile.add_to_rows(&geo, &mut lacc, &mut cacc);
                     if j0 != i0 {
                         // The same scores seen from the rows of J.
-                        accumulate_cols(&geo, sc, ri, rj, i0, j0, &mut lacc, &mut cacc);
+                        tile.add_to_cols(&geo, &mut lacc, &mut cacc);
                     }
                 }
             }
