@@ -124,6 +124,20 @@ impl Geometry {
     fn classes(&self) -> usize {
         self.cs * self.cs
     }
+
+    /// Pixels `p0 .. p0 + len` as runs of one class: `(first, end, class)`, offsets from `p0`.
+    fn class_runs(&self, p0: usize, len: usize) -> Vec<(usize, usize, usize)> {
+        let class = &self.class[p0..p0 + len];
+        let mut runs = Vec::new();
+        let mut r0 = 0;
+        for r in 1..=len {
+            if r == len || class[r] != class[r0] {
+                runs.push((r0, r, class[r0] as usize));
+                r0 = r;
+            }
+        }
+        runs
+    }
 }
 
 /// Sum with eight independent accumulators (vectorisable), in f64.
@@ -228,15 +242,7 @@ impl ScoreTile<'_> {
     fn add_to_cols(&self, geo: &Geometry, l: &mut [f64], cl: &mut [f64]) {
         let (rows, cols, row0, col0) = (self.rows, self.cols, self.row0, self.col0);
         let nk = geo.classes();
-        // (first row, end row, class) of each run of row pixels of one class.
-        let mut runs = Vec::new();
-        let mut r0 = 0;
-        for r in 1..=rows {
-            if r == rows || geo.class[row0 + r] != geo.class[row0 + r0] {
-                runs.push((r0, r, geo.class[row0 + r0] as usize));
-                r0 = r;
-            }
-        }
+        let runs = geo.class_runs(row0, rows);
         l[col0..col0 + cols]
             .par_chunks_mut(COLS_PER_TASK)
             .zip(cl[col0 * nk..(col0 + cols) * nk].par_chunks_mut(COLS_PER_TASK * nk))
@@ -412,7 +418,7 @@ pub fn backward(
                     score_tile(q, c, i0, ri, j0, rj, m);
                     // M_ij = dS_ij + dS_ji, in place over the scores.
                     let (d, inv_l, hc, ht, geo) = (&d, &inv_l, &hc, &ht, &geo);
-                    let cls = &geo.class[j0..j0 + rj];
+                    let runs = geo.class_runs(j0, rj);
                     m[..ri * rj]
                         .par_chunks_mut(rj)
                         .enumerate()
@@ -423,13 +429,20 @@ pub fn backward(
                             // g_ji for every j of the tile: row i's class, all rows j.
                             let hcol = &ht[geo.class[i] as usize * np + j0..][..rj];
                             let (dj, lj) = (&d[j0..j0 + rj], &inv_l[j0..j0 + rj]);
-                            // The same exponential as the forward's (vectorised), then M.
+                            // The same exponential as the forward's (vectorised), then M,
+                            // over runs of columns of one class (`g_ij` constant along a run),
+                            // so the inner loop has no lookup and vectorises.
                             exp_shifted_inplace(row);
-                            for k in 0..rj {
-                                let e = row[k];
-                                let ds_ij = e * li * (hrow[cls[k] as usize] - di);
-                                let ds_ji = e * lj[k] * (hcol[k] - dj[k]);
-                                row[k] = ds_ij + ds_ji;
+                            for &(k0, k1, class) in &runs {
+                                let g_minus_d = hrow[class] - di;
+                                let (row, hcol) = (&mut row[k0..k1], &hcol[k0..k1]);
+                                let (dj, lj) = (&dj[k0..k1], &lj[k0..k1]);
+                                for k in 0..row.len() {
+                                    let e = row[k];
+                                    let ds_ij = e * li * g_minus_d;
+                                    let ds_ji = e * lj[k] * (hcol[k] - dj[k]);
+                                    row[k] = ds_ij + ds_ji;
+                                }
                             }
                         });
                     let mt = &m[..ri * rj];
