@@ -32,16 +32,16 @@ pub fn add_inplace(be: &CpuBackend, dst: Tensor, src: Tensor) {
         .for_each(|(d, s)| *d += *s);
 }
 
+/// `v = max(v, 0)` over a slice. NaN stays NaN (as in PyTorch), so a diverging run is noticed.
+#[inline]
+pub(crate) fn relu_slice(v: &mut [f32]) {
+    for v in v {
+        *v = if *v < 0.0 { 0.0 } else { *v };
+    }
+}
+
 pub fn relu_inplace(be: &CpuBackend, x: Tensor) {
-    be.w(x)
-        .par_iter_mut()
-        .with_min_len(PAR_MIN)
-        // NaN stays NaN (as in PyTorch), so a diverging run is noticed.
-        .for_each(|v| {
-            if *v < 0.0 {
-                *v = 0.0
-            }
-        });
+    be.w(x).par_chunks_mut(PAR_MIN).for_each(relu_slice);
 }
 
 /// `y = relu?(y + bias + residual?)` over `[rows, c]`.
@@ -81,10 +81,7 @@ pub fn bias_act_inplace(
                 }
             }
             if relu {
-                // NaN stays NaN, as in relu_inplace.
-                for v in row.iter_mut() {
-                    *v = if *v < 0.0 { 0.0 } else { *v };
-                }
+                relu_slice(row);
             }
         });
 }

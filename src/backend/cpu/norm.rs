@@ -11,6 +11,7 @@
 
 use rayon::prelude::*;
 
+use super::elementwise::relu_slice;
 use super::{check_len, CpuBackend};
 use crate::backend::{BatchNormGrads, BatchNormTensors, NormShape};
 
@@ -142,9 +143,7 @@ pub fn forward(be: &CpuBackend, s: &NormShape, t: &BatchNormTensors) {
                     }
                 }
                 if relu {
-                    for v in yr.iter_mut() {
-                        *v = if *v < 0.0 { 0.0 } else { *v }; // keeps NaN
-                    }
+                    relu_slice(yr);
                 }
             }
         });
