@@ -26,6 +26,10 @@ fn conv(c: &mut Criterion) {
             ConvShape::new(1, 75, 75, 30, 30, 3, 1, 1),
         ),
         (
+            "conv3x3 38x38x60 batch 4",
+            ConvShape::new(4, 38, 38, 60, 60, 3, 1, 1),
+        ),
+        (
             "conv3x3 19x19x120 batch 4",
             ConvShape::new(4, 19, 19, 120, 120, 3, 1, 1),
         ),

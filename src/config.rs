@@ -98,7 +98,7 @@ impl Config {
                 self.preset
             )));
         }
-        if self.groups == 0 || FM_C % self.groups != 0 {
+        if self.groups == 0 || !FM_C.is_multiple_of(self.groups) {
             return Err(Error::Config(format!(
                 "groups G = {} must divide {FM_C}",
                 self.groups

@@ -163,7 +163,7 @@ pub fn video_scores<S: AsRef<str>>(
 /// `weight.len()` equal-sized maps each.
 fn mask_samples<'a>(pred: &'a [f32], gt: &'a [f32], weight: &[f32]) -> Vec<(&'a [f32], &'a [f32])> {
     let b = weight.len();
-    if b == 0 || pred.len() != gt.len() || pred.len() % b != 0 || pred.is_empty() {
+    if b == 0 || pred.len() != gt.len() || !pred.len().is_multiple_of(b) || pred.is_empty() {
         return Vec::new();
     }
     let p = pred.len() / b;

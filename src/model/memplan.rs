@@ -168,7 +168,7 @@ mod tests {
     /// Brute-force check: no two activations alive at the same time share memory.
     fn assert_valid(lens: &[usize], lives: &[Life], offsets: &[usize], region: usize) {
         for i in 0..lens.len() {
-            assert!(offsets[i] % 16 == 0 && offsets[i] + lens[i] <= region);
+            assert!(offsets[i].is_multiple_of(16) && offsets[i] + lens[i] <= region);
             for j in i + 1..lens.len() {
                 let overlap_time = lives[i].0 <= lives[j].1 && lives[j].0 <= lives[i].1;
                 let overlap_mem = lens[i] > 0

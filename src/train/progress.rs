@@ -52,7 +52,7 @@ impl Progress {
                 eprintln!();
             }
             std::io::stderr().flush().ok();
-        } else if done % self.every == 0 || done >= self.total {
+        } else if done.is_multiple_of(self.every) || done >= self.total {
             eprintln!("{msg}");
         }
     }

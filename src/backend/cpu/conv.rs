@@ -7,6 +7,7 @@
 
 use rayon::prelude::*;
 
+use super::conv_direct;
 use super::linear;
 use super::{check_len, disjoint, sgemm, CpuBackend};
 use crate::backend::ConvShape;
@@ -62,7 +63,7 @@ fn col2im_add(s: &ConvShape, dcol: &[f32], nb: usize, dx: &mut [f32]) {
             let iy = row % s.h;
             for ky in 0..s.k {
                 let ty = iy + s.pad;
-                if ty < ky || (ty - ky) % s.stride != 0 {
+                if ty < ky || !(ty - ky).is_multiple_of(s.stride) {
                     continue;
                 }
                 let oy = (ty - ky) / s.stride;
@@ -72,7 +73,7 @@ fn col2im_add(s: &ConvShape, dcol: &[f32], nb: usize, dx: &mut [f32]) {
                 for ix in 0..s.w {
                     let tx = ix + s.pad;
                     for kx in 0..s.k {
-                        if tx < kx || (tx - kx) % s.stride != 0 {
+                        if tx < kx || !(tx - kx).is_multiple_of(s.stride) {
                             continue;
                         }
                         let ox = (tx - kx) / s.stride;
@@ -108,6 +109,22 @@ pub fn forward(
     }
     disjoint(&[y], &[x, w]);
     let (xs, ws, ys) = (be.r(x), be.r(w), be.w(y));
+    if conv_direct::suits(s) {
+        let lim = &conv_direct::LIMITS;
+        be.with_workspace(conv_direct::workspace_len(lim, s), |work| {
+            conv_direct::forward(lim, s, xs, ws, ys, work)
+        });
+    } else {
+        im2col_forward(be, s, xs, ws, ys);
+    }
+    if let Some(b) = bias {
+        check_len("conv bias", b, s.cout);
+        linear::add_bias(ys, be.r(b));
+    }
+}
+
+/// `y = conv(x, w)` through a column matrix, a chunk of images at a time.
+fn im2col_forward(be: &CpuBackend, s: &ConvShape, xs: &[f32], ws: &[f32], ys: &mut [f32]) {
     let kk = s.col_k();
     let chunk = images_per_chunk(s);
     let (xi, yi) = (s.h * s.w * s.cin, s.ho * s.wo * s.cout);
@@ -134,10 +151,6 @@ pub fn forward(
             );
         }
     });
-    if let Some(b) = bias {
-        check_len("conv bias", b, s.cout);
-        linear::add_bias(ys, be.r(b));
-    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -172,6 +185,18 @@ pub fn backward(
     if let Some(dw) = dw {
         check_len("conv dw", dw, s.w_len());
         disjoint(&[dw], &[dy, x]);
+    }
+    if conv_direct::suits(s) {
+        let lim = &conv_direct::LIMITS;
+        be.with_workspace(conv_direct::workspace_len(lim, s), |work| {
+            if let Some(dw) = dw {
+                conv_direct::backward_weights(lim, s, xs, dys, be.w(dw), work);
+            }
+            if let Some(dx) = dx {
+                conv_direct::backward_data(lim, s, ws, dys, be.w(dx), work);
+            }
+        });
+        return;
     }
     let kk = s.col_k();
     let chunk = images_per_chunk(s);

@@ -9,6 +9,7 @@ mod adam;
 mod attention;
 mod concat;
 mod conv;
+mod conv_direct;
 mod elementwise;
 mod exp;
 mod linear;

@@ -34,7 +34,7 @@ fn stats(a: &[f32], b: &[f32]) -> Stats {
 }
 
 pub fn forward(be: &CpuBackend, b: usize, d: usize, groups: usize, ab: Tensor, z: Tensor) {
-    assert!(d % groups == 0, "region: groups must divide d");
+    assert!(d.is_multiple_of(groups), "region: groups must divide d");
     check_len("region ab", ab, 2 * b * d);
     check_len("region z", z, b * 3 * groups);
     disjoint(&[z], &[ab]);

@@ -51,7 +51,7 @@ pub(crate) fn applies(s: &ConvShape, min_fill: f64) -> bool {
     s.k == 3
         && s.stride == 1
         && s.pad <= 2
-        && s.cin % 2 == 0
+        && s.cin.is_multiple_of(2)
         && s.ho > 0
         && s.wo > 0
         && fill(s) >= min_fill

@@ -151,7 +151,7 @@ pub(crate) fn attention_backward(
 }
 
 fn check_groups(d: usize, groups: usize) -> Result<()> {
-    if groups == 0 || d % groups != 0 {
+    if groups == 0 || !d.is_multiple_of(groups) {
         return Err(Error::Device(format!(
             "region: groups {groups} must divide d = {d}"
         )));

@@ -134,7 +134,7 @@ pub(super) mod sym {
     /// tiles holding the n² + 1 slots, made ≡ 8 or 24 mod 32.
     pub fn col_pitch(n: usize) -> usize {
         let cp = (n * n + 1).div_ceil(8) * 8;
-        if cp % 16 == 0 {
+        if cp.is_multiple_of(16) {
             cp + 8
         } else {
             cp

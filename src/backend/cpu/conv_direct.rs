@@ -1,0 +1,749 @@
+//! Stride-1 k×k convolutions computed directly from a zero-padded copy: no column matrix, no
+//! GEMM packing. AVX-512 only; elsewhere `conv.rs` keeps im2col + GEMM.
+//!
+//! x: [B, H, W, Cin], w: [Cout, k, k, Cin], y: [B, Ho, Wo, Cout] (as in `conv.rs`).
+//!
+//! Why: im2col copies every input value k² times (for W30's 30-channel branch in runs of 120
+//! bytes, one `memcpy` each) and the GEMM then packs the copy again; at 75×75×30 the copies and
+//! the GEMM's thread hand-offs took as long as the multiply-adds. Here each output pixel reads
+//! the padded input in place.
+//!
+//! Layout. `xp` [nb, Hp, Wp, Cin] is x with a zero border (Hp = H + 2·pad, Wp = W + 2·pad), so
+//! output (oy, ox) reads xp[oy + ky, ox + kx] for every tap without bounds checks, and for a
+//! fixed ky its k taps are the k·Cin consecutive floats from xp[oy + ky, ox]. The weights are
+//! repacked once per call into tiles of up to 64 output channels, `[ky][kx][ci][lanes]`, zero
+//! beyond Cout, so one tap and input channel is one to four 16-wide vectors.
+//!
+//! Kernel. A block of P = 6 consecutive output pixels of one row × one tile of V ≤ 4 vectors
+//! keeps P·V accumulators in registers (24 of 32 at V = 4); per input value: V weight loads,
+//! one broadcast per pixel, P·V fused multiply-adds. The sums run over (ky, kx, ci) in that
+//! order, in f32 with FMA.
+//!
+//! The data gradient of a stride-1 convolution is the same convolution of dy padded by
+//! k − 1 − pad, with the kernel turned 180° and Cin, Cout swapped: [`backward_data`] packs the
+//! weights that way and runs the same kernel, adding into dx.
+
+use rayon::prelude::*;
+
+use crate::backend::ConvShape;
+
+/// Output pixels per register block.
+const P: usize = 6;
+/// Lanes of one vector.
+const L: usize = 16;
+/// Most vectors of output channels per tile.
+const MAX_V: usize = 4;
+/// Sizes that cut the work into pieces: fixed by the shape alone (never by the thread count),
+/// so results do not depend on the machine's cores.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Most floats of the padded copy per chunk of images.
+    pub pad_floats: usize,
+    /// Floats of one band of the weight gradient: its rows of the padded input and of dy
+    /// (within L2, as every (tap, channel) pass of the band reads them again).
+    pub band_floats: usize,
+}
+
+/// The limits the backend uses: a 64 MB padded copy, 1 MB bands.
+pub const LIMITS: Limits = Limits {
+    pad_floats: 16 << 20,
+    band_floats: 256 << 10,
+};
+
+/// Most channels (in and out) a convolution may have to run here. Measured with
+/// `cargo bench --bench cpu_ops` (2 threads, forward / backward against im2col + GEMM):
+/// 75×75×30 at batch 1 −36% / −25%, 38×38×60 at batch 4 −4% / −6%, but 19×19×120 +5% / +10%
+/// and 10×10×240 +0% / +40%: with many channels im2col copies long runs cheaply and the
+/// GEMM's packed operands use the caches better than this kernel's.
+const MAX_CHANNELS: usize = 64;
+
+/// Whether this path runs `s` on this machine: stride 1, a real kernel, few channels,
+/// AVX-512.
+pub fn suits(s: &ConvShape) -> bool {
+    s.stride == 1 && s.k > 1 && s.pad < s.k && s.cin.max(s.cout) <= MAX_CHANNELS && has_avx512()
+}
+
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The output channels split into tiles of at most `MAX_V` vectors: (first channel, vectors).
+fn tiles(cout: usize) -> Vec<(usize, usize)> {
+    let vectors = cout.div_ceil(L);
+    (0..vectors.div_ceil(MAX_V))
+        .map(|t| (t * MAX_V * L, MAX_V.min(vectors - t * MAX_V)))
+        .collect()
+}
+
+/// One stride-1 convolution as the kernel sees it: `y (+)= conv(xp, taps)` where xp is
+/// already padded.
+struct Direct<'a> {
+    /// Images in the chunk.
+    nb: usize,
+    /// Padded input [nb, hp, wp, cin].
+    xp: &'a [f32],
+    hp: usize,
+    wp: usize,
+    cin: usize,
+    k: usize,
+    /// Output [nb, ho, wo, cout].
+    ho: usize,
+    wo: usize,
+    cout: usize,
+    /// Packed weights: per tile, [ky][kx][ci][v·16].
+    packed: &'a [f32],
+    accumulate: bool,
+}
+
+/// Packed weights for `channels` output channels of `taps` taps each, zero beyond the last
+/// channel: `fill(c0, valid, lanes, tile)` writes one tile ([taps][lanes], channels
+/// c0 .. c0 + valid), the tiles in parallel.
+fn pack(
+    channels: usize,
+    taps: usize,
+    fill: impl Fn(usize, usize, usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let tiles = tiles(channels);
+    let mut packed = vec![0f32; tiles.iter().map(|&(_, v)| v * L * taps).sum()];
+    let mut rest = packed.as_mut_slice();
+    let mut parts = Vec::new();
+    for &(c0, v) in &tiles {
+        let (part, tail) = rest.split_at_mut(v * L * taps);
+        parts.push((c0, v, part));
+        rest = tail;
+    }
+    parts
+        .into_par_iter()
+        .for_each(|(c0, v, part)| fill(c0, (channels - c0).min(v * L), v * L, part));
+    packed
+}
+
+/// The forward's weights: lane l of tap t = (ky, kx, ci) is w[c0 + l, t]. A transpose,
+/// in runs of 64 taps so the tile rows being written stay in L1.
+fn pack_forward(w: &[f32], cout: usize, taps: usize) -> Vec<f32> {
+    pack(cout, taps, |c0, valid, lanes, tile| {
+        for t0 in (0..taps).step_by(64) {
+            let t1 = (t0 + 64).min(taps);
+            for l in 0..valid {
+                let src = &w[(c0 + l) * taps..][t0..t1];
+                for (t, v) in (t0..t1).zip(src) {
+                    tile[t * lanes + l] = *v;
+                }
+            }
+        }
+    })
+}
+
+/// The data gradient's weights: input channel ci's tap (ky, kx, co) is
+/// w[co, k−1−ky, k−1−kx, ci], so a tile row is a run of w.
+fn pack_rotated(w: &[f32], cout: usize, k: usize, cin: usize) -> Vec<f32> {
+    pack(cin, k * k * cout, |c0, valid, lanes, tile| {
+        for (t, row) in tile.chunks_exact_mut(lanes).enumerate() {
+            let (ky, kx, co) = (t / (k * cout), t / cout % k, t % cout);
+            let src = ((co * k + (k - 1 - ky)) * k + (k - 1 - kx)) * cin + c0;
+            row[..valid].copy_from_slice(&w[src..src + valid]);
+        }
+    })
+}
+
+/// `xp` [nb, h + 2·pad, w + 2·pad, c] = `x` [nb, h, w, c] with a zero border of `pad`.
+fn pad_into(x: &[f32], nb: usize, h: usize, w: usize, c: usize, pad: usize, xp: &mut [f32]) {
+    let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+    xp[..nb * hp * wp * c]
+        .par_chunks_mut(wp * c)
+        .enumerate()
+        .for_each(|(row, out)| {
+            let (b, py) = (row / hp, row % hp);
+            if py < pad || py >= pad + h {
+                out.fill(0.0);
+                return;
+            }
+            let src = &x[((b * h) + py - pad) * w * c..][..w * c];
+            out[..pad * c].fill(0.0);
+            out[pad * c..(pad + w) * c].copy_from_slice(src);
+            out[(pad + w) * c..].fill(0.0);
+        });
+}
+
+impl Direct<'_> {
+    /// One task per output row (this path's maps are wide: W30's are 75 and 38 pixels); a
+    /// task runs every channel tile over the row's pixel blocks.
+    fn run(&self, y: &mut [f32]) {
+        let tiles = tiles(self.cout);
+        let taps = self.k * self.k * self.cin;
+        // Pixel blocks per row, as even as possible (19 = 5 + 5 + 5 + 4, not 6 + 6 + 6 + 1:
+        // a 1-pixel block runs at a fraction of the rate).
+        let blocks = self.wo.div_ceil(P);
+        let block_at = |i: usize| (i * self.wo / blocks, (i + 1) * self.wo / blocks);
+        let row_len = self.wo * self.cout;
+        y[..self.nb * self.ho * row_len]
+            .par_chunks_mut(row_len)
+            .enumerate()
+            .for_each(|(row, y_row)| {
+                let (b, oy) = (row / self.ho, row % self.ho);
+                let x_row = &self.xp[(b * self.hp + oy) * self.wp * self.cin..];
+                let mut w_off = 0;
+                for &(co0, v) in &tiles {
+                    let w = &self.packed[w_off..w_off + v * L * taps];
+                    w_off += v * L * taps;
+                    for (ox0, ox1) in (0..blocks).map(block_at) {
+                        let block = Block {
+                            x: &x_row[ox0 * self.cin..],
+                            x_rs: self.wp * self.cin,
+                            cin: self.cin,
+                            k: self.k,
+                            w,
+                            cols: (self.cout - co0).min(v * L),
+                            pixels: ox1 - ox0,
+                            y_ps: self.cout,
+                            accumulate: self.accumulate,
+                        };
+                        block.run(v, &mut y_row[ox0 * self.cout + co0..]);
+                    }
+                }
+            });
+    }
+}
+
+/// One register block: `pixels` ≤ P consecutive outputs of a row × one channel tile.
+struct Block<'a> {
+    /// Padded input at (row oy, pixel ox0), channel 0; rows `x_rs` floats apart.
+    x: &'a [f32],
+    x_rs: usize,
+    cin: usize,
+    k: usize,
+    /// The tile's packed weights, [ky][kx][ci][v·16].
+    w: &'a [f32],
+    /// Valid channels of the tile (≤ v·16).
+    cols: usize,
+    pixels: usize,
+    /// Floats from one output pixel to the next.
+    y_ps: usize,
+    /// `y +=` instead of `y =`.
+    accumulate: bool,
+}
+
+impl Block<'_> {
+    fn run(&self, v: usize, y: &mut [f32]) {
+        // Every read and write below stays inside these slices.
+        let kc = self.k * self.cin;
+        assert!((1..=P).contains(&self.pixels) && (1..=MAX_V).contains(&v));
+        assert!((self.k - 1) * self.x_rs + (self.pixels - 1) * self.cin + kc <= self.x.len());
+        assert!(self.w.len() == self.k * kc * v * L && self.cols <= v * L);
+        assert!((self.pixels - 1) * self.y_ps + self.cols <= y.len());
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512 is present (`suits` checked it); the bounds are asserted above.
+        unsafe {
+            // One instance per (vectors, pixels): the accumulators are fixed-size arrays,
+            // kept in registers.
+            macro_rules! dispatch {
+                ($($v:literal),*) => {
+                    match (v, self.pixels) {
+                        $(
+                            ($v, 6) => avx512::block::<$v, 6>(self, y),
+                            ($v, 5) => avx512::block::<$v, 5>(self, y),
+                            ($v, 4) => avx512::block::<$v, 4>(self, y),
+                            ($v, 3) => avx512::block::<$v, 3>(self, y),
+                            ($v, 2) => avx512::block::<$v, 2>(self, y),
+                            ($v, _) => avx512::block::<$v, 1>(self, y),
+                        )*
+                        _ => unreachable!(),
+                    }
+                };
+            }
+            dispatch!(1, 2, 3, 4)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("conv_direct runs on x86_64 only");
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{Block, WgradBlock, L};
+
+    /// The block's `PB` (= `b.pixels`) outputs × `V` vectors of channels.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn block<const V: usize, const PB: usize>(b: &Block, y: &mut [f32]) {
+        let x = b.x.as_ptr();
+        let w = b.w.as_ptr();
+        let out = y.as_mut_ptr();
+        let mask = |i: usize| -> __mmask16 {
+            let n = b.cols.saturating_sub(i * L).min(L);
+            ((1u32 << n) - 1) as __mmask16
+        };
+        let mut acc = [[_mm512_setzero_ps(); V]; PB];
+        if b.accumulate {
+            for (p, accp) in acc.iter_mut().enumerate() {
+                for (i, a) in accp.iter_mut().enumerate() {
+                    *a = _mm512_maskz_loadu_ps(mask(i), out.add(p * b.y_ps + i * L));
+                }
+            }
+        }
+        for ky in 0..b.k {
+            for kx in 0..b.k {
+                // Input (oy + ky, ox0 + p + kx, ci) and tap (ky, kx, ci)'s weights.
+                let xr = x.add(ky * b.x_rs + kx * b.cin);
+                let wr = w.add((ky * b.k + kx) * b.cin * V * L);
+                for ci in 0..b.cin {
+                    let mut wv = [_mm512_setzero_ps(); V];
+                    for (i, wvi) in wv.iter_mut().enumerate() {
+                        *wvi = _mm512_loadu_ps(wr.add((ci * V + i) * L));
+                    }
+                    for (p, accp) in acc.iter_mut().enumerate() {
+                        let xv = _mm512_set1_ps(*xr.add(p * b.cin + ci));
+                        for (a, wvi) in accp.iter_mut().zip(&wv) {
+                            *a = _mm512_fmadd_ps(xv, *wvi, *a);
+                        }
+                    }
+                }
+            }
+        }
+        for (p, accp) in acc.iter().enumerate() {
+            for (i, a) in accp.iter().enumerate() {
+                if i * L < b.cols {
+                    _mm512_mask_storeu_ps(out.add(p * b.y_ps + i * L), mask(i), *a);
+                }
+            }
+        }
+    }
+
+    /// The weight-gradient block's `R` (= `b.nci`) input channels × `V` vectors of output
+    /// channels, over its rows' pixels: per pixel, V loads of dy and R broadcasts of x.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn wgrad<const V: usize, const R: usize>(b: &WgradBlock, out: &mut [f32]) {
+        let s = b.s;
+        let (ky, kx) = b.tap;
+        let mut masks = [0 as __mmask16; V];
+        for (i, m) in masks.iter_mut().enumerate() {
+            let n = b.cols.saturating_sub(i * L).min(L);
+            *m = ((1u32 << n) - 1) as __mmask16;
+        }
+        let mut acc = [[_mm512_setzero_ps(); V]; R];
+        for row in b.rows.clone() {
+            let (img, oy) = (row / s.ho, row % s.ho);
+            let x =
+                b.xp.as_ptr()
+                    .add(((img * b.hp + oy + ky) * b.wp + kx) * s.cin + b.ci0);
+            let d = b.dy.as_ptr().add(row * s.wo * s.cout + b.c0);
+            for ox in 0..s.wo {
+                let mut dv = [_mm512_setzero_ps(); V];
+                for (i, dvi) in dv.iter_mut().enumerate() {
+                    *dvi = _mm512_maskz_loadu_ps(masks[i], d.add(ox * s.cout + i * L));
+                }
+                for (r, accr) in acc.iter_mut().enumerate() {
+                    let xv = _mm512_set1_ps(*x.add(ox * s.cin + r));
+                    for (a, dvi) in accr.iter_mut().zip(&dv) {
+                        *a = _mm512_fmadd_ps(xv, *dvi, *a);
+                    }
+                }
+            }
+        }
+        let o = out.as_mut_ptr();
+        for (r, accr) in acc.iter().enumerate() {
+            for (i, a) in accr.iter().enumerate() {
+                _mm512_storeu_ps(o.add((r * V + i) * L), *a);
+            }
+        }
+    }
+}
+
+/// Images per chunk so the padded copy stays within `lim.pad_floats`.
+fn images_per_chunk(lim: &Limits, b: usize, hp: usize, wp: usize, c: usize) -> usize {
+    (lim.pad_floats / (hp * wp * c).max(1)).clamp(1, b)
+}
+
+/// Floats of workspace the padded copy of `s`'s input (forward) or of its dy (data
+/// gradient) needs.
+pub fn workspace_len(lim: &Limits, s: &ConvShape) -> usize {
+    let fwd = padded_len(lim, s.b, s.h, s.w, s.cin, s.pad);
+    let bwd = padded_len(lim, s.b, s.ho, s.wo, s.cout, s.k - 1 - s.pad);
+    fwd.max(bwd)
+}
+
+fn padded_len(lim: &Limits, b: usize, h: usize, w: usize, c: usize, pad: usize) -> usize {
+    let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+    images_per_chunk(lim, b, hp, wp, c) * hp * wp * c
+}
+
+/// `y (+)= conv(x, taps)` over a batch, a chunk of images at a time, for a stride-1
+/// convolution from an [h, w, cin] map padded by `pad` to a [ho, wo, cout] one.
+#[allow(clippy::too_many_arguments)]
+fn convolve(
+    lim: &Limits,
+    (b, h, w, cin, pad): (usize, usize, usize, usize, usize),
+    (k, ho, wo, cout): (usize, usize, usize, usize),
+    x: &[f32],
+    packed: &[f32],
+    accumulate: bool,
+    y: &mut [f32],
+    work: &mut [f32],
+) {
+    let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+    let chunk = images_per_chunk(lim, b, hp, wp, cin);
+    let (xi, yi) = (h * w * cin, ho * wo * cout);
+    for b0 in (0..b).step_by(chunk) {
+        let nb = chunk.min(b - b0);
+        pad_into(&x[b0 * xi..], nb, h, w, cin, pad, work);
+        Direct {
+            nb,
+            xp: &work[..nb * hp * wp * cin],
+            hp,
+            wp,
+            cin,
+            k,
+            ho,
+            wo,
+            cout,
+            packed,
+            accumulate,
+        }
+        .run(&mut y[b0 * yi..(b0 + nb) * yi]);
+    }
+}
+
+/// `y = conv(x, w)` for a shape that [`suits`] this path; `work` holds at least
+/// [`workspace_len`] floats.
+pub fn forward(lim: &Limits, s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], work: &mut [f32]) {
+    let packed = pack_forward(w, s.cout, s.col_k());
+    convolve(
+        lim,
+        (s.b, s.h, s.w, s.cin, s.pad),
+        (s.k, s.ho, s.wo, s.cout),
+        x,
+        &packed,
+        false,
+        y,
+        work,
+    );
+}
+
+/// `dx += ∂L/∂x` given dy: the convolution of dy padded by k − 1 − pad with the kernel turned
+/// 180° and its channels swapped (`w'[ci, ky, kx, co] = w[co, k−1−ky, k−1−kx, ci]`).
+pub fn backward_data(
+    lim: &Limits,
+    s: &ConvShape,
+    w: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    work: &mut [f32],
+) {
+    let packed = pack_rotated(w, s.cout, s.k, s.cin);
+    convolve(
+        lim,
+        (s.b, s.ho, s.wo, s.cout, s.k - 1 - s.pad),
+        (s.k, s.h, s.w, s.cin),
+        dy,
+        &packed,
+        true,
+        dx,
+        work,
+    );
+}
+
+/// `dw += ∂L/∂w` given dy, without a column matrix:
+/// `dW[co, ky, kx, ci] = Σ_(b, oy, ox) dy[b, oy, ox, co] · xp[b, oy + ky, ox + kx, ci]`.
+///
+/// The output rows are cut into bands of a size set by the shape alone; per band, every
+/// (channel tile, tap) is a task computing its rows of a partial gradient in the packed
+/// layout of [`pack_forward`] (register blocks of 6 input channels × the tile's vectors, summed
+/// over the band's pixels in order). The partials are added into dw band after band, so the
+/// result does not depend on the thread count.
+pub fn backward_weights(
+    lim: &Limits,
+    s: &ConvShape,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    work: &mut [f32],
+) {
+    let (hp, wp) = (s.h + 2 * s.pad, s.w + 2 * s.pad);
+    let chunk = images_per_chunk(lim, s.b, hp, wp, s.cin);
+    let (xi, yi) = (s.h * s.w * s.cin, s.ho * s.wo * s.cout);
+    let taps = s.col_k();
+    let band_rows = (lim.band_floats / (wp * s.cin + s.wo * s.cout)).max(1);
+    for b0 in (0..s.b).step_by(chunk) {
+        let nb = chunk.min(s.b - b0);
+        let xp = &mut work[..nb * hp * wp * s.cin];
+        pad_into(&x[b0 * xi..], nb, s.h, s.w, s.cin, s.pad, xp);
+        let xp = &*xp;
+        let dy = &dy[b0 * yi..(b0 + nb) * yi];
+        for r0 in (0..nb * s.ho).step_by(band_rows) {
+            let rows = r0..(r0 + band_rows).min(nb * s.ho);
+            let partial = pack(s.cout, taps, |c0, valid, lanes, tile| {
+                tile.par_chunks_mut(s.cin * lanes)
+                    .enumerate()
+                    .for_each(|(tap, out)| {
+                        for ci0 in (0..s.cin).step_by(P) {
+                            let block = WgradBlock {
+                                xp,
+                                dy,
+                                s,
+                                hp,
+                                wp,
+                                rows: rows.clone(),
+                                tap: (tap / s.k, tap % s.k),
+                                ci0,
+                                nci: P.min(s.cin - ci0),
+                                c0,
+                                cols: valid,
+                            };
+                            block.run(lanes / L, &mut out[ci0 * lanes..]);
+                        }
+                    })
+            });
+            add_unpacked(&partial, s.cout, taps, dw);
+        }
+    }
+}
+
+/// `dw[co, t] += partial` at tile row t, lane co − c0 (the inverse of [`pack_forward`]'s
+/// layout), in runs of 64 taps.
+fn add_unpacked(partial: &[f32], cout: usize, taps: usize, dw: &mut [f32]) {
+    let mut off = 0;
+    for (c0, v) in tiles(cout) {
+        let lanes = v * L;
+        let tile = &partial[off..off + lanes * taps];
+        off += lanes * taps;
+        let valid = (cout - c0).min(lanes);
+        dw[c0 * taps..(c0 + valid) * taps]
+            .par_chunks_mut(taps)
+            .enumerate()
+            .for_each(|(l, row)| {
+                for (t, d) in row.iter_mut().enumerate() {
+                    *d += tile[t * lanes + l];
+                }
+            });
+    }
+}
+
+/// One register block of the weight gradient: input channels ci0 .. ci0 + nci of tap
+/// (ky, kx) × one tile of output channels, summed over the output rows `rows` (b·Ho + oy).
+struct WgradBlock<'a> {
+    xp: &'a [f32],
+    dy: &'a [f32],
+    s: &'a ConvShape,
+    hp: usize,
+    wp: usize,
+    rows: std::ops::Range<usize>,
+    tap: (usize, usize),
+    ci0: usize,
+    nci: usize,
+    /// First output channel of the tile, and how many of its lanes are channels.
+    c0: usize,
+    cols: usize,
+}
+
+impl WgradBlock<'_> {
+    /// Writes `out` rows 0 .. nci, `v`·16 lanes each.
+    fn run(&self, v: usize, out: &mut [f32]) {
+        let s = self.s;
+        let (ky, kx) = self.tap;
+        assert!((1..=P).contains(&self.nci) && (1..=MAX_V).contains(&v));
+        assert!(self.cols <= v * L && self.c0 + self.cols <= s.cout);
+        assert!(out.len() >= self.nci * v * L);
+        assert!(self.ci0 + self.nci <= s.cin && ky < s.k && kx < s.k);
+        // The last row's last pixel, in x and in dy, is inside the slices.
+        let last = self.rows.end - 1;
+        let (img, oy) = (last / s.ho, last % s.ho);
+        assert!(
+            ((img * self.hp + oy + ky) * self.wp + s.wo - 1 + kx) * s.cin + s.cin <= self.xp.len()
+        );
+        assert!((last * s.wo + s.wo - 1) * s.cout + self.c0 + self.cols <= self.dy.len());
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512 is present (`suits` checked it); the bounds are asserted above.
+        unsafe {
+            macro_rules! dispatch {
+                ($($v:literal),*) => {
+                    match (v, self.nci) {
+                        $(
+                            ($v, 6) => avx512::wgrad::<$v, 6>(self, out),
+                            ($v, 5) => avx512::wgrad::<$v, 5>(self, out),
+                            ($v, 4) => avx512::wgrad::<$v, 4>(self, out),
+                            ($v, 3) => avx512::wgrad::<$v, 3>(self, out),
+                            ($v, 2) => avx512::wgrad::<$v, 2>(self, out),
+                            ($v, _) => avx512::wgrad::<$v, 1>(self, out),
+                        )*
+                        _ => unreachable!(),
+                    }
+                };
+            }
+            dispatch!(1, 2, 3, 4)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("conv_direct runs on x86_64 only");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// The three passes written out in f64 over the unpadded tensors.
+    struct Naive<'a> {
+        s: &'a ConvShape,
+        x: &'a [f32],
+        w: &'a [f32],
+        dy: &'a [f32],
+    }
+
+    impl Naive<'_> {
+        /// Calls `f(b, oy, ox, ky, kx, iy, ix)` for every tap that lands inside the input.
+        fn taps(&self, mut f: impl FnMut(usize, usize, usize, usize, usize, usize, usize)) {
+            let s = self.s;
+            for b in 0..s.b {
+                for oy in 0..s.ho {
+                    for ox in 0..s.wo {
+                        for ky in 0..s.k {
+                            for kx in 0..s.k {
+                                let (iy, ix) = (oy + ky, ox + kx);
+                                if iy < s.pad
+                                    || ix < s.pad
+                                    || iy - s.pad >= s.h
+                                    || ix - s.pad >= s.w
+                                {
+                                    continue;
+                                }
+                                f(b, oy, ox, ky, kx, iy - s.pad, ix - s.pad);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        fn passes(&self) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+            let s = self.s;
+            let (mut y, mut dx, mut dw) = (
+                vec![0f64; s.y_len()],
+                vec![0f64; s.x_len()],
+                vec![0f64; s.w_len()],
+            );
+            self.taps(|b, oy, ox, ky, kx, iy, ix| {
+                let yo = ((b * s.ho + oy) * s.wo + ox) * s.cout;
+                let xo = ((b * s.h + iy) * s.w + ix) * s.cin;
+                for co in 0..s.cout {
+                    let wo = ((co * s.k + ky) * s.k + kx) * s.cin;
+                    for ci in 0..s.cin {
+                        let (xv, wv, g) = (
+                            self.x[xo + ci] as f64,
+                            self.w[wo + ci] as f64,
+                            self.dy[yo + co] as f64,
+                        );
+                        y[yo + co] += xv * wv;
+                        dx[xo + ci] += g * wv;
+                        dw[wo + ci] += g * xv;
+                    }
+                }
+            });
+            (y, dx, dw)
+        }
+    }
+
+    fn assert_close(what: &str, got: &[f32], start: &[f32], want: &[f64]) {
+        assert_eq!(got.len(), want.len());
+        let scale = want.iter().fold(1f64, |m, v| m.max(v.abs()));
+        for (i, ((g, s0), w)) in got.iter().zip(start).zip(want).enumerate() {
+            let w = *s0 as f64 + w;
+            assert!(
+                (*g as f64 - w).abs() <= 2e-5 * scale,
+                "{what}[{i}] = {g}, want {w}"
+            );
+        }
+    }
+
+    /// Forward, data gradient and weight gradient against the f64 sums, over shapes that
+    /// reach every part: several channel tiles (cout 70, cin 70 in the data gradient), the
+    /// last tile partly filled, pixel blocks of every width (rows of 1, 5, 7, 13 pixels), pad
+    /// 0, 1 and 2, k = 3 and 5, image chunks and weight-gradient bands that split the batch
+    /// (small limits), and bands that end inside an image. The gradients are added to
+    /// non-zero starting values.
+    #[test]
+    fn direct_passes_match_the_plain_sums() {
+        if !has_avx512() {
+            eprintln!("SKIPPED direct_passes_match_the_plain_sums: this CPU has no AVX-512");
+            return;
+        }
+        let cases = [
+            (ConvShape::new(2, 7, 13, 3, 5, 3, 1, 1), LIMITS),
+            (ConvShape::new(3, 5, 7, 70, 20, 3, 1, 1), LIMITS),
+            (ConvShape::new(1, 6, 5, 9, 70, 3, 1, 0), LIMITS),
+            (ConvShape::new(2, 9, 1, 4, 33, 3, 1, 1), LIMITS),
+            (ConvShape::new(3, 8, 8, 6, 17, 5, 1, 2), LIMITS),
+            (
+                ConvShape::new(3, 6, 9, 7, 18, 3, 1, 1),
+                Limits {
+                    pad_floats: 500,
+                    band_floats: 300,
+                },
+            ),
+        ];
+        for (s, lim) in cases {
+            let mut rng = Rng::new(s.x_len() as u64);
+            let x = rng.vec(s.x_len(), |r| r.normal());
+            let w = rng.vec(s.w_len(), |r| r.normal());
+            let dy = rng.vec(s.y_len(), |r| r.normal());
+            let (y_want, dx_want, dw_want) = Naive {
+                s: &s,
+                x: &x,
+                w: &w,
+                dy: &dy,
+            }
+            .passes();
+            let mut work = vec![f32::NAN; workspace_len(&lim, &s)];
+            let mut y = vec![f32::NAN; s.y_len()];
+            forward(&lim, &s, &x, &w, &mut y, &mut work);
+            assert_close(&format!("{s:?} y"), &y, &vec![0.0; y.len()], &y_want);
+            let dx0 = rng.vec(s.x_len(), |r| r.normal());
+            let mut dx = dx0.clone();
+            backward_data(&lim, &s, &w, &dy, &mut dx, &mut work);
+            assert_close(&format!("{s:?} dx"), &dx, &dx0, &dx_want);
+            let dw0 = rng.vec(s.w_len(), |r| r.normal());
+            let mut dw = dw0.clone();
+            backward_weights(&lim, &s, &x, &dy, &mut dw, &mut work);
+            assert_close(&format!("{s:?} dw"), &dw, &dw0, &dw_want);
+        }
+    }
+
+    /// The work is cut by the shape alone: one thread and the default pool give the same bits.
+    #[test]
+    fn direct_weight_gradient_is_deterministic() {
+        if !has_avx512() {
+            eprintln!("SKIPPED direct_weight_gradient_is_deterministic: this CPU has no AVX-512");
+            return;
+        }
+        let s = ConvShape::new(4, 30, 30, 16, 24, 3, 1, 1);
+        let mut rng = Rng::new(3);
+        let x = rng.vec(s.x_len(), |r| r.normal());
+        let dy = rng.vec(s.y_len(), |r| r.normal());
+        let lim = Limits {
+            pad_floats: LIMITS.pad_floats,
+            band_floats: 4096,
+        };
+        let mut work = vec![0.0; workspace_len(&lim, &s)];
+        let mut run = || {
+            let mut dw = vec![0.0; s.w_len()];
+            backward_weights(&lim, &s, &x, &dy, &mut dw, &mut work);
+            dw
+        };
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let runs = [one.install(&mut run), run()];
+        assert!(runs[0]
+            .iter()
+            .zip(&runs[1])
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+}
