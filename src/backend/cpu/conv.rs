@@ -186,7 +186,7 @@ pub fn backward(
         check_len("conv dw", dw, s.w_len());
         disjoint(&[dw], &[dy, x]);
     }
-    if conv_direct::suits(s) {
+    if conv_direct::suits_backward(s) {
         let lim = &conv_direct::LIMITS;
         be.with_workspace(conv_direct::workspace_len(lim, s), |work| {
             if let Some(dw) = dw {

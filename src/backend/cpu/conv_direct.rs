@@ -21,7 +21,11 @@
 //!
 //! The data gradient of a stride-1 convolution is the same convolution of dy padded by
 //! k − 1 − pad, with the kernel turned 180° and Cin, Cout swapped: [`backward_data`] packs the
-//! weights that way and runs the same kernel, adding into dx.
+//! weights that way and runs the same kernel, adding into dx. The weight gradient
+//! ([`backward_weights`]) swaps the roles: register blocks of 6 input channels × the tile's
+//! vectors of dy, summed over pixels.
+//!
+//! Which shapes run here is measured, not assumed: see [`suits`] and [`suits_backward`].
 
 use rayon::prelude::*;
 
@@ -50,17 +54,25 @@ pub const LIMITS: Limits = Limits {
     band_floats: 256 << 10,
 };
 
-/// Most channels (in and out) a convolution may have to run here. Measured with
-/// `cargo bench --bench cpu_ops` (2 threads, forward / backward against im2col + GEMM):
-/// 75×75×30 at batch 1 −36% / −25%, 38×38×60 at batch 4 −4% / −6%, but 19×19×120 +5% / +10%
-/// and 10×10×240 +0% / +40%: with many channels im2col copies long runs cheaply and the
-/// GEMM's packed operands use the caches better than this kernel's.
-const MAX_CHANNELS: usize = 64;
-
-/// Whether this path runs `s` on this machine: stride 1, a real kernel, few channels,
-/// AVX-512.
+/// Whether the forward of `s` runs here on this machine: stride 1, a real kernel, AVX-512.
+/// Every such shape of W30 gains in the network (training forward of the backbone at
+/// batch 4: 653 → 628 ms against this path for ≤ 64 channels only), though alone, with hot
+/// caches, the 19×19×120 shape ran 5% slower than im2col + GEMM.
 pub fn suits(s: &ConvShape) -> bool {
-    s.stride == 1 && s.k > 1 && s.pad < s.k && s.cin.max(s.cout) <= MAX_CHANNELS && has_avx512()
+    s.stride == 1 && s.k > 1 && s.pad < s.k && has_avx512()
+}
+
+/// Most channels (in and out) for the backward to run here. Measured with
+/// `cargo bench --bench cpu_ops` (2 threads, data + weight gradient against im2col + GEMM):
+/// 75×75×30 at batch 1 −28%, 38×38×60 at batch 4 −11%, but 19×19×120 +10% and 10×10×240
+/// +40%: with many channels, im2col copies long runs cheaply and the GEMM's packed
+/// operands use the caches better than these kernels.
+const MAX_BACKWARD_CHANNELS: usize = 64;
+
+/// Whether the backward of `s` runs here: as [`suits`], with at most
+/// `MAX_BACKWARD_CHANNELS` channels.
+pub fn suits_backward(s: &ConvShape) -> bool {
+    suits(s) && s.cin.max(s.cout) <= MAX_BACKWARD_CHANNELS
 }
 
 fn has_avx512() -> bool {
@@ -173,8 +185,8 @@ fn pad_into(x: &[f32], nb: usize, h: usize, w: usize, c: usize, pad: usize, xp: 
 }
 
 impl Direct<'_> {
-    /// One task per output row (this path's maps are wide: W30's are 75 and 38 pixels); a
-    /// task runs every channel tile over the row's pixel blocks.
+    /// One task per output row (W30's smallest maps still give 40 rows at batch 4); a task
+    /// runs every channel tile over the row's pixel blocks.
     fn run(&self, y: &mut [f32]) {
         let tiles = tiles(self.cout);
         let taps = self.k * self.k * self.cin;
