@@ -224,6 +224,28 @@ impl Direct<'_> {
     }
 }
 
+/// `avx512::$kernel::<V, N>($block, $out)` for the run-time (v ≤ 4, n ≤ 6): one instance
+/// per pair, so the kernels' accumulators are fixed-size arrays that stay in registers.
+#[cfg(target_arch = "x86_64")]
+macro_rules! register_block {
+    ($kernel:ident, $block:expr, $v:expr, $n:expr, $out:expr) => {
+        register_block!(@each $kernel, $block, $v, $n, $out; 1, 2, 3, 4)
+    };
+    (@each $kernel:ident, $block:expr, $v:expr, $n:expr, $out:expr; $($vv:literal),*) => {
+        match ($v, $n) {
+            $(
+                ($vv, 6) => avx512::$kernel::<$vv, 6>($block, $out),
+                ($vv, 5) => avx512::$kernel::<$vv, 5>($block, $out),
+                ($vv, 4) => avx512::$kernel::<$vv, 4>($block, $out),
+                ($vv, 3) => avx512::$kernel::<$vv, 3>($block, $out),
+                ($vv, 2) => avx512::$kernel::<$vv, 2>($block, $out),
+                ($vv, _) => avx512::$kernel::<$vv, 1>($block, $out),
+            )*
+            _ => unreachable!("register blocks have 1 to 4 vectors"),
+        }
+    };
+}
+
 /// One register block: `pixels` ≤ P consecutive outputs of a row × one channel tile.
 struct Block<'a> {
     /// Padded input at (row oy, pixel ox0), channel 0; rows `x_rs` floats apart.
@@ -253,24 +275,7 @@ impl Block<'_> {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX-512 is present (`suits` checked it); the bounds are asserted above.
         unsafe {
-            // One instance per (vectors, pixels): the accumulators are fixed-size arrays,
-            // kept in registers.
-            macro_rules! dispatch {
-                ($($v:literal),*) => {
-                    match (v, self.pixels) {
-                        $(
-                            ($v, 6) => avx512::block::<$v, 6>(self, y),
-                            ($v, 5) => avx512::block::<$v, 5>(self, y),
-                            ($v, 4) => avx512::block::<$v, 4>(self, y),
-                            ($v, 3) => avx512::block::<$v, 3>(self, y),
-                            ($v, 2) => avx512::block::<$v, 2>(self, y),
-                            ($v, _) => avx512::block::<$v, 1>(self, y),
-                        )*
-                        _ => unreachable!(),
-                    }
-                };
-            }
-            dispatch!(1, 2, 3, 4)
+            register_block!(block, self, v, self.pixels, y)
         }
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!("conv_direct runs on x86_64 only");
@@ -574,22 +579,7 @@ impl WgradBlock<'_> {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX-512 is present (`suits` checked it); the bounds are asserted above.
         unsafe {
-            macro_rules! dispatch {
-                ($($v:literal),*) => {
-                    match (v, self.nci) {
-                        $(
-                            ($v, 6) => avx512::wgrad::<$v, 6>(self, out),
-                            ($v, 5) => avx512::wgrad::<$v, 5>(self, out),
-                            ($v, 4) => avx512::wgrad::<$v, 4>(self, out),
-                            ($v, 3) => avx512::wgrad::<$v, 3>(self, out),
-                            ($v, 2) => avx512::wgrad::<$v, 2>(self, out),
-                            ($v, _) => avx512::wgrad::<$v, 1>(self, out),
-                        )*
-                        _ => unreachable!(),
-                    }
-                };
-            }
-            dispatch!(1, 2, 3, 4)
+            register_block!(wgrad, self, v, self.nci, out)
         }
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!("conv_direct runs on x86_64 only");
