@@ -54,6 +54,18 @@ fn conv3x3_same() {
     );
 }
 
+/// Rows of 12 or more outputs: on AVX-512 machines the CPU backend's direct kernels
+/// (`conv_direct.rs`) take this shape, forward and backward.
+#[test]
+fn conv3x3_wide_rows() {
+    conv_case(
+        "conv 3x3 s1 wide",
+        ConvShape::new(2, 3, 14, 3, 5, 3, 1, 1),
+        false,
+        7,
+    );
+}
+
 #[test]
 fn conv3x3_stride2_odd() {
     // 75 → 38 style: odd input, stride 2, pad 1.

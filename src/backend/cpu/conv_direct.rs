@@ -54,12 +54,13 @@ pub const LIMITS: Limits = Limits {
     band_floats: 256 << 10,
 };
 
-/// Whether the forward of `s` runs here on this machine: stride 1, a real kernel, AVX-512.
-/// Every such shape of W30 gains in the network (training forward of the backbone at
-/// batch 4: 653 → 628 ms against this path for ≤ 64 channels only), though alone, with hot
-/// caches, the 19×19×120 shape ran 5% slower than im2col + GEMM.
+/// Whether the forward of `s` runs here on this machine: stride 1, a real kernel, rows of at
+/// least two full register blocks, AVX-512. Narrower rows spend much of their time in partial
+/// blocks and per-row overhead: the relation convolutions (5×5 and 3×3 maps, one task per
+/// 3-pixel row) took 96 → 167 ms of the W30 step's `bwd.pr_heads` here, and the 10×10×240
+/// forward at batch 4 ran 18% slower than im2col + GEMM; 19×19×120 ran 12% faster.
 pub fn suits(s: &ConvShape) -> bool {
-    s.stride == 1 && s.k > 1 && s.pad < s.k && has_avx512()
+    s.stride == 1 && s.k > 1 && s.pad < s.k && s.wo >= 2 * P && has_avx512()
 }
 
 /// Most channels (in and out) for the backward to run here. Measured with
