@@ -4,8 +4,9 @@
 //! The column matrix has one row per output pixel and `k·k·Cin` columns in `(ky, kx, ci)`
 //! order, so `y = col · wᵀ`. Images are processed in chunks so the columns stay within a
 //! bounded workspace; 1×1 stride-1 convolutions skip im2col (they are `linear`), and on
-//! AVX-512 machines the stride-1 k×k ones run in `conv_direct.rs` instead (the forward always,
-//! the backward with at most 64 channels: where each was measured faster).
+//! AVX-512 machines the stride-1 k×k ones with rows of at least 12 outputs run in
+//! `conv_direct.rs` instead (the backward only with at most 64 channels: where each was
+//! measured faster).
 
 use rayon::prelude::*;
 
