@@ -289,16 +289,19 @@ mod avx512 {
 
     use super::{Block, WgradBlock, L};
 
+    /// The lanes of vector `i` of a tile that hold one of its `cols` channels.
+    fn lane_mask(cols: usize, i: usize) -> __mmask16 {
+        let n = cols.saturating_sub(i * L).min(L);
+        ((1u32 << n) - 1) as __mmask16
+    }
+
     /// The block's `PB` (= `b.pixels`) outputs × `V` vectors of channels.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn block<const V: usize, const PB: usize>(b: &Block, y: &mut [f32]) {
         let x = b.x.as_ptr();
         let w = b.w.as_ptr();
         let out = y.as_mut_ptr();
-        let mask = |i: usize| -> __mmask16 {
-            let n = b.cols.saturating_sub(i * L).min(L);
-            ((1u32 << n) - 1) as __mmask16
-        };
+        let mask = |i: usize| lane_mask(b.cols, i);
         let mut acc = [[_mm512_setzero_ps(); V]; PB];
         if b.accumulate {
             for (p, accp) in acc.iter_mut().enumerate() {
@@ -341,11 +344,7 @@ mod avx512 {
     pub(super) unsafe fn wgrad<const V: usize, const R: usize>(b: &WgradBlock, out: &mut [f32]) {
         let s = b.s;
         let (ky, kx) = b.tap;
-        let mut masks = [0 as __mmask16; V];
-        for (i, m) in masks.iter_mut().enumerate() {
-            let n = b.cols.saturating_sub(i * L).min(L);
-            *m = ((1u32 << n) - 1) as __mmask16;
-        }
+        let masks: [__mmask16; V] = std::array::from_fn(|i| lane_mask(b.cols, i));
         let mut acc = [[_mm512_setzero_ps(); V]; R];
         for row in b.rows.clone() {
             let (img, oy) = (row / s.ho, row % s.ho);
