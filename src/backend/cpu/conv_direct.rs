@@ -339,13 +339,20 @@ mod avx512 {
     }
 
     /// The weight-gradient block's `R` (= `b.nci`) input channels × `V` vectors of output
-    /// channels, over its rows' pixels: per pixel, V loads of dy and R broadcasts of x.
+    /// channels, added into `out` over its rows' pixels: per pixel, V loads of dy and R
+    /// broadcasts of x.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn wgrad<const V: usize, const R: usize>(b: &WgradBlock, out: &mut [f32]) {
         let s = b.s;
         let (ky, kx) = b.tap;
         let masks: [__mmask16; V] = std::array::from_fn(|i| lane_mask(b.cols, i));
+        let o = out.as_mut_ptr();
         let mut acc = [[_mm512_setzero_ps(); V]; R];
+        for (r, accr) in acc.iter_mut().enumerate() {
+            for (i, a) in accr.iter_mut().enumerate() {
+                *a = _mm512_loadu_ps(o.add((r * V + i) * L));
+            }
+        }
         for row in b.rows.clone() {
             let (img, oy) = (row / s.ho, row % s.ho);
             let x =
@@ -365,7 +372,6 @@ mod avx512 {
                 }
             }
         }
-        let o = out.as_mut_ptr();
         for (r, accr) in acc.iter().enumerate() {
             for (i, a) in accr.iter().enumerate() {
                 _mm512_storeu_ps(o.add((r * V + i) * L), *a);
@@ -473,7 +479,7 @@ pub fn backward_data(
 /// The output rows are cut into bands of a size set by the shape alone; per band, every
 /// (channel tile, tap) is a task computing its rows of a partial gradient in the packed
 /// layout of [`pack_forward`] (register blocks of 6 input channels × the tile's vectors, summed
-/// over the band's pixels in order). The partials are added into dw band after band, so the
+/// over the band's pixels in order, a row at a time). The partials are added into dw band after band, so the
 /// result does not depend on the thread count.
 pub fn backward_weights(
     lim: &Limits,
@@ -500,21 +506,27 @@ pub fn backward_weights(
                 tile.par_chunks_mut(s.cin * lanes)
                     .enumerate()
                     .for_each(|(tap, out)| {
-                        for ci0 in (0..s.cin).step_by(P) {
-                            let block = WgradBlock {
-                                xp,
-                                dy,
-                                s,
-                                hp,
-                                wp,
-                                rows: rows.clone(),
-                                tap: (tap / s.k, tap % s.k),
-                                ci0,
-                                nci: P.min(s.cin - ci0),
-                                c0,
-                                cols: valid,
-                            };
-                            block.run(lanes / L, &mut out[ci0 * lanes..]);
+                        // Row by row, every input-channel block in turn: one output row of
+                        // dy and its input rows stay in L1 while the blocks sweep them (a
+                        // block summing the whole band at once streamed it from L2 once per
+                        // block). The sums keep their order: pixels, then rows.
+                        for row in rows.clone() {
+                            for ci0 in (0..s.cin).step_by(P) {
+                                let block = WgradBlock {
+                                    xp,
+                                    dy,
+                                    s,
+                                    hp,
+                                    wp,
+                                    rows: row..row + 1,
+                                    tap: (tap / s.k, tap % s.k),
+                                    ci0,
+                                    nci: P.min(s.cin - ci0),
+                                    c0,
+                                    cols: valid,
+                                };
+                                block.run(lanes / L, &mut out[ci0 * lanes..]);
+                            }
                         }
                     })
             });
@@ -561,7 +573,7 @@ struct WgradBlock<'a> {
 }
 
 impl WgradBlock<'_> {
-    /// Writes `out` rows 0 .. nci, `v`·16 lanes each.
+    /// Adds into `out` rows 0 .. nci, `v`·16 lanes each.
     fn run(&self, v: usize, out: &mut [f32]) {
         let s = self.s;
         let (ky, kx) = self.tap;
