@@ -32,11 +32,21 @@ pub fn add_inplace(be: &CpuBackend, dst: Tensor, src: Tensor) {
         .for_each(|(d, s)| *d += *s);
 }
 
-/// `v = max(v, 0)` over a slice. NaN stays NaN (as in PyTorch), so a diverging run is noticed.
+/// `max(v, 0)`. NaN stays NaN (as in PyTorch), so a diverging run is noticed.
+#[inline(always)]
+pub(crate) fn relu_value(v: f32) -> f32 {
+    if v < 0.0 {
+        0.0
+    } else {
+        v
+    }
+}
+
+/// [`relu_value`] over a slice.
 #[inline]
 pub(crate) fn relu_slice(v: &mut [f32]) {
     for v in v {
-        *v = if *v < 0.0 { 0.0 } else { *v };
+        *v = relu_value(*v);
     }
 }
 

@@ -9,6 +9,8 @@
 //! against f64 below on every 97th f32 of the scores' range and a sweep of the rest). Only multiplications and additions, never fused, so
 //! every instruction set gives the same bits and the results do not depend on the machine.
 
+use super::simd::simd_fn;
+
 /// Inputs are clamped to this range, where `2^k` is a normal number.
 const X_MIN: f32 = -87.0;
 const X_MAX: f32 = 88.0;
@@ -39,40 +41,13 @@ fn exp(x: f32) -> f32 {
     p * two_k
 }
 
-/// Runs `f` compiled for the widest vector instructions this CPU has (AVX-512F, AVX2, else the
-/// build's baseline): `f` is inlined into a wrapper carrying that target feature, so the loops
-/// in it are vectorised for it. Call it with a closure holding a whole loop, not per element.
-#[inline(always)]
-fn simd<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f")]
-        fn avx512<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        #[target_feature(enable = "avx2")]
-        fn avx2<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        if is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F.
-            return unsafe { avx512(f) };
-        }
-        if is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2.
-            return unsafe { avx2(f) };
-        }
-    }
-    f()
-}
-
-/// `v[i] = e^(v[i] − 1)`: the relation's fixed-shift exponential of a row of scores.
-pub(crate) fn exp_shifted_inplace(v: &mut [f32]) {
-    simd(|| {
+simd_fn! {
+    /// `v[i] = e^(v[i] − 1)`: the relation's fixed-shift exponential of a row of scores.
+    pub(crate) fn exp_shifted_inplace(v: &mut [f32]) {
         for x in v {
             *x = exp(*x - 1.0);
         }
-    })
+    }
 }
 
 #[cfg(test)]

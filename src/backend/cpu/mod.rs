@@ -18,6 +18,7 @@ mod norm;
 mod region;
 mod relation;
 mod resample;
+mod simd;
 
 use std::sync::Mutex;
 
