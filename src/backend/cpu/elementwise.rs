@@ -7,9 +7,36 @@ use crate::tensor::Tensor;
 
 pub fn fill(be: &CpuBackend, t: Tensor, value: f32) {
     be.w(t)
-        .par_iter_mut()
-        .with_min_len(PAR_MIN)
-        .for_each(|v| *v = value);
+        .par_chunks_mut(PAR_MIN)
+        .for_each(|c| fill_streaming(c, value));
+}
+
+/// `v = value` over a slice, with non-temporal stores where AVX-512 is present: the gradient
+/// arenas zeroed before each backward are far larger than the caches, and ordinary stores
+/// first read every line they fill.
+fn fill_streaming(v: &mut [f32], value: f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512(v: &mut [f32], value: f32) {
+            use std::arch::x86_64::*;
+            // The unaligned head and tail by plain stores, the 64-byte-aligned middle streamed.
+            let (head, mid, tail) = v.align_to_mut::<__m512>();
+            head.fill(value);
+            tail.fill(value);
+            let x = _mm512_set1_ps(value);
+            for m in mid {
+                _mm512_stream_ps(m as *mut __m512 as *mut f32, x);
+            }
+            // Order the streamed stores before whatever the caller does next.
+            _mm_sfence();
+        }
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F; `mid` is 64-byte aligned by `align_to_mut`.
+            return unsafe { avx512(v, value) };
+        }
+    }
+    v.fill(value);
 }
 
 pub fn copy(be: &CpuBackend, src: Tensor, dst: Tensor) {
