@@ -18,8 +18,9 @@ fn conv(c: &mut Criterion) {
     let mut rng = Rng::new(1);
     let mut be = CpuBackend::new();
     // A stage-2 BasicBlock convolution of branch 0 (75×75×30), the deeper branches' at the
-    // training benchmark's batch of 4 (few rows per weight: the weight gradient's hard case)
-    // and a stem convolution.
+    // training benchmark's batch of 4 (few rows per weight: the weight gradient's hard case),
+    // stage 2's first convolution (layer1's 256 channels into branch 0's 30) and a stem
+    // convolution.
     for (name, s) in [
         (
             "conv3x3 75x75x30",
@@ -36,6 +37,10 @@ fn conv(c: &mut Criterion) {
         (
             "conv3x3 10x10x240 batch 4",
             ConvShape::new(4, 10, 10, 240, 240, 3, 1, 1),
+        ),
+        (
+            "conv3x3 75x75x256->30",
+            ConvShape::new(1, 75, 75, 256, 30, 3, 1, 1),
         ),
         (
             "conv3x3 s2 150x150x64",

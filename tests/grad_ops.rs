@@ -55,7 +55,8 @@ fn conv3x3_same() {
 }
 
 /// Rows of 12 or more outputs: on AVX-512 machines the CPU backend's direct kernels
-/// (`conv_direct.rs`) take this shape, forward and backward.
+/// (`conv_direct.rs`) take these shapes, forward and backward (the second with more input
+/// channels than the direct backward's limit, which its few output channels lift).
 #[test]
 fn conv3x3_wide_rows() {
     conv_case(
@@ -63,6 +64,12 @@ fn conv3x3_wide_rows() {
         ConvShape::new(2, 3, 14, 3, 5, 3, 1, 1),
         false,
         7,
+    );
+    conv_case(
+        "conv 3x3 s1 wide, 70 → 3 channels",
+        ConvShape::new(1, 2, 12, 70, 3, 3, 1, 1),
+        false,
+        8,
     );
 }
 

@@ -67,17 +67,19 @@ pub fn suits(s: &ConvShape) -> bool {
     s.stride == 1 && s.k > 1 && s.pad < s.k && s.wo >= 2 * P && has_avx512()
 }
 
-/// Most channels (in and out) for the backward to run here. Measured with
+/// Most channels on the narrower side (in or out) for the backward to run here. Measured with
 /// `cargo bench --bench cpu_ops` (2 threads, data + weight gradient against im2col + GEMM):
-/// 75×75×30 at batch 1 −28%, 38×38×60 at batch 4 −11%, but 19×19×120 +10% and 10×10×240
-/// +40%: with many channels, im2col copies long runs cheaply and the GEMM's packed
-/// operands use the caches better than these kernels.
+/// 75×75×30 at batch 1 −28%, 38×38×60 at batch 4 −11%, 75×75 from 256 to 30 channels −35%
+/// (im2col's GEMM over 30 channels is thin and its column matrix of 2304 values per pixel
+/// costs more to write and fold back than the products), but 19×19×120 +10% and 10×10×240
+/// +40%: with many channels on both sides, im2col copies long runs cheaply and the GEMM's
+/// packed operands use the caches better than these kernels.
 const MAX_BACKWARD_CHANNELS: usize = 64;
 
 /// Whether the backward of `s` runs here: as [`suits`], with at most
-/// `MAX_BACKWARD_CHANNELS` channels.
+/// `MAX_BACKWARD_CHANNELS` channels on one side.
 pub fn suits_backward(s: &ConvShape) -> bool {
-    suits(s) && s.cin.max(s.cout) <= MAX_BACKWARD_CHANNELS
+    suits(s) && s.cin.min(s.cout) <= MAX_BACKWARD_CHANNELS
 }
 
 fn has_avx512() -> bool {
