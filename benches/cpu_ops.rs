@@ -20,7 +20,7 @@ fn conv(c: &mut Criterion) {
     // A stage-2 BasicBlock convolution of branch 0 (75×75×30), the deeper branches' at the
     // training benchmark's batch of 4 (few rows per weight: the weight gradient's hard case),
     // stage 2's first convolution (layer1's 256 channels into branch 0's 30) and a stem
-    // convolution.
+    // convolutions; the relation module's.
     for (name, s) in [
         (
             "conv3x3 75x75x30",
@@ -43,12 +43,25 @@ fn conv(c: &mut Criterion) {
             ConvShape::new(1, 75, 75, 256, 30, 3, 1, 1),
         ),
         (
+            "conv3x3 s2 299x299x3->64",
+            ConvShape::new(1, 299, 299, 3, 64, 3, 2, 1),
+        ),
+        (
             "conv3x3 s2 150x150x64",
             ConvShape::new(1, 150, 150, 64, 64, 3, 2, 1),
         ),
         (
             "conv1x1 75x75x256->64",
             ConvShape::new(1, 75, 75, 256, 64, 1, 1, 0),
+        ),
+        // The relation module's two convolutions over every pixel's n×n bin map (n = 5).
+        (
+            "rel.conv1 5x5x1->32 x5625",
+            ConvShape::new(75 * 75, 5, 5, 1, 32, 3, 1, 0),
+        ),
+        (
+            "rel.conv2 3x3x32->64 x5625",
+            ConvShape::new(75 * 75, 3, 3, 32, 64, 3, 1, 0),
         ),
     ] {
         let x = put(&mut be, s.x_len(), &mut rng);

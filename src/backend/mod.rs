@@ -89,6 +89,12 @@ impl ConvShape {
     pub fn is_pointwise(&self) -> bool {
         self.k == 1 && self.stride == 1 && self.pad == 0
     }
+    /// The im2col matrix is `x` itself, `[B·Ho·Wo, k·k·Cin]`: a pointwise convolution, or an
+    /// unpadded window as large as the map (one output pixel per image: the relation module's
+    /// second convolution). Such a convolution is a plain GEMM.
+    pub fn columns_are_input(&self) -> bool {
+        self.is_pointwise() || (self.pad == 0 && self.k == self.h && self.k == self.w)
+    }
     pub fn flops(&self) -> f64 {
         2.0 * (self.b * self.ho * self.wo) as f64 * self.col_k() as f64 * self.cout as f64
     }

@@ -3,7 +3,8 @@
 //! x: [B, H, W, Cin], w: [Cout, k, k, Cin], y: [B, Ho, Wo, Cout].
 //! The column matrix has one row per output pixel and `k·k·Cin` columns in `(ky, kx, ci)`
 //! order, so `y = col · wᵀ`. Images are processed in chunks so the columns stay within a
-//! bounded workspace; 1×1 stride-1 convolutions skip im2col (they are `linear`), and on
+//! bounded workspace; where the columns would be `x` itself (1×1 stride-1 convolutions, and
+//! windows as large as the map) the convolution is `linear`, and on
 //! AVX-512 machines the stride-1 k×k ones with rows of at least 12 outputs run in
 //! `conv_direct.rs` instead (the backward only with at most 64 channels: where each was
 //! measured faster).
@@ -11,6 +12,7 @@
 use rayon::prelude::*;
 
 use super::conv_direct;
+use super::conv_small;
 use super::linear;
 use super::{check_len, disjoint, sgemm, CpuBackend};
 use crate::backend::ConvShape;
@@ -107,12 +109,14 @@ pub fn forward(
     check_len("conv x", x, s.x_len());
     check_len("conv w", w, s.w_len());
     check_len("conv y", y, s.y_len());
-    if s.is_pointwise() {
-        return linear::forward(be, s.b * s.h * s.w, s.cin, s.cout, x, w, bias, y);
+    if s.columns_are_input() {
+        return linear::forward(be, s.b * s.ho * s.wo, s.col_k(), s.cout, x, w, bias, y);
     }
     disjoint(&[y], &[x, w]);
     let (xs, ws, ys) = (be.r(x), be.r(w), be.w(y));
-    if conv_direct::suits(s) {
+    if conv_small::suits(s) {
+        conv_small::forward(s, xs, ws, ys);
+    } else if conv_direct::suits(s) {
         let lim = &conv_direct::LIMITS;
         be.with_workspace(conv_direct::workspace_len(lim, s), |work| {
             conv_direct::forward(lim, s, xs, ws, ys, work)
@@ -170,8 +174,9 @@ pub fn backward(
     check_len("conv x", x, s.x_len());
     check_len("conv w", w, s.w_len());
     check_len("conv dy", dy, s.y_len());
-    if s.is_pointwise() {
-        return linear::backward(be, s.b * s.h * s.w, s.cin, s.cout, x, w, dy, dx, dw, dbias);
+    if s.columns_are_input() {
+        let m = s.b * s.ho * s.wo;
+        return linear::backward(be, m, s.col_k(), s.cout, x, w, dy, dx, dw, dbias);
     }
     if let Some(db) = dbias {
         check_len("conv dbias", db, s.cout);
@@ -188,6 +193,15 @@ pub fn backward(
     if let Some(dw) = dw {
         check_len("conv dw", dw, s.w_len());
         disjoint(&[dw], &[dy, x]);
+    }
+    if conv_small::suits(s) {
+        if let Some(dw) = dw {
+            conv_small::backward_weights(s, xs, dys, be.w(dw));
+        }
+        if let Some(dx) = dx {
+            conv_small::backward_data(s, ws, dys, be.w(dx));
+        }
+        return;
     }
     if conv_direct::suits_backward(s) {
         let lim = &conv_direct::LIMITS;

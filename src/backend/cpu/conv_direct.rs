@@ -82,7 +82,7 @@ pub fn suits_backward(s: &ConvShape) -> bool {
     suits(s) && s.cin.min(s.cout) <= MAX_BACKWARD_CHANNELS
 }
 
-fn has_avx512() -> bool {
+pub(super) fn has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         is_x86_feature_detected!("avx512f")

@@ -10,6 +10,7 @@ mod attention;
 mod concat;
 mod conv;
 mod conv_direct;
+mod conv_small;
 mod elementwise;
 mod exp;
 mod linear;

@@ -1,0 +1,429 @@
+//! Convolutions whose im2col rows are short (k·k·Cin ≤ [`MAX_COLS`], Cout ≤ [`MAX_COUT`]):
+//! computed a block of output pixels at a time, with no column matrix and no GEMM. AVX-512
+//! only; elsewhere `conv.rs` keeps im2col + GEMM.
+//!
+//! x: [B, H, W, Cin], w: [Cout, k, k, Cin], y: [B, Ho, Wo, Cout] (as in `conv.rs`).
+//!
+//! Why: the relation module's first convolution (every pixel's 5×5 bin map, one channel, into
+//! 3×3×32) is a GEMM with 9 columns. im2col copied its inputs one float at a time (a `memmove`
+//! call each), the GEMM's packing and thread hand-offs cost more than its 9 multiply-adds per
+//! output, and the backward folded the column gradient back one float at a time too.
+//!
+//! Here the output pixels of a task (whole images) are taken `P` at a time, across image
+//! boundaries; each pixel's inputs are gathered into a small array (its row of the column
+//! matrix, `col`), and every product keeps `P` independent sums in vector registers:
+//! - forward: `y[p, co] = Σ_t col_p[t]·w[co, t]`, 16-lane vectors over output channels;
+//! - data gradient: `dcol_p[t] = Σ_co dy[p, co]·w[co, t]`, one vector of taps, then added
+//!   into the pixel's inputs;
+//! - weight gradient: `dw[co, t] += Σ_p dy[p, co]·col_p[t]`, vectors over output channels,
+//!   summed per task and the tasks' sums added in task order.
+//!
+//! Sums run in f32 with FMA in a fixed order; the tasks depend on the shape alone, never on the
+//! number of threads.
+
+use rayon::prelude::*;
+
+use crate::backend::ConvShape;
+
+/// Longest column row (k·k·Cin) handled here: one vector. The stem's first convolution (27
+/// columns, 64 output channels, stride 2) ran 1.6× slower here than im2col + GEMM, whose
+/// packed products use all 27 columns well.
+pub const MAX_COLS: usize = 16;
+
+/// Most output channels handled here.
+pub const MAX_COUT: usize = 64;
+
+/// Lanes of one vector.
+const L: usize = 16;
+const _: () = assert!(MAX_COLS == L, "a column row is one vector");
+
+/// Output pixels computed together: independent sums, so no FMA waits on the previous one.
+const P: usize = 8;
+
+/// Output pixels per task (whole images, at least one).
+const TASK_PIXELS: usize = 2048;
+
+/// Whether `s` runs here: short column rows, few output channels, not a plain GEMM, AVX-512.
+/// Measured (`cargo bench --bench cpu_ops -- rel.conv1`, 2 threads, one W30 image's 5625
+/// maps): see docs/PERFORMANCE.md.
+pub fn suits(s: &ConvShape) -> bool {
+    s.col_k() <= MAX_COLS
+        && s.cout <= MAX_COUT
+        && !s.columns_are_input()
+        && super::conv_direct::has_avx512()
+}
+
+fn round_up(v: usize) -> usize {
+    v.div_ceil(L) * L
+}
+
+fn images_per_task(s: &ConvShape) -> usize {
+    (TASK_PIXELS / (s.ho * s.wo).max(1)).max(1)
+}
+
+/// An output pixel's place, advanced one pixel at a time (no divisions in the loops).
+#[derive(Clone, Copy)]
+struct Cursor {
+    img: usize,
+    oy: usize,
+    ox: usize,
+}
+
+impl Cursor {
+    const START: Cursor = Cursor {
+        img: 0,
+        oy: 0,
+        ox: 0,
+    };
+    fn advance(&mut self, s: &ConvShape) {
+        self.ox += 1;
+        if self.ox == s.wo {
+            self.ox = 0;
+            self.oy += 1;
+            if self.oy == s.ho {
+                self.oy = 0;
+                self.img += 1;
+            }
+        }
+    }
+}
+
+/// For each window row `ky` inside the image, the run of the window that lies inside it:
+/// `(ky, first column tap, offset of its first input in x, floats in the run)`. A run's `k·Cin`
+/// floats are consecutive in x (channels-last), as in the column row.
+#[inline(always)]
+fn window_runs(
+    s: &ConvShape,
+    c: Cursor,
+) -> impl Iterator<Item = (usize, usize, usize, usize)> + '_ {
+    let ix0 = (c.ox * s.stride) as isize - s.pad as isize;
+    let kx_lo = (-ix0).clamp(0, s.k as isize) as usize;
+    let kx_hi = (s.w as isize - ix0).clamp(0, s.k as isize) as usize;
+    (0..s.k).filter_map(move |ky| {
+        let iy = (c.oy * s.stride + ky) as isize - s.pad as isize;
+        if iy < 0 || iy >= s.h as isize || kx_lo >= kx_hi {
+            return None;
+        }
+        let pixel = (c.img * s.h + iy as usize) * s.w + (ix0 + kx_lo as isize) as usize;
+        Some((ky, kx_lo, pixel * s.cin, (kx_hi - kx_lo) * s.cin))
+    })
+}
+
+/// The tasks: `(first image, images)` in order.
+fn tasks(s: &ConvShape) -> Vec<(usize, usize)> {
+    let per = images_per_task(s);
+    (0..s.b)
+        .step_by(per)
+        .map(|b0| (b0, per.min(s.b - b0)))
+        .collect()
+}
+
+/// `y = conv(x, w)` (no bias; `conv.rs` adds it).
+pub fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32]) {
+    // wt[t, co] = w[co, t], Cout padded to whole vectors with zeros.
+    let (kk, cp) = (s.col_k(), round_up(s.cout));
+    let mut wt = vec![0f32; kk * cp];
+    for co in 0..s.cout {
+        for t in 0..kk {
+            wt[t * cp + co] = w[co * kk + t];
+        }
+    }
+    let (xi, yi) = (s.h * s.w * s.cin, s.ho * s.wo * s.cout);
+    let per = images_per_task(s);
+    y[..s.b * yi]
+        .par_chunks_mut(per * yi)
+        .zip(x[..s.b * xi].par_chunks(per * xi))
+        .for_each(|(ys, xs)| {
+            // SAFETY: `suits` checked that the CPU has AVX-512F.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                avx512::forward(s, xs, &wt, ys)
+            }
+        });
+}
+
+/// `dx += ∂conv/∂x · dy`.
+pub fn backward_data(s: &ConvShape, w: &[f32], dy: &[f32], dx: &mut [f32]) {
+    // wp[co, t] = w[co, t], the taps padded to one vector with zeros.
+    let kk = s.col_k();
+    let mut wp = vec![0f32; s.cout * L];
+    for co in 0..s.cout {
+        wp[co * L..co * L + kk].copy_from_slice(&w[co * kk..(co + 1) * kk]);
+    }
+    let (xi, yi) = (s.h * s.w * s.cin, s.ho * s.wo * s.cout);
+    let per = images_per_task(s);
+    dx[..s.b * xi]
+        .par_chunks_mut(per * xi)
+        .zip(dy[..s.b * yi].par_chunks(per * yi))
+        .for_each(|(dxs, dys)| {
+            // SAFETY: as in `forward`.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                avx512::backward_data(s, &wp, dys, dxs)
+            }
+        });
+}
+
+/// `dw += ∂conv/∂w · dy`.
+pub fn backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    let (kk, cp) = (s.col_k(), round_up(s.cout));
+    let (xi, yi) = (s.h * s.w * s.cin, s.ho * s.wo * s.cout);
+    let partials: Vec<Vec<f32>> = tasks(s)
+        .into_par_iter()
+        .map(|(b0, nb)| {
+            let mut acc = vec![0f32; kk * cp];
+            // SAFETY: as in `forward`.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                avx512::backward_weights(
+                    s,
+                    &x[b0 * xi..(b0 + nb) * xi],
+                    &dy[b0 * yi..(b0 + nb) * yi],
+                    &mut acc,
+                )
+            }
+            acc
+        })
+        .collect();
+    // acc[t, co], added in task order.
+    for acc in &partials {
+        for co in 0..s.cout {
+            for t in 0..kk {
+                dw[co * kk + t] += acc[t * cp + co];
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{round_up, window_runs, ConvShape, Cursor, L, MAX_COLS, MAX_COUT, P};
+
+    /// The first `n` lanes of a vector (all of them from 16 on).
+    fn lanes(n: usize) -> __mmask16 {
+        ((1u32 << n.min(L)) - 1) as __mmask16
+    }
+
+    /// One output pixel's row of the column matrix, `(ky, kx, ci)` order, zero where the
+    /// window leaves the image. The row (at most `MAX_COLS` = 16 floats) is put together in a
+    /// register, each run of inputs expanded into its lanes, and stored whole: the products
+    /// then read its values one at a time, and a load of what a masked store wrote waits for
+    /// that store to retire (so did a `copy_from_slice` of a few floats, a `memmove` call).
+    #[inline(always)]
+    unsafe fn gather(s: &ConvShape, x: &[f32], c: Cursor, col: &mut [f32; MAX_COLS]) {
+        let mut row = _mm512_setzero_ps();
+        for (ky, kx, src, n) in window_runs(s, c) {
+            let dst = (ky * s.k + kx) * s.cin;
+            assert!(src + n <= x.len() && dst + n <= MAX_COLS);
+            let m = (lanes(n) as u32) << dst;
+            row = _mm512_mask_expandloadu_ps(row, m as __mmask16, x.as_ptr().add(src));
+        }
+        _mm512_storeu_ps(col.as_mut_ptr(), row);
+    }
+
+    /// The adjoint of [`gather`]: `x[window] += dcol`, the taps outside the image dropped.
+    /// One float at a time: the windows of neighbouring pixels overlap, and a vector load of
+    /// what a masked vector store had just written waited for that store to retire (half of
+    /// the data gradient's time).
+    #[inline(always)]
+    fn scatter_add(s: &ConvShape, dcol: &[f32; MAX_COLS], c: Cursor, x: &mut [f32]) {
+        for (ky, kx, dst, n) in window_runs(s, c) {
+            let src = (ky * s.k + kx) * s.cin;
+            for (d, v) in x[dst..dst + n].iter_mut().zip(&dcol[src..src + n]) {
+                *d += v;
+            }
+        }
+    }
+
+    /// `y = conv(x, w)` over the images of one task (`wt`: [kk, Cout rounded up]).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn forward(s: &ConvShape, x: &[f32], wt: &[f32], y: &mut [f32]) {
+        let (kk, cp) = (s.col_k(), round_up(s.cout));
+        let pixels = y.len() / s.cout;
+        let mut col = [[0f32; MAX_COLS]; P];
+        let mut cur = Cursor::START;
+        for q0 in (0..pixels).step_by(P) {
+            let np = P.min(pixels - q0);
+            for c in &mut col[..np] {
+                gather(s, x, cur, c);
+                cur.advance(s);
+            }
+            for g in (0..cp).step_by(L) {
+                let mut acc = [_mm512_setzero_ps(); P];
+                for t in 0..kk {
+                    let wv = _mm512_loadu_ps(wt[t * cp + g..][..L].as_ptr());
+                    for (a, c) in acc.iter_mut().zip(&col) {
+                        *a = _mm512_fmadd_ps(_mm512_set1_ps(c[t]), wv, *a);
+                    }
+                }
+                let m = lanes(s.cout - g);
+                for (j, a) in acc[..np].iter().enumerate() {
+                    let o = (q0 + j) * s.cout + g;
+                    assert!(o + (s.cout - g).min(L) <= y.len());
+                    _mm512_mask_storeu_ps(y.as_mut_ptr().add(o), m, *a);
+                }
+            }
+        }
+    }
+
+    /// `dx += ∂conv/∂x · dy` over the images of one task (`wp`: [Cout, L], the taps padded).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn backward_data(s: &ConvShape, wp: &[f32], dy: &[f32], dx: &mut [f32]) {
+        let pixels = dy.len() / s.cout;
+        // Rows past the last pixel read zeros, so every sum runs over all P.
+        let zeros = [0f32; MAX_COUT];
+        let mut dcol = [[0f32; MAX_COLS]; P];
+        let mut cur = Cursor::START;
+        for q0 in (0..pixels).step_by(P) {
+            let np = P.min(pixels - q0);
+            let rows: [&[f32]; P] = std::array::from_fn(|j| {
+                if j < np {
+                    &dy[(q0 + j) * s.cout..]
+                } else {
+                    &zeros
+                }
+            });
+            // dcol_j[t] = Σ_co dy[j, co]·w[co, t], all taps in one vector.
+            let mut acc = [_mm512_setzero_ps(); P];
+            for co in 0..s.cout {
+                let wv = _mm512_loadu_ps(wp[co * L..][..L].as_ptr());
+                for (a, r) in acc.iter_mut().zip(&rows) {
+                    *a = _mm512_fmadd_ps(_mm512_set1_ps(r[co]), wv, *a);
+                }
+            }
+            for (c, a) in dcol.iter_mut().zip(&acc) {
+                _mm512_storeu_ps(c.as_mut_ptr(), *a);
+            }
+            for c in &dcol[..np] {
+                scatter_add(s, c, cur, dx);
+                cur.advance(s);
+            }
+        }
+    }
+
+    /// `acc[t, co] += Σ_p col_p[t]·dy[p, co]` over the images of one task (`acc`: [kk, Cout
+    /// rounded up]).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], acc: &mut [f32]) {
+        let (kk, cp) = (s.col_k(), round_up(s.cout));
+        let pixels = dy.len() / s.cout;
+        let mut col = [[0f32; MAX_COLS]; P];
+        let mut cur = Cursor::START;
+        for q0 in (0..pixels).step_by(P) {
+            let np = P.min(pixels - q0);
+            for (j, c) in col.iter_mut().enumerate() {
+                if j < np {
+                    gather(s, x, cur, c);
+                    cur.advance(s);
+                } else {
+                    *c = [0.0; MAX_COLS];
+                }
+            }
+            for g in (0..cp).step_by(L) {
+                let m = lanes(s.cout - g);
+                let mut dv = [_mm512_setzero_ps(); P];
+                for (j, d) in dv[..np].iter_mut().enumerate() {
+                    let o = (q0 + j) * s.cout + g;
+                    assert!(o + (s.cout - g).min(L) <= dy.len());
+                    *d = _mm512_maskz_loadu_ps(m, dy.as_ptr().add(o));
+                }
+                for t in 0..kk {
+                    let a = acc[t * cp + g..][..L].as_mut_ptr();
+                    let mut v = _mm512_loadu_ps(a);
+                    for (d, c) in dv.iter().zip(&col) {
+                        v = _mm512_fmadd_ps(_mm512_set1_ps(c[t]), *d, v);
+                    }
+                    _mm512_storeu_ps(a, v);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// `y[b, oy, ox, co] = Σ x[b, iy, ix, ci]·w[co, ky, kx, ci]` in f64, and the two gradients
+    /// of `Σ y·g` the same way.
+    fn naive(s: &ConvShape, x: &[f32], w: &[f32], g: &[f32]) -> [Vec<f64>; 3] {
+        let mut y = vec![0f64; s.y_len()];
+        let mut dx = vec![0f64; s.x_len()];
+        let mut dw = vec![0f64; s.w_len()];
+        for b in 0..s.b {
+            for oy in 0..s.ho {
+                for ox in 0..s.wo {
+                    for co in 0..s.cout {
+                        let yo = ((b * s.ho + oy) * s.wo + ox) * s.cout + co;
+                        for ky in 0..s.k {
+                            for kx in 0..s.k {
+                                let iy = (oy * s.stride + ky) as isize - s.pad as isize;
+                                let ix = (ox * s.stride + kx) as isize - s.pad as isize;
+                                if iy < 0 || ix < 0 || iy >= s.h as isize || ix >= s.w as isize {
+                                    continue;
+                                }
+                                for ci in 0..s.cin {
+                                    let xo =
+                                        ((b * s.h + iy as usize) * s.w + ix as usize) * s.cin + ci;
+                                    let wo = ((co * s.k + ky) * s.k + kx) * s.cin + ci;
+                                    y[yo] += x[xo] as f64 * w[wo] as f64;
+                                    dx[xo] += g[yo] as f64 * w[wo] as f64;
+                                    dw[wo] += g[yo] as f64 * x[xo] as f64;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        [y, dx, dw]
+    }
+
+    fn assert_close(name: &str, got: &[f32], start: &[f32], want: &[f64]) {
+        for (i, ((&g, &s0), &w)) in got.iter().zip(start).zip(want).enumerate() {
+            let w = w + s0 as f64;
+            assert!(
+                (g as f64 - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                "{name}[{i}] = {g}, want {w}"
+            );
+        }
+    }
+
+    /// Several tasks and a partial pixel block (500 relation maps); padding and stride 2 with a
+    /// partial second vector of output channels; four input channels (runs of several floats)
+    /// and a partial third vector. The gradients are added
+    /// to what the outputs held.
+    #[test]
+    fn matches_the_plain_sums() {
+        if !super::super::conv_direct::has_avx512() {
+            eprintln!("skipped: this CPU has no AVX-512, so conv_small never runs");
+            return;
+        }
+        for s in [
+            ConvShape::new(500, 5, 5, 1, 32, 3, 1, 0),
+            ConvShape::new(3, 11, 9, 1, 20, 3, 2, 1),
+            ConvShape::new(2, 6, 7, 4, 40, 2, 1, 1),
+        ] {
+            assert!(suits(&s), "{s:?}");
+            let mut rng = Rng::new(5);
+            let x = rng.vec(s.x_len(), |r| r.normal());
+            let w = rng.vec(s.w_len(), |r| r.normal());
+            let g = rng.vec(s.y_len(), |r| r.normal());
+            let [y_want, dx_want, dw_want] = naive(&s, &x, &w, &g);
+            let mut y = vec![f32::NAN; s.y_len()];
+            forward(&s, &x, &w, &mut y);
+            assert_close("y", &y, &vec![0.0; y.len()], &y_want);
+            let dx0 = rng.vec(s.x_len(), |r| r.normal());
+            let mut dx = dx0.clone();
+            backward_data(&s, &w, &g, &mut dx);
+            assert_close("dx", &dx, &dx0, &dx_want);
+            let dw0 = rng.vec(s.w_len(), |r| r.normal());
+            let mut dw = dw0.clone();
+            backward_weights(&s, &x, &g, &mut dw);
+            assert_close("dw", &dw, &dw0, &dw_want);
+        }
+    }
+}
