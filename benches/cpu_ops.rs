@@ -27,6 +27,10 @@ fn conv(c: &mut Criterion) {
             ConvShape::new(1, 75, 75, 30, 30, 3, 1, 1),
         ),
         (
+            "conv3x3 75x75x30 batch 4",
+            ConvShape::new(4, 75, 75, 30, 30, 3, 1, 1),
+        ),
+        (
             "conv3x3 38x38x60 batch 4",
             ConvShape::new(4, 38, 38, 60, 60, 3, 1, 1),
         ),
@@ -72,6 +76,18 @@ fn conv(c: &mut Criterion) {
         c.bench_function(&format!("{name} fwd"), |b| {
             b.iter(|| be.conv2d(&s, x, w, None, y).unwrap())
         });
+        if s.b == 4 && s.cin == 30 {
+            // As the inference plan runs a BasicBlock's second convolution: BatchNorm folded
+            // into a bias, the residual and ReLU after.
+            let bias = put(&mut be, s.cout, &mut rng);
+            let res = put(&mut be, s.y_len(), &mut rng);
+            c.bench_function(&format!("{name} fwd + bias, residual, relu"), |b| {
+                b.iter(|| {
+                    be.conv2d_bias_act(&s, x, w, bias, Some(res), true, y)
+                        .unwrap()
+                })
+            });
+        }
         c.bench_function(&format!("{name} bwd"), |b| {
             b.iter(|| {
                 be.conv2d_backward(&s, x, w, y, Some(dx), Some(dw), None)

@@ -124,3 +124,47 @@ fn inference_plan_refuses_training() {
     let e = net.backward(Mode::EVAL, false).unwrap_err().to_string();
     assert!(e.contains("without gradients"), "{e}");
 }
+
+/// The CPU backend's fused `conv2d_bias_act` (the epilogue applied by each convolution path
+/// to the output it has just written) gives exactly the bits of a convolution followed by
+/// the separate bias pass, on every path: the direct kernel (rows of ≥ 12 outputs), the
+/// short-column kernel over several tasks, im2col + GEMM over several epilogue parts, and
+/// the plain GEMMs (1×1, window = map); with and without a residual and a ReLU.
+#[test]
+fn fused_bias_act_equals_the_separate_pass() {
+    use prrnet::backend::ConvShape;
+    use prrnet::Backend;
+    let mut rng = Rng::new(11);
+    for s in [
+        ConvShape::new(2, 14, 13, 5, 20, 3, 1, 1),
+        ConvShape::new(300, 5, 5, 1, 32, 3, 1, 0),
+        ConvShape::new(8, 20, 20, 3, 40, 3, 2, 1),
+        ConvShape::new(2, 5, 5, 6, 3, 1, 1, 0),
+        ConvShape::new(6, 3, 3, 4, 5, 3, 1, 0),
+    ] {
+        for (with_residual, relu) in [(false, false), (false, true), (true, false), (true, true)] {
+            let mut be = CpuBackend::new();
+            let x = common::put(&mut be, &common::randn(&mut rng, s.x_len(), 1.0));
+            let w = common::put(&mut be, &common::randn(&mut rng, s.w_len(), 0.3));
+            let b = common::put(&mut be, &common::randn(&mut rng, s.cout, 1.0));
+            let r = common::put(&mut be, &common::randn(&mut rng, s.y_len(), 1.0));
+            let residual = with_residual.then_some(r);
+            let fused = common::put(&mut be, &vec![f32::NAN; s.y_len()]);
+            let plain = common::put(&mut be, &vec![f32::NAN; s.y_len()]);
+            be.conv2d_bias_act(&s, x, w, b, residual, relu, fused)
+                .unwrap();
+            be.conv2d(&s, x, w, None, plain).unwrap();
+            be.bias_act_inplace(s.b * s.ho * s.wo, s.cout, plain, b, residual, relu)
+                .unwrap();
+            let (f, p) = (common::get(&be, fused), common::get(&be, plain));
+            assert!(p.iter().all(|v| v.is_finite()) && p.iter().any(|&v| v < 0.0) != relu);
+            for (i, (a, e)) in f.iter().zip(&p).enumerate() {
+                assert_eq!(
+                    a.to_bits(),
+                    e.to_bits(),
+                    "{s:?} residual {with_residual} relu {relu}: y[{i}] = {a}, want {e}"
+                );
+            }
+        }
+    }
+}

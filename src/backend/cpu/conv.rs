@@ -13,8 +13,9 @@ use rayon::prelude::*;
 
 use super::conv_direct;
 use super::conv_small;
+use super::elementwise::BiasAct;
 use super::linear;
-use super::{check_len, disjoint, sgemm, CpuBackend};
+use super::{check_len, disjoint, sgemm, CpuBackend, PAR_MIN};
 use crate::backend::ConvShape;
 use crate::tensor::Tensor;
 
@@ -98,40 +99,55 @@ fn col2im_add(s: &ConvShape, dcol: &[f32], nb: usize, dx: &mut [f32]) {
         });
 }
 
+/// `y = relu?(conv(x, w) + bias + residual?)` (`act`: the epilogue, if any). The paths that
+/// write their output in pieces (a row of the direct kernel, a task of `conv_small`, a chunk of
+/// im2col's) apply it to each piece while it is still in cache; the epilogue's arithmetic is
+/// the same wherever it runs.
 pub fn forward(
     be: &CpuBackend,
     s: &ConvShape,
     x: Tensor,
     w: Tensor,
-    bias: Option<Tensor>,
+    act: Option<(Tensor, Option<Tensor>, bool)>,
     y: Tensor,
 ) {
     check_len("conv x", x, s.x_len());
     check_len("conv w", w, s.w_len());
     check_len("conv y", y, s.y_len());
+    let act = act.map(|(bias, residual, relu)| {
+        check_len("conv bias", bias, s.cout);
+        BiasAct::new(be, y, bias, residual, relu)
+    });
     if s.columns_are_input() {
-        return linear::forward(be, s.b * s.ho * s.wo, s.col_k(), s.cout, x, w, bias, y);
+        linear::forward(be, s.b * s.ho * s.wo, s.col_k(), s.cout, x, w, None, y);
+        if let Some(a) = act {
+            a.apply_all(be.w(y));
+        }
+        return;
     }
     disjoint(&[y], &[x, w]);
     let (xs, ws, ys) = (be.r(x), be.r(w), be.w(y));
     if conv_small::suits(s) {
-        conv_small::forward(s, xs, ws, ys);
+        conv_small::forward(s, xs, ws, act.as_ref(), ys);
     } else if conv_direct::suits(s) {
         let lim = &conv_direct::LIMITS;
         be.with_workspace(conv_direct::workspace_len(lim, s), |work| {
-            conv_direct::forward(lim, s, xs, ws, ys, work)
+            conv_direct::forward(lim, s, xs, ws, act.as_ref(), ys, work)
         });
     } else {
-        im2col_forward(be, s, xs, ws, ys);
-    }
-    if let Some(b) = bias {
-        check_len("conv bias", b, s.cout);
-        linear::add_bias(ys, be.r(b));
+        im2col_forward(be, s, xs, ws, act.as_ref(), ys);
     }
 }
 
 /// `y = conv(x, w)` through a column matrix, a chunk of images at a time.
-fn im2col_forward(be: &CpuBackend, s: &ConvShape, xs: &[f32], ws: &[f32], ys: &mut [f32]) {
+fn im2col_forward(
+    be: &CpuBackend,
+    s: &ConvShape,
+    xs: &[f32],
+    ws: &[f32],
+    act: Option<&BiasAct>,
+    ys: &mut [f32],
+) {
     let kk = s.col_k();
     let chunk = images_per_chunk(s);
     let (xi, yi) = (s.h * s.w * s.cin, s.ho * s.wo * s.cout);
@@ -140,22 +156,17 @@ fn im2col_forward(be: &CpuBackend, s: &ConvShape, xs: &[f32], ws: &[f32], ys: &m
             let nb = chunk.min(s.b - b0);
             im2col(s, &xs[b0 * xi..(b0 + nb) * xi], nb, col);
             let rows = nb * s.ho * s.wo;
+            let yc = &mut ys[b0 * yi..(b0 + nb) * yi];
             // y[rows, cout] = col[rows, kk] · w[cout, kk]ᵀ
             sgemm(
-                rows,
-                s.cout,
-                kk,
-                &mut ys[b0 * yi..(b0 + nb) * yi],
-                s.cout,
-                false,
-                col,
-                kk,
-                1,
-                ws,
-                1,
-                kk,
-                true,
+                rows, s.cout, kk, yc, s.cout, false, col, kk, 1, ws, 1, kk, true,
             );
+            if let Some(a) = act {
+                let part = (PAR_MIN / s.cout).max(1) * s.cout;
+                yc.par_chunks_mut(part)
+                    .enumerate()
+                    .for_each(|(i, p)| a.apply(p, b0 * yi + i * part));
+            }
         }
     });
 }

@@ -29,6 +29,7 @@
 
 use rayon::prelude::*;
 
+use super::elementwise::BiasAct;
 use crate::backend::ConvShape;
 
 /// Output pixels per register block.
@@ -119,6 +120,10 @@ struct Direct<'a> {
     /// Packed weights: per tile, [ky][kx][ci][v·16].
     packed: &'a [f32],
     accumulate: bool,
+    /// The epilogue applied to each finished output row, and where the chunk's output
+    /// starts in the whole output (for the residual).
+    act: Option<&'a BiasAct<'a>>,
+    y_at: usize,
 }
 
 /// Packed weights for `channels` output channels of `taps` taps each, zero beyond the last
@@ -237,6 +242,10 @@ impl Direct<'_> {
                             block.run(v, &mut y_row[ox0 * self.cout + co0..]);
                         }
                     }
+                }
+                // The row is final and still in L1.
+                if let Some(a) = self.act {
+                    a.apply(y_row, self.y_at + row * row_len);
                 }
             });
     }
@@ -427,6 +436,7 @@ fn convolve(
     x: &[f32],
     packed: &[f32],
     accumulate: bool,
+    act: Option<&BiasAct>,
     y: &mut [f32],
     work: &mut [f32],
 ) {
@@ -448,14 +458,24 @@ fn convolve(
             cout,
             packed,
             accumulate,
+            act,
+            y_at: b0 * yi,
         }
         .run(&mut y[b0 * yi..(b0 + nb) * yi]);
     }
 }
 
-/// `y = conv(x, w)` for a shape that [`suits`] this path; `work` holds at least
-/// [`workspace_len`] floats.
-pub fn forward(lim: &Limits, s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], work: &mut [f32]) {
+/// `y = conv(x, w)`, then the epilogue `act` row by row, for a shape that [`suits`] this
+/// path; `work` holds at least [`workspace_len`] floats.
+pub fn forward(
+    lim: &Limits,
+    s: &ConvShape,
+    x: &[f32],
+    w: &[f32],
+    act: Option<&BiasAct>,
+    y: &mut [f32],
+    work: &mut [f32],
+) {
     let packed = pack_forward(w, s.cout, s.col_k());
     convolve(
         lim,
@@ -464,6 +484,7 @@ pub fn forward(lim: &Limits, s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32],
         x,
         &packed,
         false,
+        act,
         y,
         work,
     );
@@ -487,6 +508,7 @@ pub fn backward_data(
         dy,
         &packed,
         true,
+        None,
         dx,
         work,
     );
@@ -734,7 +756,7 @@ mod tests {
             .passes();
             let mut work = vec![f32::NAN; workspace_len(&lim, &s)];
             let mut y = vec![f32::NAN; s.y_len()];
-            forward(&lim, &s, &x, &w, &mut y, &mut work);
+            forward(&lim, &s, &x, &w, None, &mut y, &mut work);
             assert_close(&format!("{s:?} y"), &y, &vec![0.0; y.len()], &y_want);
             let dx0 = rng.vec(s.x_len(), |r| r.normal());
             let mut dx = dx0.clone();

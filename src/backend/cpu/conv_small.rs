@@ -23,6 +23,7 @@
 
 use rayon::prelude::*;
 
+use super::elementwise::BiasAct;
 use crate::backend::ConvShape;
 
 /// Longest column row (k·k·Cin) handled here: one vector. The stem's first convolution (27
@@ -118,8 +119,8 @@ fn tasks(s: &ConvShape) -> Vec<(usize, usize)> {
         .collect()
 }
 
-/// `y = conv(x, w)` (no bias; `conv.rs` adds it).
-pub fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32]) {
+/// `y = conv(x, w)`, then the epilogue `act` on each task's output while it is in cache.
+pub fn forward(s: &ConvShape, x: &[f32], w: &[f32], act: Option<&BiasAct>, y: &mut [f32]) {
     // wt[t, co] = w[co, t], Cout padded to whole vectors with zeros.
     let (kk, cp) = (s.col_k(), round_up(s.cout));
     let mut wt = vec![0f32; kk * cp];
@@ -133,11 +134,15 @@ pub fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32]) {
     y[..s.b * yi]
         .par_chunks_mut(per * yi)
         .zip(x[..s.b * xi].par_chunks(per * xi))
-        .for_each(|(ys, xs)| {
+        .enumerate()
+        .for_each(|(i, (ys, xs))| {
             // SAFETY: `suits` checked that the CPU has AVX-512F.
             #[cfg(target_arch = "x86_64")]
             unsafe {
                 avx512::forward(s, xs, &wt, ys)
+            }
+            if let Some(a) = act {
+                a.apply(ys, i * per * yi);
             }
         });
 }
@@ -414,7 +419,7 @@ mod tests {
             let g = rng.vec(s.y_len(), |r| r.normal());
             let [y_want, dx_want, dw_want] = naive(&s, &x, &w, &g);
             let mut y = vec![f32::NAN; s.y_len()];
-            forward(&s, &x, &w, &mut y);
+            forward(&s, &x, &w, None, &mut y);
             assert_close("y", &y, &vec![0.0; y.len()], &y_want);
             let dx0 = rng.vec(s.x_len(), |r| r.normal());
             let mut dx = dx0.clone();

@@ -2,6 +2,8 @@
 
 use rayon::prelude::*;
 
+use super::norm::{period, tile};
+use super::simd::simd_fn;
 use super::{check_len, disjoint, CpuBackend, PAR_MIN};
 use crate::tensor::Tensor;
 
@@ -94,34 +96,94 @@ pub fn bias_act_inplace(
 ) {
     check_len("bias_act y", y, rows * c);
     check_len("bias_act bias", bias, c);
-    if let Some(r) = residual {
-        check_len("bias_act residual", r, rows * c);
-        disjoint(&[y], &[r]);
-    }
-    disjoint(&[y], &[bias]);
     if rows == 0 || c == 0 {
         return;
     }
-    let bias = be.r(bias);
-    let res = residual.map(|r| be.r(r));
-    be.w(y)
-        .par_chunks_mut(c)
-        .with_min_len((PAR_MIN / c).max(1))
-        .enumerate()
-        .for_each(|(r, row)| {
-            // Whole-row passes, the options decided once per row: the loops vectorise.
-            for (v, b) in row.iter_mut().zip(bias) {
-                *v += b;
-            }
-            if let Some(res) = res {
-                for (v, t) in row.iter_mut().zip(&res[r * c..(r + 1) * c]) {
-                    *v += t;
+    let act = BiasAct::new(be, y, bias, residual, relu);
+    act.apply_all(be.w(y));
+}
+
+/// What follows a convolution: `y = relu?(y + bias + residual?)` per output row of C values,
+/// applied by the convolution paths to each piece of output they have just written, while it
+/// is still in cache, or as a pass of its own.
+pub(crate) struct BiasAct<'a> {
+    /// The bias tiled over one period of whole rows and whole vectors (`norm::period`), so
+    /// the loops run over full vectors whatever C is.
+    bias: Vec<f32>,
+    /// The whole output's residual, indexed like the output.
+    residual: Option<&'a [f32]>,
+    relu: bool,
+}
+
+impl<'a> BiasAct<'a> {
+    /// The epilogue of output `y` (rows of `bias.len` values), its lengths checked.
+    pub fn new(
+        be: &'a CpuBackend,
+        y: Tensor,
+        bias: Tensor,
+        residual: Option<Tensor>,
+        relu: bool,
+    ) -> BiasAct<'a> {
+        assert!(
+            bias.len > 0 && y.len.is_multiple_of(bias.len),
+            "bias_act: {} outputs are not rows of {} channels",
+            y.len,
+            bias.len
+        );
+        disjoint(&[y], &[bias]);
+        if let Some(r) = residual {
+            check_len("bias_act residual", r, y.len);
+            disjoint(&[y], &[r]);
+        }
+        BiasAct {
+            bias: tile(be.r(bias), period(bias.len)),
+            residual: residual.map(|r| be.r(r)),
+            relu,
+        }
+    }
+
+    /// Over `y`, whole rows of the output starting at its element `at`.
+    pub fn apply(&self, y: &mut [f32], at: usize) {
+        let residual = self.residual.map(|r| &r[at..at + y.len()]);
+        bias_act_periods(y, &self.bias, residual, self.relu);
+    }
+
+    /// Over a whole output, as a pass of its own.
+    pub fn apply_all(&self, y: &mut [f32]) {
+        let block = (PAR_MIN / self.bias.len()).max(1) * self.bias.len();
+        y.par_chunks_mut(block)
+            .enumerate()
+            .for_each(|(i, part)| self.apply(part, i * block));
+    }
+}
+
+simd_fn! {
+    /// `y = relu?(y + bias + residual?)` over whole rows, one period at a time (`bias`: tiled
+    /// over one period). One pass: a pass per option re-read what the previous had just
+    /// stored, and 30-value rows left most of each vector loop to scalar tails.
+    fn bias_act_periods(y: &mut [f32], bias: &[f32], residual: Option<&[f32]>, relu: bool) {
+        let n = bias.len();
+        match residual {
+            Some(res) => {
+                for (ys, rs) in y.chunks_mut(n).zip(res.chunks(n)) {
+                    let (rs, bs) = (&rs[..ys.len()], &bias[..ys.len()]);
+                    for ((v, b), r) in ys.iter_mut().zip(bs).zip(rs) {
+                        let t = *v + b + r;
+                        *v = if relu { relu_value(t) } else { t };
+                    }
                 }
             }
-            if relu {
-                relu_slice(row);
+            None => {
+                for ys in y.chunks_mut(n) {
+                    let bs = &bias[..ys.len()];
+                    for (v, b) in ys.iter_mut().zip(bs) {
+                        let t = *v + b;
+                        *v = if relu { relu_value(t) } else { t };
+                    }
+                }
             }
-        });
+        }
+    }
 }
 
 pub fn relu_backward_inplace(be: &CpuBackend, y: Tensor, dy: Tensor) {

@@ -328,7 +328,23 @@ impl Backend for CpuBackend {
         y: Tensor,
     ) -> Result<()> {
         self.tick();
-        conv::forward(self, s, x, w, bias, y);
+        conv::forward(self, s, x, w, bias.map(|b| (b, None, false)), y);
+        Ok(())
+    }
+    /// One operation rather than the default's convolution and bias pass: each convolution
+    /// path applies the epilogue to the output it has just written, while it is in cache.
+    fn conv2d_bias_act(
+        &self,
+        s: &ConvShape,
+        x: Tensor,
+        w: Tensor,
+        bias: Tensor,
+        residual: Option<Tensor>,
+        relu: bool,
+        y: Tensor,
+    ) -> Result<()> {
+        self.tick();
+        conv::forward(self, s, x, w, Some((bias, residual, relu)), y);
         Ok(())
     }
     fn conv2d_backward(

@@ -36,12 +36,12 @@ fn gcd(a: usize, b: usize) -> usize {
 }
 
 /// Values in one period of `c` channels: `c · 16 / gcd(c, 16)`, whole rows and whole vectors.
-fn period(c: usize) -> usize {
+pub(super) fn period(c: usize) -> usize {
     c * (LANES / gcd(c, LANES))
 }
 
 /// `p` (one value per channel) repeated over `len` values: element `j` is `p[j mod p.len()]`.
-fn tile<T: Copy>(p: &[T], len: usize) -> Vec<T> {
+pub(super) fn tile<T: Copy>(p: &[T], len: usize) -> Vec<T> {
     p.iter().copied().cycle().take(len).collect()
 }
 
