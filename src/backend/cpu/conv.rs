@@ -3,11 +3,11 @@
 //! x: [B, H, W, Cin], w: [Cout, k, k, Cin], y: [B, Ho, Wo, Cout].
 //! The column matrix has one row per output pixel and `k·k·Cin` columns in `(ky, kx, ci)`
 //! order, so `y = col · wᵀ`. Images are processed in chunks so the columns stay within a
-//! bounded workspace; where the columns would be `x` itself (1×1 stride-1 convolutions, and
-//! windows as large as the map) the convolution is `linear`, and on
-//! AVX-512 machines the stride-1 k×k ones with rows of at least 12 outputs run in
-//! `conv_direct.rs` instead (the backward only with at most 64 channels: where each was
-//! measured faster).
+//! bounded workspace. Where the columns would be `x` itself (1×1 stride-1 convolutions, and
+//! windows as large as the map) the convolution is `linear`. On AVX-512 machines, those with
+//! column rows of at most 16 values run in `conv_small.rs`, and the stride-1 k×k ones with
+//! rows of at least 12 outputs in `conv_direct.rs` (the backward only with at most 64
+//! channels): where each was measured faster.
 
 use rayon::prelude::*;
 
