@@ -90,8 +90,8 @@ impl Cursor {
 }
 
 /// For each window row `ky` inside the image, the run of the window that lies inside it:
-/// `(ky, first column tap, offset of its first input in x, floats in the run)`. A run's `k·Cin`
-/// floats are consecutive in x (channels-last), as in the column row.
+/// `(ky, first column tap, offset of its first input in x, floats in the run)`. A run's floats
+/// (up to k·Cin) are consecutive in x (channels-last), as they are in the column row.
 #[inline(always)]
 fn window_runs(
     s: &ConvShape,

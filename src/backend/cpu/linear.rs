@@ -39,23 +39,9 @@ pub fn add_bias(y: &mut [f32], bias: &[f32]) {
     });
 }
 
-/// `db[j] += Σ_r dy[r, j]`, accumulated in f64.
+/// `db[j] += Σ_r dy[r, j]`, accumulated in f64 in a fixed order (BatchNorm's column sums).
 pub fn bias_grad(dy: &[f32], n: usize, db: &mut [f32]) {
-    // Fixed blocks combined in order: deterministic whatever the thread scheduling.
-    let partial: Vec<Vec<f64>> = dy
-        .par_chunks(n * 256)
-        .map(|chunk| {
-            let mut s = vec![0f64; n];
-            for row in chunk.chunks(n) {
-                for (a, v) in s.iter_mut().zip(row) {
-                    *a += *v as f64;
-                }
-            }
-            s
-        })
-        .collect();
-    let sums = super::norm::sum_in_order(partial, n);
-    for (d, s) in db.iter_mut().zip(sums) {
+    for (d, s) in db.iter_mut().zip(super::norm::column_sums(dy, n)) {
         *d += s as f32;
     }
 }

@@ -61,6 +61,11 @@ fn channel_sums(x: &[f32], c: usize, add: impl Fn(&[f32], &mut [f64]) + Sync) ->
     sum_in_order(partial, c)
 }
 
+/// `Σ_r x[r, j]` per column of `x` (rows of `c`), in f64, in a fixed order.
+pub(super) fn column_sums(x: &[f32], c: usize) -> Vec<f64> {
+    channel_sums(x, c, add_values)
+}
+
 simd_fn! {
     /// `acc[j] += x[j]` over each period of `x` (`acc`: one period).
     fn add_values(x: &[f32], acc: &mut [f64]) {
@@ -128,7 +133,7 @@ fn fold_period(acc: &[f64], c: usize) -> Vec<f64> {
 }
 
 /// Element-wise sum of equal-length vectors, in their order.
-pub(crate) fn sum_in_order(parts: Vec<Vec<f64>>, len: usize) -> Vec<f64> {
+fn sum_in_order(parts: Vec<Vec<f64>>, len: usize) -> Vec<f64> {
     let mut total = vec![0f64; len];
     for p in parts {
         for (t, v) in total.iter_mut().zip(p) {
