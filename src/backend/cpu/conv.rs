@@ -15,7 +15,7 @@ use super::conv_direct;
 use super::conv_small;
 use super::elementwise::BiasAct;
 use super::linear;
-use super::{check_len, disjoint, sgemm, CpuBackend, PAR_MIN};
+use super::{check_len, disjoint, sgemm, CpuBackend};
 use crate::backend::ConvShape;
 use crate::tensor::Tensor;
 
@@ -121,7 +121,7 @@ pub fn forward(
     if s.columns_are_input() {
         linear::forward(be, s.b * s.ho * s.wo, s.col_k(), s.cout, x, w, None, y);
         if let Some(a) = act {
-            a.apply_all(be.w(y));
+            a.apply_parallel(be.w(y), 0);
         }
         return;
     }
@@ -162,10 +162,7 @@ fn im2col_forward(
                 rows, s.cout, kk, yc, s.cout, false, col, kk, 1, ws, 1, kk, true,
             );
             if let Some(a) = act {
-                let part = (PAR_MIN / s.cout).max(1) * s.cout;
-                yc.par_chunks_mut(part)
-                    .enumerate()
-                    .for_each(|(i, p)| a.apply(p, b0 * yi + i * part));
+                a.apply_parallel(yc, b0 * yi);
             }
         }
     });

@@ -100,7 +100,7 @@ pub fn bias_act_inplace(
         return;
     }
     let act = BiasAct::new(be, y, bias, residual, relu);
-    act.apply_all(be.w(y));
+    act.apply_parallel(be.w(y), 0);
 }
 
 /// What follows a convolution: `y = relu?(y + bias + residual?)` per output row of C values,
@@ -148,12 +148,13 @@ impl<'a> BiasAct<'a> {
         bias_act_periods(y, &self.bias, residual, self.relu);
     }
 
-    /// Over a whole output, as a pass of its own.
-    pub fn apply_all(&self, y: &mut [f32]) {
+    /// Over `y` (whole rows of the output starting at its element `at`) in parallel blocks,
+    /// as a pass of its own.
+    pub fn apply_parallel(&self, y: &mut [f32], at: usize) {
         let block = (PAR_MIN / self.bias.len()).max(1) * self.bias.len();
         y.par_chunks_mut(block)
             .enumerate()
-            .for_each(|(i, part)| self.apply(part, i * block));
+            .for_each(|(i, part)| self.apply(part, at + i * block));
     }
 }
 

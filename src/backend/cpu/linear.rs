@@ -2,6 +2,7 @@
 
 use rayon::prelude::*;
 
+use super::elementwise::BiasAct;
 use super::{check_len, disjoint, sgemm, CpuBackend};
 use crate::tensor::Tensor;
 
@@ -25,18 +26,8 @@ pub fn forward(
     sgemm(m, n, k, ys, n, false, be.r(x), k, 1, be.r(w), 1, k, true);
     if let Some(b) = bias {
         check_len("linear bias", b, n);
-        add_bias(ys, be.r(b));
+        BiasAct::new(be, y, b, None, false).apply_parallel(ys, 0);
     }
-}
-
-/// `y[r, :] += bias` for every row.
-pub fn add_bias(y: &mut [f32], bias: &[f32]) {
-    let n = bias.len();
-    y.par_chunks_mut(n).with_min_len(64).for_each(|row| {
-        for (v, b) in row.iter_mut().zip(bias) {
-            *v += b;
-        }
-    });
 }
 
 /// `db[j] += Σ_r dy[r, j]`, accumulated in f64 in a fixed order (BatchNorm's column sums).
