@@ -51,12 +51,15 @@ pub struct Limits {
     /// Floats of one band of the weight gradient: its rows of the padded input and of dy
     /// (within L2, as every (tap, channel) pass of the band reads them again).
     pub band_floats: usize,
+    /// Most floats of the weight gradient's per-band partials computed at once.
+    pub partial_floats: usize,
 }
 
-/// The limits the backend uses: a 64 MB padded copy, 1 MB bands.
+/// The limits the backend uses: a 64 MB padded copy, 1 MB bands, 4 MB of partials.
 pub const LIMITS: Limits = Limits {
     pad_floats: 16 << 20,
     band_floats: 256 << 10,
+    partial_floats: 1 << 20,
 };
 
 /// Whether the forward of `s` runs here on this machine: stride 1, a real kernel, rows of at
@@ -522,6 +525,10 @@ pub fn backward_data(
 /// layout of [`pack_forward`] (register blocks of 6 input channels × the tile's vectors, summed
 /// over the band's pixels in order, a row at a time). The partials are added into dw band
 /// after band, so the result does not depend on the thread count.
+///
+/// The bands run side by side, up to `lim.partial_floats` of partials at a time: one band
+/// alone has only k² tasks per tile, and 9 tasks on 2 threads left one idle for a ninth of
+/// the time.
 pub fn backward_weights(
     lim: &Limits,
     s: &ConvShape,
@@ -535,43 +542,68 @@ pub fn backward_weights(
     let (xi, yi) = (s.h * s.w * s.cin, s.ho * s.wo * s.cout);
     let taps = s.col_k();
     let band_rows = (lim.band_floats / (wp * s.cin + s.wo * s.cout)).max(1);
+    let tiles = tiles(s.cout);
+    let band_len: usize = tiles.iter().map(|&(_, v)| v * L * taps).sum();
+    let most_bands = (chunk * s.ho).div_ceil(band_rows);
+    let bands_at_once = (lim.partial_floats / band_len).clamp(1, most_bands);
+    let mut partials = vec![0f32; band_len * bands_at_once];
     for b0 in (0..s.b).step_by(chunk) {
         let nb = chunk.min(s.b - b0);
         let xp = &mut work[..nb * hp * wp * s.cin];
         pad_into(&x[b0 * xi..], nb, s.h, s.w, s.cin, s.pad, xp);
         let xp = &*xp;
         let dy = &dy[b0 * yi..(b0 + nb) * yi];
-        for r0 in (0..nb * s.ho).step_by(band_rows) {
-            let rows = r0..(r0 + band_rows).min(nb * s.ho);
-            let partial = pack(s.cout, taps, |c0, valid, lanes, tile| {
-                tile.par_chunks_mut(s.cin * lanes)
-                    .enumerate()
-                    .for_each(|(tap, out)| {
-                        // Row by row, every input-channel block in turn: one output row of
-                        // dy and its input rows stay in L1 while the blocks sweep them (a
-                        // block summing the whole band at once streamed it from L2 once per
-                        // block). The sums keep their order: pixels, then rows.
-                        for row in rows.clone() {
-                            for ci0 in (0..s.cin).step_by(P) {
-                                let block = WgradBlock {
-                                    xp,
-                                    dy,
-                                    s,
-                                    hp,
-                                    wp,
-                                    row,
-                                    tap: (tap / s.k, tap % s.k),
-                                    ci0,
-                                    nci: P.min(s.cin - ci0),
-                                    c0,
-                                    cols: valid,
-                                };
-                                block.run(lanes / L, &mut out[ci0 * lanes..]);
-                            }
+        // As many bands as `band_rows` asks for, of even sizes (75 rows = 38 + 37, not
+        // 57 + 18), so that bands running side by side take as long as each other.
+        let rows = nb * s.ho;
+        let count = rows.div_ceil(band_rows);
+        let bands: Vec<_> = (0..count)
+            .map(|i| i * rows / count..(i + 1) * rows / count)
+            .collect();
+        for group in bands.chunks(bands_at_once) {
+            // One task per (band, tile, tap): its rows of the band's partial.
+            let mut tasks = Vec::new();
+            for (rows, partial) in group.iter().zip(partials.chunks_mut(band_len)) {
+                partial.fill(0.0);
+                let mut rest = partial;
+                for &(c0, v) in &tiles {
+                    let (tile, tail) = rest.split_at_mut(v * L * taps);
+                    rest = tail;
+                    let valid = (s.cout - c0).min(v * L);
+                    for (tap, out) in tile.chunks_mut(s.cin * v * L).enumerate() {
+                        tasks.push((rows.clone(), c0, valid, v, tap, out));
+                    }
+                }
+            }
+            tasks
+                .into_par_iter()
+                .for_each(|(rows, c0, valid, v, tap, out)| {
+                    // Row by row, every input-channel block in turn: one output row of dy and
+                    // its input rows stay in L1 while the blocks sweep them (a block summing
+                    // the whole band at once streamed it from L2 once per block). The sums keep
+                    // their order: pixels, then rows.
+                    for row in rows {
+                        for ci0 in (0..s.cin).step_by(P) {
+                            let block = WgradBlock {
+                                xp,
+                                dy,
+                                s,
+                                hp,
+                                wp,
+                                row,
+                                tap: (tap / s.k, tap % s.k),
+                                ci0,
+                                nci: P.min(s.cin - ci0),
+                                c0,
+                                cols: valid,
+                            };
+                            block.run(v, &mut out[ci0 * v * L..]);
                         }
-                    })
-            });
-            add_unpacked(&partial, s.cout, taps, dw);
+                    }
+                });
+            for partial in partials.chunks(band_len).take(group.len()) {
+                add_unpacked(partial, s.cout, taps, dw);
+            }
         }
     }
 }
@@ -739,6 +771,8 @@ mod tests {
                 Limits {
                     pad_floats: 500,
                     band_floats: 300,
+                    // Two bands' partials at a time: several groups per chunk.
+                    partial_floats: 5000,
                 },
             ),
         ];
@@ -783,21 +817,29 @@ mod tests {
         let lim = Limits {
             pad_floats: LIMITS.pad_floats,
             band_floats: 4096,
+            partial_floats: LIMITS.partial_floats,
         };
         let mut work = vec![0.0; workspace_len(&lim, &s)];
-        let mut run = || {
+        let mut run = |lim: &Limits| {
             let mut dw = vec![0.0; s.w_len()];
-            backward_weights(&lim, &s, &x, &dy, &mut dw, &mut work);
+            backward_weights(lim, &s, &x, &dy, &mut dw, &mut work);
             dw
         };
         let one = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .build()
             .unwrap();
-        let runs = [one.install(&mut run), run()];
-        assert!(runs[0]
-            .iter()
-            .zip(&runs[1])
-            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        // One band's partials at a time: the bands one after the other.
+        let one_band = Limits {
+            partial_floats: 1,
+            ..lim
+        };
+        let runs = [one.install(|| run(&lim)), run(&lim), run(&one_band)];
+        for other in &runs[1..] {
+            assert!(runs[0]
+                .iter()
+                .zip(other)
+                .all(|(a, b)| a.to_bits() == b.to_bits()));
+        }
     }
 }
