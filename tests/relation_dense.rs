@@ -122,6 +122,9 @@ fn matches_dense_across_several_tiles() {
     // a short last tile are exercised.
     case(1, 24, 24, 6, 5, 5);
     case(1, 23, 27, 5, 4, 6);
+    // Three tiles (an odd count: each round leaves one tile to its diagonal pair), two
+    // images in one group.
+    case(2, 33, 40, 4, 5, 7);
 }
 
 #[test]
