@@ -66,6 +66,40 @@ pub(super) fn column_sums(x: &[f32], c: usize) -> Vec<f64> {
     channel_sums(x, c, add_values)
 }
 
+/// Per-channel mean and biased variance over all rows of `x`, in f64, reading `x` from memory
+/// once: each block of `ROWS_PER_TASK` rows takes its sums, then its squares about its own
+/// mean while it is still in cache, and the blocks' moments are combined in block order with
+/// the pairwise update (Chan, Golub and LeVeque): with n rows so far of mean μ and n_b of mean
+/// μ_b, `μ += (μ_b − μ)·n_b/(n + n_b)` and `M2 += M2_b + (μ_b − μ)²·n·n_b/(n + n_b)`. Still
+/// a two-pass variance within every block, and the order is fixed by the shape.
+fn channel_moments(x: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
+    let len = period(c);
+    let parts: Vec<(f64, Vec<f64>, Vec<f64>)> = x
+        .par_chunks(c * ROWS_PER_TASK)
+        .map(|block| {
+            let n = (block.len() / c) as f64;
+            let mut acc = vec![0f64; len];
+            add_values(block, &mut acc);
+            let mean: Vec<f64> = fold_period(&acc, c).iter().map(|s| s / n).collect();
+            acc.fill(0.0);
+            add_centered_squares(block, &tile(&mean, len), &mut acc);
+            (n, mean, fold_period(&acc, c))
+        })
+        .collect();
+    let (mut count, mut mean, mut m2) = (0f64, vec![0f64; c], vec![0f64; c]);
+    for (n, block_mean, block_m2) in parts {
+        let total = count + n;
+        for ch in 0..c {
+            let delta = block_mean[ch] - mean[ch];
+            mean[ch] += delta * n / total;
+            m2[ch] += block_m2[ch] + delta * delta * count * n / total;
+        }
+        count = total;
+    }
+    let var = m2.iter().map(|v| v / count.max(1.0)).collect();
+    (mean, var)
+}
+
 simd_fn! {
     /// `acc[j] += x[j]` over each period of `x` (`acc`: one period).
     fn add_values(x: &[f32], acc: &mut [f64]) {
@@ -171,11 +205,7 @@ pub fn forward(be: &CpuBackend, s: &NormShape, t: &BatchNormTensors) {
     }
     let x = be.r(t.x);
     let (mean, rstd): (Vec<f32>, Vec<f32>) = if s.train {
-        let sum = channel_sums(x, c, add_values);
-        let mean: Vec<f64> = sum.iter().map(|v| v / rows as f64).collect();
-        let mean_t = tile(&mean, period(c));
-        let sq = channel_sums(x, c, |block, acc| add_centered_squares(block, &mean_t, acc));
-        let var: Vec<f64> = sq.iter().map(|v| v / rows as f64).collect();
+        let (mean, var) = channel_moments(x, c);
         let (rm, rv) = (be.w(t.running_mean), be.w(t.running_var));
         let mom = s.momentum as f64;
         for ch in 0..c {
@@ -450,6 +480,27 @@ mod tests {
     /// inside the first block and past it (several blocks, a partial last one): the forward
     /// (train and eval) and every gradient against the formulas written out per channel in
     /// f64; the existing gradients are added to.
+    #[test]
+    fn block_moments_combine_to_the_two_pass_variance() {
+        // Several blocks and a partial one; channels far from zero relative to their spread,
+        // where a one-pass E[x²] − E[x]² would lose digits.
+        let (rows, c) = (3 * ROWS_PER_TASK + 77, 5);
+        let mut rng = Rng::new(5);
+        let x = rng.vec(rows * c, |r| 1000.0 + 0.01 * r.normal());
+        let (mean, var) = channel_moments(&x, c);
+        for ch in 0..c {
+            let col: Vec<f64> = (0..rows).map(|r| x[r * c + ch] as f64).collect();
+            let m = col.iter().sum::<f64>() / rows as f64;
+            let v = col.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / rows as f64;
+            assert!((mean[ch] - m).abs() <= 1e-12 * m.abs(), "mean {ch}");
+            assert!(
+                (var[ch] - v).abs() <= 1e-9 * v,
+                "var {ch}: {} vs {v}",
+                var[ch]
+            );
+        }
+    }
+
     #[test]
     fn periodic_passes_match_the_per_channel_formulas() {
         let mut rng = Rng::new(11);
