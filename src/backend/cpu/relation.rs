@@ -1,10 +1,11 @@
-//! The relation map of SPEC §4.1 on the CPU, one image and one pair of pixel tiles at a time,
+//! The relation map of SPEC §4.1 on the CPU, one pair of pixel tiles of one image per task,
 //! using the symmetry of the scores (`s_ij = s_ji`) so each score is computed once.
 //!
 //! Per image: `q = f / max(‖f‖, 1e-12)` ([N, C]). For tiles I ≤ J of T pixels:
 //! `S_IJ = q_I · q_Jᵀ` (one GEMM), `E = exp(S − 1)` (fixed shift: s ≤ 1). Row i ∈ I adds
 //! `E_ij` to `l_i` and to the bins containing j; for I ≠ J row j ∈ J also adds `E_ij` to `l_j`
-//! and the bins containing i. Then `P_ib = bin_ib / (l_i·|b|)`. Only T×T scores exist at once.
+//! and the bins containing i. Then `P_ib = bin_ib / (l_i·|b|)`. Only one T×T tile of scores per
+//! thread exists at once.
 //!
 //! Backward (G = ∂L/∂P): `dS_ij = R_ij (g_ij − D_i)` with `R_ij = e_ij / l_i`,
 //! `g_ij = Σ_{b∋j} G_ib/|b|`, `D_i = Σ_b P_ib G_ib`. For tiles I ≤ J the symmetric tile
