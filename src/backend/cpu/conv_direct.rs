@@ -138,18 +138,33 @@ fn pack(
     fill: impl Fn(usize, usize, usize, &mut [f32]) + Sync,
 ) -> Vec<f32> {
     let tiles = tiles(channels);
-    let mut packed = vec![0f32; tiles.iter().map(|&(_, v)| v * L * taps).sum()];
-    let mut rest = packed.as_mut_slice();
+    let mut packed = vec![0f32; packed_len(&tiles, taps)];
+    tile_parts(&mut packed, &tiles, taps)
+        .into_par_iter()
+        .for_each(|(c0, v, part)| fill(c0, (channels - c0).min(v * L), v * L, part));
+    packed
+}
+
+/// Floats of a packed buffer of `taps` rows per tile.
+fn packed_len(tiles: &[(usize, usize)], taps: usize) -> usize {
+    tiles.iter().map(|&(_, v)| v * L * taps).sum()
+}
+
+/// A packed buffer cut into its tiles' parts ([taps][v·16] each): (first channel, vectors,
+/// part).
+fn tile_parts<'a>(
+    buf: &'a mut [f32],
+    tiles: &[(usize, usize)],
+    taps: usize,
+) -> Vec<(usize, usize, &'a mut [f32])> {
+    let mut rest = buf;
     let mut parts = Vec::new();
-    for &(c0, v) in &tiles {
+    for &(c0, v) in tiles {
         let (part, tail) = rest.split_at_mut(v * L * taps);
         parts.push((c0, v, part));
         rest = tail;
     }
     parts
-        .into_par_iter()
-        .for_each(|(c0, v, part)| fill(c0, (channels - c0).min(v * L), v * L, part));
-    packed
 }
 
 /// The forward's weights: lane l of tap t = (ky, kx, ci) is w[c0 + l, t]. A transpose,
@@ -543,7 +558,7 @@ pub fn backward_weights(
     let taps = s.col_k();
     let band_rows = (lim.band_floats / (wp * s.cin + s.wo * s.cout)).max(1);
     let tiles = tiles(s.cout);
-    let band_len: usize = tiles.iter().map(|&(_, v)| v * L * taps).sum();
+    let band_len = packed_len(&tiles, taps);
     let most_bands = (chunk * s.ho).div_ceil(band_rows);
     let bands_at_once = (lim.partial_floats / band_len).clamp(1, most_bands);
     let mut partials = vec![0f32; band_len * bands_at_once];
@@ -565,10 +580,7 @@ pub fn backward_weights(
             let mut tasks = Vec::new();
             for (rows, partial) in group.iter().zip(partials.chunks_mut(band_len)) {
                 partial.fill(0.0);
-                let mut rest = partial;
-                for &(c0, v) in &tiles {
-                    let (tile, tail) = rest.split_at_mut(v * L * taps);
-                    rest = tail;
+                for (c0, v, tile) in tile_parts(partial, &tiles, taps) {
                     let valid = (s.cout - c0).min(v * L);
                     for (tap, out) in tile.chunks_mut(s.cin * v * L).enumerate() {
                         tasks.push((rows.clone(), c0, valid, v, tap, out));

@@ -220,16 +220,6 @@ fn rounds(tiles: usize) -> Vec<Vec<(usize, usize)>> {
     rounds
 }
 
-/// One task of a round: image `image` of the group, tiles (I, J).
-type Task = (usize, (usize, usize));
-
-/// The tasks of one round for `images` images, image-major.
-fn round_tasks(images: usize, round: &[(usize, usize)]) -> Vec<Task> {
-    (0..images)
-        .flat_map(|i| round.iter().map(move |&pair| (i, pair)))
-        .collect()
-}
-
 /// One score tile's scratch per thread of the pool, carved from the workspace. A task takes
 /// its thread's slot, so the lock is never contended.
 struct Scratch<'a>(Vec<Mutex<&'a mut [f32]>>);
@@ -246,6 +236,53 @@ impl<'a> Scratch<'a> {
     fn mine(&self) -> std::sync::MutexGuard<'_, &'a mut [f32]> {
         let slot = rayon::current_thread_index().unwrap_or(0) % self.0.len();
         self.0[slot].lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One side of a tile pair: the tile, its first pixel and its pixel count.
+#[derive(Clone, Copy)]
+struct Side {
+    tile: usize,
+    start: usize,
+    len: usize,
+}
+
+/// The tile pairs of a group of images: their normalised features `qs` ([images, N, C]), tiles
+/// of `t` pixels, the rounds they run in and the threads' scratch.
+struct Pairs<'a, 's> {
+    qs: &'a [f32],
+    np: usize,
+    c: usize,
+    t: usize,
+    schedule: &'a [Vec<(usize, usize)>],
+    scratch: &'a Scratch<'s>,
+}
+
+impl Pairs<'_, '_> {
+    /// `body(image, I, J, e)` for every tile pair I ≤ J of every one of `images` images, round
+    /// after round, the tasks of a round in parallel; `e` holds the pair's exponentiated scores
+    /// `exp(q_i·q_j − 1)` ([I.len, J.len]) in the calling thread's scratch.
+    fn for_each(&self, images: usize, body: impl Fn(usize, Side, Side, &mut [f32]) + Sync) {
+        let (np, c, t) = (self.np, self.c, self.t);
+        let side = |tile: usize| Side {
+            tile,
+            start: tile * t,
+            len: t.min(np - tile * t),
+        };
+        for round in self.schedule {
+            let tasks: Vec<_> = (0..images)
+                .flat_map(|img| round.iter().map(move |&pair| (img, pair)))
+                .collect();
+            tasks.into_par_iter().for_each(|(img, (ti, tj))| {
+                let q = &self.qs[img * np * c..][..np * c];
+                let (a, b) = (side(ti), side(tj));
+                let mut e = self.scratch.mine();
+                let e = &mut e[..a.len * b.len];
+                score_tile(q, c, a.start, a.len, b.start, b.len, e);
+                exp_shifted_inplace(e);
+                body(img, a, b, e);
+            });
+        }
     }
 }
 
@@ -410,37 +447,34 @@ pub fn forward(
                 &mut qs[..images * np * c],
                 &mut ns[rows.clone()],
             );
-            let qs = &*qs;
+            let pairs = Pairs {
+                qs: &*qs,
+                np,
+                c,
+                t,
+                schedule: &schedule,
+                scratch: &scratch,
+            };
             lacc.fill(0.0);
             cacc.fill(0.0);
             {
                 let l_tiles = tile_locks(&mut lacc, images, np, t, 1);
                 let c_tiles = tile_locks(&mut cacc, images, np, t, nk);
-                for round in &schedule {
-                    round_tasks(images, round)
-                        .into_par_iter()
-                        .for_each(|(i, (ti, tj))| {
-                            let q = &qs[i * np * c..][..np * c];
-                            let (i0, j0) = (ti * t, tj * t);
-                            let (ri, rj) = (t.min(np - i0), t.min(np - j0));
-                            let mut e = scratch.mine();
-                            score_tile(q, c, i0, ri, j0, rj, &mut e);
-                            exp_shifted_inplace(&mut e[..ri * rj]);
-                            let tile = ScoreTile {
-                                e: &e,
-                                rows: ri,
-                                cols: rj,
-                                row0: i0,
-                                col0: j0,
-                            };
-                            let (l, cl) = (&l_tiles[i], &c_tiles[i]);
-                            tile.add_to_rows(&geo, &mut lock(&l[ti]), &mut lock(&cl[ti]));
-                            if tj != ti {
-                                // The same scores seen from the rows of J.
-                                tile.add_to_cols(&geo, &mut lock(&l[tj]), &mut lock(&cl[tj]));
-                            }
-                        });
-                }
+                pairs.for_each(images, |i, a, b, e| {
+                    let tile = ScoreTile {
+                        e,
+                        rows: a.len,
+                        cols: b.len,
+                        row0: a.start,
+                        col0: b.start,
+                    };
+                    let (l, cl) = (&l_tiles[i], &c_tiles[i]);
+                    tile.add_to_rows(&geo, &mut lock(&l[a.tile]), &mut lock(&cl[a.tile]));
+                    if b.tile != a.tile {
+                        // The same scores seen from the rows of J.
+                        tile.add_to_cols(&geo, &mut lock(&l[b.tile]), &mut lock(&cl[b.tile]));
+                    }
+                });
             }
             let nr = images * np;
             ls[rows.clone()]
@@ -585,6 +619,14 @@ pub fn backward(
                 &mut scratch_norms[..nr],
             );
             let qs = &*qs;
+            let pairs = Pairs {
+                qs,
+                np,
+                c,
+                t,
+                schedule: &schedule,
+                scratch: &scratch,
+            };
             let terms: Vec<_> = (b0..b0 + images)
                 .map(|b| {
                     let (pb, gb) = (&ps[b * np * nb..][..np * nb], &gs[b * np * nb..][..np * nb]);
@@ -594,31 +636,28 @@ pub fn backward(
             dqs[..images * np * c].fill(0.0);
             {
                 let dq_tiles = tile_locks(dqs, images, np, t, c);
-                for round in &schedule {
-                    round_tasks(images, round)
-                        .into_par_iter()
-                        .for_each(|(i, (ti, tj))| {
-                            let q = &qs[i * np * c..][..np * c];
-                            let (i0, j0) = (ti * t, tj * t);
-                            let (ri, rj) = (t.min(np - i0), t.min(np - j0));
-                            let mut m = scratch.mine();
-                            let m = &mut m[..ri * rj];
-                            score_tile(q, c, i0, ri, j0, rj, m);
-                            // The same exponential as the forward's, then M in place.
-                            exp_shifted_inplace(m);
-                            terms[i].symmetric_ds(&geo, i0, j0, rj, m);
-                            let (qi, qj) = (&q[i0 * c..(i0 + ri) * c], &q[j0 * c..(j0 + rj) * c]);
-                            // dq[I] += M · q[J]
-                            let mut dqi = lock(&dq_tiles[i][ti]);
-                            sgemm(ri, c, rj, &mut dqi, c, true, m, rj, 1, qj, c, 1, false);
-                            drop(dqi);
-                            if tj != ti {
-                                // dq[J] += Mᵀ · q[I]
-                                let mut dqj = lock(&dq_tiles[i][tj]);
-                                sgemm(rj, c, ri, &mut dqj, c, true, m, 1, rj, qi, c, 1, false);
-                            }
-                        });
-                }
+                pairs.for_each(images, |i, a, b, m| {
+                    // M in place over the exponentiated scores (the forward's exponential).
+                    terms[i].symmetric_ds(&geo, a.start, b.start, b.len, m);
+                    let q = &qs[i * np * c..][..np * c];
+                    let (qa, qb) = (
+                        &q[a.start * c..][..a.len * c],
+                        &q[b.start * c..][..b.len * c],
+                    );
+                    // dq[I] += M · q[J]
+                    let mut dq = lock(&dq_tiles[i][a.tile]);
+                    sgemm(
+                        a.len, c, b.len, &mut dq, c, true, m, b.len, 1, qb, c, 1, false,
+                    );
+                    drop(dq);
+                    if b.tile != a.tile {
+                        // dq[J] += Mᵀ · q[I]
+                        let mut dq = lock(&dq_tiles[i][b.tile]);
+                        sgemm(
+                            b.len, c, a.len, &mut dq, c, true, m, 1, b.len, qa, c, 1, false,
+                        );
+                    }
+                });
             }
             // Normalisation backward.
             dfs[floats]
