@@ -36,8 +36,10 @@ use crate::tensor::Tensor;
 const TILE: usize = 512;
 
 /// Most floats of normalised features held for a group of images at once (forward: q;
-/// backward: q and dq): 128 MB.
-const GROUP_FLOATS: usize = 32 << 20;
+/// backward: q and dq): 16 MB, one W30 image (75×75×450) at 299×299, a whole `tiny` batch.
+/// W30's six tasks a round already fill the threads; its four images at once measured no
+/// faster and held 60 MB more.
+const GROUP_FLOATS: usize = 4 << 20;
 
 /// Bin geometry of one image. Along each side a position lies in one bin or in two neighbouring
 /// ones; that gives `2n − 1` classes per side (`c < n`: bin `c` alone; `c ≥ n`: bins `c − n`
