@@ -228,6 +228,26 @@ mod avx512 {
         _mm512_storeu_ps(col.as_mut_ptr(), row);
     }
 
+    /// The column rows of the next `np` (≤ P) pixels from `cur` (advanced past them), the
+    /// rows beyond `np` zero so that a partial block adds nothing.
+    #[inline(always)]
+    unsafe fn gather_block(
+        s: &ConvShape,
+        x: &[f32],
+        cur: &mut Cursor,
+        np: usize,
+        col: &mut [[f32; MAX_COLS]; P],
+    ) {
+        for (j, c) in col.iter_mut().enumerate() {
+            if j < np {
+                gather(s, x, *cur, c);
+                cur.advance(s);
+            } else {
+                *c = [0.0; MAX_COLS];
+            }
+        }
+    }
+
     /// The adjoint of [`gather`]: `x[window] += dcol`, the taps outside the image dropped.
     /// One float at a time: the windows of neighbouring pixels overlap, and a vector load of
     /// what a masked vector store had just written waited for that store to retire (half of
@@ -251,10 +271,7 @@ mod avx512 {
         let mut cur = Cursor::START;
         for q0 in (0..pixels).step_by(P) {
             let np = P.min(pixels - q0);
-            for c in &mut col[..np] {
-                gather(s, x, cur, c);
-                cur.advance(s);
-            }
+            gather_block(s, x, &mut cur, np, &mut col);
             for g in (0..cp).step_by(L) {
                 let mut acc = [_mm512_setzero_ps(); P];
                 for t in 0..kk {
@@ -318,14 +335,7 @@ mod avx512 {
         let mut cur = Cursor::START;
         for q0 in (0..pixels).step_by(P) {
             let np = P.min(pixels - q0);
-            for (j, c) in col.iter_mut().enumerate() {
-                if j < np {
-                    gather(s, x, cur, c);
-                    cur.advance(s);
-                } else {
-                    *c = [0.0; MAX_COLS];
-                }
-            }
+            gather_block(s, x, &mut cur, np, &mut col);
             for g in (0..cp).step_by(L) {
                 let m = lanes(s.cout - g);
                 let mut dv = [_mm512_setzero_ps(); P];
