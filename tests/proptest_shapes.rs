@@ -187,6 +187,7 @@ proptest! {
         for (j, t) in terms.iter().enumerate() {
             be.resize_nearest(&s.resize_from(t), t.x, passes, j > 0).unwrap();
         }
+        let before_relu = get(&be, passes);
         be.relu_inplace(passes).unwrap();
         let (f, p) = (get(&be, fused), get(&be, passes));
         prop_assert!(f[0].is_nan() && p[0].is_nan());
@@ -194,8 +195,14 @@ proptest! {
             prop_assert!(a.to_bits() == e.to_bits() || (a.is_nan() && e.is_nan()),
                 "element {}: fused {} vs passes {}", i, a, e);
         }
-        if s.y_len() >= 64 {
-            // Both sides of the ReLU were exercised.
+        // Both sides of the ReLU were exercised, wherever the sums hold enough independent
+        // values for that to be all but certain (a 1×1 first term, whose one value is the NaN,
+        // makes every output NaN; a few small terms make only a few distinct sums).
+        let mut distinct: Vec<u32> =
+            before_relu.iter().filter(|v| !v.is_nan()).map(|v| v.to_bits()).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        if distinct.len() >= 32 {
             prop_assert!(f.contains(&0.0) && f.iter().any(|v| *v > 0.0));
         }
     }
