@@ -22,8 +22,8 @@
 //! The data gradient of a stride-1 convolution is the same convolution of dy padded by
 //! k − 1 − pad, with the kernel turned 180° and Cin, Cout swapped: [`backward_data`] packs the
 //! weights that way and runs the same kernel, adding into dx. The weight gradient
-//! ([`backward_weights`]) swaps the roles: register blocks of 6 input channels × the tile's
-//! vectors of dy, summed over pixels.
+//! ([`backward_weights`]) swaps the roles: register blocks of up to 24 / V (at most 12) input
+//! channels × the tile's V vectors of dy, summed over pixels.
 //!
 //! Which shapes run here is measured, not assumed: see [`suits`] and [`suits_backward`].
 
@@ -32,8 +32,8 @@ use rayon::prelude::*;
 use super::elementwise::BiasAct;
 use crate::backend::ConvShape;
 
-/// Output pixels of a forward register block of four vectors (24 accumulators; thinner
-/// tiles take up to 2·P, see [`max_pixels`]), and input channels of a weight-gradient block.
+/// Rows of a register block of four vectors (24 accumulators; thinner tiles take up to 2·P,
+/// see [`max_pixels`]): output pixels forward, input channels in the weight gradient.
 const P: usize = 6;
 /// Lanes of one vector.
 const L: usize = 16;
@@ -270,50 +270,32 @@ impl Direct<'_> {
     }
 }
 
-/// Most output pixels of a forward register block of `v` vectors: P·V accumulators, at most
-/// 24 of the 32 registers and at most 12 pixels. Thin tiles take wider blocks: at 30 channels
-/// (two vectors) 12 pixels instead of 6 load the weights half as often per multiply-add and
-/// halve the per-block work (criterion, 75×75×30 at batch 4: forward 1.40 → 1.23 ms).
+/// Most rows of a register block of `v` vectors (output pixels forward, input channels in the
+/// weight gradient): rows·v accumulators, at most 24 of the 32 registers, at most 12 rows.
+/// Thin tiles take taller blocks: at 30 channels (two vectors) 12 rows instead of 6 load the
+/// shared vectors half as often per multiply-add and halve the per-block work (criterion,
+/// 75×75×30 at batch 4: forward 1.41 → 1.27 ms, backward 3.04 → 2.77 ms).
 fn max_pixels(v: usize) -> usize {
     (24 / v).min(2 * P)
 }
 
-/// `avx512::block::<V, N>($block, $out)` for the run-time v ≤ 4 and n ≤ `max_pixels(v)`.
+/// `avx512::$kernel::<V, N>($block, $out)` for the run-time v ≤ 4 and n ≤ `max_pixels(v)`:
+/// one instance per pair, so the kernels' accumulators are fixed-size arrays that stay in
+/// registers.
 #[cfg(target_arch = "x86_64")]
-macro_rules! forward_block {
-    ($block:expr, $v:expr, $n:expr, $out:expr) => {
-        forward_block!(@v $block, $v, $n, $out;
+macro_rules! register_block {
+    ($kernel:ident, $block:expr, $v:expr, $n:expr, $out:expr) => {
+        register_block!(@v $kernel, $block, $v, $n, $out;
             1 => [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
             2 => [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
             3 => [1, 2, 3, 4, 5, 6, 7, 8],
             4 => [1, 2, 3, 4, 5, 6])
     };
-    (@v $block:expr, $v:expr, $n:expr, $out:expr; $($vv:literal => [$($nn:literal),*]),*) => {
+    (@v $kernel:ident, $block:expr, $v:expr, $n:expr, $out:expr;
+        $($vv:literal => [$($nn:literal),*]),*) => {
         match ($v, $n) {
-            $($(($vv, $nn) => avx512::block::<$vv, $nn>($block, $out),)*)*
-            _ => unreachable!("a forward register block has 1 to 4 vectors and at most max_pixels(v) pixels"),
-        }
-    };
-}
-
-/// `avx512::$kernel::<V, N>($block, $out)` for the run-time (v ≤ 4, n ≤ 6): one instance
-/// per pair, so the kernels' accumulators are fixed-size arrays that stay in registers.
-#[cfg(target_arch = "x86_64")]
-macro_rules! register_block {
-    ($kernel:ident, $block:expr, $v:expr, $n:expr, $out:expr) => {
-        register_block!(@each $kernel, $block, $v, $n, $out; 1, 2, 3, 4)
-    };
-    (@each $kernel:ident, $block:expr, $v:expr, $n:expr, $out:expr; $($vv:literal),*) => {
-        match ($v, $n) {
-            $(
-                ($vv, 6) => avx512::$kernel::<$vv, 6>($block, $out),
-                ($vv, 5) => avx512::$kernel::<$vv, 5>($block, $out),
-                ($vv, 4) => avx512::$kernel::<$vv, 4>($block, $out),
-                ($vv, 3) => avx512::$kernel::<$vv, 3>($block, $out),
-                ($vv, 2) => avx512::$kernel::<$vv, 2>($block, $out),
-                ($vv, _) => avx512::$kernel::<$vv, 1>($block, $out),
-            )*
-            _ => unreachable!("register blocks have 1 to 4 vectors"),
+            $($(($vv, $nn) => avx512::$kernel::<$vv, $nn>($block, $out),)*)*
+            _ => unreachable!("a register block has 1 to 4 vectors and at most max_pixels(v) rows"),
         }
     };
 }
@@ -351,7 +333,7 @@ impl Block<'_> {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX-512 is present (`suits` checked it); the bounds are asserted above.
         unsafe {
-            forward_block!(self, v, self.pixels, y)
+            register_block!(block, self, v, self.pixels, y)
         }
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!("conv_direct runs on x86_64 only");
@@ -578,8 +560,8 @@ pub fn backward_data(
 ///
 /// The output rows are cut into bands of a size set by the shape alone; per band, every
 /// (channel tile, tap) is a task computing its rows of a partial gradient in the packed
-/// layout of [`pack_forward`] (register blocks of 6 input channels × the tile's vectors, summed
-/// over the band's pixels in order, a row at a time). The partials are added into dw band
+/// layout of [`pack_forward`] (register blocks of up to 24 / V input channels × the tile's
+/// vectors, summed over the band's pixels in order, a row at a time). The partials are added into dw band
 /// after band, so the result does not depend on the thread count.
 ///
 /// The bands run side by side, up to `lim.partial_floats` of partials at a time: one band
@@ -635,8 +617,11 @@ pub fn backward_weights(
                     // its input rows stay in L1 while the blocks sweep them (a block summing
                     // the whole band at once streamed it from L2 once per block). The sums keep
                     // their order: pixels, then rows.
+                    // Input-channel blocks of even sizes (30 = 10 + 10 + 10 for two vectors).
+                    let blocks = s.cin.div_ceil(max_pixels(v));
                     for row in rows {
-                        for ci0 in (0..s.cin).step_by(P) {
+                        for i in 0..blocks {
+                            let (ci0, ci1) = (i * s.cin / blocks, (i + 1) * s.cin / blocks);
                             let block = WgradBlock {
                                 xp,
                                 dy,
@@ -646,7 +631,7 @@ pub fn backward_weights(
                                 row,
                                 tap: (tap / s.k, tap % s.k),
                                 ci0,
-                                nci: P.min(s.cin - ci0),
+                                nci: ci1 - ci0,
                                 c0,
                                 cols: valid,
                             };
@@ -703,7 +688,7 @@ impl WgradBlock<'_> {
     fn run(&self, v: usize, out: &mut [f32]) {
         let s = self.s;
         let (ky, kx) = self.tap;
-        assert!((1..=P).contains(&self.nci) && (1..=MAX_V).contains(&v));
+        assert!((1..=MAX_V).contains(&v) && (1..=max_pixels(v)).contains(&self.nci));
         assert!(self.cols <= v * L && self.c0 + self.cols <= s.cout);
         assert!(out.len() >= self.nci * v * L);
         assert!(self.ci0 + self.nci <= s.cin && ky < s.k && kx < s.k);
