@@ -33,7 +33,7 @@ use super::elementwise::BiasAct;
 use crate::backend::ConvShape;
 
 /// Rows of a register block of four vectors (24 accumulators; thinner tiles take up to 2·P,
-/// see [`max_pixels`]): output pixels forward, input channels in the weight gradient.
+/// see [`block_rows`]): output pixels forward, input channels in the weight gradient.
 const P: usize = 6;
 /// Lanes of one vector.
 const L: usize = 16;
@@ -240,12 +240,8 @@ impl Direct<'_> {
                     // rows, else as many as do (at least one); the passes add into y.
                     let kk = self.k * self.k;
                     let per_pass = (PASS_WEIGHT_BYTES / (self.cin * v * L * 4)).clamp(1, kk);
-                    // Pixel blocks per row, as even as possible (19 = 5 + 5 + 5 + 4, not
-                    // 6 + 6 + 6 + 1: a 1-pixel block runs at a fraction of the rate).
-                    let blocks = self.wo.div_ceil(max_pixels(v));
-                    let block_at = |i: usize| (i * self.wo / blocks, (i + 1) * self.wo / blocks);
                     for t0 in (0..kk).step_by(per_pass) {
-                        for (ox0, ox1) in (0..blocks).map(block_at) {
+                        for (ox0, ox1) in even_blocks(self.wo, block_rows(v)) {
                             let block = Block {
                                 x: &x_row[ox0 * self.cin..],
                                 x_rs: self.wp * self.cin,
@@ -275,11 +271,19 @@ impl Direct<'_> {
 /// Thin tiles take taller blocks: at 30 channels (two vectors) 12 rows instead of 6 load the
 /// shared vectors half as often per multiply-add and halve the per-block work (criterion,
 /// 75×75×30 at batch 4: forward 1.41 → 1.27 ms, backward 3.04 → 2.77 ms).
-fn max_pixels(v: usize) -> usize {
+fn block_rows(v: usize) -> usize {
     (24 / v).min(2 * P)
 }
 
-/// `avx512::$kernel::<V, N>($block, $out)` for the run-time v ≤ 4 and n ≤ `max_pixels(v)`:
+/// `0..len` cut into the fewest blocks of at most `most`, as even as possible (19 pixels by 6:
+/// 4 + 5 + 5 + 5, not 6 + 6 + 6 + 1, whose 1-row block would run at a fraction of the rate):
+/// the blocks' (start, end).
+fn even_blocks(len: usize, most: usize) -> impl Iterator<Item = (usize, usize)> {
+    let count = len.div_ceil(most);
+    (0..count).map(move |i| (i * len / count, (i + 1) * len / count))
+}
+
+/// `avx512::$kernel::<V, N>($block, $out)` for the run-time v ≤ 4 and n ≤ `block_rows(v)`:
 /// one instance per pair, so the kernels' accumulators are fixed-size arrays that stay in
 /// registers.
 #[cfg(target_arch = "x86_64")]
@@ -295,12 +299,12 @@ macro_rules! register_block {
         $($vv:literal => [$($nn:literal),*]),*) => {
         match ($v, $n) {
             $($(($vv, $nn) => avx512::$kernel::<$vv, $nn>($block, $out),)*)*
-            _ => unreachable!("a register block has 1 to 4 vectors and at most max_pixels(v) rows"),
+            _ => unreachable!("a register block has 1 to 4 vectors and at most block_rows(v) rows"),
         }
     };
 }
 
-/// One register block: `pixels` ≤ `max_pixels(v)` consecutive outputs of a row × one
+/// One register block: `pixels` ≤ `block_rows(v)` consecutive outputs of a row × one
 /// channel tile of `v` vectors.
 struct Block<'a> {
     /// Padded input at (row oy, pixel ox0), channel 0; rows `x_rs` floats apart.
@@ -325,7 +329,7 @@ impl Block<'_> {
     fn run(&self, v: usize, y: &mut [f32]) {
         // Every read and write below stays inside these slices.
         let kc = self.k * self.cin;
-        assert!((1..=MAX_V).contains(&v) && (1..=max_pixels(v)).contains(&self.pixels));
+        assert!((1..=MAX_V).contains(&v) && (1..=block_rows(v)).contains(&self.pixels));
         assert!(self.taps.end <= self.k * self.k);
         assert!((self.k - 1) * self.x_rs + (self.pixels - 1) * self.cin + kc <= self.x.len());
         assert!(self.w.len() == self.k * kc * v * L && self.cols <= v * L);
@@ -561,8 +565,8 @@ pub fn backward_data(
 /// The output rows are cut into bands of a size set by the shape alone; per band, every
 /// (channel tile, tap) is a task computing its rows of a partial gradient in the packed
 /// layout of [`pack_forward`] (register blocks of up to 24 / V input channels × the tile's
-/// vectors, summed over the band's pixels in order, a row at a time). The partials are added into dw band
-/// after band, so the result does not depend on the thread count.
+/// vectors, summed over the band's pixels in order, a row at a time). The partials are added
+/// into dw band after band, so the result does not depend on the thread count.
 ///
 /// The bands run side by side, up to `lim.partial_floats` of partials at a time: one band
 /// alone has only k² tasks per tile, and 9 tasks on 2 threads left one idle for a ninth of
@@ -591,12 +595,11 @@ pub fn backward_weights(
         pad_into(&x[b0 * xi..], nb, s.h, s.w, s.cin, s.pad, xp);
         let xp = &*xp;
         let dy = &dy[b0 * yi..(b0 + nb) * yi];
-        // As many bands as `band_rows` asks for, of even sizes (75 rows = 38 + 37, not
+        // As many bands as `band_rows` asks for, of even sizes (75 rows = 37 + 38, not
         // 57 + 18), so that bands running side by side take as long as each other.
         let rows = nb * s.ho;
-        let count = rows.div_ceil(band_rows);
-        let bands: Vec<_> = (0..count)
-            .map(|i| i * rows / count..(i + 1) * rows / count)
+        let bands: Vec<_> = even_blocks(rows, band_rows)
+            .map(|(r0, r1)| r0..r1)
             .collect();
         for group in bands.chunks(bands_at_once) {
             // One task per (band, tile, tap): its rows of the band's partial.
@@ -617,11 +620,9 @@ pub fn backward_weights(
                     // its input rows stay in L1 while the blocks sweep them (a block summing
                     // the whole band at once streamed it from L2 once per block). The sums keep
                     // their order: pixels, then rows.
-                    // Input-channel blocks of even sizes (30 = 10 + 10 + 10 for two vectors).
-                    let blocks = s.cin.div_ceil(max_pixels(v));
                     for row in rows {
-                        for i in 0..blocks {
-                            let (ci0, ci1) = (i * s.cin / blocks, (i + 1) * s.cin / blocks);
+                        // 30 input channels of two vectors: 10 + 10 + 10.
+                        for (ci0, ci1) in even_blocks(s.cin, block_rows(v)) {
                             let block = WgradBlock {
                                 xp,
                                 dy,
@@ -688,7 +689,7 @@ impl WgradBlock<'_> {
     fn run(&self, v: usize, out: &mut [f32]) {
         let s = self.s;
         let (ky, kx) = self.tap;
-        assert!((1..=MAX_V).contains(&v) && (1..=max_pixels(v)).contains(&self.nci));
+        assert!((1..=MAX_V).contains(&v) && (1..=block_rows(v)).contains(&self.nci));
         assert!(self.cols <= v * L && self.c0 + self.cols <= s.cout);
         assert!(out.len() >= self.nci * v * L);
         assert!(self.ci0 + self.nci <= s.cin && ky < s.k && kx < s.k);
