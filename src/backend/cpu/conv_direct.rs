@@ -272,7 +272,7 @@ impl Direct<'_> {
 /// shared vectors half as often per multiply-add and halve the per-block work (criterion,
 /// 75×75×30 at batch 4: forward 1.41 → 1.27 ms, backward 3.04 → 2.77 ms).
 fn block_rows(v: usize) -> usize {
-    (24 / v).min(2 * P)
+    (MAX_V * P / v).min(2 * P)
 }
 
 /// `0..len` cut into the fewest blocks of at most `most`, as even as possible (19 pixels by 6:
