@@ -55,14 +55,15 @@ pub fn decode_bytes(
 ) -> std::result::Result<DynamicImage, String> {
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(|e| format!("cannot read image: {e}"))?;
+        .map_err(|e| format!("cannot read image: {}", e.to_string().trim_end()))?;
     if reader.format().is_none() {
         return Err("not an image (unknown format)".into());
     }
     reader.limits(limits.to_image());
     let img = reader
         .decode()
-        .map_err(|e| format!("cannot decode image: {e}"))?;
+        // Some decoders end their messages with a newline; a record holds one line.
+        .map_err(|e| format!("cannot decode image: {}", e.to_string().trim_end()))?;
     if img.width() == 0 || img.height() == 0 {
         return Err("empty image".into());
     }

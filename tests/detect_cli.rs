@@ -136,12 +136,15 @@ fn write_inputs(dir: &Path) -> BTreeMap<String, (u32, u32)> {
     let full = png_bytes(&rgb_image(8, 64, 64));
     std::fs::write(dir.join("truncated.png"), &full[..full.len() / 2]).unwrap();
     std::fs::write(dir.join("huge.png"), huge_header_png()).unwrap();
+    // A JPEG cut inside its header (the decoder's message ends with a newline).
+    let jpeg = std::fs::read(dir.join("photo.jpg")).unwrap();
+    std::fs::write(dir.join("truncated.jpg"), &jpeg[..40]).unwrap();
     // Not an image extension: not an input at all.
     std::fs::write(dir.join("notes.md"), "not an image").unwrap();
     ok
 }
 
-const FAILING: [&str; 3] = ["corrupt.jpg", "truncated.png", "huge.png"];
+const FAILING: [&str; 4] = ["corrupt.jpg", "truncated.png", "truncated.jpg", "huge.png"];
 
 fn run(args: &[&str], extra: &[&Path]) -> Output {
     let mut c = prrnet();
@@ -218,7 +221,7 @@ fn folder_of_every_input_kind() {
     let err = stderr(&o);
     assert!(o.status.success(), "{err}");
     assert!(
-        err.contains("10 inputs") && err.contains("7 scored") && err.contains("3 failed"),
+        err.contains("11 inputs") && err.contains("7 scored") && err.contains("4 failed"),
         "summary: {err}"
     );
     assert!(err.contains("images/s"), "{err}");
@@ -242,7 +245,11 @@ fn folder_of_every_input_kind() {
         seen.insert(rel.to_string());
         if FAILING.contains(&rel) {
             assert_eq!(keys(r), ["error", "path"], "{r:?}");
-            assert!(!r["error"].as_str().unwrap().is_empty());
+            let msg = r["error"].as_str().unwrap();
+            assert!(!msg.is_empty());
+            // One line, no trailing whitespace (some decoders end their messages with '\n').
+            assert_eq!(msg, msg.trim(), "{r:?}");
+            assert!(!msg.contains('\n'), "{r:?}");
             continue;
         }
         assert_eq!(

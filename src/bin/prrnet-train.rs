@@ -209,7 +209,12 @@ fn run(cli: Cli) -> Result<Outcome> {
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(Outcome::Finished { best_auc }) => {
-            eprintln!("done; best validation AUC {best_auc:?}");
+            match best_auc {
+                Some(auc) => eprintln!("done; best validation AUC {auc:.4}"),
+                None => eprintln!(
+                    "done; no finite validation AUC (does the validation split hold both labels?)"
+                ),
+            }
             ExitCode::SUCCESS
         }
         Ok(Outcome::Interrupted { global_step }) | Ok(Outcome::StepLimit { global_step }) => {
