@@ -102,6 +102,28 @@ fn bad_keys_and_shapes_are_named() {
     std::fs::remove_file(path).ok();
 }
 
+/// A file saved from another configuration than the model built (a flag overrode the
+/// file's): the error names both.
+#[test]
+fn another_models_file_names_both_configurations() {
+    let saved = tiny(1);
+    let path = tmp("other-config.safetensors");
+    checkpoint::save(&saved, &path).unwrap();
+    let cfg = Config {
+        n: 4,
+        ..Config::preset("tiny").unwrap()
+    };
+    let net = PrrNet::new(&cfg, Box::new(CpuBackend::new()), 2, false).unwrap();
+    let e = checkpoint::load(&net, &path).unwrap_err().to_string();
+    assert!(
+        e.contains("pr.rel.conv2.weight")
+            && e.contains("saved from preset tiny with n = 5, G = 1")
+            && e.contains("preset tiny with n = 4, G = 1 was asked for"),
+        "{e}"
+    );
+    std::fs::remove_file(path).ok();
+}
+
 #[test]
 fn broken_files_are_errors_not_panics() {
     let net = tiny(1);

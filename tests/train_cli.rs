@@ -1,5 +1,6 @@
 //! `prrnet-train` as a user runs it: Ctrl-C finishes the step, writes a checkpoint and exits
-//! cleanly; `--resume` continues from it; a bad dataset path is an error message.
+//! cleanly; `--resume` continues from it with the run's recorded settings and refuses others;
+//! a bad dataset path or a folder without a run is an error message.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -62,10 +63,21 @@ fn ctrl_c_writes_a_checkpoint_and_resume_continues() {
         .and_then(|s| s.split_whitespace().next())
         .and_then(|s| s.parse().ok())
         .expect("step number");
-    // Resume and stop two steps later.
+    // A flag that contradicts the run's recorded settings is refused, naming it.
     let o = train_cmd()
-        .args(SMALL)
-        .args(["--epochs", "100000", "--max-steps"])
+        .args(["--batch", "16", "--resume"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("--batch 16 (the run has 8)"),
+        "{err}"
+    );
+    // Resume (the settings from the run's config.json, only the free ones given) and stop
+    // two steps later.
+    let o = train_cmd()
+        .args(["--device", "cpu", "--workers", "1", "--max-steps"])
         .arg((step + 2).to_string())
         .arg("--resume")
         .arg(&out)
@@ -79,6 +91,19 @@ fn ctrl_c_writes_a_checkpoint_and_resume_continues() {
         "{err}"
     );
     std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn resuming_a_folder_without_a_run_is_an_error_that_creates_nothing() {
+    let dir = std::env::temp_dir().join(format!("prrnet-train-cli-none-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    let o = train_cmd().arg("--resume").arg(&dir).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("cannot resume") && !err.contains("panicked"),
+        "{err}"
+    );
+    assert!(!dir.exists(), "a failed resume created {}", dir.display());
 }
 
 #[test]

@@ -2,10 +2,11 @@
 //! on self-blended fakes made from real images, or — with no arguments — on the built-in
 //! procedural default (the `tiny` preset, from scratch).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use prrnet::data::dataset;
 use prrnet::data::loader::LoaderOptions;
 use prrnet::data::sbi::SbiParams;
@@ -24,7 +25,9 @@ struct Cli {
     /// Output folder: checkpoints (last, best), metrics.jsonl, config.json, loss.png, roc.png.
     #[arg(long, default_value = "runs/prrnet-train")]
     out: PathBuf,
-    /// Continue the run in this folder from its `last` checkpoint (same flags as the run).
+    /// Continue the run in this folder from its `last` checkpoint, with the settings recorded in
+    /// its config.json (flags that contradict them are an error; --device, --workers,
+    /// --max-steps and --profile-window may change).
     #[arg(long)]
     resume: Option<PathBuf>,
     #[arg(long, default_value = "tiny")]
@@ -84,7 +87,77 @@ struct Cli {
     profile_window: Option<prrnet::profile::ProfileWindow>,
 }
 
-fn run(cli: Cli) -> Result<Outcome> {
+/// `--resume DIR`: every setting recorded in `DIR/config.json` when the run started replaces
+/// its flag's default; a flag given with another value is an error, since a resumed run
+/// continues exactly. The settings not recorded (device, loader threads, step limit, profiler
+/// window) stay as given.
+fn adopt_recorded_settings(cli: &mut Cli, given: &ArgMatches, dir: &Path) -> Result<()> {
+    if !dir.join("last.safetensors").is_file() {
+        return Err(Error::Config(format!(
+            "cannot resume: {} holds no last checkpoint (last.safetensors); is it a \
+             prrnet-train output folder?",
+            dir.display()
+        )));
+    }
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let recorded: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::file(&path, format!("not valid JSON: {e}")))?;
+    let mut conflicts = Vec::new();
+    macro_rules! adopt {
+        ($field:ident, $pointer:literal) => {
+            if let Some(v) = recorded.pointer($pointer) {
+                let run = serde_json::from_value(v.clone()).map_err(|e| {
+                    Error::file(&path, format!("{}: {e}", $pointer.trim_start_matches('/')))
+                })?;
+                if given.value_source(stringify!($field)) != Some(ValueSource::CommandLine) {
+                    cli.$field = run;
+                } else if cli.$field != run {
+                    conflicts.push(format!(
+                        "--{} {} (the run has {})",
+                        stringify!($field).replace('_', "-"),
+                        // As config.json writes them (f32 without f64 digits).
+                        serde_json::to_string(&cli.$field).unwrap_or_default(),
+                        serde_json::to_string(&run).unwrap_or_default()
+                    ));
+                }
+            }
+        };
+    }
+    adopt!(preset, "/model/preset");
+    adopt!(n, "/model/n");
+    adopt!(groups, "/model/groups");
+    adopt!(size, "/model/size");
+    adopt!(data, "/data");
+    adopt!(batch, "/batch");
+    adopt!(epochs, "/schedule/epochs");
+    adopt!(freeze_epochs, "/schedule/freeze_epochs");
+    adopt!(lr_frozen, "/schedule/lr_frozen");
+    adopt!(lr, "/schedule/lr");
+    adopt!(lambda, "/lambda");
+    adopt!(backbone, "/backbone");
+    adopt!(seed, "/seed");
+    adopt!(self_blend, "/self_blend");
+    adopt!(val_fraction, "/val_fraction");
+    adopt!(builtin_train, "/builtin/train");
+    adopt!(builtin_val, "/builtin/val");
+    if conflicts.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "cannot resume {} with other settings than it started with ({}): {}; leave these \
+             flags out",
+            dir.display(),
+            path.display(),
+            conflicts.join(", ")
+        )))
+    }
+}
+
+fn run(mut cli: Cli, given: &ArgMatches) -> Result<Outcome> {
+    if let Some(dir) = cli.resume.clone() {
+        adopt_recorded_settings(&mut cli, given, &dir)?;
+    }
     let mut cfg = Config::preset(&cli.preset)?;
     cfg.n = cli.n;
     cfg.groups = cli.groups;
@@ -144,7 +217,7 @@ fn run(cli: Cli) -> Result<Outcome> {
     };
     let be = backend::open(cli.device.parse::<DeviceRequest>()?)?;
     eprintln!(
-        "prrnet-train: {} on {}; {} training / {} validation samples; schedule {:?}",
+        "prrnet-train: {} on {}; {} training / {} validation samples; {}",
         cfg.to_json(),
         be.name(),
         train_set.len(),
@@ -171,6 +244,7 @@ fn run(cli: Cli) -> Result<Outcome> {
             "backbone": cli.backbone,
             "seed": cli.seed,
             "self_blend": cli.self_blend,
+            "val_fraction": cli.val_fraction,
             "builtin": builtin.then(|| serde_json::json!({
                 "train": cli.builtin_train, "val": cli.builtin_val })),
         });
@@ -207,7 +281,9 @@ fn run(cli: Cli) -> Result<Outcome> {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let given = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&given).unwrap_or_else(|e| e.exit());
+    match run(cli, &given) {
         Ok(Outcome::Finished { best_auc }) => {
             match best_auc {
                 Some(auc) => eprintln!("done; best validation AUC {auc:.4}"),

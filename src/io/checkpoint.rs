@@ -145,6 +145,27 @@ pub fn load_file(net: &PrrNet, file: &TensorFile, path: &Path) -> Result<()> {
         |k| k.ends_with("num_batches_tracked"),
         path,
     )
+    .map_err(|e| explain_model_mismatch(e, net, file))
+}
+
+/// A missing, unexpected or wrongly shaped key of a file saved from another model than the
+/// one built (flags such as `--preset` override the file's configuration): say which two.
+fn explain_model_mismatch(e: Error, net: &PrrNet, file: &TensorFile) -> Error {
+    let Ok(Some(saved)) = config_of(file) else {
+        return e;
+    };
+    let model = |c: &Config| format!("preset {} with n = {}, G = {}", c.preset, c.n, c.groups);
+    let built = &net.cfg;
+    let differs =
+        saved.preset != built.preset || saved.n != built.n || saved.groups != built.groups;
+    match e {
+        Error::Shape { .. } | Error::Key { .. } if differs => Error::Config(format!(
+            "{e}: the file was saved from {}, but {} was asked for (drop the overriding flag)",
+            model(&saved),
+            model(built)
+        )),
+        other => other,
+    }
 }
 
 /// Import a timm `hrnet_w30` state dict (unprefixed timm keys) as the backbone. Head keys of the

@@ -57,3 +57,20 @@ impl Schedule {
         }
     }
 }
+
+/// "24 epochs at lr 0.001", or "7 epochs: 4 with the backbone frozen at lr 0.0002, then lr
+/// 0.00002".
+impl std::fmt::Display for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let frozen = self.freeze_epochs.min(self.epochs);
+        if frozen == 0 {
+            write!(f, "{} epochs at lr {}", self.epochs, self.lr)
+        } else {
+            write!(
+                f,
+                "{} epochs: {} with the backbone frozen at lr {}, then lr {}",
+                self.epochs, frozen, self.lr_frozen, self.lr
+            )
+        }
+    }
+}
