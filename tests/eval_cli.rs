@@ -61,9 +61,10 @@ fn eval_writes_metrics_and_plots() {
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
-    assert!(
-        err.contains("broken.png"),
-        "corrupt file not reported: {err}"
+    assert_eq!(
+        err.matches("broken.png").count(),
+        1,
+        "corrupt file not reported exactly once: {err}"
     );
     let m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("out/metrics.json")).unwrap()).unwrap();

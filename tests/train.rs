@@ -182,6 +182,75 @@ impl DataSource for Poisoned {
     }
 }
 
+/// A source whose epoch-0 batches 1 and 2 lost files: batch 1 keeps 5 of its samples,
+/// batch 2 none (as when every file of it is unreadable).
+struct Holed {
+    inner: LoaderSource,
+}
+
+fn first(b: TrainBatch, m: usize) -> TrainBatch {
+    let per_image = b.image.len() / b.len();
+    let per_mask = b.mask.len() / b.len();
+    TrainBatch {
+        image: b.image[..m * per_image].to_vec(),
+        mask: b.mask[..m * per_mask].to_vec(),
+        mask_weight: b.mask_weight[..m].to_vec(),
+        label: b.label[..m].to_vec(),
+        video: b.video[..m].to_vec(),
+    }
+}
+
+impl DataSource for Holed {
+    fn train_batches(
+        &self,
+        epoch: usize,
+        skip: usize,
+    ) -> Box<dyn Iterator<Item = Result<TrainBatch>> + '_> {
+        Box::new(
+            self.inner
+                .train_batches(epoch, skip)
+                .enumerate()
+                .map(move |(k, b)| {
+                    let b = b?;
+                    Ok(match (epoch, skip + k) {
+                        (0, 1) => first(b, 5),
+                        (0, 2) => first(b, 0),
+                        _ => b,
+                    })
+                }),
+        )
+    }
+    fn train_steps(&self) -> usize {
+        self.inner.train_steps()
+    }
+    fn val_batches(&self) -> Box<dyn Iterator<Item = Result<TrainBatch>> + '_> {
+        self.inner.val_batches()
+    }
+    fn skipped(&self) -> Vec<(PathBuf, String)> {
+        self.inner.skipped()
+    }
+}
+
+/// Short and empty training batches (unreadable files) train, and a run stopped after them
+/// resumes exactly: an empty batch is a step of the epoch without an update.
+#[test]
+fn short_and_empty_batches_train_and_resume_exactly() {
+    let src = Holed { inner: source(1) };
+    let a = tmpdir("holed-straight");
+    let mut net = new_net();
+    train::train(&mut net, &src, &opts(&a, 2, false, None)).unwrap();
+    let straight = params(&net);
+    assert_ne!(straight, params(&new_net()));
+    // Updates 1 (batch 0), 2 (batch 1, short), none (batch 2), 3 (batch 3): stop, resume.
+    let b = tmpdir("holed-mid");
+    let mut net = new_net();
+    let o = train::train(&mut net, &src, &opts(&b, 2, false, Some(3))).unwrap();
+    assert_eq!(o, Outcome::StepLimit { global_step: 3 });
+    let mut net = PrrNet::new(&cfg(), Box::new(CpuBackend::new()), BATCH, true).unwrap();
+    train::train(&mut net, &src, &opts(&b, 2, true, None)).unwrap();
+    assert!(params(&net) == straight, "resume after an empty batch differs");
+}
+
 #[test]
 fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
     let d = tmpdir("nan");

@@ -106,6 +106,49 @@ fn resuming_a_folder_without_a_run_is_an_error_that_creates_nothing() {
     assert!(!dir.exists(), "a failed resume created {}", dir.display());
 }
 
+/// A broken file in a folder dataset is met every epoch (and by every validation); it is
+/// reported once, and counted at the end.
+#[test]
+fn a_broken_file_is_reported_once_over_epochs() {
+    use prrnet::data::{procedural, sbi};
+    let dir = std::env::temp_dir().join(format!("prrnet-train-cli-broken-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    let s = 32;
+    let save = |path: std::path::PathBuf, rgb: &[f32]| {
+        let bytes: Vec<u8> = rgb.iter().map(|v| (v * 255.0).round() as u8).collect();
+        image::RgbImage::from_raw(s as u32, s as u32, bytes)
+            .unwrap()
+            .save(path)
+            .unwrap();
+    };
+    let mut rng = prrnet::rng::Rng::new(3);
+    for k in 0..8 {
+        for d in ["real", "fake"] {
+            std::fs::create_dir_all(dir.join("data").join(d).join(format!("v{k}"))).unwrap();
+        }
+        let scene = procedural::scene(&mut rng, s);
+        save(dir.join(format!("data/real/v{k}/0.png")), &scene);
+        let (fake, _) = sbi::self_blend(&scene, s, &mut rng, &sbi::SbiParams::builtin());
+        save(dir.join(format!("data/fake/v{k}/0.png")), &fake);
+    }
+    std::fs::write(dir.join("data/real/v0/broken.png"), b"not a png").unwrap();
+    let o = train_cmd()
+        .args([
+            "--size", "32", "--batch", "4", "--epochs", "3", "--device", "cpu",
+        ])
+        .args(["--workers", "1", "--val-fraction", "0.25", "--data"])
+        .arg(dir.join("data"))
+        .arg("--out")
+        .arg(dir.join("out"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(err.matches("broken.png").count(), 1, "{err}");
+    assert!(err.contains("1 files could not be used"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn a_missing_dataset_is_an_error_message() {
     let o = train_cmd()

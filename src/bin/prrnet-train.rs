@@ -274,8 +274,9 @@ fn run(mut cli: Cli, given: &ArgMatches) -> Result<Outcome> {
             profile_window: cli.profile_window,
         },
     )?;
-    for (path, why) in prrnet::train::DataSource::skipped(&source) {
-        eprintln!("skipped {}: {why}", path.display());
+    let skipped = prrnet::train::DataSource::skipped(&source).len();
+    if skipped > 0 {
+        eprintln!("{skipped} files could not be used (each reported above when first met)");
     }
     Ok(outcome)
 }

@@ -8,9 +8,9 @@
 //! (`std::sync::mpsc::sync_channel`), so at most `prefetch` batches per worker wait ready.
 //!
 //! A sample whose image cannot be read or decoded is skipped (its batch is one shorter), counted
-//! and reported: one line on stderr per skipped file, and [`Loader::skipped`]. A mask file that
-//! cannot be read keeps the sample without a localisation label (mask weight 0), reported the
-//! same way.
+//! and recorded with the reason ([`Loader::skipped`]; the trainer and `prrnet eval` print each
+//! file once). A mask file that cannot be read keeps the sample without a localisation label
+//! (mask weight 0), recorded the same way.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -290,7 +290,6 @@ pub fn make_batch(
     for &i in idx {
         let sample = &samples[i];
         let report = |path: PathBuf, why: String| {
-            eprintln!("skipped {}: {}", path.display(), why);
             skipped.lock().unwrap().push((i, path, why));
         };
         match prepare(sample, i, opts) {

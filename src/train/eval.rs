@@ -42,10 +42,8 @@ pub fn run(
     let source = LoaderSource::new(Vec::new(), samples, opts.clone(), opts);
     let ev = evaluate(net, &source)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    // Each was printed when the loader met it; the report lists them too.
     let skipped = crate::train::DataSource::skipped(&source);
-    for (p, why) in &skipped {
-        eprintln!("skipped {}: {why}", p.display());
-    }
     let report = Report {
         weights: weights.display().to_string(),
         data: data.display().to_string(),

@@ -1,6 +1,7 @@
 //! The trainer's [`DataSource`] over the data loader: training batches per epoch (shuffled,
 //! augmented, full), validation in fixed order, and the files skipped on the way.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -15,7 +16,14 @@ pub struct LoaderSource {
     /// Options for training epochs (`epoch` is set per call).
     pub train_opts: LoaderOptions,
     pub val_opts: LoaderOptions,
-    skipped: Arc<Mutex<Vec<(PathBuf, String)>>>,
+    skipped: Arc<Mutex<Skipped>>,
+}
+
+/// The files skipped so far, in the order first met, each once.
+#[derive(Default)]
+struct Skipped {
+    list: Vec<(PathBuf, String)>,
+    known: HashSet<(PathBuf, String)>,
 }
 
 impl LoaderSource {
@@ -45,29 +53,51 @@ fn convert(b: BatchData) -> TrainBatch {
     }
 }
 
-/// Iterates a loader, recording what it skipped once it is exhausted.
+/// Iterates a loader, adding the files it skipped to the source's list after every batch and
+/// printing each one the first time any epoch meets it (a broken file is met every epoch).
 struct Recording {
     loader: Loader,
     skip: usize,
-    sink: Arc<Mutex<Vec<(PathBuf, String)>>>,
+    sink: Arc<Mutex<Skipped>>,
+    /// The loader's skip count when last recorded.
+    recorded: usize,
+}
+
+impl Recording {
+    fn new(loader: Loader, skip: usize, sink: Arc<Mutex<Skipped>>) -> Recording {
+        Recording {
+            loader,
+            skip,
+            sink,
+            recorded: 0,
+        }
+    }
+
+    fn record_skipped(&mut self) {
+        let count = self.loader.skipped_count();
+        if count == self.recorded {
+            return;
+        }
+        self.recorded = count;
+        let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
+        for s in self.loader.skipped() {
+            if sink.known.insert(s.clone()) {
+                eprintln!("skipped {}: {}", s.0.display(), s.1);
+                sink.list.push(s);
+            }
+        }
+    }
 }
 
 impl Iterator for Recording {
     type Item = Result<TrainBatch>;
     fn next(&mut self) -> Option<Result<TrainBatch>> {
         loop {
-            match self.loader.next() {
-                None => {
-                    let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
-                    for s in self.loader.skipped() {
-                        if !sink.contains(&s) {
-                            sink.push(s);
-                        }
-                    }
-                    return None;
-                }
+            let batch = self.loader.next();
+            self.record_skipped();
+            match batch {
+                None => return None,
                 Some(_) if self.skip > 0 => self.skip -= 1,
-                Some(Ok(b)) if b.is_empty() => continue,
                 Some(r) => return Some(r.map(convert)),
             }
         }
@@ -86,11 +116,7 @@ impl DataSource for LoaderSource {
             ..self.train_opts.clone()
         };
         match Loader::new(self.train.clone(), opts) {
-            Ok(loader) => Box::new(Recording {
-                loader,
-                skip,
-                sink: self.skipped.clone(),
-            }),
+            Ok(loader) => Box::new(Recording::new(loader, skip, self.skipped.clone())),
             Err(e) => Box::new(std::iter::once(Err(e))),
         }
     }
@@ -101,11 +127,7 @@ impl DataSource for LoaderSource {
 
     fn val_batches(&self) -> Box<dyn Iterator<Item = Result<TrainBatch>> + '_> {
         match Loader::new(self.val.clone(), self.val_opts.clone()) {
-            Ok(loader) => Box::new(Recording {
-                loader,
-                skip: 0,
-                sink: self.skipped.clone(),
-            }),
+            Ok(loader) => Box::new(Recording::new(loader, 0, self.skipped.clone())),
             Err(e) => Box::new(std::iter::once(Err(e))),
         }
     }
@@ -114,6 +136,7 @@ impl DataSource for LoaderSource {
         self.skipped
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .list
             .clone()
     }
 }

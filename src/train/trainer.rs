@@ -38,8 +38,10 @@ impl TrainBatch {
     }
 }
 
-/// Where batches come from. Training batches are full (`batch` samples) and their order and
-/// content are a pure function of `(seed, epoch)`, which is what makes resuming exact.
+/// Where batches come from. Training batches hold `batch` samples, fewer where files could not
+/// be read (the trainer fills such a batch with its own samples again, and takes an empty one
+/// as a step without an update); their order and content are a pure function of
+/// `(seed, epoch)`, which is what makes resuming exact.
 pub trait DataSource {
     /// Batches of `epoch`, skipping the first `skip` without producing them where possible.
     fn train_batches(
@@ -120,7 +122,8 @@ pub fn request_stop() {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-/// Pad a short batch to the model's batch size by repeating its last sample.
+/// Fill a short (non-empty) batch to the model's batch size with its own samples again, in
+/// order: sample `n + k` is sample `k mod n`.
 fn pad(b: &TrainBatch, to: usize) -> TrainBatch {
     let n = b.len();
     if n == to {
@@ -128,8 +131,9 @@ fn pad(b: &TrainBatch, to: usize) -> TrainBatch {
     }
     let rep = |v: &[f32], per: usize| -> Vec<f32> {
         let mut out = v.to_vec();
-        for _ in n..to {
-            out.extend_from_slice(&v[(n - 1) * per..n * per]);
+        for k in 0..to - n {
+            let i = k % n;
+            out.extend_from_slice(&v[i * per..(i + 1) * per]);
         }
         out
     };
@@ -340,6 +344,15 @@ pub fn train(net: &mut PrrNet, data: &dyn DataSource, opts: &TrainOptions) -> Re
         for batch in data.train_batches(epoch, st.step_in_epoch) {
             let step = st.step_in_epoch;
             let batch = batch?;
+            if batch.is_empty() {
+                // Every file of this batch was unreadable (each reported): a step without an
+                // update, still counted, so that a resumed run skips the same batches.
+                st.step_in_epoch += 1;
+                continue;
+            }
+            // A batch shortened by unreadable files is filled with its own samples again: the
+            // network is planned for exactly `net.batch`.
+            let batch = pad(&batch, net.batch);
             prof.before(net.backend(), st.global_step)?;
             net.set_input(&Batch {
                 image: &batch.image,
