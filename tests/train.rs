@@ -248,7 +248,10 @@ fn short_and_empty_batches_train_and_resume_exactly() {
     assert_eq!(o, Outcome::StepLimit { global_step: 3 });
     let mut net = PrrNet::new(&cfg(), Box::new(CpuBackend::new()), BATCH, true).unwrap();
     train::train(&mut net, &src, &opts(&b, 2, true, None)).unwrap();
-    assert!(params(&net) == straight, "resume after an empty batch differs");
+    assert!(
+        params(&net) == straight,
+        "resume after an empty batch differs"
+    );
 }
 
 #[test]

@@ -106,13 +106,10 @@ fn resuming_a_folder_without_a_run_is_an_error_that_creates_nothing() {
     assert!(!dir.exists(), "a failed resume created {}", dir.display());
 }
 
-/// A broken file in a folder dataset is met every epoch (and by every validation); it is
-/// reported once, and counted at the end.
-#[test]
-fn a_broken_file_is_reported_once_over_epochs() {
+/// A folder dataset of `videos` procedural scenes at 32×32: `real/vK/0.png` and, with
+/// `fakes`, their self-blended `fake/vK/0.png`.
+fn write_folder(root: &std::path::Path, videos: usize, fakes: bool) {
     use prrnet::data::{procedural, sbi};
-    let dir = std::env::temp_dir().join(format!("prrnet-train-cli-broken-{}", std::process::id()));
-    std::fs::remove_dir_all(&dir).ok();
     let s = 32;
     let save = |path: std::path::PathBuf, rgb: &[f32]| {
         let bytes: Vec<u8> = rgb.iter().map(|v| (v * 255.0).round() as u8).collect();
@@ -122,15 +119,26 @@ fn a_broken_file_is_reported_once_over_epochs() {
             .unwrap();
     };
     let mut rng = prrnet::rng::Rng::new(3);
-    for k in 0..8 {
+    for k in 0..videos {
         for d in ["real", "fake"] {
-            std::fs::create_dir_all(dir.join("data").join(d).join(format!("v{k}"))).unwrap();
+            std::fs::create_dir_all(root.join(d).join(format!("v{k}"))).unwrap();
         }
         let scene = procedural::scene(&mut rng, s);
-        save(dir.join(format!("data/real/v{k}/0.png")), &scene);
-        let (fake, _) = sbi::self_blend(&scene, s, &mut rng, &sbi::SbiParams::builtin());
-        save(dir.join(format!("data/fake/v{k}/0.png")), &fake);
+        save(root.join(format!("real/v{k}/0.png")), &scene);
+        if fakes {
+            let (fake, _) = sbi::self_blend(&scene, s, &mut rng, &sbi::SbiParams::builtin());
+            save(root.join(format!("fake/v{k}/0.png")), &fake);
+        }
     }
+}
+
+/// A broken file in a folder dataset is met every epoch (and by every validation); it is
+/// reported once, and counted at the end.
+#[test]
+fn a_broken_file_is_reported_once_over_epochs() {
+    let dir = std::env::temp_dir().join(format!("prrnet-train-cli-broken-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    write_folder(&dir.join("data"), 8, true);
     std::fs::write(dir.join("data/real/v0/broken.png"), b"not a png").unwrap();
     let o = train_cmd()
         .args([
@@ -146,6 +154,39 @@ fn a_broken_file_is_reported_once_over_epochs() {
     assert!(o.status.success(), "{err}");
     assert_eq!(err.matches("broken.png").count(), 1, "{err}");
     assert!(err.contains("1 files could not be used"), "{err}");
+    assert!(!err.contains("warning"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Reals only and no self-blending: the run says its classifier cannot learn.
+#[test]
+fn a_training_set_of_one_class_is_warned_about() {
+    let dir = std::env::temp_dir().join(format!("prrnet-train-cli-real-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    write_folder(&dir.join("data"), 8, false);
+    let o = train_cmd()
+        .args([
+            "--size",
+            "32",
+            "--batch",
+            "4",
+            "--max-steps",
+            "1",
+            "--device",
+            "cpu",
+        ])
+        .args(["--workers", "1", "--data"])
+        .arg(dir.join("data"))
+        .arg("--out")
+        .arg(dir.join("out"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("warning: the training set has no fakes and --self-blend is 0"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 

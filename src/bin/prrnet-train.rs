@@ -173,6 +173,23 @@ fn run(mut cli: Cli, given: &ArgMatches) -> Result<Outcome> {
             dataset::split_by_video(all, cli.val_fraction, cli.seed)
         }
     };
+    let fakes = train_set.iter().filter(|s| s.label > 0.5).count();
+    let reals = train_set.len() - fakes;
+    if fakes == 0 && (reals == 0 || cli.self_blend <= 0.0) {
+        eprintln!(
+            "warning: the training set has no fakes{}: the classifier can only learn one class",
+            if reals > 0 {
+                " and --self-blend is 0 (a fraction of the reals can be turned into labelled \
+                 fakes with --self-blend P)"
+            } else {
+                ""
+            }
+        );
+    } else if reals == 0 {
+        eprintln!(
+            "warning: the training set has no real images: the classifier can only learn one class"
+        );
+    }
     if train_set.len() < cli.batch {
         return Err(Error::Config(format!(
             "{} training samples: fewer than one batch of {}",
