@@ -47,9 +47,10 @@ pub struct BenchRelationArgs {
     /// Relation bins per side (the configuration's default is 5).
     #[arg(long, default_value_t = 5)]
     pub n: usize,
-    /// fp32 | tf32 | bf16 (the simt version always computes in fp32)
-    #[arg(long, default_value = "tf32")]
-    pub precision: String,
+    /// fp32 | tf32 | bf16 (the simt version always computes in fp32); default: tf32 on a GPU,
+    /// fp32 on the CPU (which computes in nothing else)
+    #[arg(long)]
+    pub precision: Option<String>,
     /// A version (simt, v1, …), `tc` (every tensor-core version of the precision) or `all`
     /// (those, then simt).
     #[arg(long, default_value = "all")]
@@ -318,7 +319,6 @@ fn runners(a: &BenchRelationArgs, prec: Precision, cpu: bool) -> Result<Vec<Runn
 
 /// Run the benchmark; `emit` receives every record as soon as it is measured.
 pub fn run(a: &BenchRelationArgs, mut emit: impl FnMut(&RelationBenchRecord)) -> Result<()> {
-    let prec: Precision = a.precision.parse()?;
     let sizes = parse_sizes(a)?;
     if a.n == 0 || a.batch == 0 {
         return Err(Error::Config(
@@ -333,7 +333,13 @@ pub fn run(a: &BenchRelationArgs, mut emit: impl FnMut(&RelationBenchRecord)) ->
             Err(_) => Device::Cpu(CpuBackend::new()),
         },
     };
-    let list = runners(a, prec, matches!(dev, Device::Cpu(_)))?;
+    let cpu = matches!(dev, Device::Cpu(_));
+    let prec: Precision = match &a.precision {
+        Some(p) => p.parse()?,
+        None if cpu => Precision::Fp32,
+        None => Precision::Tf32,
+    };
+    let list = runners(a, prec, cpu)?;
     // The dense GEMM rates of this device, per precision.
     let gemm: Option<[f64; 3]> = match &dev {
         Device::Cuda(be) if a.gemm_side > 0 => {

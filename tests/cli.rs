@@ -148,3 +148,38 @@ fn info_and_bench_run_on_the_cpu() {
     let stages = v["stages"].as_array().unwrap();
     assert!(stages.iter().any(|s| s[0] == "bwd.relation"));
 }
+
+/// `bench-relation` on the CPU with no precision flag times the fp32 reference (the default
+/// there); a reduced precision is refused with a message.
+#[test]
+fn bench_relation_runs_on_the_cpu_by_default_in_fp32() {
+    let small = [
+        "bench-relation",
+        "--device",
+        "cpu",
+        "--batch",
+        "1",
+        "--h",
+        "12",
+        "--w",
+        "12",
+        "--c",
+        "16",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+    ];
+    let o = prrnet().args(small).arg("--json").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(first["precision"], "fp32", "{out}");
+    let o = prrnet()
+        .args(small)
+        .args(["--precision", "bf16"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("fp32 only"), "{err}");
+}
