@@ -112,7 +112,14 @@ pub fn run(a: &BenchConvArgs, mut emit: impl FnMut(&ConvBenchRecord)) -> Result<
         .into_iter()
         .filter(|u| !(a.backward && u.shape.is_pointwise()))
         .collect();
-    let mut be = open_cuda(ordinal)?;
+    // The backend's own message suggests `--device cpu`, which this command does not have.
+    let mut be = open_cuda(ordinal).map_err(|e| match e {
+        Error::Device(msg) => Error::Device(format!(
+            "bench-conv needs a GPU (it compares the GPU's convolution algorithms): {}",
+            msg.trim_end_matches("; use --device cpu")
+        )),
+        other => other,
+    })?;
     be.set_precision(prec)?;
     if let Some(f) = a.halo_min_fill {
         be.set_halo_min_fill(f);
