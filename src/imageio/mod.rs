@@ -10,6 +10,8 @@ use image::{DynamicImage, ImageReader, Limits};
 
 use crate::error::{Error, Result};
 
+mod resize;
+
 /// ImageNet normalisation (SPEC §1).
 pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
@@ -70,21 +72,11 @@ pub fn decode_bytes(
     Ok(img)
 }
 
-/// Any image → RGB `[h, w, 3]` in [0, 1] (grey is replicated, alpha dropped, 16-bit and float
-/// images scaled), resized to `size × size` with a triangle (bilinear, antialiased) filter.
+/// Any image → RGB `[size, size, 3]` in [0, 1] (grey is replicated, alpha dropped, 16-bit and
+/// float images scaled), resized with a triangle (bilinear, antialiased) filter, reading the
+/// image in strips so that no f32 copy of a large one is made (`resize.rs`).
 pub fn rgb_resized(img: &DynamicImage, size: usize) -> Vec<f32> {
-    let rgb = img.to_rgb32f();
-    let rgb = if rgb.width() as usize == size && rgb.height() as usize == size {
-        rgb
-    } else {
-        image::imageops::resize(
-            &rgb,
-            size as u32,
-            size as u32,
-            image::imageops::FilterType::Triangle,
-        )
-    };
-    rgb.into_raw()
+    resize::rgb_triangle_resized(img, size)
         .into_iter()
         .map(|v| v.clamp(0.0, 1.0))
         .collect()
