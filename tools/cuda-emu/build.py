@@ -26,9 +26,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 KERNELS = os.path.join(ROOT, "kernels")
 
+# An `extern "C" __global__` kernel: (launch bounds before `void`, after it, name). The bounds'
+# first argument, the most threads a block may have, is registered with the kernel: a GPU
+# refuses a launch with more (ptxas fits the registers to the bound), so the emulator does too.
 KERNEL_RE = re.compile(
-    r'^\s*extern\s+"C"\s+__global__\s+(?:__launch_bounds__\([^)]*\)\s*)?void\s+'
-    r'(?:__launch_bounds__\([^)]*\)\s*)?(\w+)\s*\(',
+    r'^\s*extern\s+"C"\s+__global__\s+(?:__launch_bounds__\(([^)]*)\)\s*)?void\s+'
+    r'(?:__launch_bounds__\(([^)]*)\)\s*)?(\w+)\s*\(',
     re.M,
 )
 DYN_SMEM_RE = re.compile(r"extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?([\w\s]+?)\s+(\w+)\s*\[\s*\]\s*;")
@@ -45,7 +48,10 @@ FLAGS = ["-std=c++17", "-O2", "-g1", "-fPIC", "-ffp-contract=off", "-fno-strict-
 def generate(cu, gen_dir):
     stem = os.path.splitext(os.path.basename(cu))[0]
     src = open(cu).read()
-    names = KERNEL_RE.findall(src)
+    found = KERNEL_RE.findall(src)
+    names = [name for _, _, name in found]
+    # The bound's first argument, evaluated inside the file's namespace (a macro or a constant).
+    bounds = [(name, (before or after).split(",")[0].strip() or "0") for before, after, name in found]
     body = DYN_SMEM_RE.sub(
         lambda m: f"{m.group(1)}* {m.group(2)} = reinterpret_cast<{m.group(1)}*>(::emu::dyn_smem());",
         src,
@@ -57,10 +63,14 @@ def generate(cu, gen_dir):
         f.write(f"namespace emu_kernels_{stem} {{\n")
         f.write(f'#line 1 "{cu}"\n')
         f.write(body)
-        f.write(f"\n}}  // namespace emu_kernels_{stem}\n")
+        f.write("\n")
+        for n, bound in bounds:
+            f.write(f"constexpr unsigned emu_max_threads_{n} = ({bound});\n")
+        f.write(f"}}  // namespace emu_kernels_{stem}\n")
         f.write(f"static ::emu::Registrar emu_registrar_{stem}{{\n")
         for n in names:
-            f.write(f'    ::emu::kernel("{n}", &emu_kernels_{stem}::{n}),\n')
+            f.write(f'    ::emu::kernel("{n}", &emu_kernels_{stem}::{n}, '
+                    f'emu_kernels_{stem}::emu_max_threads_{n}),\n')
         f.write("};\n")
     return out, names
 

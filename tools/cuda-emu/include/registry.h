@@ -17,11 +17,13 @@ std::tuple<std::decay_t<A>...> unpack(void** params, std::index_sequence<I...>) 
 }
 
 template <class... A>
-KernelEntry kernel(const char* name, void (*f)(A...)) {
-    return KernelEntry{name, [f](void** params) {
+KernelEntry kernel(const char* name, void (*f)(A...), unsigned max_threads) {
+    return KernelEntry{name,
+                       [f](void** params) {
                            auto args = unpack<A...>(params, std::index_sequence_for<A...>{});
                            return std::function<void()>([f, args] { std::apply(f, args); });
-                       }};
+                       },
+                       max_threads};
 }
 
 struct Registrar {

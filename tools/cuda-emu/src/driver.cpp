@@ -426,7 +426,11 @@ API CUresult cuFuncSetAttribute(void* f, int attr, int value) {
     return OK;
 }
 API CUresult cuFuncGetAttribute(int* v, int attr, void* f) {
-    *v = attr == 8 ? static_cast<Function*>(f)->max_dyn : 0;
+    const Function* fn = static_cast<Function*>(f);
+    if (attr == 0)  // CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK: the launch bound, else the device's
+        *v = fn->k->max_threads ? (int)fn->k->max_threads : 1024;
+    else
+        *v = attr == 8 ? fn->max_dyn : 0;
     return OK;
 }
 API CUresult cuLaunchKernel(void* fp, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
@@ -448,6 +452,13 @@ API CUresult cuLaunchKernel(void* fp, unsigned gx, unsigned gy, unsigned gz, uns
         !gz || !bx || !by || !bz) {
         fprintf(stderr, "cuda-emu: %s: invalid launch grid (%u,%u,%u) block (%u,%u,%u)\n", name, gx, gy,
                 gz, bx, by, bz);
+        return ERR_INVALID_VALUE;
+    }
+    if (f->k->max_threads && (unsigned long long)bx * by * bz > f->k->max_threads) {
+        fprintf(stderr,
+                "cuda-emu: %s: a block of %llu threads is more than its __launch_bounds__ allow "
+                "(%u); a GPU refuses the launch\n",
+                name, (unsigned long long)bx * by * bz, f->k->max_threads);
         return ERR_INVALID_VALUE;
     }
     std::function<void()> body = f->k->bind(params);

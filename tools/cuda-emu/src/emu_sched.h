@@ -19,6 +19,8 @@ void install_fault_reporter();
 struct KernelEntry {
     const char* name;
     std::function<std::function<void()>(void** params)> bind;
+    // Its __launch_bounds__' most threads per block; 0: none given (the device's 1024).
+    unsigned max_threads;
 };
 void register_kernel(const KernelEntry& k);
 const KernelEntry* find_kernel(const char* name);
