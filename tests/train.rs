@@ -145,30 +145,24 @@ fn checkpoint_pairs_must_match() {
     std::fs::remove_dir_all(&d).ok();
 }
 
-/// A source whose `bad_step`-th batch of epoch 1 carries a NaN pixel.
-struct Poisoned {
+/// A source whose training batch `index` of `epoch` (counted from the epoch's start, whatever
+/// a resume skips) is `alter(epoch, index, batch)`.
+struct Altered<F> {
     inner: LoaderSource,
-    bad_step: usize,
+    alter: F,
 }
 
-impl DataSource for Poisoned {
+impl<F: Fn(usize, usize, TrainBatch) -> TrainBatch> DataSource for Altered<F> {
     fn train_batches(
         &self,
         epoch: usize,
         skip: usize,
     ) -> Box<dyn Iterator<Item = Result<TrainBatch>> + '_> {
-        let bad = self.bad_step;
         Box::new(
             self.inner
                 .train_batches(epoch, skip)
                 .enumerate()
-                .map(move |(k, b)| {
-                    let mut b = b?;
-                    if epoch == 1 && skip + k == bad {
-                        b.image[0] = f32::NAN;
-                    }
-                    Ok(b)
-                }),
+                .map(move |(k, b)| Ok((self.alter)(epoch, skip + k, b?))),
         )
     }
     fn train_steps(&self) -> usize {
@@ -182,12 +176,7 @@ impl DataSource for Poisoned {
     }
 }
 
-/// A source whose epoch-0 batches 1 and 2 lost files: batch 1 keeps 5 of its samples,
-/// batch 2 none (as when every file of it is unreadable).
-struct Holed {
-    inner: LoaderSource,
-}
-
+/// The first `m` samples of a batch.
 fn first(b: TrainBatch, m: usize) -> TrainBatch {
     let per_image = b.image.len() / b.len();
     let per_mask = b.mask.len() / b.len();
@@ -200,42 +189,20 @@ fn first(b: TrainBatch, m: usize) -> TrainBatch {
     }
 }
 
-impl DataSource for Holed {
-    fn train_batches(
-        &self,
-        epoch: usize,
-        skip: usize,
-    ) -> Box<dyn Iterator<Item = Result<TrainBatch>> + '_> {
-        Box::new(
-            self.inner
-                .train_batches(epoch, skip)
-                .enumerate()
-                .map(move |(k, b)| {
-                    let b = b?;
-                    Ok(match (epoch, skip + k) {
-                        (0, 1) => first(b, 5),
-                        (0, 2) => first(b, 0),
-                        _ => b,
-                    })
-                }),
-        )
-    }
-    fn train_steps(&self) -> usize {
-        self.inner.train_steps()
-    }
-    fn val_batches(&self) -> Box<dyn Iterator<Item = Result<TrainBatch>> + '_> {
-        self.inner.val_batches()
-    }
-    fn skipped(&self) -> Vec<(PathBuf, String)> {
-        self.inner.skipped()
-    }
-}
-
 /// Short and empty training batches (unreadable files) train, and a run stopped after them
 /// resumes exactly: an empty batch is a step of the epoch without an update.
 #[test]
 fn short_and_empty_batches_train_and_resume_exactly() {
-    let src = Holed { inner: source(1) };
+    // Epoch 0 lost files: batch 1 keeps 5 of its samples, batch 2 none (as when every file of
+    // it is unreadable).
+    let src = Altered {
+        inner: source(1),
+        alter: |epoch, index, b| match (epoch, index) {
+            (0, 1) => first(b, 5),
+            (0, 2) => first(b, 0),
+            _ => b,
+        },
+    };
     let a = tmpdir("holed-straight");
     let mut net = new_net();
     train::train(&mut net, &src, &opts(&a, 2, false, None)).unwrap();
@@ -257,9 +224,15 @@ fn short_and_empty_batches_train_and_resume_exactly() {
 #[test]
 fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
     let d = tmpdir("nan");
-    let src = Poisoned {
+    // Batch 2 of epoch 1 carries a NaN pixel.
+    let src = Altered {
         inner: source(2),
-        bad_step: 2,
+        alter: |epoch, index, mut b: TrainBatch| {
+            if (epoch, index) == (1, 2) {
+                b.image[0] = f32::NAN;
+            }
+            b
+        },
     };
     let mut net = new_net();
     train::train(&mut net, &src, &opts(&d, 1, false, None)).unwrap();

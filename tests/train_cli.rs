@@ -132,6 +132,33 @@ fn write_folder(root: &std::path::Path, videos: usize, fakes: bool) {
     }
 }
 
+/// `prrnet-train ARGS --data ROOT/data --out ROOT/out` on the CPU with one loader thread: whether
+/// it succeeded, and its stderr.
+fn train_on_folder(root: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let o = train_cmd()
+        .args([
+            "--size",
+            "32",
+            "--batch",
+            "4",
+            "--device",
+            "cpu",
+            "--workers",
+            "1",
+        ])
+        .args(args)
+        .arg("--data")
+        .arg(root.join("data"))
+        .arg("--out")
+        .arg(root.join("out"))
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
 /// A broken file in a folder dataset is met every epoch (and by every validation); it is
 /// reported once, and counted at the end.
 #[test]
@@ -140,18 +167,8 @@ fn a_broken_file_is_reported_once_over_epochs() {
     std::fs::remove_dir_all(&dir).ok();
     write_folder(&dir.join("data"), 8, true);
     std::fs::write(dir.join("data/real/v0/broken.png"), b"not a png").unwrap();
-    let o = train_cmd()
-        .args([
-            "--size", "32", "--batch", "4", "--epochs", "3", "--device", "cpu",
-        ])
-        .args(["--workers", "1", "--val-fraction", "0.25", "--data"])
-        .arg(dir.join("data"))
-        .arg("--out")
-        .arg(dir.join("out"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
+    let (ok, err) = train_on_folder(&dir, &["--epochs", "3", "--val-fraction", "0.25"]);
+    assert!(ok, "{err}");
     assert_eq!(err.matches("broken.png").count(), 1, "{err}");
     assert!(err.contains("1 files could not be used"), "{err}");
     assert!(!err.contains("warning"), "{err}");
@@ -164,25 +181,8 @@ fn a_training_set_of_one_class_is_warned_about() {
     let dir = std::env::temp_dir().join(format!("prrnet-train-cli-real-{}", std::process::id()));
     std::fs::remove_dir_all(&dir).ok();
     write_folder(&dir.join("data"), 8, false);
-    let o = train_cmd()
-        .args([
-            "--size",
-            "32",
-            "--batch",
-            "4",
-            "--max-steps",
-            "1",
-            "--device",
-            "cpu",
-        ])
-        .args(["--workers", "1", "--data"])
-        .arg(dir.join("data"))
-        .arg("--out")
-        .arg(dir.join("out"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
+    let (ok, err) = train_on_folder(&dir, &["--max-steps", "1"]);
+    assert!(ok, "{err}");
     assert!(
         err.contains("warning: the training set has no fakes and --self-blend is 0"),
         "{err}"

@@ -122,30 +122,25 @@ pub fn request_stop() {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-/// Fill a short (non-empty) batch to the model's batch size with its own samples again, in
-/// order: sample `n + k` is sample `k mod n`.
-fn pad(b: &TrainBatch, to: usize) -> TrainBatch {
+/// Fill a short (non-empty) batch up to the model's batch size with its own samples again, in
+/// place and in order: sample `n + k` is sample `k mod n`. A full batch is left as it is.
+fn fill_up(b: &mut TrainBatch, to: usize) {
     let n = b.len();
-    if n == to {
-        return b.clone();
+    if n >= to {
+        return;
     }
-    let rep = |v: &[f32], per: usize| -> Vec<f32> {
-        let mut out = v.to_vec();
-        for k in 0..to - n {
+    fn repeat(v: &mut Vec<f32>, n: usize, extra: usize) {
+        let per = v.len() / n;
+        for k in 0..extra {
             let i = k % n;
-            out.extend_from_slice(&v[i * per..(i + 1) * per]);
+            v.extend_from_within(i * per..(i + 1) * per);
         }
-        out
-    };
-    let per_img = b.image.len() / n;
-    let per_mask = b.mask.len() / n;
-    TrainBatch {
-        image: rep(&b.image, per_img),
-        mask: rep(&b.mask, per_mask),
-        mask_weight: rep(&b.mask_weight, 1),
-        label: rep(&b.label, 1),
-        video: b.video.clone(),
     }
+    let extra = to - n;
+    repeat(&mut b.image, n, extra);
+    repeat(&mut b.mask, n, extra);
+    repeat(&mut b.mask_weight, n, extra);
+    repeat(&mut b.label, n, extra);
 }
 
 /// Adaptive average pooling of a `[S, S]` mask to `[H, H]` (SPEC §6), on the host.
@@ -199,17 +194,18 @@ pub fn evaluate(net: &mut PrrNet, data: &dyn DataSource) -> Result<Evaluation> {
     let mut loss_sum = 0f64;
     let mut batches = 0usize;
     for batch in data.val_batches() {
-        let batch = batch?;
+        let mut batch = batch?;
         let n = batch.len();
         if n == 0 {
             continue;
         }
-        let full = pad(&batch, b);
+        // Samples n.. are filled in; their outputs are not read.
+        fill_up(&mut batch, b);
         net.set_input(&Batch {
-            image: &full.image,
-            mask: Some(&full.mask),
-            label: Some(&full.label),
-            mask_weight: Some(&full.mask_weight),
+            image: &batch.image,
+            mask: Some(&batch.mask),
+            label: Some(&batch.label),
+            mask_weight: Some(&batch.mask_weight),
         })?;
         if net.is_inference() {
             // `prrnet eval`: the recorded forward on GPUs (plain on the CPU).
@@ -352,7 +348,8 @@ pub fn train(net: &mut PrrNet, data: &dyn DataSource, opts: &TrainOptions) -> Re
             }
             // A batch shortened by unreadable files is filled with its own samples again: the
             // network is planned for exactly `net.batch`.
-            let batch = pad(&batch, net.batch);
+            let mut batch = batch;
+            fill_up(&mut batch, net.batch);
             prof.before(net.backend(), st.global_step)?;
             net.set_input(&Batch {
                 image: &batch.image,
