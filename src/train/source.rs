@@ -1,5 +1,6 @@
 //! The trainer's [`DataSource`] over the data loader: training batches per epoch (shuffled,
-//! augmented, full), validation in fixed order, and the files skipped on the way.
+//! augmented; shorter, even empty, where files could not be read), validation in fixed order,
+//! and the files skipped on the way.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
