@@ -72,6 +72,17 @@ fn opts(out: &Path, epochs: usize, resume: bool, max_steps: Option<u64>) -> Trai
     }
 }
 
+/// Two epochs in `dir` stopped after 3 updates, then resumed by a freshly built network: the
+/// parameters at the end.
+fn stop_after_3_then_resume(src: &dyn DataSource, dir: &Path) -> Vec<Vec<f32>> {
+    let mut net = new_net();
+    let o = train::train(&mut net, src, &opts(dir, 2, false, Some(3))).unwrap();
+    assert_eq!(o, Outcome::StepLimit { global_step: 3 });
+    let mut net = PrrNet::new(&cfg(), Box::new(CpuBackend::new()), BATCH, true).unwrap();
+    train::train(&mut net, src, &opts(dir, 2, true, None)).unwrap();
+    params(&net)
+}
+
 #[test]
 fn resume_is_exact() {
     let src = source(1);
@@ -92,12 +103,10 @@ fn resume_is_exact() {
     );
     // Stopped mid-epoch (step 3 of 6 in epoch 1), then resumed.
     let c = tmpdir("mid");
-    let mut net = new_net();
-    let o = train::train(&mut net, &src, &opts(&c, 2, false, Some(3))).unwrap();
-    assert_eq!(o, Outcome::StepLimit { global_step: 3 });
-    let mut net = PrrNet::new(&cfg(), Box::new(CpuBackend::new()), BATCH, true).unwrap();
-    train::train(&mut net, &src, &opts(&c, 2, true, None)).unwrap();
-    assert!(params(&net) == straight, "mid-epoch resume differs");
+    assert!(
+        stop_after_3_then_resume(&src, &c) == straight,
+        "mid-epoch resume differs"
+    );
     // The run wrote everything it promises.
     for f in [
         "last.safetensors",
@@ -210,13 +219,8 @@ fn short_and_empty_batches_train_and_resume_exactly() {
     assert_ne!(straight, params(&new_net()));
     // Updates 1 (batch 0), 2 (batch 1, short), none (batch 2), 3 (batch 3): stop, resume.
     let b = tmpdir("holed-mid");
-    let mut net = new_net();
-    let o = train::train(&mut net, &src, &opts(&b, 2, false, Some(3))).unwrap();
-    assert_eq!(o, Outcome::StepLimit { global_step: 3 });
-    let mut net = PrrNet::new(&cfg(), Box::new(CpuBackend::new()), BATCH, true).unwrap();
-    train::train(&mut net, &src, &opts(&b, 2, true, None)).unwrap();
     assert!(
-        params(&net) == straight,
+        stop_after_3_then_resume(&src, &b) == straight,
         "resume after an empty batch differs"
     );
 }
