@@ -371,3 +371,44 @@ fn builtin_dataset_pairs_and_held_out_validation() {
     assert_eq!(builtin(100, 40, 7), (tr.clone(), va));
     assert_ne!(builtin(100, 40, 8).0, tr);
 }
+
+/// Links to folders: one back up the tree (a cycle), one to the dataset root, one from `real/`
+/// into `fake/`, and two to the same folder elsewhere. The walk ends, every image is listed
+/// once (under the first link in name order), and none under the other class's label.
+#[cfg(unix)]
+#[test]
+fn folder_links_are_followed_once_and_cycles_end() {
+    let d = tmpdir("links");
+    write_img(&d.join("real/vid0/0001.png"), 12, 12, None, 1);
+    write_img(&d.join("fake/vidA/0001.png"), 12, 12, None, 2);
+    write_img(&d.join("outside/vidB/0001.png"), 12, 12, None, 3);
+    std::os::unix::fs::symlink(&d, d.join("real/vid0/up")).unwrap();
+    std::os::unix::fs::symlink("..", d.join("fake/vidA/loop")).unwrap();
+    std::os::unix::fs::symlink(d.join("outside/vidB"), d.join("fake/vidB")).unwrap();
+    std::os::unix::fs::symlink(d.join("outside/vidB"), d.join("fake/vidC")).unwrap();
+    std::os::unix::fs::symlink(d.join("fake/vidA"), d.join("real/alias")).unwrap();
+    let s = load_folder(&d).unwrap();
+    for x in &s {
+        let fake = file(x).starts_with(d.join("fake"));
+        assert_eq!(x.label, if fake { 1.0 } else { 0.0 }, "{x:?}");
+    }
+    let mut names: Vec<String> = s
+        .iter()
+        .map(|x| {
+            file(x)
+                .strip_prefix(&d)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "fake/vidA/0001.png",
+            "fake/vidB/0001.png",
+            "real/vid0/0001.png"
+        ]
+    );
+}

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::imageio::image_files;
 use crate::rng::Rng;
 
 /// Where a sample's pixels come from.
@@ -74,39 +75,14 @@ impl Sample {
     }
 }
 
-/// File name extensions taken as images (lower case).
-pub const IMAGE_EXTENSIONS: &[&str] = &[
-    "png", "jpg", "jpeg", "bmp", "webp", "tif", "tiff", "gif", "ppm", "pgm", "tga", "qoi",
-];
-
-fn is_image(p: &Path) -> bool {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .map(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-        .unwrap_or(false)
-}
-
-/// All image files under `dir`, recursively, sorted by path (hidden entries skipped).
-fn walk_images(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let rd = std::fs::read_dir(&d).map_err(|e| Error::io(&d, e))?;
-        for entry in rd {
-            let entry = entry.map_err(|e| Error::io(&d, e))?;
-            let p = entry.path();
-            if entry.file_name().to_string_lossy().starts_with('.') {
-                continue;
-            }
-            let ft = entry.file_type().map_err(|e| Error::io(&p, e))?;
-            let is_dir = ft.is_dir() || (ft.is_symlink() && p.is_dir());
-            if is_dir {
-                stack.push(p);
-            } else if is_image(&p) {
-                out.push(p);
-            }
-        }
+/// All image files under `dir`, recursively, sorted by path (`imageio::image_files`: hidden
+/// entries skipped, links followed, each folder once, never into a `fences` folder).
+fn walk_images(dir: &Path, fences: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let tree = image_files(dir, fences);
+    if let Some((folder, e)) = tree.unreadable.into_iter().next() {
+        return Err(Error::io(&folder, e));
     }
+    let mut out = tree.files;
     out.sort();
     Ok(out)
 }
@@ -139,10 +115,19 @@ pub fn load_folder(root: &Path) -> Result<Vec<Sample>> {
             "dataset folder needs a `real/` or `fake/` subfolder",
         ));
     }
-    let mut masks: HashMap<PathBuf, PathBuf> = HashMap::new();
     let mroot = root.join("masks");
+    // Each class folder's search is fenced off from the others: a link from one into another
+    // must not give an image a second label (or a mask a second role).
+    let fences = |dir: &Path| -> Vec<PathBuf> {
+        [&real, &fake, &mroot]
+            .into_iter()
+            .filter(|f| *f != dir && f.is_dir())
+            .cloned()
+            .collect()
+    };
+    let mut masks: HashMap<PathBuf, PathBuf> = HashMap::new();
     if mroot.is_dir() {
-        for m in walk_images(&mroot)? {
+        for m in walk_images(&mroot, &fences(&mroot))? {
             if let Ok(rel) = m.strip_prefix(&mroot) {
                 masks.entry(rel.with_extension("")).or_insert(m.clone());
             }
@@ -153,7 +138,7 @@ pub fn load_folder(root: &Path) -> Result<Vec<Sample>> {
         if !dir.is_dir() {
             continue;
         }
-        for p in walk_images(dir)? {
+        for p in walk_images(dir, &fences(dir))? {
             let mask = if label > 0.5 {
                 p.strip_prefix(dir)
                     .ok()

@@ -5,6 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::imageio::image_files;
+
 /// One input of a run: a file to decode, or a problem found while listing (a missing path, an
 /// unreadable folder, a bad manifest line) that becomes an error record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,22 +22,12 @@ pub enum SourceKind {
     Failed(String),
 }
 
-/// File extensions (lower case) that a folder search picks up.
-pub const IMAGE_EXTENSIONS: &[&str] = &[
-    "jpg", "jpeg", "jpe", "png", "bmp", "gif", "webp", "tif", "tiff", "ppm", "pgm", "pbm", "pnm",
-    "pam", "tga", "ico", "hdr", "exr", "avif", "qoi", "ff", "dds",
-];
-
 /// Extensions that make a file argument a manifest.
 pub const MANIFEST_EXTENSIONS: &[&str] = &["txt", "csv", "jsonl"];
 
 fn extension(path: &Path) -> Option<String> {
     path.extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
-}
-
-pub fn is_image_path(path: &Path) -> bool {
-    extension(path).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str()))
 }
 
 pub fn is_manifest_path(path: &Path) -> bool {
@@ -75,32 +67,16 @@ pub fn collect(args: &[PathBuf]) -> Vec<Source> {
     out
 }
 
-/// Every image file under `dir`, recursively. Symbolic links to folders are not followed (no
-/// loops); links to files are.
+/// Every image file under `dir`, recursively (`imageio::image_files`: links followed, each
+/// folder once, hidden entries skipped); an unreadable folder becomes an error record.
 fn walk(dir: &Path, out: &mut Vec<Source>) {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(rd) => rd.collect::<std::io::Result<Vec<_>>>(),
-        Err(e) => Err(e),
-    };
-    let mut entries = match entries {
-        Ok(v) => v,
-        Err(e) => {
-            out.push(failed(label_of(dir), format!("cannot read folder: {e}")));
-            return;
-        }
-    };
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let path = e.path();
-        let Ok(ft) = e.file_type() else { continue };
-        if ft.is_dir() {
-            walk(&path, out);
-        } else if (ft.is_file() || ft.is_symlink()) && is_image_path(&path) {
-            if ft.is_symlink() && path.is_dir() {
-                continue;
-            }
-            out.push(file(path));
-        }
+    let tree = image_files(dir, &[]);
+    out.extend(tree.files.into_iter().map(file));
+    for (folder, e) in tree.unreadable {
+        out.push(failed(
+            label_of(&folder),
+            format!("cannot read folder: {e}"),
+        ));
     }
 }
 

@@ -1,7 +1,7 @@
 //! Image files in and out, for untrusted inputs: decoding under dimension and allocation limits
 //! (a decompression bomb or a 100k×100k header is an error, not an out-of-memory abort), any
 //! colour type or bit depth converted to RGB, resizing to the network's input side, ImageNet
-//! normalisation, and 8-bit PNG output of masks.
+//! normalisation, 8-bit PNG output of masks, and the search of folders for image files.
 
 use std::io::Cursor;
 use std::path::Path;
@@ -11,6 +11,9 @@ use image::{DynamicImage, ImageReader, Limits};
 use crate::error::{Error, Result};
 
 mod resize;
+mod walk;
+
+pub use walk::{image_files, is_image_path, ImageTree, IMAGE_EXTENSIONS};
 
 /// ImageNet normalisation (SPEC §1).
 pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
