@@ -102,6 +102,41 @@ fn bad_keys_and_shapes_are_named() {
     std::fs::remove_file(path).ok();
 }
 
+/// Values no network can run with: a NaN or infinite weight and a negative running variance
+/// are refused at load, naming the key (they would make every score NaN).
+#[test]
+fn non_finite_weights_and_negative_variances_are_refused() {
+    let net = tiny(1);
+    let good = checkpoint::state_dict(&net).unwrap();
+    let path = tmp("values.safetensors");
+    for (key, at, value, says) in [
+        (
+            "pr.proj.weight",
+            7,
+            f32::NAN,
+            "1 of 10240 values are not finite",
+        ),
+        ("rr.fm.bn.bias", 0, f32::INFINITY, "not finite"),
+        (
+            "rr.fm.bn.running_var",
+            3,
+            -0.5,
+            "running variance is negative (-0.5)",
+        ),
+    ] {
+        let mut bad = good.clone();
+        let a = bad.tensors.get_mut(key).unwrap();
+        a.data[at] = value;
+        bad.write(&path).unwrap();
+        let e = checkpoint::load(&net, &path).unwrap_err().to_string();
+        assert!(e.contains(key) && e.contains(says), "{e}");
+    }
+    // The untouched file still loads (the checks reject only the bad values).
+    good.write(&path).unwrap();
+    checkpoint::load(&net, &path).unwrap();
+    std::fs::remove_file(path).ok();
+}
+
 /// A file saved from another configuration than the model built (a flag overrode the
 /// file's): the error names both.
 #[test]

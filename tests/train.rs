@@ -7,6 +7,7 @@ use prrnet::backend::cpu::CpuBackend;
 use prrnet::data::dataset;
 use prrnet::data::loader::LoaderOptions;
 use prrnet::data::sbi::SbiParams;
+use prrnet::io::tensors::TensorFile;
 use prrnet::model::PrrNet;
 use prrnet::train::{
     self, state, DataSource, LoaderSource, Outcome, Schedule, TrainBatch, TrainOptions,
@@ -151,6 +152,16 @@ fn checkpoint_pairs_must_match() {
     let mut net2 = new_net();
     let e = state::load(&mut net2, &d, "a").err().map(|e| e.to_string());
     assert!(e.unwrap().contains("does not belong"));
+    // A damaged moment (NaN) in an otherwise matching pair is refused too; the intact pair loads.
+    let optim_path = d.join("b.optim.safetensors");
+    let intact = TensorFile::read(&optim_path).unwrap();
+    let mut damaged = intact.clone();
+    damaged.tensors.get_mut("adam.v").unwrap().data[5] = f32::NAN;
+    damaged.write(&optim_path).unwrap();
+    let e = state::load(&mut net2, &d, "b").err().map(|e| e.to_string());
+    assert!(e.unwrap().contains("Adam moments hold non-finite"));
+    intact.write(&optim_path).unwrap();
+    assert_eq!(state::load(&mut net2, &d, "b").unwrap().global_step, 9);
     std::fs::remove_dir_all(&d).ok();
 }
 

@@ -89,6 +89,26 @@ pub fn config_of(file: &TensorFile) -> Result<Option<Config>> {
     }
 }
 
+/// A loaded tensor's values must be finite (a NaN weight makes every score NaN, which no
+/// threshold can judge), and a running variance must not be negative (its square root is the
+/// BatchNorm scale).
+fn check_values(e: &ParamEntry, data: &[f32]) -> std::result::Result<(), String> {
+    let bad = data.iter().filter(|v| !v.is_finite()).count();
+    if bad > 0 {
+        return Err(format!(
+            "{bad} of {} values are not finite (NaN or infinite): the file is damaged or was \
+             saved from a diverged run",
+            data.len()
+        ));
+    }
+    if matches!(e.kind, ParamKind::RunningVar) {
+        if let Some(v) = data.iter().find(|v| **v < 0.0) {
+            return Err(format!("a running variance is negative ({v})"));
+        }
+    }
+    Ok(())
+}
+
 /// Load every entry of `net` from `file` under `prefix + entry name`. Keys in the file that the
 /// model does not have are an error unless `ignore` accepts them.
 fn load_entries(
@@ -111,6 +131,10 @@ fn load_entries(
                 },
                 other => other,
             })?;
+        check_values(e, &a.data).map_err(|msg| Error::Key {
+            key: key.clone(),
+            msg: format!("{msg} in {}", source.display()),
+        })?;
         net.write(e.tensor, &from_torch(e, &a.data))?;
         wanted.insert(key);
     }

@@ -99,6 +99,13 @@ pub fn load(net: &mut PrrNet, dir: &Path, name: &str) -> Result<TrainState> {
     let (m, v) = net.adam_moments()?;
     let am = optim.expect("adam.m", &[m.len])?;
     let av = optim.expect("adam.v", &[v.len])?;
+    // As for the weights (checkpoint::load_file): a NaN moment would make every later update NaN.
+    if am.data.iter().chain(&av.data).any(|x| !x.is_finite()) || av.data.iter().any(|x| *x < 0.0) {
+        return Err(Error::file(
+            &optim_path,
+            "the Adam moments hold non-finite values or a negative second moment: the file is damaged",
+        ));
+    }
     net.write(m, &am.data)?;
     net.write(v, &av.data)?;
     net.set_adam_steps(st.adam_steps);
