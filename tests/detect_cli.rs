@@ -519,6 +519,33 @@ fn threshold_changes_the_verdict() {
     std::fs::remove_dir_all(root).ok();
 }
 
+/// Weights that are finite but so large that the score overflows to NaN: the record is an
+/// error, not a verdict (NaN compares below every threshold, so it would read "real").
+#[test]
+fn non_finite_score_is_an_error_record() {
+    let root = tmp_dir("detect-cli-nan");
+    let w = tiny_checkpoint(&root, 27);
+    let img = root.join("x.png");
+    rgb_image(33, 64, 64).save(&img).unwrap();
+    let mut f = TensorFile::read(&w).unwrap();
+    for (key, big) in [("rr.cls.fc1.weight", 3e38f32), ("rr.cls.fc2.weight", 3e38)] {
+        let a = f.tensors.get_mut(key).unwrap();
+        for (i, v) in a.data.iter_mut().enumerate() {
+            *v = if i % 2 == 0 { big } else { -big };
+        }
+    }
+    let huge = root.join("huge.safetensors");
+    f.write(&huge).unwrap();
+    let out = root.join("r.jsonl");
+    let o = run(&["--weights", s(&huge), "--out", s(&out)], &[&img]);
+    assert!(!o.status.success(), "nothing was scored");
+    let r = jsonl(&out).remove(0);
+    let e = r["error"].as_str().unwrap();
+    assert!(e.contains("non-finite score"), "{e}");
+    assert!(!r.contains_key("verdict"));
+    std::fs::remove_dir_all(root).ok();
+}
+
 #[test]
 fn bare_state_dict_precision_and_stdout() {
     let root = tmp_dir("detect-cli-bare");

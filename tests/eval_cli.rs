@@ -50,15 +50,18 @@ fn eval_writes_metrics_and_plots() {
     net.init_weights(1).unwrap();
     let w = dir.join("w.safetensors");
     checkpoint::save(&net, &w).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_prrnet"))
-        .args(["eval", "--device", "cpu", "--batch", "4", "--weights"])
-        .arg(&w)
-        .arg("--data")
-        .arg(dir.join("data"))
-        .arg("--out")
-        .arg(dir.join("out"))
-        .output()
-        .unwrap();
+    let eval = |w: &std::path::Path, out: &str| {
+        Command::new(env!("CARGO_BIN_EXE_prrnet"))
+            .args(["eval", "--device", "cpu", "--batch", "4", "--weights"])
+            .arg(w)
+            .arg("--data")
+            .arg(dir.join("data"))
+            .arg("--out")
+            .arg(dir.join(out))
+            .output()
+            .unwrap()
+    };
+    let o = eval(&w, "out");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert_eq!(
@@ -86,5 +89,21 @@ fn eval_writes_metrics_and_plots() {
         let img = image::open(dir.join("out").join(f)).unwrap();
         assert!(img.width() > 100 && img.height() > 100);
     }
+
+    // Finite weights so large that every score overflows to NaN: an error, no metrics written.
+    for key in ["rr.cls.fc1.weight", "rr.cls.fc2.weight"] {
+        let mut data = net.read(net.entry(key).unwrap().tensor).unwrap();
+        for (i, v) in data.iter_mut().enumerate() {
+            *v = if i % 2 == 0 { 3e38 } else { -3e38 };
+        }
+        net.write(net.entry(key).unwrap().tensor, &data).unwrap();
+    }
+    let huge = dir.join("huge.safetensors");
+    checkpoint::save(&net, &huge).unwrap();
+    let o = eval(&huge, "out-nan");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("12 of 12 scores are not finite"), "{err}");
+    assert!(!dir.join("out-nan/metrics.json").exists());
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -288,13 +288,19 @@ fn scored_records(
                 result,
             } = l;
             let p = result.expect("only prepared inputs are scored");
-            let outcome = match pictures(dirs, &picture, p, &d.mask, d.mask_side) {
-                Ok(()) => Outcome::Scored {
-                    score: d.score,
-                    fake: d.fake,
-                    mask_fraction: d.mask_fraction,
-                },
-                Err(e) => Outcome::Failed(format!("cannot write picture: {e}")),
+            // Finite weights and pixels give a finite score; anything else is a fault to report,
+            // not a verdict (NaN ≥ threshold is false: "real").
+            let outcome = if !d.score.is_finite() {
+                Outcome::Failed(format!("the network gave a non-finite score ({})", d.score))
+            } else {
+                match pictures(dirs, &picture, p, &d.mask, d.mask_side) {
+                    Ok(()) => Outcome::Scored {
+                        score: d.score,
+                        fake: d.fake,
+                        mask_fraction: d.mask_fraction,
+                    },
+                    Err(e) => Outcome::Failed(format!("cannot write picture: {e}")),
+                }
             };
             (
                 index,

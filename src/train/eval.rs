@@ -41,6 +41,16 @@ pub fn run(
     };
     let source = LoaderSource::new(Vec::new(), samples, opts.clone(), opts);
     let ev = evaluate(net, &source)?;
+    // Metrics over NaN scores would look like numbers and mean nothing (detect makes such an
+    // input an error record; here the whole evaluation is in question).
+    let bad = ev.scores.iter().filter(|s| !s.is_finite()).count();
+    if bad > 0 {
+        return Err(Error::Config(format!(
+            "{bad} of {} scores are not finite: the network gave no usable output with {}",
+            ev.scores.len(),
+            weights.display()
+        )));
+    }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     // Each was printed when the loader met it; the report lists them too.
     let skipped = crate::train::DataSource::skipped(&source);
