@@ -417,6 +417,14 @@ fn empty_folder_and_nothing_scored_fail() {
     assert_eq!(recs.len(), 2);
     assert!(recs.iter().all(|r| r.contains_key("error")));
     assert_eq!(recs[1]["path"].as_str().unwrap(), s(&missing));
+    // A file where the masks folder should go: said in words, before any work.
+    let o = run(&["--weights", s(&w), "--masks", s(&out)], &[&missing]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("recs.jsonl: is a file, but a folder is needed"),
+        "{}",
+        stderr(&o)
+    );
     std::fs::remove_dir_all(root).ok();
 }
 

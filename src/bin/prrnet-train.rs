@@ -250,7 +250,7 @@ fn run(mut cli: Cli, given: &ArgMatches) -> Result<Outcome> {
         if let Some(b) = &cli.backbone {
             checkpoint::import_timm(&net, b)?;
         }
-        std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+        prrnet::io::create_folder(&out)?;
         let config = serde_json::json!({
             "model": cfg,
             "data": cli.data,

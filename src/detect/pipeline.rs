@@ -137,7 +137,7 @@ pub fn run(
     dirs: &PictureDirs,
 ) -> Result<Summary> {
     for d in [&dirs.masks, &dirs.overlay].into_iter().flatten() {
-        std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+        crate::io::create_folder(d)?;
     }
     let start = Instant::now();
     let batch = det.batch();

@@ -134,7 +134,7 @@ impl RecordWriter {
         let (w, what): (Box<dyn Write + Send>, String) = match path {
             Some(p) => {
                 if let Some(d) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+                    crate::io::create_folder(d)?;
                 }
                 let f = std::fs::File::create(p).map_err(|e| Error::io(p, e))?;
                 (

@@ -51,7 +51,7 @@ pub fn run(
             weights.display()
         )));
     }
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    crate::io::create_folder(out)?;
     // Each was printed when the loader met it; the report lists them too.
     let skipped = crate::train::DataSource::skipped(&source);
     let report = Report {

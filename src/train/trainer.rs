@@ -281,7 +281,7 @@ fn write_plots(
 /// Train `net` on `data`. The model must have been built with gradients, with the batch size
 /// of the data source's training batches, and initialised (or resumed: `opts.resume`).
 pub fn train(net: &mut PrrNet, data: &dyn DataSource, opts: &TrainOptions) -> Result<Outcome> {
-    std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
+    crate::io::create_folder(&opts.out)?;
     let log_path = opts.out.join("metrics.jsonl");
     let mut st = if opts.resume {
         let st = state::load(net, &opts.out, "last")?;
