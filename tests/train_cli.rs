@@ -93,6 +93,52 @@ fn ctrl_c_writes_a_checkpoint_and_resume_continues() {
     std::fs::remove_dir_all(&out).ok();
 }
 
+/// A new run never writes over an old one's checkpoints: the default folder moves on to
+/// `runs/prrnet-train-2`, and an explicit `--out` holding a run is refused, pointing at
+/// `--resume`.
+#[test]
+fn a_new_run_never_overwrites_an_old_one() {
+    let cwd = std::env::temp_dir().join(format!("prrnet-train-cli-again-{}", std::process::id()));
+    std::fs::remove_dir_all(&cwd).ok();
+    std::fs::create_dir_all(&cwd).unwrap();
+    let fresh = |extra: &[&str]| {
+        let o = train_cmd()
+            .current_dir(&cwd)
+            .args(SMALL)
+            .args(["--max-steps", "1"])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    for folder in ["runs/prrnet-train", "runs/prrnet-train-2"] {
+        let (ok, err) = fresh(&[]);
+        assert!(ok, "{err}");
+        assert!(
+            err.contains(&format!("continue with --resume {folder}")),
+            "{err}"
+        );
+        assert!(cwd.join(folder).join("last.safetensors").is_file());
+    }
+    let first = cwd.join("runs/prrnet-train/last.safetensors");
+    let before = std::fs::read(&first).unwrap();
+    let (ok, err) = fresh(&["--seed", "9", "--out", "runs/prrnet-train"]);
+    assert!(
+        !ok && err.contains("already holds a training run (last.safetensors)")
+            && err.contains("--resume runs/prrnet-train"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&first).unwrap(),
+        before,
+        "the old run was touched"
+    );
+    std::fs::remove_dir_all(&cwd).ok();
+}
+
 #[test]
 fn resuming_a_folder_without_a_run_is_an_error_that_creates_nothing() {
     let dir = std::env::temp_dir().join(format!("prrnet-train-cli-none-{}", std::process::id()));

@@ -154,10 +154,49 @@ fn adopt_recorded_settings(cli: &mut Cli, given: &ArgMatches, dir: &Path) -> Res
     }
 }
 
-fn run(mut cli: Cli, given: &ArgMatches) -> Result<Outcome> {
-    if let Some(dir) = cli.resume.clone() {
-        adopt_recorded_settings(&mut cli, given, &dir)?;
+/// The first of a run's checkpoints in `dir`, if any: a new run there would overwrite them. (A
+/// folder with only the config.json of a run that failed before its first checkpoint has
+/// nothing to lose.)
+fn run_file_in(dir: &Path) -> Option<&'static str> {
+    ["last.safetensors", "best.safetensors"]
+        .into_iter()
+        .find(|f| dir.join(f).exists())
+}
+
+/// Where a new run writes: `--out` as given, unless it already holds a run (an error: that
+/// run's checkpoints are not overwritten); the default folder, or `<default>-2`, `-3`, … for
+/// the first that holds none, so the built-in job can simply be run again.
+fn fresh_output_folder(cli: &Cli, given: &ArgMatches) -> Result<PathBuf> {
+    if given.value_source("out") == Some(ValueSource::CommandLine) {
+        return match run_file_in(&cli.out) {
+            None => Ok(cli.out.clone()),
+            Some(f) => Err(Error::Config(format!(
+                "{} already holds a training run ({f}), which a new run would overwrite: \
+                 continue it with --resume {0}, or choose another --out",
+                cli.out.display()
+            ))),
+        };
     }
+    let numbered = |k: usize| {
+        let mut name = cli.out.clone().into_os_string();
+        name.push(format!("-{k}"));
+        PathBuf::from(name)
+    };
+    Ok(std::iter::once(cli.out.clone())
+        .chain((2..).map(numbered))
+        .find(|d| run_file_in(d).is_none())
+        .expect("an unbounded search ends at a free name"))
+}
+
+/// Train; returns how the run ended and its output folder.
+fn run(mut cli: Cli, given: &ArgMatches) -> Result<(Outcome, PathBuf)> {
+    let out = match cli.resume.clone() {
+        Some(dir) => {
+            adopt_recorded_settings(&mut cli, given, &dir)?;
+            dir
+        }
+        None => fresh_output_folder(&cli, given)?,
+    };
     let mut cfg = Config::preset(&cli.preset)?;
     cfg.n = cli.n;
     cfg.groups = cli.groups;
@@ -234,17 +273,17 @@ fn run(mut cli: Cli, given: &ArgMatches) -> Result<Outcome> {
     };
     let be = backend::open(cli.device.parse::<DeviceRequest>()?)?;
     eprintln!(
-        "prrnet-train: {} on {}; {} training / {} validation samples; {}",
+        "prrnet-train: {} on {}; {} training / {} validation samples; {}; output in {}",
         cfg.to_json(),
         be.name(),
         train_set.len(),
         val_set.len(),
-        schedule
+        schedule,
+        out.display()
     );
     let mut net = PrrNet::new(&cfg, be, cli.batch, true)?;
     net.lambda = cli.lambda;
     let resume = cli.resume.is_some();
-    let out = cli.resume.clone().unwrap_or(cli.out.clone());
     if !resume {
         net.init_weights(cli.seed)?;
         if let Some(b) = &cli.backbone {
@@ -295,14 +334,14 @@ fn run(mut cli: Cli, given: &ArgMatches) -> Result<Outcome> {
     if skipped > 0 {
         eprintln!("{skipped} files could not be used (each reported above when first met)");
     }
-    Ok(outcome)
+    Ok((outcome, out))
 }
 
 fn main() -> ExitCode {
     let given = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&given).unwrap_or_else(|e| e.exit());
     match run(cli, &given) {
-        Ok(Outcome::Finished { best_auc }) => {
+        Ok((Outcome::Finished { best_auc }, _)) => {
             match best_auc {
                 Some(auc) => eprintln!("done; best validation AUC {auc:.4}"),
                 None => eprintln!(
@@ -311,8 +350,11 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Ok(Outcome::Interrupted { global_step }) | Ok(Outcome::StepLimit { global_step }) => {
-            eprintln!("stopped at step {global_step}; continue with --resume");
+        Ok((Outcome::Interrupted { global_step } | Outcome::StepLimit { global_step }, out)) => {
+            eprintln!(
+                "stopped at step {global_step}; continue with --resume {}",
+                out.display()
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
