@@ -1,5 +1,6 @@
 //! `prrnet-train` as a user runs it: Ctrl-C finishes the step, writes a checkpoint and exits
 //! cleanly; `--resume` continues from it with the run's recorded settings and refuses others;
+//! a second run on a folder in use, or a new run over an old one, is refused;
 //! a bad dataset path or a folder without a run is an error message.
 
 use std::process::{Command, Stdio};
@@ -44,6 +45,17 @@ fn ctrl_c_writes_a_checkpoint_and_resume_continues() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // While it runs, a second run on the folder stops at once (the folder is locked).
+    let o = train_cmd()
+        .args(["--device", "cpu", "--resume"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("in use by another prrnet-train run"),
+        "{err}"
+    );
     std::thread::sleep(Duration::from_millis(300));
     let st = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -93,9 +105,9 @@ fn ctrl_c_writes_a_checkpoint_and_resume_continues() {
     std::fs::remove_dir_all(&out).ok();
 }
 
-/// A new run never writes over an old one's checkpoints: the default folder moves on to
-/// `runs/prrnet-train-2`, and an explicit `--out` holding a run is refused, pointing at
-/// `--resume`.
+/// A new run never writes over an old one's checkpoints, nor into a folder another run holds:
+/// the default folder moves on to `runs/prrnet-train-2`, and an explicit `--out` holding a run
+/// is refused, pointing at `--resume`.
 #[test]
 fn a_new_run_never_overwrites_an_old_one() {
     let cwd = std::env::temp_dir().join(format!("prrnet-train-cli-again-{}", std::process::id()));
@@ -114,6 +126,23 @@ fn a_new_run_never_overwrites_an_old_one() {
             String::from_utf8_lossy(&o.stderr).into_owned(),
         )
     };
+    // A folder that another run holds (its lock, taken here) but that has no checkpoint yet:
+    // an explicit --out is refused, the default moves on.
+    std::fs::create_dir_all(cwd.join("runs/prrnet-train")).unwrap();
+    let held = std::fs::File::create(cwd.join("runs/prrnet-train/train.lock")).unwrap();
+    held.try_lock().unwrap();
+    let (ok, err) = fresh(&["--out", "runs/prrnet-train"]);
+    assert!(
+        !ok && err.contains("in use by another prrnet-train run"),
+        "{err}"
+    );
+    let (ok, err) = fresh(&[]);
+    assert!(
+        ok && err.contains("continue with --resume runs/prrnet-train-2"),
+        "{err}"
+    );
+    drop(held);
+    std::fs::remove_dir_all(cwd.join("runs")).unwrap();
     for folder in ["runs/prrnet-train", "runs/prrnet-train-2"] {
         let (ok, err) = fresh(&[]);
         assert!(ok, "{err}");

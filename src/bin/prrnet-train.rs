@@ -2,6 +2,7 @@
 //! on self-blended fakes made from real images, or — with no arguments — on the built-in
 //! procedural default (the `tiny` preset, from scratch).
 
+use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -163,40 +164,95 @@ fn run_file_in(dir: &Path) -> Option<&'static str> {
         .find(|f| dir.join(f).exists())
 }
 
-/// Where a new run writes: `--out` as given, unless it already holds a run (an error: that
-/// run's checkpoints are not overwritten); the default folder, or `<default>-2`, `-3`, … for
-/// the first that holds none, so the built-in job can simply be run again.
-fn fresh_output_folder(cli: &Cli, given: &ArgMatches) -> Result<PathBuf> {
+fn holds_a_run(dir: &Path, file: &str) -> Error {
+    Error::Config(format!(
+        "{} already holds a training run ({file}), which a new run would overwrite: continue \
+         it with --resume {0}, or choose another --out",
+        dir.display()
+    ))
+}
+
+/// Create `dir` and lock `dir/train.lock` for the whole run, so that a second prrnet-train on
+/// the same folder stops instead of interleaving its checkpoints with this one's (the lock goes
+/// with the process, also when it crashes). `None`: another run holds it.
+fn lock_folder(dir: &Path) -> Result<Option<File>> {
+    prrnet::io::create_folder(dir)?;
+    let path = dir.join("train.lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(TryLockError::WouldBlock) => Ok(None),
+        Err(TryLockError::Error(e)) => {
+            eprintln!(
+                "warning: cannot lock {} ({e}); no other run may write to this folder",
+                path.display()
+            );
+            Ok(Some(file))
+        }
+    }
+}
+
+/// The output folder, locked for this run (`lock_folder`). `--resume DIR` and an explicit
+/// `--out` take their folder or fail (another run holds it, or `--out` holds a run's
+/// checkpoints); the default `runs/prrnet-train` moves on to `-2`, `-3`, … until a folder
+/// holds no checkpoint and no other run, so the built-in job can simply be run again.
+fn claim_output_folder(cli: &Cli, given: &ArgMatches) -> Result<(PathBuf, File)> {
+    let busy = |dir: &Path| {
+        Error::Config(format!(
+            "{} is in use by another prrnet-train run",
+            dir.display()
+        ))
+    };
+    if let Some(dir) = &cli.resume {
+        return Ok((dir.clone(), lock_folder(dir)?.ok_or_else(|| busy(dir))?));
+    }
     if given.value_source("out") == Some(ValueSource::CommandLine) {
+        if let Some(f) = run_file_in(&cli.out) {
+            return Err(holds_a_run(&cli.out, f));
+        }
+        let lock = lock_folder(&cli.out)?.ok_or_else(|| busy(&cli.out))?;
+        // Checked again under the lock: a run may have ended there since.
         return match run_file_in(&cli.out) {
-            None => Ok(cli.out.clone()),
-            Some(f) => Err(Error::Config(format!(
-                "{} already holds a training run ({f}), which a new run would overwrite: \
-                 continue it with --resume {0}, or choose another --out",
-                cli.out.display()
-            ))),
+            None => Ok((cli.out.clone(), lock)),
+            Some(f) => Err(holds_a_run(&cli.out, f)),
         };
     }
-    let numbered = |k: usize| {
+    for k in 1.. {
         let mut name = cli.out.clone().into_os_string();
-        name.push(format!("-{k}"));
-        PathBuf::from(name)
-    };
-    Ok(std::iter::once(cli.out.clone())
-        .chain((2..).map(numbered))
-        .find(|d| run_file_in(d).is_none())
-        .expect("an unbounded search ends at a free name"))
+        if k > 1 {
+            name.push(format!("-{k}"));
+        }
+        let dir = PathBuf::from(name);
+        if run_file_in(&dir).is_some() {
+            continue;
+        }
+        if let Some(lock) = lock_folder(&dir)? {
+            if run_file_in(&dir).is_none() {
+                return Ok((dir, lock));
+            }
+        }
+    }
+    unreachable!("an unbounded search ends at a free folder")
 }
 
 /// Train; returns how the run ended and its output folder.
 fn run(mut cli: Cli, given: &ArgMatches) -> Result<(Outcome, PathBuf)> {
-    let out = match cli.resume.clone() {
-        Some(dir) => {
-            adopt_recorded_settings(&mut cli, given, &dir)?;
-            dir
+    match cli.resume.clone() {
+        Some(dir) => adopt_recorded_settings(&mut cli, given, &dir)?,
+        // Before the dataset loads (which can take long): a folder that holds a run is refused
+        // at once. `claim_output_folder` checks again under the lock.
+        None if given.value_source("out") == Some(ValueSource::CommandLine) => {
+            if let Some(f) = run_file_in(&cli.out) {
+                return Err(holds_a_run(&cli.out, f));
+            }
         }
-        None => fresh_output_folder(&cli, given)?,
-    };
+        None => {}
+    }
     let mut cfg = Config::preset(&cli.preset)?;
     cfg.n = cli.n;
     cfg.groups = cli.groups;
@@ -272,6 +328,7 @@ fn run(mut cli: Cli, given: &ArgMatches) -> Result<(Outcome, PathBuf)> {
         None => Schedule::from_scratch(cli.epochs.unwrap_or(24), cli.lr.unwrap_or(1e-3)),
     };
     let be = backend::open(cli.device.parse::<DeviceRequest>()?)?;
+    let (out, _lock) = claim_output_folder(&cli, given)?;
     eprintln!(
         "prrnet-train: {} on {}; {} training / {} validation samples; {}; output in {}",
         cfg.to_json(),
@@ -289,7 +346,6 @@ fn run(mut cli: Cli, given: &ArgMatches) -> Result<(Outcome, PathBuf)> {
         if let Some(b) = &cli.backbone {
             checkpoint::import_timm(&net, b)?;
         }
-        prrnet::io::create_folder(&out)?;
         let config = serde_json::json!({
             "model": cfg,
             "data": cli.data,
