@@ -6,7 +6,7 @@
 use std::io::Cursor;
 use std::path::Path;
 
-use image::{DynamicImage, ImageReader, Limits};
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
 
 use crate::error::{Error, Result};
 
@@ -65,10 +65,27 @@ pub fn decode_bytes(
         return Err("not an image (unknown format)".into());
     }
     reader.limits(limits.to_image());
-    let img = reader
-        .decode()
-        // Some decoders end their messages with a newline; a record holds one line.
-        .map_err(|e| format!("cannot decode image: {}", e.to_string().trim_end()))?;
+    // Some decoders end their messages with a newline; a record holds one line.
+    let failed =
+        |e: image::ImageError| format!("cannot decode image: {}", e.to_string().trim_end());
+    let mut decoder = reader.into_decoder().map_err(failed)?;
+    // `into_decoder` checks the dimensions against the limits; the buffer is checked here, as
+    // `ImageReader::decode` would.
+    if decoder.total_bytes() > limits.max_alloc_bytes {
+        return Err(format!(
+            "cannot decode image: {} bytes of pixels exceed the limit of {}",
+            decoder.total_bytes(),
+            limits.max_alloc_bytes
+        ));
+    }
+    // The EXIF orientation, as a photo viewer shows the image (and as OpenCV's imread reads
+    // it): a phone photo taken upright reaches the network upright, and masks and overlays
+    // match what the user sees. A damaged EXIF block only loses the orientation.
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(failed)?;
+    img.apply_orientation(orientation);
     if img.width() == 0 || img.height() == 0 {
         return Err("empty image".into());
     }
@@ -153,4 +170,62 @@ pub fn save_rgb_png(path: &Path, rgb: Vec<u8>, w: usize, h: usize) -> Result<()>
     img.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
         .map_err(|e| Error::file(path, e))?;
     crate::io::tensors::write_atomic(path, &png)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::ImageEncoder;
+
+    /// A 40×20 JPEG, left half red and right half blue, with an EXIF orientation tag if given.
+    fn jpeg(orientation: Option<u16>) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(40, 20, |x, _| {
+            if x < 20 {
+                image::Rgb([250, 0, 0])
+            } else {
+                image::Rgb([0, 0, 250])
+            }
+        });
+        let mut out = Vec::new();
+        let mut enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95);
+        if let Some(o) = orientation {
+            // A little-endian TIFF header and one IFD entry: tag 0x0112 (orientation), SHORT.
+            let mut exif = b"II*\0\x08\0\0\0\x01\0\x12\x01\x03\0\x01\0\0\0".to_vec();
+            exif.extend_from_slice(&o.to_le_bytes());
+            exif.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+            enc.set_exif_metadata(exif).unwrap();
+        }
+        enc.write_image(img.as_raw(), 40, 20, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn exif_orientation_is_applied() {
+        let plain = decode_bytes(&jpeg(None), DecodeLimits::default()).unwrap();
+        assert_eq!((plain.width(), plain.height()), (40, 20));
+        // 6: the stored image is shown turned 90° clockwise, so its left half ends on top.
+        let turned = decode_bytes(&jpeg(Some(6)), DecodeLimits::default())
+            .unwrap()
+            .to_rgb8();
+        assert_eq!(turned.dimensions(), (20, 40));
+        let (top, bottom) = (turned.get_pixel(10, 5), turned.get_pixel(10, 35));
+        assert!(top[0] > 200 && top[2] < 50, "top {top:?}");
+        assert!(bottom[2] > 200 && bottom[0] < 50, "bottom {bottom:?}");
+    }
+
+    #[test]
+    fn pixel_buffer_limit_still_holds() {
+        let limits = DecodeLimits {
+            max_alloc_bytes: 40 * 20 * 3 - 1,
+            ..DecodeLimits::default()
+        };
+        let e = decode_bytes(&jpeg(Some(6)), limits).unwrap_err();
+        assert!(e.contains("exceed the limit"), "{e}");
+        let limits = DecodeLimits {
+            max_width: 39,
+            ..DecodeLimits::default()
+        };
+        assert!(decode_bytes(&jpeg(None), limits).is_err());
+    }
 }
