@@ -83,6 +83,7 @@ fn eval_writes_metrics_and_plots() {
         assert!(m.get(k).is_some(), "{k} missing in {m}");
     }
     assert_eq!(m["samples"], 12);
+    assert_eq!(m["precision"], "fp32");
     assert!(m["auc"].as_f64().unwrap().is_finite());
     assert_eq!(m["skipped_files"].as_array().unwrap().len(), 1);
     for f in ["roc.png", "scores.png"] {

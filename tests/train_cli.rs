@@ -77,13 +77,16 @@ fn ctrl_c_writes_a_checkpoint_and_resume_continues() {
         .expect("step number");
     // A flag that contradicts the run's recorded settings is refused, naming it.
     let o = train_cmd()
-        .args(["--batch", "16", "--resume"])
+        .args(["--batch", "16", "--precision", "bf16", "--resume"])
         .arg(&out)
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        !o.status.success() && err.contains("--batch 16 (the run has 8)"),
+        !o.status.success()
+            && err.contains(
+                "--batch 16 (the run has 8), --precision \"bf16\" (the run has \"fp32\")"
+            ),
         "{err}"
     );
     // Resume (the settings from the run's config.json, only the free ones given) and stop

@@ -65,6 +65,10 @@ struct Cli {
     /// auto | cpu | cuda | cuda:N
     #[arg(long, default_value = "auto")]
     device: String,
+    /// fp32 | tf32 | bf16: the GEMMs' and the relation map's operands on a GPU (f32
+    /// accumulation, f32 weights and Adam state); the CPU computes in fp32 only.
+    #[arg(long, default_value = "fp32")]
+    precision: String,
     /// Loader threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     workers: usize,
@@ -131,6 +135,7 @@ fn adopt_recorded_settings(cli: &mut Cli, given: &ArgMatches, dir: &Path) -> Res
     adopt!(size, "/model/size");
     adopt!(data, "/data");
     adopt!(batch, "/batch");
+    adopt!(precision, "/precision");
     adopt!(epochs, "/schedule/epochs");
     adopt!(freeze_epochs, "/schedule/freeze_epochs");
     adopt!(lr_frozen, "/schedule/lr_frozen");
@@ -328,11 +333,13 @@ fn run(mut cli: Cli, given: &ArgMatches) -> Result<(Outcome, PathBuf)> {
         None => Schedule::from_scratch(cli.epochs.unwrap_or(24), cli.lr.unwrap_or(1e-3)),
     };
     let be = backend::open(cli.device.parse::<DeviceRequest>()?)?;
+    be.set_precision(cli.precision.parse()?)?;
     let (out, _lock) = claim_output_folder(&cli, given)?;
     eprintln!(
-        "prrnet-train: {} on {}; {} training / {} validation samples; {}; output in {}",
+        "prrnet-train: {} on {} in {}; {} training / {} validation samples; {}; output in {}",
         cfg.to_json(),
         be.name(),
+        cli.precision,
         train_set.len(),
         val_set.len(),
         schedule,
@@ -350,6 +357,7 @@ fn run(mut cli: Cli, given: &ArgMatches) -> Result<(Outcome, PathBuf)> {
             "model": cfg,
             "data": cli.data,
             "batch": cli.batch,
+            "precision": cli.precision,
             "schedule": { "epochs": schedule.epochs, "freeze_epochs": schedule.freeze_epochs,
                           "lr_frozen": schedule.lr_frozen, "lr": schedule.lr },
             "lambda": cli.lambda,

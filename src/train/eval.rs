@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::source::LoaderSource;
 use super::trainer::{evaluate, ValidationMetrics};
+use crate::backend::Precision;
 use crate::data::dataset;
 use crate::data::loader::LoaderOptions;
 use crate::error::{Error, Result};
@@ -17,6 +18,8 @@ struct Report<'a> {
     weights: String,
     data: String,
     model: &'a crate::Config,
+    /// The operands' precision on the device (fp32 | tf32 | bf16).
+    precision: String,
     skipped_files: Vec<(String, String)>,
     #[serde(flatten)]
     metrics: &'a ValidationMetrics,
@@ -30,6 +33,7 @@ pub fn run(
     data: &Path,
     out: &Path,
     workers: usize,
+    precision: Precision,
 ) -> Result<ValidationMetrics> {
     let samples = dataset::load(data)?;
     if samples.is_empty() {
@@ -58,6 +62,7 @@ pub fn run(
         weights: weights.display().to_string(),
         data: data.display().to_string(),
         model: &net.cfg,
+        precision: precision.to_string(),
         skipped_files: skipped
             .iter()
             .map(|(p, w)| (p.display().to_string(), w.clone()))
