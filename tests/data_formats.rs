@@ -36,6 +36,18 @@ fn file(s: &Sample) -> &Path {
     }
 }
 
+/// The samples' file paths relative to `root`, in order.
+fn names_under(samples: &[Sample], root: &Path) -> Vec<String> {
+    let rel = |x: &Sample| {
+        file(x)
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    samples.iter().map(rel).collect()
+}
+
 #[test]
 fn folder_with_real_fake_and_mirrored_masks() {
     let d = tmpdir("folder");
@@ -48,16 +60,7 @@ fn folder_with_real_fake_and_mirrored_masks() {
     std::fs::write(d.join("real/vid0/notes.txt"), "not an image").unwrap();
     let s = load_folder(&d).unwrap();
     assert_eq!(s.len(), 5);
-    let names: Vec<String> = s
-        .iter()
-        .map(|x| {
-            file(x)
-                .strip_prefix(&d)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
+    let names = names_under(&s, &d);
     assert_eq!(
         names,
         [
@@ -392,23 +395,12 @@ fn folder_links_are_followed_once_and_cycles_end() {
         let fake = file(x).starts_with(d.join("fake"));
         assert_eq!(x.label, if fake { 1.0 } else { 0.0 }, "{x:?}");
     }
-    let mut names: Vec<String> = s
-        .iter()
-        .map(|x| {
-            file(x)
-                .strip_prefix(&d)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
-    names.sort();
     assert_eq!(
-        names,
+        names_under(&s, &d),
         [
+            "real/vid0/0001.png",
             "fake/vidA/0001.png",
-            "fake/vidB/0001.png",
-            "real/vid0/0001.png"
+            "fake/vidB/0001.png"
         ]
     );
 }
