@@ -165,6 +165,40 @@ fn checkpoint_pairs_must_match() {
     std::fs::remove_dir_all(&d).ok();
 }
 
+/// A checkpoint write that fails part way (here the model file cannot be created; a full disk
+/// alike) leaves the previous pair whole and loadable, and no temporary file behind.
+#[test]
+fn a_failed_save_keeps_the_previous_pair() {
+    let d = tmpdir("failed-save");
+    let net = new_net();
+    let mut st = state::TrainState {
+        epoch: 0,
+        step_in_epoch: 3,
+        global_step: 3,
+        adam_steps: 3,
+        best_auc: None,
+        seed: 7,
+    };
+    state::save(&net, &d, "last", &st).unwrap();
+    let blocker = d.join(format!(".last.safetensors.tmp-{}", std::process::id()));
+    std::fs::create_dir(&blocker).unwrap();
+    st.global_step = 4;
+    st.step_in_epoch = 4;
+    assert!(state::save(&net, &d, "last", &st).is_err());
+    std::fs::remove_dir(&blocker).unwrap();
+    let mut left: Vec<String> = std::fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["last.optim.safetensors", "last.safetensors"]);
+    let mut net2 = new_net();
+    assert_eq!(state::load(&mut net2, &d, "last").unwrap().global_step, 3);
+    state::save(&net, &d, "last", &st).unwrap();
+    assert_eq!(state::load(&mut net2, &d, "last").unwrap().global_step, 4);
+    std::fs::remove_dir_all(&d).ok();
+}
+
 /// A source whose training batch `index` of `epoch` (counted from the epoch's start, whatever
 /// a resume skips) is `alter(epoch, index, batch)`.
 struct Altered<F> {

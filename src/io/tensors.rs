@@ -2,7 +2,7 @@
 //! atomic writes (temporary file, then rename).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
@@ -96,6 +96,11 @@ impl TensorFile {
 
     /// Serialise as f32 safetensors and write atomically.
     pub fn write(&self, path: &Path) -> Result<()> {
+        self.stage(path)?.commit()
+    }
+
+    /// Serialise as f32 safetensors under a temporary name beside `path` ([`Staged`]).
+    pub fn stage(&self, path: &Path) -> Result<Staged> {
         let bytes: Vec<Vec<u8>> = self
             .tensors
             .values()
@@ -113,7 +118,7 @@ impl TensorFile {
             .collect::<Result<_>>()?;
         let meta = (!self.metadata.is_empty()).then(|| self.metadata.clone());
         let out = safetensors::serialize(views, meta).map_err(|e| Error::file(path, e))?;
-        write_atomic(path, &out)
+        Staged::write(path, &out)
     }
 }
 
@@ -147,22 +152,63 @@ fn to_f32(view: &TensorView) -> std::result::Result<Vec<f32>, String> {
 /// Write `bytes` to `path` through a temporary file in the same folder and a rename, so a
 /// crash never leaves a half-written file under the final name.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-    if let Some(d) = dir {
-        std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+    Staged::write(path, bytes)?.commit()
+}
+
+/// A file written in full (and flushed to the disk) under a temporary name beside `path`,
+/// waiting for [`Staged::commit`] to rename it into place. Dropped uncommitted (a later write
+/// failed), it is removed: a full disk leaves no stray temporary files and the old file
+/// untouched. Several staged files committed one after the other replace a set of files with
+/// no I/O between the renames (`train::state::save`).
+pub struct Staged {
+    tmp: PathBuf,
+    path: PathBuf,
+    committed: bool,
+}
+
+impl Staged {
+    pub fn write(path: &Path, bytes: &[u8]) -> Result<Staged> {
+        use std::io::Write;
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+        if let Some(d) = dir {
+            crate::io::create_folder(d)?;
+        }
+        let name = path
+            .file_name()
+            .ok_or_else(|| Error::file(path, "not a file path"))?;
+        let staged = Staged {
+            tmp: path.with_file_name(format!(
+                ".{}.tmp-{}",
+                name.to_string_lossy(),
+                std::process::id()
+            )),
+            path: path.to_path_buf(),
+            committed: false,
+        };
+        let tmp = &staged.tmp;
+        let mut f = std::fs::File::create(tmp).map_err(|e| Error::io(tmp, e))?;
+        f.write_all(bytes).map_err(|e| Error::io(tmp, e))?;
+        f.sync_all().map_err(|e| Error::io(tmp, e))?;
+        Ok(staged)
     }
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::file(path, "not a file path"))?;
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+
+    /// Rename the file into place, then flush the folder so the rename survives a power cut.
+    pub fn commit(mut self) -> Result<()> {
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
+        self.committed = true;
+        let dir = self.path.parent().filter(|p| !p.as_os_str().is_empty());
+        if let Ok(d) = std::fs::File::open(dir.unwrap_or(Path::new("."))) {
+            // Best effort: not every file system can flush a folder.
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }

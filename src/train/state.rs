@@ -40,11 +40,12 @@ pub fn kernels_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.kernels.json"))
 }
 
-/// Save model + optimizer + progress. The optimizer file is written first and the model file
-/// last, each atomically; a crash in between leaves a pair whose states differ, which `load`
-/// rejects, and the previous complete pair is gone only once the new one is complete. Before
-/// them, where the backend chose kernels by measurement, those choices (`{name}.kernels.json`),
-/// so that a resumed run computes with the same kernels.
+/// Save model + optimizer + progress. Both files are written in full under temporary names
+/// first, then renamed into place one right after the other: a failed write (a full disk)
+/// leaves the previous pair whole, and only a crash between the two renames (no I/O between
+/// them) can leave a pair whose states differ, which `load` rejects. Before them, where the
+/// backend chose kernels by measurement, those choices (`{name}.kernels.json`), so that a
+/// resumed run computes with the same kernels.
 pub fn save(net: &PrrNet, dir: &Path, name: &str, st: &TrainState) -> Result<()> {
     let (model_path, optim_path) = paths(dir, name);
     if let Some(json) = net.backend().saved_kernel_choices() {
@@ -57,10 +58,12 @@ pub fn save(net: &PrrNet, dir: &Path, name: &str, st: &TrainState) -> Result<()>
     optim.insert("adam.m", vec![len], net.read(m)?);
     optim.insert("adam.v", vec![len], net.read(v)?);
     optim.metadata.insert(STATE_KEY.into(), json.clone());
-    optim.write(&optim_path)?;
+    let optim = optim.stage(&optim_path)?;
     let mut model = checkpoint::state_dict(net)?;
     model.metadata.insert(STATE_KEY.into(), json);
-    model.write(&model_path)
+    let model = model.stage(&model_path)?;
+    optim.commit()?;
+    model.commit()
 }
 
 /// Load a checkpoint pair saved by [`save`] into `net`; returns the progress.
