@@ -96,12 +96,26 @@ fn resume_is_exact() {
     let b = tmpdir("split");
     let mut net = new_net();
     train::train(&mut net, &src, &opts(&b, 1, false, None)).unwrap();
+    // As if a crash came after epoch 2's log line but before its checkpoint: the resumed run
+    // does epoch 2 again and the log keeps one line for it, the new one.
+    let log_b = b.join("metrics.jsonl");
+    let mut log = std::fs::read_to_string(&log_b).unwrap();
+    log.push_str("{\"epoch\":1,\"loss\":99.0}\n");
+    std::fs::write(&log_b, log).unwrap();
     let mut net = PrrNet::new(&cfg(), Box::new(CpuBackend::new()), BATCH, true).unwrap();
     train::train(&mut net, &src, &opts(&b, 2, true, None)).unwrap();
     assert!(
         params(&net) == straight,
         "1 + resume 1 epochs differ from 2 straight"
     );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log_b)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let epochs: Vec<u64> = lines.iter().map(|v| v["epoch"].as_u64().unwrap()).collect();
+    assert_eq!(epochs, [0, 1]);
+    assert_ne!(lines[1]["loss"].as_f64(), Some(99.0));
     // Stopped mid-epoch (step 3 of 6 in epoch 1), then resumed.
     let c = tmpdir("mid");
     assert!(

@@ -304,12 +304,25 @@ pub fn train(net: &mut PrrNet, data: &dyn DataSource, opts: &TrainOptions) -> Re
             seed: opts.seed,
         }
     };
-    // Loss history for the plots (from the log when resuming).
-    let mut history: Vec<(usize, f64, f64, f64, f64)> = std::fs::read_to_string(&log_path)
-        .unwrap_or_default()
+    // The log of the epochs the checkpoint completed. An epoch's line is written before its
+    // `last` checkpoint, so a crash between the two leaves a line for an epoch the resumed
+    // run does again: dropped here, the log keeps one line per epoch.
+    let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let logged: Vec<(&str, serde_json::Value)> = text
         .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .map(|v| {
+        .filter_map(|l| Some((l, serde_json::from_str::<serde_json::Value>(l).ok()?)))
+        .filter(|(_, v)| v["epoch"].as_u64().is_some_and(|e| (e as usize) < st.epoch))
+        .collect();
+    if opts.resume {
+        let kept: String = logged.iter().map(|(l, _)| format!("{l}\n")).collect();
+        if kept != text {
+            crate::io::tensors::write_atomic(&log_path, kept.as_bytes())?;
+        }
+    }
+    // Loss history for the plots.
+    let mut history: Vec<(usize, f64, f64, f64, f64)> = logged
+        .iter()
+        .map(|(_, v)| {
             (
                 v["epoch"].as_u64().unwrap_or(0) as usize,
                 v["loss"].as_f64().unwrap_or(f64::NAN),
@@ -425,7 +438,8 @@ pub fn train(net: &mut PrrNet, data: &dyn DataSource, opts: &TrainOptions) -> Re
         if improved {
             st.best_auc = Some(val.auc);
         }
-        state::save(net, &opts.out, "last", &st)?;
+        // `best`, the log line, then `last`: until `last` records the epoch as done, a resumed
+        // run does it again, which rewrites the other two.
         if improved {
             state::save(net, &opts.out, "best", &st)?;
         }
@@ -453,6 +467,8 @@ pub fn train(net: &mut PrrNet, data: &dyn DataSource, opts: &TrainOptions) -> Re
             serde_json::to_string(&line).expect("log serialises")
         )
         .map_err(|e| Error::io(&log_path, e))?;
+        drop(f);
+        state::save(net, &opts.out, "last", &st)?;
         history.push((epoch, line.loss, line.loss_loc, line.loss_cls, val.loss));
         write_plots(&opts.out, &history, &fpr, &tpr, val.auc)?;
     }
