@@ -314,7 +314,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let cfg = dump::resolve_config(&wf, preset.as_deref(), n, groups, None)?;
             let inp = TensorFile::read(&input)?;
             let be = backend::open(device.parse::<DeviceRequest>()?)?;
-            eprintln!("prrnet forward: {} on {}", cfg.to_json(), be.name());
+            // The input's side wins over the checkpoint's (`dump::run`); say the one that runs.
+            let mut shown = cfg.clone();
+            if let Some(side) = inp.get("image").and_then(|a| a.shape.get(2)) {
+                shown.size = *side;
+            }
+            eprintln!("prrnet forward: {} on {}", shown.to_json(), be.name());
             dump::run(
                 be,
                 &cfg,
