@@ -169,12 +169,20 @@ fn run_file_in(dir: &Path) -> Option<&'static str> {
         .find(|f| dir.join(f).exists())
 }
 
-fn holds_a_run(dir: &Path, file: &str) -> Error {
-    Error::Config(format!(
-        "{} already holds a training run ({file}), which a new run would overwrite: continue \
-         it with --resume {0}, or choose another --out",
-        dir.display()
-    ))
+/// A new run's `--out` must hold no run's checkpoints.
+fn refuse_a_run_in(dir: &Path) -> Result<()> {
+    match run_file_in(dir) {
+        None => Ok(()),
+        Some(file) => Err(Error::Config(format!(
+            "{} already holds a training run ({file}), which a new run would overwrite: \
+             continue it with --resume {0}, or choose another --out",
+            dir.display()
+        ))),
+    }
+}
+
+fn out_given(given: &ArgMatches) -> bool {
+    given.value_source("out") == Some(ValueSource::CommandLine)
 }
 
 /// Create `dir` and lock `dir/train.lock` for the whole run, so that a second prrnet-train on
@@ -216,16 +224,12 @@ fn claim_output_folder(cli: &Cli, given: &ArgMatches) -> Result<(PathBuf, File)>
     if let Some(dir) = &cli.resume {
         return Ok((dir.clone(), lock_folder(dir)?.ok_or_else(|| busy(dir))?));
     }
-    if given.value_source("out") == Some(ValueSource::CommandLine) {
-        if let Some(f) = run_file_in(&cli.out) {
-            return Err(holds_a_run(&cli.out, f));
-        }
+    if out_given(given) {
         let lock = lock_folder(&cli.out)?.ok_or_else(|| busy(&cli.out))?;
-        // Checked again under the lock: a run may have ended there since.
-        return match run_file_in(&cli.out) {
-            None => Ok((cli.out.clone(), lock)),
-            Some(f) => Err(holds_a_run(&cli.out, f)),
-        };
+        // Checked again (`run` did before the dataset loaded) under the lock: a run may have
+        // ended there since.
+        refuse_a_run_in(&cli.out)?;
+        return Ok((cli.out.clone(), lock));
     }
     for k in 1.. {
         let mut name = cli.out.clone().into_os_string();
@@ -251,11 +255,7 @@ fn run(mut cli: Cli, given: &ArgMatches) -> Result<(Outcome, PathBuf)> {
         Some(dir) => adopt_recorded_settings(&mut cli, given, &dir)?,
         // Before the dataset loads (which can take long): a folder that holds a run is refused
         // at once. `claim_output_folder` checks again under the lock.
-        None if given.value_source("out") == Some(ValueSource::CommandLine) => {
-            if let Some(f) = run_file_in(&cli.out) {
-                return Err(holds_a_run(&cli.out, f));
-            }
-        }
+        None if out_given(given) => refuse_a_run_in(&cli.out)?,
         None => {}
     }
     let mut cfg = Config::preset(&cli.preset)?;

@@ -91,7 +91,8 @@ impl Default for DetectorOptions {
 /// The result for one image.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Detection {
-    /// Inconsistency score `s = sigmoid(t)` (SPEC §5).
+    /// Inconsistency score `s = sigmoid(t)` (SPEC §5). Finite for the finite weights a
+    /// checkpoint must hold; were it not, `prrnet detect` writes an error record instead.
     pub score: f32,
     /// `score ≥ threshold`.
     pub fake: bool,
@@ -192,6 +193,9 @@ impl Detector {
     }
 
     /// Score decoded images (any colour type or bit depth); one [`Detection`] per image, in order.
+    /// Untrusted files are best decoded by [`crate::imageio::decode_file`] or
+    /// [`crate::imageio::decode_bytes`]: size and allocation limits, a decoder's panic as an
+    /// error, the EXIF orientation applied.
     pub fn detect(&self, images: &[DynamicImage]) -> Result<Vec<Detection>> {
         let inputs: Vec<Vec<f32>> = images.par_iter().map(|im| self.preprocess(im)).collect();
         self.detect_preprocessed(&inputs)

@@ -95,20 +95,16 @@ fn message(e: Error) -> String {
     }
 }
 
+/// Decode (a decoder's panic is an error: `imageio::decode_bytes`) and preprocess one input.
 fn load(det: &Detector, path: &Path, keep_rgb: bool) -> std::result::Result<Prepared, String> {
-    let work = || -> std::result::Result<Prepared, String> {
-        let img = decode_file(path, DecodeLimits::default()).map_err(message)?;
-        let input = det.preprocess(&img);
-        Ok(Prepared {
-            input,
-            width: img.width(),
-            height: img.height(),
-            rgb: keep_rgb.then(|| img.to_rgb8().into_raw()),
-        })
-    };
-    // A decoder that panics on a hostile file fails that input, not the run.
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
-        .unwrap_or_else(|_| Err("the decoder failed on this file (panic)".into()))
+    let img = decode_file(path, DecodeLimits::default()).map_err(message)?;
+    let input = det.preprocess(&img);
+    Ok(Prepared {
+        input,
+        width: img.width(),
+        height: img.height(),
+        rgb: keep_rgb.then(|| img.to_rgb8().into_raw()),
+    })
 }
 
 /// Write the pictures of one scored input.

@@ -53,8 +53,17 @@ pub fn decode_file(path: &Path, limits: DecodeLimits) -> Result<DynamicImage> {
     decode_bytes(&bytes, limits).map_err(|msg| Error::file(path, msg))
 }
 
-/// Decode image bytes under `limits`; the error is a message.
+/// Decode image bytes under `limits`; the error is a message. A decoder that panics on a
+/// hostile file fails that file, not the program (detect, training and eval all read here).
 pub fn decode_bytes(
+    bytes: &[u8],
+    limits: DecodeLimits,
+) -> std::result::Result<DynamicImage, String> {
+    std::panic::catch_unwind(|| decode_unguarded(bytes, limits))
+        .unwrap_or_else(|_| Err("the decoder failed on this file (panic)".into()))
+}
+
+fn decode_unguarded(
     bytes: &[u8],
     limits: DecodeLimits,
 ) -> std::result::Result<DynamicImage, String> {
