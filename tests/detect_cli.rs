@@ -554,6 +554,45 @@ fn non_finite_score_is_an_error_record() {
     std::fs::remove_dir_all(root).ok();
 }
 
+/// `prrnet detect … | head -1`: when the reader closes the pipe, the command ends quietly by
+/// SIGPIPE, like other Unix tools (no panic, no "Broken pipe" error).
+#[cfg(unix)]
+#[test]
+fn a_closed_pipe_ends_the_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let root = tmp_dir("detect-cli-pipe");
+    let w = tiny_checkpoint(&root, 28);
+    let img = root.join("x.png");
+    rgb_image(34, 32, 32).save(&img).unwrap();
+    // Far more records than a pipe's buffer holds, so writes go on after the reader is gone.
+    let manifest = root.join("many.txt");
+    std::fs::write(&manifest, "x.png\n".repeat(3000)).unwrap();
+    let mut child = prrnet()
+        .args([
+            "detect",
+            "--device",
+            "cpu",
+            "--size",
+            "32",
+            "--weights",
+            s(&w),
+            s(&manifest),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.signal(), Some(13), "{:?}: {err}", o.status);
+    assert!(
+        !err.contains("panicked") && !err.contains("Broken pipe"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(root).ok();
+}
+
 #[test]
 fn bare_state_dict_precision_and_stdout() {
     let root = tmp_dir("detect-cli-bare");

@@ -614,6 +614,15 @@ fn bench_peaks(device: &str, iters: usize, warmup: usize, json: bool) -> Result<
 }
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, so printing into a pipe the reader closed (`prrnet detect … | head`)
+    // would panic or fail with "Broken pipe"; with the default action the command ends
+    // quietly, as other Unix tools do.
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any other thread exists; SIG_DFL is a valid
+    // disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
