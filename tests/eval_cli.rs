@@ -1,7 +1,9 @@
 //! `prrnet eval` on a small labelled folder dataset: metrics JSON with every field, the ROC and
-//! score-histogram plots, and a corrupt file reported and skipped.
+//! score-histogram plots, and a corrupt file reported and skipped; NaN scores and a dataset of
+//! unreadable files are errors.
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Output};
 
 use prrnet::backend::cpu::CpuBackend;
 use prrnet::data::{procedural, sbi};
@@ -10,12 +12,38 @@ use prrnet::model::PrrNet;
 use prrnet::rng::Rng;
 use prrnet::Config;
 
-fn save_rgb(path: &std::path::Path, rgb: &[f32], s: usize) {
+fn save_rgb(path: &Path, rgb: &[f32], s: usize) {
     let bytes: Vec<u8> = rgb.iter().map(|v| (v * 255.0).round() as u8).collect();
     image::RgbImage::from_raw(s as u32, s as u32, bytes)
         .unwrap()
         .save(path)
         .unwrap();
+}
+
+/// The `tiny` network with seeded weights.
+fn tiny_net() -> PrrNet {
+    let mut net = PrrNet::new(
+        &Config::preset("tiny").unwrap(),
+        Box::new(CpuBackend::new()),
+        4,
+        false,
+    )
+    .unwrap();
+    net.init_weights(1).unwrap();
+    net
+}
+
+/// `prrnet eval` on the CPU, batch 4.
+fn run_eval(weights: &Path, data: &Path, out: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_prrnet"))
+        .args(["eval", "--device", "cpu", "--batch", "4", "--weights"])
+        .arg(weights)
+        .arg("--data")
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -40,28 +68,10 @@ fn eval_writes_metrics_and_plots() {
             .unwrap();
     }
     std::fs::write(dir.join("data/real/v0/broken.png"), b"not a png").unwrap();
-    let mut net = PrrNet::new(
-        &Config::preset("tiny").unwrap(),
-        Box::new(CpuBackend::new()),
-        4,
-        false,
-    )
-    .unwrap();
-    net.init_weights(1).unwrap();
+    let net = tiny_net();
     let w = dir.join("w.safetensors");
     checkpoint::save(&net, &w).unwrap();
-    let eval = |w: &std::path::Path, out: &str| {
-        Command::new(env!("CARGO_BIN_EXE_prrnet"))
-            .args(["eval", "--device", "cpu", "--batch", "4", "--weights"])
-            .arg(w)
-            .arg("--data")
-            .arg(dir.join("data"))
-            .arg("--out")
-            .arg(dir.join(out))
-            .output()
-            .unwrap()
-    };
-    let o = eval(&w, "out");
+    let o = run_eval(&w, &dir.join("data"), &dir.join("out"));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert_eq!(
@@ -101,10 +111,29 @@ fn eval_writes_metrics_and_plots() {
     }
     let huge = dir.join("huge.safetensors");
     checkpoint::save(&net, &huge).unwrap();
-    let o = eval(&huge, "out-nan");
+    let o = run_eval(&huge, &dir.join("data"), &dir.join("out-nan"));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(err.contains("12 of 12 scores are not finite"), "{err}");
     assert!(!dir.join("out-nan/metrics.json").exists());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A dataset whose every file is unreadable: an error that says so, not metrics of nothing.
+#[test]
+fn eval_of_only_unreadable_files_fails() {
+    let dir = std::env::temp_dir().join(format!("prrnet-eval-none-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    for (folder, name) in [("real/v0", "a.png"), ("fake/v1", "b.jpg")] {
+        std::fs::create_dir_all(dir.join("data").join(folder)).unwrap();
+        std::fs::write(dir.join("data").join(folder).join(name), b"not an image").unwrap();
+    }
+    let w = dir.join("w.safetensors");
+    checkpoint::save(&tiny_net(), &w).unwrap();
+    let o = run_eval(&w, &dir.join("data"), &dir.join("out"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("none of its 2 samples could be read"), "{err}");
+    assert!(!dir.join("out/metrics.json").exists());
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -43,8 +43,15 @@ pub fn run(
         workers,
         ..LoaderOptions::eval(net.cfg.size, net.batch, None)
     };
+    let total = samples.len();
     let source = LoaderSource::new(Vec::new(), samples, opts.clone(), opts);
     let ev = evaluate(net, &source)?;
+    if ev.scores.is_empty() {
+        return Err(Error::file(
+            data,
+            format!("none of its {total} samples could be read (each is reported above)"),
+        ));
+    }
     // Metrics over NaN scores would look like numbers and mean nothing (detect makes such an
     // input an error record; here the whole evaluation is in question).
     let bad = ev.scores.iter().filter(|s| !s.is_finite()).count();
