@@ -253,6 +253,26 @@ fn a_broken_file_is_reported_once_over_epochs() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// Every file unreadable: the first epoch says so and the run fails, instead of "finishing"
+/// having learnt nothing.
+#[test]
+fn a_training_set_of_unreadable_files_fails() {
+    let dir = std::env::temp_dir().join(format!("prrnet-train-cli-none-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    for k in 0..8 {
+        for d in ["real", "fake"] {
+            let folder = dir.join("data").join(d).join(format!("v{k}"));
+            std::fs::create_dir_all(&folder).unwrap();
+            std::fs::write(folder.join("0.png"), b"not a png").unwrap();
+        }
+    }
+    let (ok, err) = train_on_folder(&dir, &["--epochs", "2", "--val-fraction", "0.25"]);
+    assert!(!ok, "{err}");
+    assert!(err.contains("epoch 1 read no training sample"), "{err}");
+    assert!(!err.contains("epoch 1 done"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// Reals only and no self-blending: the run says its classifier cannot learn.
 #[test]
 fn a_training_set_of_one_class_is_warned_about() {

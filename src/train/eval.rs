@@ -56,7 +56,7 @@ pub fn run(
     // input an error record; here the whole evaluation is in question).
     let bad = ev.scores.iter().filter(|s| !s.is_finite()).count();
     if bad > 0 {
-        return Err(Error::Config(format!(
+        return Err(Error::Numeric(format!(
             "{bad} of {} scores are not finite: the network gave no usable output with {}",
             ev.scores.len(),
             weights.display()

@@ -350,6 +350,7 @@ pub fn train(net: &mut PrrNet, data: &dyn DataSource, opts: &TrainOptions) -> Re
         let started = Instant::now();
         let mut progress = Progress::new(epoch, steps);
         let (mut sum, mut sum_loc, mut sum_cls, mut n) = (0f64, 0f64, 0f64, 0usize);
+        let whole_epoch = st.step_in_epoch == 0;
         for batch in data.train_batches(epoch, st.step_in_epoch) {
             let step = st.step_in_epoch;
             let batch = batch?;
@@ -415,6 +416,15 @@ pub fn train(net: &mut PrrNet, data: &dyn DataSource, opts: &TrainOptions) -> Re
                     }
                 });
             }
+        }
+        if n == 0 && whole_epoch {
+            // Not a single readable sample in a whole epoch: training would "finish" having
+            // learnt nothing.
+            return Err(Error::Other(format!(
+                "epoch {} read no training sample: every file of the training set failed \
+                 (each is reported above)",
+                epoch + 1
+            )));
         }
         let seconds = started.elapsed().as_secs_f64();
         let images_per_s = progress.images_per_s();
