@@ -146,17 +146,25 @@ fn resume_is_exact() {
     }
 }
 
+/// Training progress at `steps` updates, in `epoch` after `step_in_epoch` of its steps.
+fn progress(epoch: usize, step_in_epoch: usize, steps: u64) -> state::TrainState {
+    state::TrainState {
+        epoch,
+        step_in_epoch,
+        global_step: steps,
+        adam_steps: steps,
+        best_auc: None,
+        seed: 7,
+    }
+}
+
 #[test]
 fn checkpoint_pairs_must_match() {
     let d = tmpdir("pairs");
     let net = new_net();
     let mut st = state::TrainState {
-        epoch: 1,
-        step_in_epoch: 0,
-        global_step: 6,
-        adam_steps: 6,
         best_auc: Some(0.7),
-        seed: 7,
+        ..progress(1, 0, 6)
     };
     state::save(&net, &d, "a", &st).unwrap();
     st.global_step = 9;
@@ -185,14 +193,7 @@ fn checkpoint_pairs_must_match() {
 fn a_failed_save_keeps_the_previous_pair() {
     let d = tmpdir("failed-save");
     let net = new_net();
-    let mut st = state::TrainState {
-        epoch: 0,
-        step_in_epoch: 3,
-        global_step: 3,
-        adam_steps: 3,
-        best_auc: None,
-        seed: 7,
-    };
+    let mut st = progress(0, 3, 3);
     state::save(&net, &d, "last", &st).unwrap();
     let blocker = d.join(format!(".last.safetensors.tmp-{}", std::process::id()));
     std::fs::create_dir(&blocker).unwrap();
