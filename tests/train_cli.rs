@@ -6,6 +6,13 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A path in the temporary folder for this test process, with nothing there yet.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("prrnet-train-cli-{name}-{}", std::process::id()));
+    std::fs::remove_dir_all(&p).ok();
+    p
+}
+
 fn train_cmd() -> Command {
     Command::new(env!("CARGO_BIN_EXE_prrnet-train"))
 }
@@ -27,8 +34,7 @@ const SMALL: [&str; 12] = [
 
 #[test]
 fn ctrl_c_writes_a_checkpoint_and_resume_continues() {
-    let out = std::env::temp_dir().join(format!("prrnet-train-cli-{}", std::process::id()));
-    std::fs::remove_dir_all(&out).ok();
+    let out = scratch("ctrl-c");
     let child = train_cmd()
         .args(SMALL)
         .args(["--epochs", "100000", "--out"])
@@ -113,8 +119,7 @@ fn ctrl_c_writes_a_checkpoint_and_resume_continues() {
 /// is refused, pointing at `--resume`.
 #[test]
 fn a_new_run_never_overwrites_an_old_one() {
-    let cwd = std::env::temp_dir().join(format!("prrnet-train-cli-again-{}", std::process::id()));
-    std::fs::remove_dir_all(&cwd).ok();
+    let cwd = scratch("again");
     std::fs::create_dir_all(&cwd).unwrap();
     let fresh = |extra: &[&str]| {
         let o = train_cmd()
@@ -173,8 +178,7 @@ fn a_new_run_never_overwrites_an_old_one() {
 
 #[test]
 fn resuming_a_folder_without_a_run_is_an_error_that_creates_nothing() {
-    let dir = std::env::temp_dir().join(format!("prrnet-train-cli-none-{}", std::process::id()));
-    std::fs::remove_dir_all(&dir).ok();
+    let dir = scratch("no-run");
     let o = train_cmd().arg("--resume").arg(&dir).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -241,8 +245,7 @@ fn train_on_folder(root: &std::path::Path, args: &[&str]) -> (bool, String) {
 /// reported once, and counted at the end.
 #[test]
 fn a_broken_file_is_reported_once_over_epochs() {
-    let dir = std::env::temp_dir().join(format!("prrnet-train-cli-broken-{}", std::process::id()));
-    std::fs::remove_dir_all(&dir).ok();
+    let dir = scratch("broken");
     write_folder(&dir.join("data"), 8, true);
     std::fs::write(dir.join("data/real/v0/broken.png"), b"not a png").unwrap();
     let (ok, err) = train_on_folder(&dir, &["--epochs", "3", "--val-fraction", "0.25"]);
@@ -257,13 +260,11 @@ fn a_broken_file_is_reported_once_over_epochs() {
 /// having learnt nothing.
 #[test]
 fn a_training_set_of_unreadable_files_fails() {
-    let dir = std::env::temp_dir().join(format!("prrnet-train-cli-none-{}", std::process::id()));
-    std::fs::remove_dir_all(&dir).ok();
+    let dir = scratch("unreadable");
+    write_folder(&dir.join("data"), 8, true);
     for k in 0..8 {
         for d in ["real", "fake"] {
-            let folder = dir.join("data").join(d).join(format!("v{k}"));
-            std::fs::create_dir_all(&folder).unwrap();
-            std::fs::write(folder.join("0.png"), b"not a png").unwrap();
+            std::fs::write(dir.join(format!("data/{d}/v{k}/0.png")), b"not a png").unwrap();
         }
     }
     let (ok, err) = train_on_folder(&dir, &["--epochs", "2", "--val-fraction", "0.25"]);
@@ -276,8 +277,7 @@ fn a_training_set_of_unreadable_files_fails() {
 /// Reals only and no self-blending: the run says its classifier cannot learn.
 #[test]
 fn a_training_set_of_one_class_is_warned_about() {
-    let dir = std::env::temp_dir().join(format!("prrnet-train-cli-real-{}", std::process::id()));
-    std::fs::remove_dir_all(&dir).ok();
+    let dir = scratch("reals-only");
     write_folder(&dir.join("data"), 8, false);
     let (ok, err) = train_on_folder(&dir, &["--max-steps", "1"]);
     assert!(ok, "{err}");
