@@ -90,9 +90,12 @@ pub fn config_of(file: &TensorFile) -> Result<Option<Config>> {
 }
 
 /// A loaded tensor's values must be finite (a NaN weight makes every score NaN, which no
-/// threshold can judge), and a running variance must not be negative (its square root is the
-/// BatchNorm scale).
-fn check_values(e: &ParamEntry, data: &[f32]) -> std::result::Result<(), String> {
+/// threshold can judge), and a variance (`non_negative` names which) must not be negative: its
+/// square root scales BatchNorm, and Adam's update.
+pub(crate) fn check_values(
+    data: &[f32],
+    non_negative: Option<&str>,
+) -> std::result::Result<(), String> {
     let bad = data.iter().filter(|v| !v.is_finite()).count();
     if bad > 0 {
         return Err(format!(
@@ -101,9 +104,9 @@ fn check_values(e: &ParamEntry, data: &[f32]) -> std::result::Result<(), String>
             data.len()
         ));
     }
-    if matches!(e.kind, ParamKind::RunningVar) {
+    if let Some(what) = non_negative {
         if let Some(v) = data.iter().find(|v| **v < 0.0) {
-            return Err(format!("a running variance is negative ({v})"));
+            return Err(format!("a {what} is negative ({v})"));
         }
     }
     Ok(())
@@ -131,7 +134,8 @@ fn load_entries(
                 },
                 other => other,
             })?;
-        check_values(e, &a.data).map_err(|msg| Error::Key {
+        let variance = matches!(e.kind, ParamKind::RunningVar).then_some("running variance");
+        check_values(&a.data, variance).map_err(|msg| Error::Key {
             key: key.clone(),
             msg: format!("{msg} in {}", source.display()),
         })?;

@@ -102,11 +102,15 @@ pub fn load(net: &mut PrrNet, dir: &Path, name: &str) -> Result<TrainState> {
     let (m, v) = net.adam_moments()?;
     let am = optim.expect("adam.m", &[m.len])?;
     let av = optim.expect("adam.v", &[v.len])?;
-    // As for the weights (checkpoint::load_file): a NaN moment would make every later update NaN.
-    if am.data.iter().chain(&av.data).any(|x| !x.is_finite()) || av.data.iter().any(|x| *x < 0.0) {
+    // Checked as the weights are (checkpoint::load_file): a NaN moment would make every later
+    // update NaN.
+    let moments = checkpoint::check_values(&am.data, None)
+        .and_then(|()| checkpoint::check_values(&av.data, Some("second moment")));
+    if moments.is_err() {
         return Err(Error::file(
             &optim_path,
-            "the Adam moments hold non-finite values or a negative second moment: the file is damaged",
+            "the Adam moments hold non-finite values or a negative second moment: the file is \
+             damaged",
         ));
     }
     net.write(m, &am.data)?;
