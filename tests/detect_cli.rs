@@ -513,6 +513,8 @@ fn threshold_changes_the_verdict() {
         }
         let o = run(&args, &[&img]);
         assert!(o.status.success(), "{}", stderr(&o));
+        // One input: the network is planned for one image, not padded to the default 16.
+        assert!(stderr(&o).contains(", batch 1, on "), "{}", stderr(&o));
         let r = jsonl(&out).remove(0);
         (
             r["score"].as_f64().unwrap() as f32,

@@ -103,7 +103,7 @@ enum Cmd {
         /// auto | cpu | cuda | cuda:N
         #[arg(long, default_value = "auto")]
         device: String,
-        /// Images per forward pass.
+        /// Images per forward pass (at most the number of inputs).
         #[arg(long, default_value_t = 16)]
         batch: usize,
         /// fp32 | tf32 | bf16
@@ -203,12 +203,18 @@ fn detect(
     inputs: &[PathBuf],
     weights: &std::path::Path,
     device: DeviceRequest,
-    opts: DetectorOptions,
+    mut opts: DetectorOptions,
     out: Option<PathBuf>,
     dirs: PictureDirs,
     strict: bool,
 ) -> Result<ExitCode> {
     let sources = detect::inputs::collect(inputs);
+    // The network is planned for exactly `batch` images and a short batch is padded with
+    // images whose results are thrown away: a run over fewer inputs than the batch plans (and
+    // computes, and allocates for) only as many as there are.
+    if (1..opts.batch).contains(&sources.len()) {
+        opts.batch = sources.len();
+    }
     let det = Detector::open(weights, device, opts)?;
     let c = det.config();
     eprintln!(
