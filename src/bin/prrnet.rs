@@ -103,7 +103,7 @@ enum Cmd {
         /// auto | cpu | cuda | cuda:N
         #[arg(long, default_value = "auto")]
         device: String,
-        /// Images per forward pass (at most the number of inputs).
+        /// Images per forward pass at most (the inputs are split into batches of equal size).
         #[arg(long, default_value_t = 16)]
         batch: usize,
         /// fp32 | tf32 | bf16
@@ -209,12 +209,8 @@ fn detect(
     strict: bool,
 ) -> Result<ExitCode> {
     let sources = detect::inputs::collect(inputs);
-    // The network is planned for exactly `batch` images and a short batch is padded with
-    // images whose results are thrown away: a run over fewer inputs than the batch plans (and
-    // computes, and allocates for) only as many as there are.
-    if (1..opts.batch).contains(&sources.len()) {
-        opts.batch = sources.len();
-    }
+    // As few batches as --batch allows, evenly filled: little padding is computed.
+    opts.batch = detect::pipeline::even_batch(sources.len(), opts.batch);
     let det = Detector::open(weights, device, opts)?;
     let c = det.config();
     eprintln!(
