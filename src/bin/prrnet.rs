@@ -34,7 +34,7 @@ enum Cmd {
         /// Output folder for metrics.json, roc.png and scores.png.
         #[arg(long, default_value = "eval")]
         out: PathBuf,
-        /// Images per forward pass.
+        /// Images per forward pass at most (the samples are split into batches of equal size).
         #[arg(long, default_value_t = 16)]
         batch: usize,
         /// auto | cpu | cuda | cuda:N
@@ -210,7 +210,7 @@ fn detect(
 ) -> Result<ExitCode> {
     let sources = detect::inputs::collect(inputs);
     // As few batches as --batch allows, evenly filled: little padding is computed.
-    opts.batch = detect::pipeline::even_batch(sources.len(), opts.batch);
+    opts.batch = prrnet::PrrNet::even_batch(sources.len(), opts.batch);
     let det = Detector::open(weights, device, opts)?;
     let c = det.config();
     eprintln!(
@@ -258,9 +258,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let be = backend::open(device.parse::<DeviceRequest>()?)?;
             let precision = precision.parse::<Precision>()?;
             be.set_precision(precision)?;
+            let samples = prrnet::train::eval::samples(&data)?;
+            let batch = prrnet::PrrNet::even_batch(samples.len(), batch);
             let mut net = prrnet::PrrNet::new_inference(&cfg, be, batch)?;
             prrnet::io::checkpoint::load_file(&net, &wf, &weights)?;
-            let m = prrnet::train::eval::run(&mut net, &weights, &data, &out, workers, precision)?;
+            let m = prrnet::train::eval::run(
+                &mut net, &weights, &data, samples, &out, workers, precision,
+            )?;
             println!("{}", serde_json::to_string(&m).expect("metrics serialise"));
             eprintln!("wrote {}", out.join("metrics.json").display());
             Ok(ExitCode::SUCCESS)

@@ -124,17 +124,6 @@ fn pictures(dirs: &PictureDirs, name: &str, p: Prepared, mask: &[f32], side: usi
     Ok(())
 }
 
-/// The batch to plan for `inputs` images given at most `max` per forward pass: the inputs
-/// split into as few batches as `max` allows, each as full as the others. The network is
-/// planned for a fixed batch and a short last batch is padded with images whose results are
-/// thrown away, so 17 inputs at `max` 16 run as 9 + 8 (one padded slot), not 16 + 1 (fifteen).
-pub fn even_batch(inputs: usize, max: usize) -> usize {
-    if inputs == 0 || max == 0 {
-        return max;
-    }
-    inputs.div_ceil(inputs.div_ceil(max))
-}
-
 /// Score every input with `det`, writing one record per input to `out` (in input order) and
 /// the pictures `dirs` asks for.
 pub fn run(
@@ -318,29 +307,4 @@ fn scored_records(
             )
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::even_batch;
-
-    #[test]
-    fn even_batches_pad_less_than_one_slot_per_batch() {
-        assert_eq!(even_batch(1, 16), 1);
-        assert_eq!(even_batch(16, 16), 16);
-        assert_eq!(even_batch(17, 16), 9);
-        assert_eq!(even_batch(100, 16), 15);
-        assert_eq!(even_batch(128, 64), 64);
-        // No inputs, or a zero batch (refused when the detector opens): unchanged.
-        assert_eq!(even_batch(0, 16), 16);
-        assert_eq!(even_batch(5, 0), 0);
-        for max in 1..40 {
-            for n in 1..200 {
-                let b = even_batch(n, max);
-                let batches = n.div_ceil(b);
-                assert!(b <= max && batches == n.div_ceil(max), "{n} {max}");
-                assert!(batches * b - n < batches, "{n} {max}: {b}");
-            }
-        }
-    }
 }

@@ -192,6 +192,17 @@ impl PrrNet {
         Self::build(cfg, be, batch, with_grads, false)
     }
 
+    /// The batch to plan for `inputs` images given at most `max` per forward pass: the inputs
+    /// split into as few batches as `max` allows, each as full as the others. The network is
+    /// planned for a fixed batch and a short last batch is padded with images whose results are
+    /// thrown away, so 17 inputs at `max` 16 run as 9 + 8 (one padded slot), not 16 + 1 (fifteen).
+    pub fn even_batch(inputs: usize, max: usize) -> usize {
+        if inputs == 0 || max == 0 {
+            return max;
+        }
+        inputs.div_ceil(inputs.div_ceil(max))
+    }
+
     /// Plan and allocate the network for inference only (eval-mode BatchNorm, no backward):
     /// every backbone conv + BatchNorm unit runs as one convolution with folded weights and a
     /// bias/residual/ReLU epilogue, and its conv output shares memory with its output. Folding
@@ -875,4 +886,29 @@ pub fn nhwc_to_nchw(x: &[f32], b: usize, h: usize, w: usize, c: usize) -> Vec<f3
         }
     }
     y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PrrNet;
+
+    #[test]
+    fn even_batches_pad_less_than_one_slot_per_batch() {
+        assert_eq!(PrrNet::even_batch(1, 16), 1);
+        assert_eq!(PrrNet::even_batch(16, 16), 16);
+        assert_eq!(PrrNet::even_batch(17, 16), 9);
+        assert_eq!(PrrNet::even_batch(100, 16), 15);
+        assert_eq!(PrrNet::even_batch(128, 64), 64);
+        // No inputs, or a zero batch (refused when the detector opens): unchanged.
+        assert_eq!(PrrNet::even_batch(0, 16), 16);
+        assert_eq!(PrrNet::even_batch(5, 0), 0);
+        for max in 1..40 {
+            for n in 1..200 {
+                let b = PrrNet::even_batch(n, max);
+                let batches = n.div_ceil(b);
+                assert!(b <= max && batches == n.div_ceil(max), "{n} {max}");
+                assert!(batches * b - n < batches, "{n} {max}: {b}");
+            }
+        }
+    }
 }

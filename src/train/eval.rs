@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::source::LoaderSource;
 use super::trainer::{evaluate, ValidationMetrics};
 use crate::backend::Precision;
-use crate::data::dataset;
+use crate::data::dataset::{self, Sample};
 use crate::data::loader::LoaderOptions;
 use crate::error::{Error, Result};
 use crate::model::PrrNet;
@@ -25,20 +25,26 @@ struct Report<'a> {
     metrics: &'a ValidationMetrics,
 }
 
-/// Score every sample of the dataset at `data` with `net` (eval mode) and write
+/// The samples of the labelled dataset at `data` (an error when it has none).
+pub fn samples(data: &Path) -> Result<Vec<Sample>> {
+    let samples = dataset::load(data)?;
+    if samples.is_empty() {
+        return Err(Error::file(data, "the dataset has no samples"));
+    }
+    Ok(samples)
+}
+
+/// Score `samples` (from [`samples`], read from `data`) with `net` (eval mode) and write
 /// `out/metrics.json`, `out/roc.png`, `out/scores.png`. Returns the metrics.
 pub fn run(
     net: &mut PrrNet,
     weights: &Path,
     data: &Path,
+    samples: Vec<Sample>,
     out: &Path,
     workers: usize,
     precision: Precision,
 ) -> Result<ValidationMetrics> {
-    let samples = dataset::load(data)?;
-    if samples.is_empty() {
-        return Err(Error::file(data, "the dataset has no samples"));
-    }
     let opts = LoaderOptions {
         workers,
         ..LoaderOptions::eval(net.cfg.size, net.batch, None)
