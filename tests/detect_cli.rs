@@ -1,7 +1,8 @@
 //! `prrnet detect` end to end: every input kind (grey, RGBA, 16-bit, JPEG, corrupt,
 //! truncated, a 100000×100000 header, a non-image file, an empty folder), the JSONL and CSV
 //! records, mask and overlay PNGs at the original sizes with collision-free names, manifests,
-//! `--strict`, `--threshold`, batching, bare state dicts, and agreement with the library.
+//! paths on standard input, `--strict`, `--threshold`, batching, bare state dicts, and
+//! agreement with the library.
 
 mod common;
 
@@ -494,6 +495,33 @@ fn manifests_resolve_relative_paths() {
             assert!((x.as_f64().unwrap() as f32 - by_folder[&p]).abs() <= 1e-6);
         }
     }
+
+    // `-`: paths on standard input, relative to the working folder, like a `.txt` manifest.
+    let mut c = prrnet();
+    c.current_dir(&root)
+        .args(["detect", "-", "--device", "cpu", "--weights", s(&w)])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        b"imgs/grey.png\n# a comment\n\nimgs/nope.png\n",
+    )
+    .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8(o.stdout).unwrap();
+    let recs: Vec<serde_json::Map<String, Value>> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recs.len(), 2, "{text}");
+    assert_eq!(recs[0]["path"], "imgs/grey.png");
+    let grey = imgs.join("grey.png").display().to_string();
+    assert!((recs[0]["score"].as_f64().unwrap() as f32 - by_folder[&grey]).abs() <= 1e-6);
+    assert_eq!(recs[1]["path"], "imgs/nope.png");
+    assert!(recs[1]["error"].is_string() && !recs[1].contains_key("score"));
     std::fs::remove_dir_all(root).ok();
 }
 

@@ -94,7 +94,8 @@ enum Cmd {
     /// Score image files, folders (recursive) and manifests (.txt, .csv / .jsonl with a `path`
     /// column): one record per input (path, score, verdict, mask_fraction, or error).
     Detect {
-        /// Image files, folders and manifests.
+        /// Image files, folders and manifests; `-` reads paths from standard input, one per
+        /// line.
         #[arg(required = true, value_name = "INPUT")]
         inputs: Vec<PathBuf>,
         /// Checkpoint (.safetensors).

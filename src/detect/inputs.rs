@@ -57,6 +57,10 @@ fn failed(label: impl Into<String>, msg: impl Into<String>) -> Source {
 pub fn collect(args: &[PathBuf]) -> Vec<Source> {
     let mut out = Vec::new();
     for a in args {
+        if a.as_os_str() == "-" {
+            read_stdin_list(&mut out);
+            continue;
+        }
         match std::fs::metadata(a) {
             Err(e) => out.push(failed(label_of(a), format!("cannot open: {e}"))),
             Ok(m) if m.is_dir() => walk(a, &mut out),
@@ -90,6 +94,28 @@ fn resolve(manifest: &Path, entry: &str) -> PathBuf {
             .parent()
             .map(|d| d.join(p))
             .unwrap_or_else(|| p.to_path_buf())
+    }
+}
+
+/// `-`: paths on standard input, one per line, as in a `.txt` manifest (relative ones are
+/// relative to the working folder), so that `find … | prrnet detect -` works.
+fn read_stdin_list(out: &mut Vec<Source>) {
+    let mut bytes = Vec::new();
+    match std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut bytes) {
+        Ok(_) => path_lines(Path::new(""), &String::from_utf8_lossy(&bytes), out),
+        Err(e) => out.push(failed("-", format!("cannot read standard input: {e}"))),
+    }
+}
+
+/// A `.txt` manifest's body: one path per line; blank lines and `#` comments skipped.
+fn path_lines(manifest: &Path, text: &str, out: &mut Vec<Source>) {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        out.push(file(resolve(manifest, line)));
     }
 }
 
@@ -146,15 +172,7 @@ fn read_manifest(path: &Path, out: &mut Vec<Source>) {
                 }
             }
         }
-        _ => {
-            for line in text.lines() {
-                let line = line.trim();
-                if line.is_empty() || line.starts_with('#') {
-                    continue;
-                }
-                out.push(file(resolve(path, line)));
-            }
-        }
+        _ => path_lines(path, text, out),
     }
 }
 
