@@ -1,7 +1,8 @@
 //! `prrnet-train` as a user runs it: Ctrl-C finishes the step, writes a checkpoint and exits
 //! cleanly; `--resume` continues from it with the run's recorded settings and refuses others;
 //! a second run on a folder in use, or a new run over an old one, is refused;
-//! a bad dataset path or a folder without a run is an error message.
+//! a bad dataset path, a folder without a run or settings no run can use are an error
+//! message.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -186,6 +187,46 @@ fn resuming_a_folder_without_a_run_is_an_error_that_creates_nothing() {
         "{err}"
     );
     assert!(!dir.exists(), "a failed resume created {}", dir.display());
+}
+
+#[test]
+fn settings_no_run_can_use_are_refused_before_anything_is_written() {
+    let dir = scratch("bad-settings");
+    for (args, says) in [
+        (&["--batch", "0"][..], "--batch must be at least 1"),
+        (&["--epochs", "0"], "--epochs must be at least 1"),
+        (&["--lr", "nan"], "--lr must be a positive number, not NaN"),
+        (
+            &["--lr=-1e-3"],
+            "--lr must be a positive number, not -0.001",
+        ),
+        (
+            &["--lr-frozen", "0"],
+            "--lr-frozen must be a positive number, not 0",
+        ),
+        (
+            &["--lambda", "inf"],
+            "--lambda must be a number ≥ 0, not inf",
+        ),
+        (
+            &["--self-blend", "2"],
+            "--self-blend is a probability (0 to 1), not 2",
+        ),
+        (
+            &["--val-fraction", "10"],
+            "--val-fraction is a fraction (0 to 1), not 10",
+        ),
+    ] {
+        let o = train_cmd()
+            .args(["--device", "cpu", "--out"])
+            .arg(&dir)
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(says), "{args:?}: {err}");
+        assert!(!dir.exists(), "{args:?} created {}", dir.display());
+    }
 }
 
 /// A folder dataset of `videos` procedural scenes at 32×32: `real/vK/0.png` and, with

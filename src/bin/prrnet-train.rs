@@ -249,6 +249,44 @@ fn claim_output_folder(cli: &Cli, given: &ArgMatches) -> Result<(PathBuf, File)>
     unreachable!("an unbounded search ends at a free folder")
 }
 
+/// Settings no run can use (an empty batch, no epochs, a learning rate that is not a positive
+/// number, a probability outside [0, 1]) are refused before anything is read or written: a
+/// NaN learning rate, say, would otherwise train to NaN weights and save them.
+fn check_settings(cli: &Cli) -> Result<()> {
+    let mut bad = Vec::new();
+    if cli.batch == 0 {
+        bad.push("--batch must be at least 1".to_string());
+    }
+    if cli.epochs == Some(0) {
+        bad.push("--epochs must be at least 1".to_string());
+    }
+    for (flag, v) in [("--lr", cli.lr), ("--lr-frozen", Some(cli.lr_frozen))] {
+        if let Some(v) = v.filter(|v| !(v.is_finite() && *v > 0.0)) {
+            bad.push(format!("{flag} must be a positive number, not {v}"));
+        }
+    }
+    if !(cli.lambda.is_finite() && cli.lambda >= 0.0) {
+        bad.push(format!("--lambda must be a number ≥ 0, not {}", cli.lambda));
+    }
+    if !(0.0..=1.0).contains(&cli.self_blend) {
+        bad.push(format!(
+            "--self-blend is a probability (0 to 1), not {}",
+            cli.self_blend
+        ));
+    }
+    if !(0.0..=1.0).contains(&cli.val_fraction) {
+        bad.push(format!(
+            "--val-fraction is a fraction (0 to 1), not {}",
+            cli.val_fraction
+        ));
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Config(bad.join("; ")))
+    }
+}
+
 /// Train; returns how the run ended and its output folder.
 fn run(mut cli: Cli, given: &ArgMatches) -> Result<(Outcome, PathBuf)> {
     match cli.resume.clone() {
@@ -258,6 +296,7 @@ fn run(mut cli: Cli, given: &ArgMatches) -> Result<(Outcome, PathBuf)> {
         None if out_given(given) => refuse_a_run_in(&cli.out)?,
         None => {}
     }
+    check_settings(&cli)?;
     let mut cfg = Config::preset(&cli.preset)?;
     cfg.n = cli.n;
     cfg.groups = cli.groups;
