@@ -24,6 +24,7 @@ pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
 pub struct DecodeLimits {
     pub max_width: u32,
     pub max_height: u32,
+    /// The most bytes a decoded image may take, and the largest file [`decode_file`] reads.
     pub max_alloc_bytes: u64,
 }
 
@@ -49,8 +50,39 @@ impl DecodeLimits {
 
 /// Decode an image file (format guessed from its content) under `limits`.
 pub fn decode_file(path: &Path, limits: DecodeLimits) -> Result<DynamicImage> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = read_image_file(path, limits.max_alloc_bytes)?;
     decode_bytes(&bytes, limits).map_err(|msg| Error::file(path, msg))
+}
+
+/// The bytes of an untrusted image file: a regular file of at most `max` bytes. A device, a
+/// pipe or a socket (a manifest line `/dev/zero`, a FIFO that blocks) is refused before it is
+/// opened, and a file larger than what its decoded pixels may take is refused before it is
+/// read, so that neither hangs the run nor fills its memory (several files are read at once).
+fn read_image_file(path: &Path, max: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::file(path, "not a regular file"));
+    }
+    let too_large = |len: u64| {
+        Error::file(
+            path,
+            format!("the file has {len} bytes, over the limit of {max} for an image"),
+        )
+    };
+    if meta.len() > max {
+        return Err(too_large(meta.len()));
+    }
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // A file that grows while it is read stops at the limit.
+    file.take(max.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > max {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
 }
 
 /// Decode image bytes under `limits`; the error is a message. A decoder that panics on a
@@ -185,6 +217,47 @@ pub fn save_rgb_png(path: &Path, rgb: Vec<u8>, w: usize, h: usize) -> Result<()>
 mod tests {
     use super::*;
     use image::ImageEncoder;
+
+    #[test]
+    fn only_regular_files_within_the_limit_are_read() {
+        let dir = std::env::temp_dir().join(format!("prrnet-imageio-read-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("photo.jpg");
+        std::fs::write(&path, jpeg(None)).unwrap();
+        let len = std::fs::metadata(&path).unwrap().len();
+        let limits = |max_alloc_bytes| DecodeLimits {
+            max_alloc_bytes,
+            ..DecodeLimits::default()
+        };
+        assert_eq!(
+            decode_file(&path, limits(len.max(2400))).unwrap().width(),
+            40
+        );
+        // Refused for its size before its pixels (40×20×3 bytes) are looked at.
+        let e = decode_file(&path, limits(len - 1)).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("has {len} bytes, over the limit of {}", len - 1)),
+            "{e}"
+        );
+        // A device (which reads forever), a named pipe (whose opening blocks until a writer
+        // comes) and a folder are not image files.
+        let fifo = dir.join("pipe.jpg");
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStrExt;
+            let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        }
+        for other in [Path::new("/dev/zero"), &fifo, &dir] {
+            if other.exists() {
+                let e = decode_file(other, DecodeLimits::default())
+                    .unwrap_err()
+                    .to_string();
+                assert!(e.contains("not a regular file"), "{e}");
+            }
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
 
     /// A 40×20 JPEG, left half red and right half blue, with an EXIF orientation tag if given.
     fn jpeg(orientation: Option<u16>) -> Vec<u8> {
