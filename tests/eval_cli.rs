@@ -101,6 +101,21 @@ fn eval_writes_metrics_and_plots() {
         assert!(img.width() > 100 && img.height() > 100);
     }
 
+    // Without --out: `eval`, then `eval-2`, so a second evaluation keeps the first's results.
+    for folder in ["eval", "eval-2"] {
+        let o = Command::new(env!("CARGO_BIN_EXE_prrnet"))
+            .current_dir(&dir)
+            .args(["eval", "--device", "cpu", "--batch", "4", "--weights"])
+            .args(["w.safetensors", "--data", "data"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let again: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join(folder).join("metrics.json")).unwrap())
+                .unwrap();
+        assert_eq!(again["auc"], m["auc"]);
+    }
+
     // Finite weights so large that every score overflows to NaN: an error, no metrics written.
     for key in ["rr.cls.fc1.weight", "rr.cls.fc2.weight"] {
         let mut data = net.read(net.entry(key).unwrap().tensor).unwrap();

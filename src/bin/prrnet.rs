@@ -31,9 +31,10 @@ enum Cmd {
         /// manifest, or a DeepfakeBench .json.
         #[arg(long)]
         data: PathBuf,
-        /// Output folder for metrics.json, roc.png and scores.png.
-        #[arg(long, default_value = "eval")]
-        out: PathBuf,
+        /// Output folder for metrics.json, roc.png and scores.png [default: eval, or eval-2,
+        /// eval-3, … when that already holds results].
+        #[arg(long)]
+        out: Option<PathBuf>,
         /// Images per forward pass at most (the samples are split into batches of equal size).
         #[arg(long, default_value_t = 16)]
         batch: usize,
@@ -239,6 +240,21 @@ fn detect(
     })
 }
 
+/// The default output of `eval`: `eval`, or the first of `eval-2`, `eval-3`, … that holds no
+/// results yet, so that evaluating a second checkpoint keeps the first one's.
+fn unused_eval_folder() -> PathBuf {
+    (1..)
+        .map(|k| {
+            PathBuf::from(if k == 1 {
+                "eval".into()
+            } else {
+                format!("eval-{k}")
+            })
+        })
+        .find(|dir| !dir.join("metrics.json").exists())
+        .expect("an unbounded search ends at a free folder")
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Eval {
@@ -259,6 +275,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let be = backend::open(device.parse::<DeviceRequest>()?)?;
             let precision = precision.parse::<Precision>()?;
             be.set_precision(precision)?;
+            let out = out.unwrap_or_else(unused_eval_folder);
             let samples = prrnet::train::eval::samples(&data)?;
             let batch = prrnet::PrrNet::even_batch(samples.len(), batch);
             let mut net = prrnet::PrrNet::new_inference(&cfg, be, batch)?;
