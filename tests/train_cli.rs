@@ -213,6 +213,10 @@ fn settings_no_run_can_use_are_refused_before_anything_is_written() {
             "--self-blend is a probability (0 to 1), not 2",
         ),
         (
+            &["--freeze-epochs", "2"],
+            "--freeze-epochs needs --backbone",
+        ),
+        (
             &["--val-fraction", "10"],
             "--val-fraction is a fraction (0 to 1), not 10",
         ),

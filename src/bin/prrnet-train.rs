@@ -268,6 +268,13 @@ fn check_settings(cli: &Cli) -> Result<()> {
     if !(cli.lambda.is_finite() && cli.lambda >= 0.0) {
         bad.push(format!("--lambda must be a number ≥ 0, not {}", cli.lambda));
     }
+    if cli.backbone.is_none() && cli.freeze_epochs.is_some_and(|f| f > 0) {
+        bad.push(
+            "--freeze-epochs needs --backbone (a run from scratch has no trained backbone to \
+             keep fixed)"
+                .to_string(),
+        );
+    }
     if !(0.0..=1.0).contains(&cli.self_blend) {
         bad.push(format!(
             "--self-blend is a probability (0 to 1), not {}",
