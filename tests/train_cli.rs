@@ -216,6 +216,11 @@ fn settings_no_run_can_use_are_refused_before_anything_is_written() {
             &["--freeze-epochs", "2"],
             "--freeze-epochs needs --backbone",
         ),
+        // Found only once the network is built, still before the output folder is made.
+        (
+            &["--backbone", "/nonexistent/hrnet_w30.safetensors"],
+            "/nonexistent/hrnet_w30.safetensors",
+        ),
         (
             &["--val-fraction", "10"],
             "--val-fraction is a fraction (0 to 1), not 10",

@@ -380,17 +380,7 @@ fn run(mut cli: Cli, given: &ArgMatches) -> Result<(Outcome, PathBuf)> {
     };
     let be = backend::open(cli.device.parse::<DeviceRequest>()?)?;
     be.set_precision(cli.precision.parse()?)?;
-    let (out, _lock) = claim_output_folder(&cli, given)?;
-    eprintln!(
-        "prrnet-train: {} on {} in {}; {} training / {} validation samples; {}; output in {}",
-        cfg.to_json(),
-        be.name(),
-        cli.precision,
-        train_set.len(),
-        val_set.len(),
-        schedule,
-        out.display()
-    );
+    let device = be.name();
     let mut net = PrrNet::new(&cfg, be, cli.batch, true)?;
     net.lambda = cli.lambda;
     let resume = cli.resume.is_some();
@@ -399,6 +389,20 @@ fn run(mut cli: Cli, given: &ArgMatches) -> Result<(Outcome, PathBuf)> {
         if let Some(b) = &cli.backbone {
             checkpoint::import_timm(&net, b)?;
         }
+    }
+    // Only now, with the network allocated and a backbone imported: a run that cannot start
+    // (out of memory, a backbone of the wrong network) leaves no output folder behind.
+    let (out, _lock) = claim_output_folder(&cli, given)?;
+    eprintln!(
+        "prrnet-train: {} on {device} in {}; {} training / {} validation samples; {}; output in {}",
+        cfg.to_json(),
+        cli.precision,
+        train_set.len(),
+        val_set.len(),
+        schedule,
+        out.display()
+    );
+    if !resume {
         let config = serde_json::json!({
             "model": cfg,
             "data": cli.data,
