@@ -243,14 +243,9 @@ fn detect(
 /// The default output of `eval`: `eval`, or the first of `eval-2`, `eval-3`, … that holds no
 /// results yet, so that evaluating a second checkpoint keeps the first one's.
 fn unused_eval_folder() -> PathBuf {
-    (1..)
-        .map(|k| {
-            PathBuf::from(if k == 1 {
-                "eval".into()
-            } else {
-                format!("eval-{k}")
-            })
-        })
+    std::iter::once("eval".to_string())
+        .chain((2..).map(|k| format!("eval-{k}")))
+        .map(PathBuf::from)
         .find(|dir| !dir.join("metrics.json").exists())
         .expect("an unbounded search ends at a free folder")
 }
