@@ -289,9 +289,9 @@ fn candidate_name(name: &str) -> Option<&'static str> {
 }
 
 impl CudaBackend {
-    /// The least FLOPs (2 per multiply-add) of a call that is measured ([`MIN_FLOPS`] by
-    /// default, `PRRNET_TUNE_MIN_GFLOP` at creation); smaller ones take the fallback. Infinity
-    /// turns measuring off.
+    /// The least FLOPs (2 per multiply-add) of a call that is measured (by default
+    /// `MIN_FLOPS`, 0.25 GFLOP, or `PRRNET_TUNE_MIN_GFLOP` at creation); smaller ones take the
+    /// fallback. Infinity turns measuring off.
     pub fn set_tune_min_flops(&self, flops: f64) {
         self.tune_min_flops
             .store(flops.max(0.0).to_bits(), Ordering::Relaxed);
