@@ -299,7 +299,8 @@ fn detect_end_to_end_throughput() {
     for _ in 0..2 {
         let mut sink = RecordWriter::new(Box::new(std::io::sink()), Format::Jsonl).unwrap();
         let sources = inputs::collect(std::slice::from_ref(&imgs));
-        let summary = pipeline::run(&det, sources, &mut sink, &PictureDirs::default()).unwrap();
+        let summary =
+            pipeline::run(&det, sources, &mut sink, &PictureDirs::default(), false).unwrap();
         assert_eq!(summary.succeeded, count, "{summary}");
         rates.push(summary.images_per_s());
     }

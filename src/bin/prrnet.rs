@@ -227,7 +227,7 @@ fn detect(
         det.device()
     );
     let mut writer = RecordWriter::create(out.as_deref())?;
-    let summary = detect::pipeline::run(&det, sources, &mut writer, &dirs)?;
+    let summary = detect::pipeline::run(&det, sources, &mut writer, &dirs, true)?;
     det.finish_profiling()?;
     eprintln!("prrnet detect: {summary}");
     Ok(if summary.ok(strict) {

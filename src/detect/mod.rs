@@ -33,6 +33,7 @@
 
 pub mod inputs;
 pub mod pipeline;
+pub mod progress;
 pub mod records;
 pub mod render;
 

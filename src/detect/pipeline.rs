@@ -11,6 +11,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use super::inputs::{picture_names, Source, SourceKind};
+use super::progress::RunProgress;
 use super::records::{Outcome, Record, RecordWriter};
 use super::render;
 use super::Detector;
@@ -125,12 +126,14 @@ fn pictures(dirs: &PictureDirs, name: &str, p: Prepared, mask: &[f32], side: usi
 }
 
 /// Score every input with `det`, writing one record per input to `out` (in input order) and
-/// the pictures `dirs` asks for.
+/// the pictures `dirs` asks for; with `progress`, a long run reports how far it is on stderr
+/// (`progress.rs`).
 pub fn run(
     det: &Detector,
     sources: Vec<Source>,
     out: &mut RecordWriter,
     dirs: &PictureDirs,
+    progress: bool,
 ) -> Result<Summary> {
     for d in [&dirs.masks, &dirs.overlay].into_iter().flatten() {
         crate::io::create_folder(d)?;
@@ -168,7 +171,12 @@ pub fn run(
                 }
             }
         });
-        consume(det, rx, out, dirs, &mut summary)
+        let mut progress = progress.then(|| RunProgress::new(sources.len()));
+        let r = consume(det, rx, out, dirs, &mut summary, progress.as_mut());
+        if let Some(p) = &mut progress {
+            p.finish();
+        }
+        r
     });
     result?;
     summary.seconds = start.elapsed().as_secs_f64();
@@ -198,6 +206,7 @@ fn consume(
     out: &mut RecordWriter,
     dirs: &PictureDirs,
     summary: &mut Summary,
+    mut progress: Option<&mut RunProgress>,
 ) -> Result<()> {
     let batch = det.batch();
     let mut order = InOrder {
@@ -212,6 +221,9 @@ fn consume(
                 summary.fake += usize::from(*fake);
             }
             Outcome::Failed(_) => summary.failed += 1,
+        }
+        if let Some(p) = progress.as_deref_mut() {
+            p.update(summary.succeeded + summary.failed, summary.failed);
         }
         order.push(index, r, out)
     };
