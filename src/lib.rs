@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod model;
 pub mod plot;
 pub mod profile;
+pub mod progress;
 pub mod relation_bench;
 pub mod rng;
 pub mod tensor;

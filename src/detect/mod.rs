@@ -33,7 +33,6 @@
 
 pub mod inputs;
 pub mod pipeline;
-pub mod progress;
 pub mod records;
 pub mod render;
 
@@ -282,7 +281,9 @@ impl BatchStream<'_> {
         if self.det.graphs.load(Relaxed) {
             if let Err(e) = self.net.forward_graph() {
                 self.det.graphs.store(false, Relaxed);
-                eprintln!("warning: CUDA graph replay unavailable ({e}); running plain forwards");
+                crate::progress::eprint_line(&format!(
+                    "warning: CUDA graph replay unavailable ({e}); running plain forwards"
+                ));
                 self.net.forward(Mode::EVAL)?;
             }
         } else {

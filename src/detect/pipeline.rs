@@ -11,12 +11,12 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use super::inputs::{picture_names, Source, SourceKind};
-use super::progress::RunProgress;
 use super::records::{Outcome, Record, RecordWriter};
 use super::render;
 use super::Detector;
 use crate::error::{Error, Result};
 use crate::imageio::{decode_file, DecodeLimits};
+use crate::progress::RunProgress;
 
 /// Where the per-input pictures go.
 #[derive(Clone, Debug, Default)]
@@ -127,7 +127,7 @@ fn pictures(dirs: &PictureDirs, name: &str, p: Prepared, mask: &[f32], side: usi
 
 /// Score every input with `det`, writing one record per input to `out` (in input order) and
 /// the pictures `dirs` asks for; with `progress`, a long run reports how far it is on stderr
-/// (`progress.rs`).
+/// (`crate::progress`).
 pub fn run(
     det: &Detector,
     sources: Vec<Source>,
@@ -171,7 +171,7 @@ pub fn run(
                 }
             }
         });
-        let mut progress = progress.then(|| RunProgress::new(sources.len()));
+        let mut progress = progress.then(|| RunProgress::new("prrnet detect", sources.len()));
         let r = consume(det, rx, out, dirs, &mut summary, progress.as_mut());
         if let Some(p) = &mut progress {
             p.finish();

@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::source::LoaderSource;
-use super::trainer::{evaluate, ValidationMetrics};
+use super::trainer::{evaluate_with_progress, ValidationMetrics};
 use crate::backend::Precision;
 use crate::data::dataset::{self, Sample};
 use crate::data::loader::LoaderOptions;
@@ -51,7 +51,10 @@ pub fn run(
     };
     let total = samples.len();
     let source = LoaderSource::new(Vec::new(), samples, opts.clone(), opts);
-    let ev = evaluate(net, &source)?;
+    let mut progress = crate::progress::RunProgress::new("prrnet eval", total);
+    let ev = evaluate_with_progress(net, &source, Some(&mut progress));
+    progress.finish();
+    let ev = ev?;
     if ev.scores.is_empty() {
         return Err(Error::file(
             data,

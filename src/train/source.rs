@@ -83,7 +83,7 @@ impl Recording {
         let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
         for s in self.loader.skipped() {
             if sink.known.insert(s.clone()) {
-                eprintln!("skipped {}: {}", s.0.display(), s.1);
+                crate::progress::eprint_line(&format!("skipped {}: {}", s.0.display(), s.1));
                 sink.list.push(s);
             }
         }

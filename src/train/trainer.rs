@@ -183,6 +183,15 @@ pub fn validate(
 
 /// Run the model in eval mode over `data`'s validation batches; keep every score.
 pub fn evaluate(net: &mut PrrNet, data: &dyn DataSource) -> Result<Evaluation> {
+    evaluate_with_progress(net, data, None)
+}
+
+/// [`evaluate`], reporting the samples scored so far to `progress`.
+pub fn evaluate_with_progress(
+    net: &mut PrrNet,
+    data: &dyn DataSource,
+    mut progress: Option<&mut crate::progress::RunProgress>,
+) -> Result<Evaluation> {
     let (b, s, h) = (net.batch, net.cfg.size, net.cfg.feature_side());
     let mut scores = Vec::new();
     let mut labels = Vec::new();
@@ -223,6 +232,9 @@ pub fn evaluate(net: &mut PrrNet, data: &dyn DataSource) -> Result<Evaluation> {
             pred_masks.extend_from_slice(&mask[i * h * h..(i + 1) * h * h]);
             gt_masks.extend(pool_mask(&batch.mask[i * s * s..(i + 1) * s * s], s, h));
             mask_weights.push(batch.mask_weight[i]);
+        }
+        if let Some(p) = progress.as_deref_mut() {
+            p.update(scores.len(), 0);
         }
     }
     let (fpr, tpr, _) = metrics::roc_curve(&scores, &labels);

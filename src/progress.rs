@@ -1,11 +1,14 @@
-//! Progress of a long `prrnet detect` run on stderr, so that scoring a large folder is not
-//! silence until the summary: on a terminal one line redrawn at most four times a second, in a
-//! log a line every 30 seconds. Nothing for a run that ends within its first second.
+//! Progress of a long `prrnet detect` or `prrnet eval` run on stderr, so that scoring a large
+//! folder is not silence until the summary: on a terminal one line redrawn at most four times a
+//! second, in a log a line every 30 seconds. Nothing for a run that ends within its first
+//! second.
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 pub struct RunProgress {
+    /// What the line starts with (the command).
+    label: &'static str,
     total: usize,
     start: Instant,
     last: Option<Instant>,
@@ -15,14 +18,15 @@ pub struct RunProgress {
 }
 
 impl RunProgress {
-    /// Progress over `total` inputs, on stderr.
-    pub fn new(total: usize) -> RunProgress {
+    /// Progress over `total` inputs, on stderr, in lines that start with `label`.
+    pub fn new(label: &'static str, total: usize) -> RunProgress {
         let tty = std::io::stderr().is_terminal();
-        RunProgress::with(total, Instant::now(), tty)
+        RunProgress::with(label, total, Instant::now(), tty)
     }
 
-    fn with(total: usize, start: Instant, tty: bool) -> RunProgress {
+    fn with(label: &'static str, total: usize, start: Instant, tty: bool) -> RunProgress {
         RunProgress {
+            label,
             total,
             start,
             last: None,
@@ -31,7 +35,7 @@ impl RunProgress {
         }
     }
 
-    /// The line to show at `now` after `done` records (`failed` of them errors), if one is due:
+    /// The line to show at `now` after `done` inputs (`failed` of them errors), if one is due:
     /// from one second in, then every `every`.
     fn line_at(&mut self, now: Instant, done: usize, failed: usize) -> Option<String> {
         let since = now.duration_since(self.last.unwrap_or(self.start));
@@ -50,13 +54,18 @@ impl RunProgress {
         } else {
             "?".into()
         };
+        let failed = if failed > 0 {
+            format!(" ({failed} failed)")
+        } else {
+            String::new()
+        };
         Some(format!(
-            "prrnet detect: {done}/{} inputs ({failed} failed), {rate:.1} inputs/s, {eta} left",
-            self.total
+            "{}: {done}/{} inputs{failed}, {rate:.1} inputs/s, {eta} left",
+            self.label, self.total
         ))
     }
 
-    /// Show the progress after `done` records, when a line is due.
+    /// Show the progress after `done` inputs (`failed` of them errors), when a line is due.
     pub fn update(&mut self, done: usize, failed: usize) {
         if let Some(line) = self.line_at(Instant::now(), done, failed) {
             let mut err = std::io::stderr().lock();
@@ -77,6 +86,14 @@ impl RunProgress {
     }
 }
 
+/// Print `msg` as a line of its own on stderr, over a progress line a terminal may show (which
+/// the next update draws again below it).
+pub fn eprint_line(msg: &str) {
+    let mut err = std::io::stderr().lock();
+    let clear = if err.is_terminal() { "\r\x1b[2K" } else { "" };
+    let _ = writeln!(err, "{clear}{msg}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,7 +102,7 @@ mod tests {
     fn lines_start_after_a_second_then_come_at_the_interval() {
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);
-        let mut p = RunProgress::with(100, t0, false);
+        let mut p = RunProgress::with("prrnet detect", 100, t0, false);
         assert_eq!(
             p.line_at(at(500), 10, 0),
             None,
@@ -107,7 +124,7 @@ mod tests {
             "none once every input is done"
         );
 
-        let mut tty = RunProgress::with(10, t0, true);
+        let mut tty = RunProgress::with("prrnet eval", 10, t0, true);
         assert!(tty
             .line_at(at(1000), 0, 0)
             .unwrap()
