@@ -125,10 +125,10 @@ mod tests {
         );
 
         let mut tty = RunProgress::with("prrnet eval", 10, t0, true);
-        assert!(tty
-            .line_at(at(1000), 0, 0)
-            .unwrap()
-            .ends_with("0.0 inputs/s, ? left"));
+        assert_eq!(
+            tty.line_at(at(1000), 0, 0).as_deref(),
+            Some("prrnet eval: 0/10 inputs, 0.0 inputs/s, ? left")
+        );
         assert_eq!(tty.line_at(at(1100), 1, 0), None);
         assert!(
             tty.line_at(at(1250), 1, 0).is_some(),
