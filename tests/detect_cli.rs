@@ -161,9 +161,12 @@ fn s(p: &Path) -> &str {
 }
 
 fn jsonl(path: &Path) -> Vec<serde_json::Map<String, Value>> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
+    records(&std::fs::read_to_string(path).unwrap())
+}
+
+/// JSONL records, one object per line.
+fn records(text: &str) -> Vec<serde_json::Map<String, Value>> {
+    text.lines()
         .map(|l| match serde_json::from_str::<Value>(l).unwrap() {
             Value::Object(m) => m,
             v => panic!("record is not an object: {v}"),
@@ -512,10 +515,7 @@ fn manifests_resolve_relative_paths() {
     let o = child.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let text = String::from_utf8(o.stdout).unwrap();
-    let recs: Vec<serde_json::Map<String, Value>> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let recs = records(&text);
     assert_eq!(recs.len(), 2, "{text}");
     assert_eq!(recs[0]["path"], "imgs/grey.png");
     let grey = imgs.join("grey.png").display().to_string();

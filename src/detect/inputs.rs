@@ -102,14 +102,20 @@ fn resolve(manifest: &Path, entry: &str) -> PathBuf {
 fn read_stdin_list(out: &mut Vec<Source>) {
     let mut bytes = Vec::new();
     match std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut bytes) {
-        Ok(_) => path_lines(Path::new(""), &String::from_utf8_lossy(&bytes), out),
+        Ok(_) => {
+            let text = String::from_utf8_lossy(&bytes);
+            path_lines(
+                Path::new(""),
+                text.strip_prefix('\u{feff}').unwrap_or(&text),
+                out,
+            )
+        }
         Err(e) => out.push(failed("-", format!("cannot read standard input: {e}"))),
     }
 }
 
 /// A `.txt` manifest's body: one path per line; blank lines and `#` comments skipped.
 fn path_lines(manifest: &Path, text: &str, out: &mut Vec<Source>) {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for line in text.lines() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
