@@ -33,13 +33,19 @@ fn tiny_net() -> PrrNet {
     net
 }
 
-/// `prrnet eval` on the CPU, batch 4.
-fn run_eval(weights: &Path, data: &Path, out: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_prrnet"))
-        .args(["eval", "--device", "cpu", "--batch", "4", "--weights"])
+/// `prrnet eval` on the CPU, batch 4, without `--out`.
+fn eval_cmd(weights: &Path, data: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_prrnet"));
+    c.args(["eval", "--device", "cpu", "--batch", "4", "--weights"])
         .arg(weights)
         .arg("--data")
-        .arg(data)
+        .arg(data);
+    c
+}
+
+/// `prrnet eval` on the CPU, batch 4, into `out`.
+fn run_eval(weights: &Path, data: &Path, out: &Path) -> Output {
+    eval_cmd(weights, data)
         .arg("--out")
         .arg(out)
         .output()
@@ -103,10 +109,8 @@ fn eval_writes_metrics_and_plots() {
 
     // Without --out: `eval`, then `eval-2`, so a second evaluation keeps the first's results.
     for folder in ["eval", "eval-2"] {
-        let o = Command::new(env!("CARGO_BIN_EXE_prrnet"))
+        let o = eval_cmd(Path::new("w.safetensors"), Path::new("data"))
             .current_dir(&dir)
-            .args(["eval", "--device", "cpu", "--batch", "4", "--weights"])
-            .args(["w.safetensors", "--data", "data"])
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
