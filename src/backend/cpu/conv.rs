@@ -5,9 +5,9 @@
 //! order, so `y = col · wᵀ`. Images are processed in chunks so the columns stay within a
 //! bounded workspace. Where the columns would be `x` itself (1×1 stride-1 convolutions, and
 //! windows as large as the map) the convolution is `linear`. On AVX-512 machines, those with
-//! column rows of at most 16 values run in `conv_small.rs`, and the stride-1 k×k ones with
-//! rows of at least 12 outputs in `conv_direct.rs` (the backward only with at most 64
-//! channels): where each was measured faster.
+//! column rows of at most 16 values run in `conv_small.rs`; on AVX-512 and AVX2 machines, the
+//! stride-1 k×k ones with rows of at least 12 outputs in `conv_direct` (the backward only with
+//! at most 64 channels): where each was measured faster.
 
 use rayon::prelude::*;
 
@@ -129,10 +129,10 @@ pub fn forward(
     let (xs, ws, ys) = (be.r(x), be.r(w), be.w(y));
     if conv_small::suits(s) {
         conv_small::forward(s, xs, ws, act.as_ref(), ys);
-    } else if conv_direct::suits(s) {
+    } else if let Some(isa) = conv_direct::suits(s) {
         let lim = &conv_direct::LIMITS;
         be.with_workspace(conv_direct::workspace_len(lim, s), |work| {
-            conv_direct::forward(lim, s, xs, ws, act.as_ref(), ys, work)
+            conv_direct::forward(isa, lim, s, xs, ws, act.as_ref(), ys, work)
         });
     } else {
         im2col_forward(be, s, xs, ws, act.as_ref(), ys);
@@ -211,14 +211,14 @@ pub fn backward(
         }
         return;
     }
-    if conv_direct::suits_backward(s) {
+    if let Some(isa) = conv_direct::suits_backward(s) {
         let lim = &conv_direct::LIMITS;
         be.with_workspace(conv_direct::workspace_len(lim, s), |work| {
             if let Some(dw) = dw {
-                conv_direct::backward_weights(lim, s, xs, dys, be.w(dw), work);
+                conv_direct::backward_weights(isa, lim, s, xs, dys, be.w(dw), work);
             }
             if let Some(dx) = dx {
-                conv_direct::backward_data(lim, s, ws, dys, be.w(dx), work);
+                conv_direct::backward_data(isa, lim, s, ws, dys, be.w(dx), work);
             }
         });
         return;

@@ -1,5 +1,5 @@
 //! Stride-1 k×k convolutions computed directly from a zero-padded copy: no column matrix, no
-//! GEMM packing. AVX-512 only; elsewhere `conv.rs` keeps im2col + GEMM.
+//! GEMM packing. AVX-512 or AVX2 with FMA ([`Isa`]); elsewhere `conv.rs` keeps im2col + GEMM.
 //!
 //! x: [B, H, W, Cin], w: [Cout, k, k, Cin], y: [B, Ho, Wo, Cout] (as in `conv.rs`).
 //!
@@ -17,7 +17,9 @@
 //! Kernel. A block of up to 24 / V (at most 12) consecutive output pixels of one row × one
 //! tile of V ≤ 4 vectors keeps up to 24 accumulators of the 32 registers; per input value: V
 //! weight loads, one broadcast per pixel, one fused multiply-add per accumulator. The sums run
-//! over (ky, kx, ci) in that order, in f32 with FMA.
+//! over (ky, kx, ci) in that order, in f32 with FMA. In AVX2 (16 registers of 8 lanes) a
+//! vector is two registers, tiles are one vector and blocks 6 pixels (12 registers of
+//! accumulators); every lane's sum is the same, so both give the same bits.
 //!
 //! The data gradient of a stride-1 convolution is the same convolution of dy padded by
 //! k − 1 − pad, with the kernel turned 180° and Cin, Cout swapped: [`backward_data`] packs the
@@ -32,13 +34,82 @@ use rayon::prelude::*;
 use super::elementwise::BiasAct;
 use crate::backend::ConvShape;
 
-/// Rows of a register block of four vectors (24 accumulators; thinner tiles take up to 2·P,
-/// see [`block_rows`]): output pixels forward, input channels in the weight gradient.
+/// Rows of an AVX-512 register block of four vectors (24 accumulators; thinner tiles take up
+/// to 2·P, see [`Isa::block_rows`]): output pixels forward, input channels in the weight
+/// gradient.
 const P: usize = 6;
-/// Lanes of one vector.
+/// Lanes of one vector of a tile (one AVX-512 register, two AVX2 ones).
 const L: usize = 16;
-/// Most vectors of output channels per tile.
+/// Most vectors of output channels per tile, on any instruction set.
 const MAX_V: usize = 4;
+
+/// The vector instructions the kernels run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX-512F: 32 registers, one per vector of a tile.
+    Avx512,
+    /// AVX2 with FMA: 16 registers, two per vector of a tile.
+    Avx2,
+}
+
+impl Isa {
+    /// The widest this CPU has, if any.
+    pub fn detect() -> Option<Isa> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") {
+                return Some(Isa::Avx512);
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Some(Isa::Avx2);
+            }
+        }
+        None
+    }
+
+    /// Whether this CPU can run kernels of `self`.
+    fn available(self) -> bool {
+        match (self, Isa::detect()) {
+            (_, None) => false,
+            (Isa::Avx512, Some(have)) => have == Isa::Avx512,
+            (Isa::Avx2, Some(_)) => true,
+        }
+    }
+
+    /// Most vectors per tile. AVX2: one, in blocks of 6 pixels (12 accumulator registers, 2
+    /// of weights, 1 broadcast). Two vectors in blocks of 3 pixels need 17 registers: the
+    /// compiler kept some accumulators on the stack, and that kernel ran slower than im2col +
+    /// GEMM (75×75×30 forward at batch 4: 5.4 ms against 4.1 ms on an AMD EPYC, 2 threads);
+    /// in blocks of 2 pixels it measured the same as one vector in blocks of 6.
+    fn max_v(self) -> usize {
+        match self {
+            Isa::Avx512 => MAX_V,
+            Isa::Avx2 => 1,
+        }
+    }
+
+    /// Most rows of a register block of `v` vectors (output pixels forward, input channels in
+    /// the weight gradient). AVX-512: rows·v accumulators, at most 24 of the 32 registers, at
+    /// most 12 rows; thin tiles take taller blocks: at 30 channels (two vectors) 12 rows
+    /// instead of 6 load the shared vectors half as often per multiply-add and halve the
+    /// per-block work (criterion, 75×75×30 at batch 4: forward 1.41 → 1.27 ms, backward 3.04 →
+    /// 2.77 ms). AVX2: 2·rows accumulator registers of its one vector, 12 of the 16.
+    fn block_rows(self, v: usize) -> usize {
+        match self {
+            Isa::Avx512 => (MAX_V * P / v).min(2 * P),
+            Isa::Avx2 => P,
+        }
+    }
+
+    /// The output channels split into tiles of at most `max_v` vectors: (first channel,
+    /// vectors).
+    fn tiles(self, cout: usize) -> Vec<(usize, usize)> {
+        let (vectors, most) = (cout.div_ceil(L), self.max_v());
+        (0..vectors.div_ceil(most))
+            .map(|t| (t * most * L, most.min(vectors - t * most)))
+            .collect()
+    }
+}
 
 /// Bytes of one tile's weights a pass over a row's pixel blocks may read: with the input rows
 /// and the output row they stay in L1 (48 KiB on the Xeon measured). See [`Direct::run`].
@@ -63,13 +134,16 @@ pub const LIMITS: Limits = Limits {
     partial_floats: 1 << 20,
 };
 
-/// Whether the forward of `s` runs here on this machine: stride 1, a real kernel, rows of at
-/// least two full register blocks, AVX-512. Narrower rows spend much of their time in partial
+/// The instruction set the forward of `s` runs on here, if it runs here on this machine:
+/// stride 1, a real kernel, rows of at least two full AVX-512 register blocks, AVX-512 or
+/// AVX2. Narrower rows spend much of their time in partial
 /// blocks and per-row overhead: the relation convolutions (5×5 and 3×3 maps, one task per
 /// 3-pixel row) took 96 → 167 ms of the W30 step's `bwd.pr_heads` here, and the 10×10×240
 /// forward at batch 4 ran 18% slower than im2col + GEMM; 19×19×120 ran 12% faster.
-pub fn suits(s: &ConvShape) -> bool {
-    s.stride == 1 && s.k > 1 && s.pad < s.k && s.wo >= 2 * P && has_avx512()
+pub fn suits(s: &ConvShape) -> Option<Isa> {
+    (s.stride == 1 && s.k > 1 && s.pad < s.k && s.wo >= 2 * P)
+        .then(Isa::detect)
+        .flatten()
 }
 
 /// Most channels on the narrower side (in or out) for the backward to run here. Measured with
@@ -83,32 +157,18 @@ const MAX_BACKWARD_CHANNELS: usize = 64;
 
 /// Whether the backward of `s` runs here: as [`suits`], with at most
 /// `MAX_BACKWARD_CHANNELS` channels on one side.
-pub fn suits_backward(s: &ConvShape) -> bool {
-    suits(s) && s.cin.min(s.cout) <= MAX_BACKWARD_CHANNELS
+pub fn suits_backward(s: &ConvShape) -> Option<Isa> {
+    suits(s).filter(|_| s.cin.min(s.cout) <= MAX_BACKWARD_CHANNELS)
 }
 
 pub(super) fn has_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// The output channels split into tiles of at most `MAX_V` vectors: (first channel, vectors).
-fn tiles(cout: usize) -> Vec<(usize, usize)> {
-    let vectors = cout.div_ceil(L);
-    (0..vectors.div_ceil(MAX_V))
-        .map(|t| (t * MAX_V * L, MAX_V.min(vectors - t * MAX_V)))
-        .collect()
+    Isa::Avx512.available()
 }
 
 /// One stride-1 convolution as the kernel sees it: `y (+)= conv(xp, taps)` where xp is
 /// already padded.
 struct Direct<'a> {
+    isa: Isa,
     /// Images in the chunk.
     nb: usize,
     /// Padded input [nb, hp, wp, cin].
@@ -134,11 +194,12 @@ struct Direct<'a> {
 /// channel: `fill(c0, valid, lanes, tile)` writes one tile ([taps][lanes], channels
 /// c0 .. c0 + valid), the tiles in parallel.
 fn pack(
+    isa: Isa,
     channels: usize,
     taps: usize,
     fill: impl Fn(usize, usize, usize, &mut [f32]) + Sync,
 ) -> Vec<f32> {
-    let tiles = tiles(channels);
+    let tiles = isa.tiles(channels);
     let mut packed = vec![0f32; packed_len(&tiles, taps)];
     tile_parts(&mut packed, &tiles, taps)
         .into_par_iter()
@@ -170,8 +231,8 @@ fn tile_parts<'a>(
 
 /// The forward's weights: lane l of tap t = (ky, kx, ci) is w[c0 + l, t]. A transpose,
 /// in runs of 64 taps so the tile rows being written stay in L1.
-fn pack_forward(w: &[f32], cout: usize, taps: usize) -> Vec<f32> {
-    pack(cout, taps, |c0, valid, lanes, tile| {
+fn pack_forward(isa: Isa, w: &[f32], cout: usize, taps: usize) -> Vec<f32> {
+    pack(isa, cout, taps, |c0, valid, lanes, tile| {
         for t0 in (0..taps).step_by(64) {
             let t1 = (t0 + 64).min(taps);
             for l in 0..valid {
@@ -186,8 +247,8 @@ fn pack_forward(w: &[f32], cout: usize, taps: usize) -> Vec<f32> {
 
 /// The data gradient's weights: input channel ci's tap (ky, kx, co) is
 /// w[co, k−1−ky, k−1−kx, ci], so a tile row is a run of w.
-fn pack_rotated(w: &[f32], cout: usize, k: usize, cin: usize) -> Vec<f32> {
-    pack(cin, k * k * cout, |c0, valid, lanes, tile| {
+fn pack_rotated(isa: Isa, w: &[f32], cout: usize, k: usize, cin: usize) -> Vec<f32> {
+    pack(isa, cin, k * k * cout, |c0, valid, lanes, tile| {
         for (t, row) in tile.chunks_exact_mut(lanes).enumerate() {
             let (ky, kx, co) = (t / (k * cout), t / cout % k, t % cout);
             let src = ((co * k + (k - 1 - ky)) * k + (k - 1 - kx)) * cin + c0;
@@ -223,7 +284,7 @@ impl Direct<'_> {
     /// a row's blocks share one pass's 30 KB (criterion side by side, 19×19×120 and 38×38×60
     /// at batch 4: 9% and 6% faster forward).
     fn run(&self, y: &mut [f32]) {
-        let tiles = tiles(self.cout);
+        let tiles = self.isa.tiles(self.cout);
         let taps = self.k * self.k * self.cin;
         let row_len = self.wo * self.cout;
         y[..self.nb * self.ho * row_len]
@@ -241,7 +302,7 @@ impl Direct<'_> {
                     let kk = self.k * self.k;
                     let per_pass = (PASS_WEIGHT_BYTES / (self.cin * v * L * 4)).clamp(1, kk);
                     for t0 in (0..kk).step_by(per_pass) {
-                        for (ox0, ox1) in even_blocks(self.wo, block_rows(v)) {
+                        for (ox0, ox1) in even_blocks(self.wo, self.isa.block_rows(v)) {
                             let block = Block {
                                 x: &x_row[ox0 * self.cin..],
                                 x_rs: self.wp * self.cin,
@@ -254,7 +315,7 @@ impl Direct<'_> {
                                 y_ps: self.cout,
                                 accumulate: self.accumulate || t0 > 0,
                             };
-                            block.run(v, &mut y_row[ox0 * self.cout + co0..]);
+                            block.run(self.isa, v, &mut y_row[ox0 * self.cout + co0..]);
                         }
                     }
                 }
@@ -266,15 +327,6 @@ impl Direct<'_> {
     }
 }
 
-/// Most rows of a register block of `v` vectors (output pixels forward, input channels in the
-/// weight gradient): rows·v accumulators, at most 24 of the 32 registers, at most 12 rows.
-/// Thin tiles take taller blocks: at 30 channels (two vectors) 12 rows instead of 6 load the
-/// shared vectors half as often per multiply-add and halve the per-block work (criterion,
-/// 75×75×30 at batch 4: forward 1.41 → 1.27 ms, backward 3.04 → 2.77 ms).
-fn block_rows(v: usize) -> usize {
-    (MAX_V * P / v).min(2 * P)
-}
-
 /// `0..len` cut into the fewest blocks of at most `most`, as even as possible (19 pixels by 6:
 /// 4 + 5 + 5 + 5, not 6 + 6 + 6 + 1, whose 1-row block would run at a fraction of the rate):
 /// the blocks' (start, end).
@@ -283,28 +335,32 @@ fn even_blocks(len: usize, most: usize) -> impl Iterator<Item = (usize, usize)> 
     (0..count).map(move |i| (i * len / count, (i + 1) * len / count))
 }
 
-/// `avx512::$kernel::<V, N>($block, $out)` for the run-time v ≤ 4 and n ≤ `block_rows(v)`:
-/// one instance per pair, so the kernels' accumulators are fixed-size arrays that stay in
-/// registers.
+/// `avx512::$kernel::<V, N>($block, $out)` (or `avx2::…`) for the run-time instruction set,
+/// v ≤ `isa.max_v()` and n ≤ `isa.block_rows(v)`: one instance per pair, so the kernels'
+/// accumulators are fixed-size arrays that stay in registers.
 #[cfg(target_arch = "x86_64")]
 macro_rules! register_block {
-    ($kernel:ident, $block:expr, $v:expr, $n:expr, $out:expr) => {
-        register_block!(@v $kernel, $block, $v, $n, $out;
-            1 => [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
-            2 => [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
-            3 => [1, 2, 3, 4, 5, 6, 7, 8],
-            4 => [1, 2, 3, 4, 5, 6])
+    ($isa:expr, $kernel:ident, $block:expr, $v:expr, $n:expr, $out:expr) => {
+        match $isa {
+            Isa::Avx512 => register_block!(@v avx512, $kernel, $block, $v, $n, $out;
+                1 => [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
+                2 => [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
+                3 => [1, 2, 3, 4, 5, 6, 7, 8],
+                4 => [1, 2, 3, 4, 5, 6]),
+            Isa::Avx2 => register_block!(@v avx2, $kernel, $block, $v, $n, $out;
+                1 => [1, 2, 3, 4, 5, 6]),
+        }
     };
-    (@v $kernel:ident, $block:expr, $v:expr, $n:expr, $out:expr;
+    (@v $module:ident, $kernel:ident, $block:expr, $v:expr, $n:expr, $out:expr;
         $($vv:literal => [$($nn:literal),*]),*) => {
         match ($v, $n) {
-            $($(($vv, $nn) => avx512::$kernel::<$vv, $nn>($block, $out),)*)*
-            _ => unreachable!("a register block has 1 to 4 vectors and at most block_rows(v) rows"),
+            $($(($vv, $nn) => $module::$kernel::<$vv, $nn>($block, $out),)*)*
+            _ => unreachable!("a register block has 1 to max_v vectors and at most block_rows(v) rows"),
         }
     };
 }
 
-/// One register block: `pixels` ≤ `block_rows(v)` consecutive outputs of a row × one
+/// One register block: `pixels` ≤ `isa.block_rows(v)` consecutive outputs of a row × one
 /// channel tile of `v` vectors.
 struct Block<'a> {
     /// Padded input at (row oy, pixel ox0), channel 0; rows `x_rs` floats apart.
@@ -326,18 +382,19 @@ struct Block<'a> {
 }
 
 impl Block<'_> {
-    fn run(&self, v: usize, y: &mut [f32]) {
+    fn run(&self, isa: Isa, v: usize, y: &mut [f32]) {
         // Every read and write below stays inside these slices.
         let kc = self.k * self.cin;
-        assert!((1..=MAX_V).contains(&v) && (1..=block_rows(v)).contains(&self.pixels));
+        assert!((1..=isa.max_v()).contains(&v) && (1..=isa.block_rows(v)).contains(&self.pixels));
         assert!(self.taps.end <= self.k * self.k);
         assert!((self.k - 1) * self.x_rs + (self.pixels - 1) * self.cin + kc <= self.x.len());
         assert!(self.w.len() == self.k * kc * v * L && self.cols <= v * L);
         assert!((self.pixels - 1) * self.y_ps + self.cols <= y.len());
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX-512 is present (`suits` checked it); the bounds are asserted above.
+        // SAFETY: the CPU has `isa` (asserted where the call began); the bounds are asserted
+        // above.
         unsafe {
-            register_block!(block, self, v, self.pixels, y)
+            register_block!(isa, block, self, v, self.pixels, y)
         }
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!("conv_direct runs on x86_64 only");
@@ -345,113 +402,9 @@ impl Block<'_> {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use std::arch::x86_64::*;
-
-    use super::{Block, WgradBlock, L};
-
-    /// The lanes of vector `i` of a tile that hold one of its `cols` channels.
-    fn lane_mask(cols: usize, i: usize) -> __mmask16 {
-        let n = cols.saturating_sub(i * L).min(L);
-        ((1u32 << n) - 1) as __mmask16
-    }
-
-    /// The block's `PB` (= `b.pixels`) outputs × `V` vectors of channels, summed over the taps
-    /// `b.taps` (and added to `y` where `b.accumulate`).
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn block<const V: usize, const PB: usize>(b: &Block, y: &mut [f32]) {
-        let x = b.x.as_ptr();
-        let w = b.w.as_ptr();
-        let out = y.as_mut_ptr();
-        let mask = |i: usize| lane_mask(b.cols, i);
-        let mut acc = [[_mm512_setzero_ps(); V]; PB];
-        if b.accumulate {
-            for (p, accp) in acc.iter_mut().enumerate() {
-                for (i, a) in accp.iter_mut().enumerate() {
-                    *a = _mm512_maskz_loadu_ps(mask(i), out.add(p * b.y_ps + i * L));
-                }
-            }
-        }
-        // The pass's taps row by row: for one ky, taps kx0..kx1 read the (kx1 − kx0)·cin
-        // consecutive floats from pixel (ox0 + p + kx0) on, so each row of taps is one loop
-        // (same order of terms as tap by tap, channel by channel).
-        let (k, cin) = (b.k, b.cin);
-        let mut tap = b.taps.start;
-        while tap < b.taps.end {
-            let (ky, kx0) = (tap / k, tap % k);
-            let kx1 = k.min(kx0 + b.taps.end - tap);
-            // Input (oy + ky, ox0 + p + kx0, ·) for each pixel, and tap (ky, kx0, 0)'s weights.
-            let xr = x.add(ky * b.x_rs + kx0 * cin);
-            // Opaque to the optimiser: otherwise it rebuilds each pixel's address from one
-            // base every iteration (two integer operations per broadcast) instead of keeping
-            // the PB pointers in registers.
-            let xs: [*const f32; PB] =
-                std::hint::black_box(std::array::from_fn(|p| xr.add(p * cin)));
-            let mut wr = w.add(tap * cin * V * L);
-            for j in 0..(kx1 - kx0) * cin {
-                let mut wv = [_mm512_setzero_ps(); V];
-                for (i, wvi) in wv.iter_mut().enumerate() {
-                    *wvi = _mm512_loadu_ps(wr.add(i * L));
-                }
-                wr = wr.add(V * L);
-                for (accp, xp) in acc.iter_mut().zip(&xs) {
-                    let xv = _mm512_set1_ps(*xp.add(j));
-                    for (a, wvi) in accp.iter_mut().zip(&wv) {
-                        *a = _mm512_fmadd_ps(xv, *wvi, *a);
-                    }
-                }
-            }
-            tap += kx1 - kx0;
-        }
-        for (p, accp) in acc.iter().enumerate() {
-            for (i, a) in accp.iter().enumerate() {
-                if i * L < b.cols {
-                    _mm512_mask_storeu_ps(out.add(p * b.y_ps + i * L), mask(i), *a);
-                }
-            }
-        }
-    }
-
-    /// The weight-gradient block's `R` (= `b.nci`) input channels × `V` vectors of output
-    /// channels, added into `out` over its row's pixels: per pixel, V loads of dy and R
-    /// broadcasts of x.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn wgrad<const V: usize, const R: usize>(b: &WgradBlock, out: &mut [f32]) {
-        let s = b.s;
-        let (ky, kx) = b.tap;
-        let masks: [__mmask16; V] = std::array::from_fn(|i| lane_mask(b.cols, i));
-        let o = out.as_mut_ptr();
-        let mut acc = [[_mm512_setzero_ps(); V]; R];
-        for (r, accr) in acc.iter_mut().enumerate() {
-            for (i, a) in accr.iter_mut().enumerate() {
-                *a = _mm512_loadu_ps(o.add((r * V + i) * L));
-            }
-        }
-        let row = b.row;
-        let (img, oy) = (row / s.ho, row % s.ho);
-        let x =
-            b.xp.as_ptr()
-                .add(((img * b.hp + oy + ky) * b.wp + kx) * s.cin + b.ci0);
-        let d = b.dy.as_ptr().add(row * s.wo * s.cout + b.c0);
-        for ox in 0..s.wo {
-            let mut dv = [_mm512_setzero_ps(); V];
-            for (i, dvi) in dv.iter_mut().enumerate() {
-                *dvi = _mm512_maskz_loadu_ps(masks[i], d.add(ox * s.cout + i * L));
-            }
-            for (r, accr) in acc.iter_mut().enumerate() {
-                let xv = _mm512_set1_ps(*x.add(ox * s.cin + r));
-                for (a, dvi) in accr.iter_mut().zip(&dv) {
-                    *a = _mm512_fmadd_ps(xv, *dvi, *a);
-                }
-            }
-        }
-        for (r, accr) in acc.iter().enumerate() {
-            for (i, a) in accr.iter().enumerate() {
-                _mm512_storeu_ps(o.add((r * V + i) * L), *a);
-            }
-        }
-    }
-}
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 /// Images per chunk so the padded copy stays within `lim.pad_floats`.
 fn images_per_chunk(lim: &Limits, b: usize, hp: usize, wp: usize, c: usize) -> usize {
@@ -475,6 +428,7 @@ fn padded_len(lim: &Limits, b: usize, h: usize, w: usize, c: usize, pad: usize) 
 /// convolution from an [h, w, cin] map padded by `pad` to a [ho, wo, cout] one.
 #[allow(clippy::too_many_arguments)]
 fn convolve(
+    isa: Isa,
     lim: &Limits,
     (b, h, w, cin, pad): (usize, usize, usize, usize, usize),
     (k, ho, wo, cout): (usize, usize, usize, usize),
@@ -492,6 +446,7 @@ fn convolve(
         let nb = chunk.min(b - b0);
         pad_into(&x[b0 * xi..], nb, h, w, cin, pad, work);
         Direct {
+            isa,
             nb,
             xp: &work[..nb * hp * wp * cin],
             hp,
@@ -511,8 +466,10 @@ fn convolve(
 }
 
 /// `y = conv(x, w)`, then the epilogue `act` row by row, for a shape that [`suits`] this
-/// path; `work` holds at least [`workspace_len`] floats.
+/// path, on `isa` (which this CPU must have); `work` holds at least [`workspace_len`] floats.
+#[allow(clippy::too_many_arguments)]
 pub fn forward(
+    isa: Isa,
     lim: &Limits,
     s: &ConvShape,
     x: &[f32],
@@ -521,8 +478,10 @@ pub fn forward(
     y: &mut [f32],
     work: &mut [f32],
 ) {
-    let packed = pack_forward(w, s.cout, s.col_k());
+    assert!(isa.available(), "this CPU has no {isa:?}");
+    let packed = pack_forward(isa, w, s.cout, s.col_k());
     convolve(
+        isa,
         lim,
         (s.b, s.h, s.w, s.cin, s.pad),
         (s.k, s.ho, s.wo, s.cout),
@@ -536,8 +495,10 @@ pub fn forward(
 }
 
 /// `dx += ∂L/∂x` given dy: the convolution of dy padded by k − 1 − pad with the kernel turned
-/// 180° and its channels swapped (`w'[ci, ky, kx, co] = w[co, k−1−ky, k−1−kx, ci]`).
+/// 180° and its channels swapped (`w'[ci, ky, kx, co] = w[co, k−1−ky, k−1−kx, ci]`), on
+/// `isa`.
 pub fn backward_data(
+    isa: Isa,
     lim: &Limits,
     s: &ConvShape,
     w: &[f32],
@@ -545,8 +506,10 @@ pub fn backward_data(
     dx: &mut [f32],
     work: &mut [f32],
 ) {
-    let packed = pack_rotated(w, s.cout, s.k, s.cin);
+    assert!(isa.available(), "this CPU has no {isa:?}");
+    let packed = pack_rotated(isa, w, s.cout, s.k, s.cin);
     convolve(
+        isa,
         lim,
         (s.b, s.ho, s.wo, s.cout, s.k - 1 - s.pad),
         (s.k, s.h, s.w, s.cin),
@@ -572,6 +535,7 @@ pub fn backward_data(
 /// alone has only k² tasks per tile, and 9 tasks on 2 threads left one idle for a ninth of
 /// the time.
 pub fn backward_weights(
+    isa: Isa,
     lim: &Limits,
     s: &ConvShape,
     x: &[f32],
@@ -583,8 +547,9 @@ pub fn backward_weights(
     let chunk = images_per_chunk(lim, s.b, hp, wp, s.cin);
     let (xi, yi) = (s.h * s.w * s.cin, s.ho * s.wo * s.cout);
     let taps = s.col_k();
+    assert!(isa.available(), "this CPU has no {isa:?}");
     let band_rows = (lim.band_floats / (wp * s.cin + s.wo * s.cout)).max(1);
-    let tiles = tiles(s.cout);
+    let tiles = isa.tiles(s.cout);
     let band_len = packed_len(&tiles, taps);
     let most_bands = (chunk * s.ho).div_ceil(band_rows);
     let bands_at_once = (lim.partial_floats / band_len).clamp(1, most_bands);
@@ -622,7 +587,7 @@ pub fn backward_weights(
                     // their order: pixels, then rows.
                     for row in rows {
                         // 30 input channels of two vectors: 10 + 10 + 10.
-                        for (ci0, ci1) in even_blocks(s.cin, block_rows(v)) {
+                        for (ci0, ci1) in even_blocks(s.cin, isa.block_rows(v)) {
                             let block = WgradBlock {
                                 xp,
                                 dy,
@@ -636,22 +601,28 @@ pub fn backward_weights(
                                 c0,
                                 cols: valid,
                             };
-                            block.run(v, &mut out[ci0 * v * L..]);
+                            block.run(isa, v, &mut out[ci0 * v * L..]);
                         }
                     }
                 });
             for partial in partials.chunks(band_len).take(group.len()) {
-                add_unpacked(partial, s.cout, taps, dw);
+                add_unpacked(&tiles, partial, s.cout, taps, dw);
             }
         }
     }
 }
 
 /// `dw[co, t] += partial` at tile row t, lane co − c0 (the inverse of [`pack_forward`]'s
-/// layout), in runs of 64 taps.
-fn add_unpacked(partial: &[f32], cout: usize, taps: usize, dw: &mut [f32]) {
+/// layout for `tiles`).
+fn add_unpacked(
+    tiles: &[(usize, usize)],
+    partial: &[f32],
+    cout: usize,
+    taps: usize,
+    dw: &mut [f32],
+) {
     let mut off = 0;
-    for (c0, v) in tiles(cout) {
+    for &(c0, v) in tiles {
         let lanes = v * L;
         let tile = &partial[off..off + lanes * taps];
         off += lanes * taps;
@@ -686,10 +657,10 @@ struct WgradBlock<'a> {
 
 impl WgradBlock<'_> {
     /// Adds into `out` rows 0 .. nci, `v`·16 lanes each.
-    fn run(&self, v: usize, out: &mut [f32]) {
+    fn run(&self, isa: Isa, v: usize, out: &mut [f32]) {
         let s = self.s;
         let (ky, kx) = self.tap;
-        assert!((1..=MAX_V).contains(&v) && (1..=block_rows(v)).contains(&self.nci));
+        assert!((1..=isa.max_v()).contains(&v) && (1..=isa.block_rows(v)).contains(&self.nci));
         assert!(self.cols <= v * L && self.c0 + self.cols <= s.cout);
         assert!(out.len() >= self.nci * v * L);
         assert!(self.ci0 + self.nci <= s.cin && ky < s.k && kx < s.k);
@@ -700,9 +671,10 @@ impl WgradBlock<'_> {
         );
         assert!((self.row * s.wo + s.wo - 1) * s.cout + self.c0 + self.cols <= self.dy.len());
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX-512 is present (`suits` checked it); the bounds are asserted above.
+        // SAFETY: the CPU has `isa` (asserted where the call began); the bounds are asserted
+        // above.
         unsafe {
-            register_block!(wgrad, self, v, self.nci, out)
+            register_block!(isa, wgrad, self, v, self.nci, out)
         }
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!("conv_direct runs on x86_64 only");
@@ -793,11 +765,15 @@ mod tests {
     /// pixels: blocks of up to 6 pixels for wide tiles, up to 12 for thin ones), pad
     /// 0, 1 and 2, k = 3 and 5, image chunks and weight-gradient bands that split the batch
     /// (small limits), and bands that end inside an image. The gradients are added to
-    /// non-zero starting values.
+    /// non-zero starting values. On every instruction set this CPU has; where it has both,
+    /// they give the same bits (each lane sums the same terms in the same order).
     #[test]
     fn direct_passes_match_the_plain_sums() {
-        if !has_avx512() {
-            eprintln!("SKIPPED direct_passes_match_the_plain_sums: this CPU has no AVX-512");
+        let isas = isas();
+        if isas.is_empty() {
+            eprintln!(
+                "SKIPPED direct_passes_match_the_plain_sums: this CPU has no AVX2 or AVX-512"
+            );
             return;
         }
         let cases = [
@@ -832,28 +808,55 @@ mod tests {
                 dy: &dy,
             }
             .passes();
-            let mut work = vec![f32::NAN; workspace_len(&lim, &s)];
-            let mut y = vec![f32::NAN; s.y_len()];
-            forward(&lim, &s, &x, &w, None, &mut y, &mut work);
-            assert_close(&format!("{s:?} y"), &y, &vec![0.0; y.len()], &y_want);
             let dx0 = rng.vec(s.x_len(), |r| r.normal());
-            let mut dx = dx0.clone();
-            backward_data(&lim, &s, &w, &dy, &mut dx, &mut work);
-            assert_close(&format!("{s:?} dx"), &dx, &dx0, &dx_want);
             let dw0 = rng.vec(s.w_len(), |r| r.normal());
-            let mut dw = dw0.clone();
-            backward_weights(&lim, &s, &x, &dy, &mut dw, &mut work);
-            assert_close(&format!("{s:?} dw"), &dw, &dw0, &dw_want);
+            let mut first: Option<[Vec<f32>; 3]> = None;
+            for &isa in &isas {
+                let what = format!("{isa:?} {s:?}");
+                let mut work = vec![f32::NAN; workspace_len(&lim, &s)];
+                let mut y = vec![f32::NAN; s.y_len()];
+                forward(isa, &lim, &s, &x, &w, None, &mut y, &mut work);
+                assert_close(&format!("{what} y"), &y, &vec![0.0; y.len()], &y_want);
+                let mut dx = dx0.clone();
+                backward_data(isa, &lim, &s, &w, &dy, &mut dx, &mut work);
+                assert_close(&format!("{what} dx"), &dx, &dx0, &dx_want);
+                let mut dw = dw0.clone();
+                backward_weights(isa, &lim, &s, &x, &dy, &mut dw, &mut work);
+                assert_close(&format!("{what} dw"), &dw, &dw0, &dw_want);
+                let got = [y, dx, dw];
+                match &first {
+                    None => first = Some(got),
+                    Some(want) => {
+                        for (g, w) in got.iter().zip(want) {
+                            assert!(
+                                g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()),
+                                "{what}: not the bits of {:?}",
+                                isas[0]
+                            );
+                        }
+                    }
+                }
+            }
         }
+    }
+
+    /// The instruction sets this CPU can run the kernels on, widest first.
+    fn isas() -> Vec<Isa> {
+        [Isa::Avx512, Isa::Avx2]
+            .into_iter()
+            .filter(|i| i.available())
+            .collect()
     }
 
     /// The work is cut by the shape alone: one thread and the default pool give the same bits.
     #[test]
     fn direct_weight_gradient_is_deterministic() {
-        if !has_avx512() {
-            eprintln!("SKIPPED direct_weight_gradient_is_deterministic: this CPU has no AVX-512");
+        let Some(isa) = Isa::detect() else {
+            eprintln!(
+                "SKIPPED direct_weight_gradient_is_deterministic: this CPU has no AVX2 or AVX-512"
+            );
             return;
-        }
+        };
         let s = ConvShape::new(4, 30, 30, 16, 24, 3, 1, 1);
         let mut rng = Rng::new(3);
         let x = rng.vec(s.x_len(), |r| r.normal());
@@ -866,7 +869,7 @@ mod tests {
         let mut work = vec![0.0; workspace_len(&lim, &s)];
         let mut run = |lim: &Limits| {
             let mut dw = vec![0.0; s.w_len()];
-            backward_weights(lim, &s, &x, &dy, &mut dw, &mut work);
+            backward_weights(isa, lim, &s, &x, &dy, &mut dw, &mut work);
             dw
         };
         let one = rayon::ThreadPoolBuilder::new()
