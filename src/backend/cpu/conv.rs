@@ -4,10 +4,10 @@
 //! The column matrix has one row per output pixel and `k·k·Cin` columns in `(ky, kx, ci)`
 //! order, so `y = col · wᵀ`. Images are processed in chunks so the columns stay within a
 //! bounded workspace. Where the columns would be `x` itself (1×1 stride-1 convolutions, and
-//! windows as large as the map) the convolution is `linear`. On AVX-512 machines, those with
-//! column rows of at most 16 values run in `conv_small.rs`; on AVX-512 and AVX2 machines, the
-//! stride-1 k×k ones with rows of at least 12 outputs in `conv_direct` (the backward only with
-//! at most 64 channels): where each was measured faster.
+//! windows as large as the map) the convolution is `linear`. On AVX-512 and AVX2 machines,
+//! those with column rows of at most 16 values run in `conv_small`, and the stride-1 k×k ones
+//! with rows of at least 12 outputs in `conv_direct` (the backward only with at most 64
+//! channels): where each was measured faster (on AVX-512).
 
 use rayon::prelude::*;
 
@@ -127,8 +127,8 @@ pub fn forward(
     }
     disjoint(&[y], &[x, w]);
     let (xs, ws, ys) = (be.r(x), be.r(w), be.w(y));
-    if conv_small::suits(s) {
-        conv_small::forward(s, xs, ws, act.as_ref(), ys);
+    if let Some(isa) = conv_small::suits(s) {
+        conv_small::forward(isa, s, xs, ws, act.as_ref(), ys);
     } else if let Some(isa) = conv_direct::suits(s) {
         let lim = &conv_direct::LIMITS;
         be.with_workspace(conv_direct::workspace_len(lim, s), |work| {
@@ -202,12 +202,12 @@ pub fn backward(
         check_len("conv dw", dw, s.w_len());
         disjoint(&[dw], &[dy, x]);
     }
-    if conv_small::suits(s) {
+    if let Some(isa) = conv_small::suits(s) {
         if let Some(dw) = dw {
-            conv_small::backward_weights(s, xs, dys, be.w(dw));
+            conv_small::backward_weights(isa, s, xs, dys, be.w(dw));
         }
         if let Some(dx) = dx {
-            conv_small::backward_data(s, ws, dys, be.w(dx));
+            conv_small::backward_data(isa, s, ws, dys, be.w(dx));
         }
         return;
     }

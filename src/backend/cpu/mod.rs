@@ -10,6 +10,8 @@ mod attention;
 mod concat;
 mod conv;
 mod conv_direct;
+#[cfg(test)]
+mod conv_naive;
 mod conv_small;
 mod elementwise;
 mod exp;

@@ -44,3 +44,39 @@ macro_rules! simd_fn {
 }
 
 pub(crate) use simd_fn;
+
+/// The vector instructions the hand-written kernels (`conv_direct`, `conv_small`) run on,
+/// with intrinsics: unlike [`simd_fn!`]'s bodies they use fused multiply-adds, the same ones
+/// on both, so both give the same bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX-512F: 32 registers of 16 lanes.
+    Avx512,
+    /// AVX2 with FMA: 16 registers of 8 lanes.
+    Avx2,
+}
+
+impl Isa {
+    /// The widest this CPU has, if any.
+    pub fn detect() -> Option<Isa> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") {
+                return Some(Isa::Avx512);
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Some(Isa::Avx2);
+            }
+        }
+        None
+    }
+
+    /// Whether this CPU can run kernels of `self` (an AVX-512 CPU runs the AVX2 ones too).
+    pub fn available(self) -> bool {
+        match (self, Isa::detect()) {
+            (_, None) => false,
+            (Isa::Avx512, Some(have)) => have == Isa::Avx512,
+            (Isa::Avx2, Some(_)) => true,
+        }
+    }
+}

@@ -32,6 +32,7 @@
 use rayon::prelude::*;
 
 use super::elementwise::BiasAct;
+pub use super::simd::Isa;
 use crate::backend::ConvShape;
 
 /// Rows of an AVX-512 register block of four vectors (24 accumulators; thinner tiles take up
@@ -43,39 +44,9 @@ const L: usize = 16;
 /// Most vectors of output channels per tile, on any instruction set.
 const MAX_V: usize = 4;
 
-/// The vector instructions the kernels run on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Isa {
-    /// AVX-512F: 32 registers, one per vector of a tile.
-    Avx512,
-    /// AVX2 with FMA: 16 registers, two per vector of a tile.
-    Avx2,
-}
-
+/// The tiles and register blocks of this file's kernels on each instruction set: AVX-512 has
+/// 32 registers, one per vector of a tile; AVX2 16, two per vector.
 impl Isa {
-    /// The widest this CPU has, if any.
-    pub fn detect() -> Option<Isa> {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") {
-                return Some(Isa::Avx512);
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Some(Isa::Avx2);
-            }
-        }
-        None
-    }
-
-    /// Whether this CPU can run kernels of `self`.
-    fn available(self) -> bool {
-        match (self, Isa::detect()) {
-            (_, None) => false,
-            (Isa::Avx512, Some(have)) => have == Isa::Avx512,
-            (Isa::Avx2, Some(_)) => true,
-        }
-    }
-
     /// Most vectors per tile. AVX2: one, in blocks of 6 pixels (12 accumulator registers, 2
     /// of weights, 1 broadcast). Two vectors in blocks of 3 pixels need 17 registers: the
     /// compiler kept some accumulators on the stack, and that kernel ran slower than im2col +
@@ -159,10 +130,6 @@ const MAX_BACKWARD_CHANNELS: usize = 64;
 /// `MAX_BACKWARD_CHANNELS` channels on one side.
 pub fn suits_backward(s: &ConvShape) -> Option<Isa> {
     suits(s).filter(|_| s.cin.min(s.cout) <= MAX_BACKWARD_CHANNELS)
-}
-
-pub(super) fn has_avx512() -> bool {
-    Isa::Avx512.available()
 }
 
 /// One stride-1 convolution as the kernel sees it: `y (+)= conv(xp, taps)` where xp is
@@ -684,80 +651,8 @@ impl WgradBlock<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cpu::conv_naive::{check_on_every_isa, same_bits};
     use crate::rng::Rng;
-
-    /// The three passes written out in f64 over the unpadded tensors.
-    struct Naive<'a> {
-        s: &'a ConvShape,
-        x: &'a [f32],
-        w: &'a [f32],
-        dy: &'a [f32],
-    }
-
-    impl Naive<'_> {
-        /// Calls `f(b, oy, ox, ky, kx, iy, ix)` for every tap that lands inside the input.
-        fn taps(&self, mut f: impl FnMut(usize, usize, usize, usize, usize, usize, usize)) {
-            let s = self.s;
-            for b in 0..s.b {
-                for oy in 0..s.ho {
-                    for ox in 0..s.wo {
-                        for ky in 0..s.k {
-                            for kx in 0..s.k {
-                                let (iy, ix) = (oy + ky, ox + kx);
-                                if iy < s.pad
-                                    || ix < s.pad
-                                    || iy - s.pad >= s.h
-                                    || ix - s.pad >= s.w
-                                {
-                                    continue;
-                                }
-                                f(b, oy, ox, ky, kx, iy - s.pad, ix - s.pad);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-
-        fn passes(&self) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-            let s = self.s;
-            let (mut y, mut dx, mut dw) = (
-                vec![0f64; s.y_len()],
-                vec![0f64; s.x_len()],
-                vec![0f64; s.w_len()],
-            );
-            self.taps(|b, oy, ox, ky, kx, iy, ix| {
-                let yo = ((b * s.ho + oy) * s.wo + ox) * s.cout;
-                let xo = ((b * s.h + iy) * s.w + ix) * s.cin;
-                for co in 0..s.cout {
-                    let wo = ((co * s.k + ky) * s.k + kx) * s.cin;
-                    for ci in 0..s.cin {
-                        let (xv, wv, g) = (
-                            self.x[xo + ci] as f64,
-                            self.w[wo + ci] as f64,
-                            self.dy[yo + co] as f64,
-                        );
-                        y[yo + co] += xv * wv;
-                        dx[xo + ci] += g * wv;
-                        dw[wo + ci] += g * xv;
-                    }
-                }
-            });
-            (y, dx, dw)
-        }
-    }
-
-    fn assert_close(what: &str, got: &[f32], start: &[f32], want: &[f64]) {
-        assert_eq!(got.len(), want.len());
-        let scale = want.iter().fold(1f64, |m, v| m.max(v.abs()));
-        for (i, ((g, s0), w)) in got.iter().zip(start).zip(want).enumerate() {
-            let w = *s0 as f64 + w;
-            assert!(
-                (*g as f64 - w).abs() <= 2e-5 * scale,
-                "{what}[{i}] = {g}, want {w}"
-            );
-        }
-    }
 
     /// Forward, data gradient and weight gradient against the f64 sums, over shapes that
     /// reach every part: several channel tiles (cout 70, cin 70 in the data gradient), the
@@ -769,13 +664,6 @@ mod tests {
     /// they give the same bits (each lane sums the same terms in the same order).
     #[test]
     fn direct_passes_match_the_plain_sums() {
-        let isas = isas();
-        if isas.is_empty() {
-            eprintln!(
-                "SKIPPED direct_passes_match_the_plain_sums: this CPU has no AVX2 or AVX-512"
-            );
-            return;
-        }
         let cases = [
             (ConvShape::new(2, 7, 13, 3, 5, 3, 1, 1), LIMITS),
             (ConvShape::new(3, 5, 7, 70, 20, 3, 1, 1), LIMITS),
@@ -797,55 +685,22 @@ mod tests {
             ),
         ];
         for (s, lim) in cases {
-            let mut rng = Rng::new(s.x_len() as u64);
-            let x = rng.vec(s.x_len(), |r| r.normal());
-            let w = rng.vec(s.w_len(), |r| r.normal());
-            let dy = rng.vec(s.y_len(), |r| r.normal());
-            let (y_want, dx_want, dw_want) = Naive {
-                s: &s,
-                x: &x,
-                w: &w,
-                dy: &dy,
-            }
-            .passes();
-            let dx0 = rng.vec(s.x_len(), |r| r.normal());
-            let dw0 = rng.vec(s.w_len(), |r| r.normal());
-            let mut first: Option<[Vec<f32>; 3]> = None;
-            for &isa in &isas {
-                let what = format!("{isa:?} {s:?}");
-                let mut work = vec![f32::NAN; workspace_len(&lim, &s)];
-                let mut y = vec![f32::NAN; s.y_len()];
-                forward(isa, &lim, &s, &x, &w, None, &mut y, &mut work);
-                assert_close(&format!("{what} y"), &y, &vec![0.0; y.len()], &y_want);
-                let mut dx = dx0.clone();
-                backward_data(isa, &lim, &s, &w, &dy, &mut dx, &mut work);
-                assert_close(&format!("{what} dx"), &dx, &dx0, &dx_want);
-                let mut dw = dw0.clone();
-                backward_weights(isa, &lim, &s, &x, &dy, &mut dw, &mut work);
-                assert_close(&format!("{what} dw"), &dw, &dw0, &dw_want);
-                let got = [y, dx, dw];
-                match &first {
-                    None => first = Some(got),
-                    Some(want) => {
-                        for (g, w) in got.iter().zip(want) {
-                            assert!(
-                                g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()),
-                                "{what}: not the bits of {:?}",
-                                isas[0]
-                            );
-                        }
-                    }
-                }
+            let mut work = vec![f32::NAN; workspace_len(&lim, &s)];
+            let mut passes = |isa,
+                              x: &[f32],
+                              w: &[f32],
+                              dy: &[f32],
+                              y: &mut [f32],
+                              dx: &mut [f32],
+                              dw: &mut [f32]| {
+                forward(isa, &lim, &s, x, w, None, y, &mut work);
+                backward_data(isa, &lim, &s, w, dy, dx, &mut work);
+                backward_weights(isa, &lim, &s, x, dy, dw, &mut work);
+            };
+            if !check_on_every_isa("direct_passes_match_the_plain_sums", &s, &mut passes) {
+                return;
             }
         }
-    }
-
-    /// The instruction sets this CPU can run the kernels on, widest first.
-    fn isas() -> Vec<Isa> {
-        [Isa::Avx512, Isa::Avx2]
-            .into_iter()
-            .filter(|i| i.available())
-            .collect()
     }
 
     /// The work is cut by the shape alone: one thread and the default pool give the same bits.
@@ -883,10 +738,7 @@ mod tests {
         };
         let runs = [one.install(|| run(&lim)), run(&lim), run(&one_band)];
         for other in &runs[1..] {
-            assert!(runs[0]
-                .iter()
-                .zip(other)
-                .all(|(a, b)| a.to_bits() == b.to_bits()));
+            assert!(same_bits(&runs[0], other));
         }
     }
 }
