@@ -79,7 +79,7 @@ fn check_conv(s: &ConvShape, seed: u64) {
     );
 }
 
-/// Shapes for the short-column kernel (`conv_small`, on AVX-512 machines) that the sweep
+/// Shapes for the short-column kernel (`conv_small`, on AVX-512 and AVX2 machines) that the sweep
 /// below does not reach: many relation maps (several tasks, a partial block of 8 pixels),
 /// output channels over more than one vector, runs of several input channels.
 #[test]
