@@ -107,10 +107,11 @@ pub const LIMITS: Limits = Limits {
 
 /// The instruction set the forward of `s` runs on here, if it runs here on this machine:
 /// stride 1, a real kernel, rows of at least two full AVX-512 register blocks, AVX-512 or
-/// AVX2. Narrower rows spend much of their time in partial
-/// blocks and per-row overhead: the relation convolutions (5×5 and 3×3 maps, one task per
-/// 3-pixel row) took 96 → 167 ms of the W30 step's `bwd.pr_heads` here, and the 10×10×240
-/// forward at batch 4 ran 18% slower than im2col + GEMM; 19×19×120 ran 12% faster.
+/// AVX2. Narrower rows spend much of their time in partial blocks and per-row overhead: the
+/// relation convolutions (5×5 and 3×3 maps, one task per 3-pixel row) took 96 → 167 ms of the
+/// W30 step's `bwd.pr_heads` here (AVX-512), and the 10×10×240 forward at batch 4 ran 18%
+/// slower than im2col + GEMM; 19×19×120 ran 12% faster. (On AVX2 the 10×10×240 forward
+/// measured no better either.)
 pub fn suits(s: &ConvShape) -> Option<Isa> {
     (s.stride == 1 && s.k > 1 && s.pad < s.k && s.wo >= 2 * P)
         .then(Isa::detect)

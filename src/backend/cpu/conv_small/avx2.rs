@@ -9,7 +9,7 @@
 use std::arch::x86_64::*;
 
 use super::{
-    gather_block, round_up, window_runs, ConvShape, Cursor, Gather, L, MAX_COLS, MAX_COUT, P,
+    pixel_blocks, round_up, window_runs, ConvShape, Cursor, Gather, L, MAX_COLS, MAX_COUT, P,
 };
 
 /// Lanes of one register.
@@ -62,17 +62,12 @@ impl Gather for Rows {
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn forward(s: &ConvShape, x: &[f32], wt: &[f32], y: &mut [f32]) {
     let (kk, cp) = (s.col_k(), round_up(s.cout));
-    let pixels = y.len() / s.cout;
-    let mut col = [[0f32; MAX_COLS]; P];
-    let mut cur = Cursor::START;
-    for q0 in (0..pixels).step_by(P) {
-        let np = P.min(pixels - q0);
-        gather_block::<Rows>(s, x, &mut cur, np, &mut col);
+    pixel_blocks::<Rows>(s, x, y.len() / s.cout, |q0, np, col| {
         for g in (0..s.cout).step_by(H) {
             let mut acc = [_mm256_setzero_ps(); P];
             for t in 0..kk {
                 let wv = _mm256_loadu_ps(wt[t * cp + g..][..H].as_ptr());
-                for (a, c) in acc.iter_mut().zip(&col) {
+                for (a, c) in acc.iter_mut().zip(col) {
                     *a = _mm256_fmadd_ps(_mm256_set1_ps(c[t]), wv, *a);
                 }
             }
@@ -89,7 +84,7 @@ pub(super) unsafe fn forward(s: &ConvShape, x: &[f32], wt: &[f32], y: &mut [f32]
                 }
             }
         }
-    }
+    });
 }
 
 /// `dx += ∂conv/∂x · dy` over the images of one task (`wp`: [Cout, 16], the taps padded).
@@ -136,12 +131,7 @@ pub(super) unsafe fn backward_data(s: &ConvShape, wp: &[f32], dy: &[f32], dx: &m
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], acc: &mut [f32]) {
     let (kk, cp) = (s.col_k(), round_up(s.cout));
-    let pixels = dy.len() / s.cout;
-    let mut col = [[0f32; MAX_COLS]; P];
-    let mut cur = Cursor::START;
-    for q0 in (0..pixels).step_by(P) {
-        let np = P.min(pixels - q0);
-        gather_block::<Rows>(s, x, &mut cur, np, &mut col);
+    pixel_blocks::<Rows>(s, x, dy.len() / s.cout, |q0, np, col| {
         for g in (0..s.cout).step_by(H) {
             let n = (s.cout - g).min(H);
             let mut dv = [_mm256_setzero_ps(); P];
@@ -158,11 +148,11 @@ pub(super) unsafe fn backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], acc:
             for t in 0..kk {
                 let a = acc[t * cp + g..][..H].as_mut_ptr();
                 let mut v = _mm256_loadu_ps(a);
-                for (d, c) in dv.iter().zip(&col) {
+                for (d, c) in dv.iter().zip(col) {
                     v = _mm256_fmadd_ps(_mm256_set1_ps(c[t]), *d, v);
                 }
                 _mm256_storeu_ps(a, v);
             }
         }
-    }
+    });
 }

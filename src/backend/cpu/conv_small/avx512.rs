@@ -3,7 +3,7 @@
 use std::arch::x86_64::*;
 
 use super::{
-    gather_block, round_up, window_runs, ConvShape, Cursor, Gather, L, MAX_COLS, MAX_COUT, P,
+    pixel_blocks, round_up, window_runs, ConvShape, Cursor, Gather, L, MAX_COLS, MAX_COUT, P,
 };
 
 /// The first `n` lanes of a vector (all of them from 16 on).
@@ -37,17 +37,12 @@ impl Gather for Rows {
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn forward(s: &ConvShape, x: &[f32], wt: &[f32], y: &mut [f32]) {
     let (kk, cp) = (s.col_k(), round_up(s.cout));
-    let pixels = y.len() / s.cout;
-    let mut col = [[0f32; MAX_COLS]; P];
-    let mut cur = Cursor::START;
-    for q0 in (0..pixels).step_by(P) {
-        let np = P.min(pixels - q0);
-        gather_block::<Rows>(s, x, &mut cur, np, &mut col);
+    pixel_blocks::<Rows>(s, x, y.len() / s.cout, |q0, np, col| {
         for g in (0..cp).step_by(L) {
             let mut acc = [_mm512_setzero_ps(); P];
             for t in 0..kk {
                 let wv = _mm512_loadu_ps(wt[t * cp + g..][..L].as_ptr());
-                for (a, c) in acc.iter_mut().zip(&col) {
+                for (a, c) in acc.iter_mut().zip(col) {
                     *a = _mm512_fmadd_ps(_mm512_set1_ps(c[t]), wv, *a);
                 }
             }
@@ -58,7 +53,7 @@ pub(super) unsafe fn forward(s: &ConvShape, x: &[f32], wt: &[f32], y: &mut [f32]
                 _mm512_mask_storeu_ps(y.as_mut_ptr().add(o), m, *a);
             }
         }
-    }
+    });
 }
 
 /// `dx += ∂conv/∂x · dy` over the images of one task (`wp`: [Cout, L], the taps padded).
@@ -101,12 +96,7 @@ pub(super) unsafe fn backward_data(s: &ConvShape, wp: &[f32], dy: &[f32], dx: &m
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], acc: &mut [f32]) {
     let (kk, cp) = (s.col_k(), round_up(s.cout));
-    let pixels = dy.len() / s.cout;
-    let mut col = [[0f32; MAX_COLS]; P];
-    let mut cur = Cursor::START;
-    for q0 in (0..pixels).step_by(P) {
-        let np = P.min(pixels - q0);
-        gather_block::<Rows>(s, x, &mut cur, np, &mut col);
+    pixel_blocks::<Rows>(s, x, dy.len() / s.cout, |q0, np, col| {
         for g in (0..cp).step_by(L) {
             let m = lanes(s.cout - g);
             let mut dv = [_mm512_setzero_ps(); P];
@@ -118,11 +108,11 @@ pub(super) unsafe fn backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], acc:
             for t in 0..kk {
                 let a = acc[t * cp + g..][..L].as_mut_ptr();
                 let mut v = _mm512_loadu_ps(a);
-                for (d, c) in dv.iter().zip(&col) {
+                for (d, c) in dv.iter().zip(col) {
                     v = _mm512_fmadd_ps(_mm512_set1_ps(c[t]), *d, v);
                 }
                 _mm512_storeu_ps(a, v);
             }
         }
-    }
+    });
 }

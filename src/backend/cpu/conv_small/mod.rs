@@ -119,26 +119,32 @@ trait Gather {
     unsafe fn gather(s: &ConvShape, x: &[f32], c: Cursor, col: &mut [f32; MAX_COLS]);
 }
 
-/// The column rows of the next `np` (≤ P) pixels from `cur` (advanced past them), the rows
-/// beyond `np` zero so that a partial block adds nothing.
+/// Runs `block(q0, np, col)` over a task's `pixels` output pixels, `P` at a time: `q0` the
+/// first of them, `np` (≤ P) how many, `col` their rows of the column matrix put together by
+/// `G` (the rows past `np` zero, so that a partial block adds nothing).
 ///
 /// # Safety
 /// As [`Gather::gather`].
 #[inline(always)]
-unsafe fn gather_block<G: Gather>(
+unsafe fn pixel_blocks<G: Gather>(
     s: &ConvShape,
     x: &[f32],
-    cur: &mut Cursor,
-    np: usize,
-    col: &mut [[f32; MAX_COLS]; P],
+    pixels: usize,
+    mut block: impl FnMut(usize, usize, &[[f32; MAX_COLS]; P]),
 ) {
-    for (j, c) in col.iter_mut().enumerate() {
-        if j < np {
-            G::gather(s, x, *cur, c);
-            cur.advance(s);
-        } else {
-            *c = [0.0; MAX_COLS];
+    let mut col = [[0f32; MAX_COLS]; P];
+    let mut cur = Cursor::START;
+    for q0 in (0..pixels).step_by(P) {
+        let np = P.min(pixels - q0);
+        for (j, c) in col.iter_mut().enumerate() {
+            if j < np {
+                G::gather(s, x, cur, c);
+                cur.advance(s);
+            } else {
+                *c = [0.0; MAX_COLS];
+            }
         }
+        block(q0, np, &col);
     }
 }
 
