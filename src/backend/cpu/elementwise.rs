@@ -13,15 +13,15 @@ pub fn fill(be: &CpuBackend, t: Tensor, value: f32) {
         .for_each(|c| fill_streaming(c, value));
 }
 
-/// `v = value` over a slice, with non-temporal stores where AVX-512 is present: the gradient
-/// arenas zeroed before each backward are far larger than the caches, and ordinary stores
-/// first read every line they fill.
+/// `v = value` over a slice, with non-temporal stores (AVX-512's where present, else SSE's,
+/// which every x86-64 has): the gradient arenas zeroed before each backward are far larger
+/// than the caches, and ordinary stores first read every line they fill.
 fn fill_streaming(v: &mut [f32], value: f32) {
     #[cfg(target_arch = "x86_64")]
     {
+        use std::arch::x86_64::*;
         #[target_feature(enable = "avx512f")]
         unsafe fn avx512(v: &mut [f32], value: f32) {
-            use std::arch::x86_64::*;
             // The unaligned head and tail by plain stores, the 64-byte-aligned middle streamed.
             let (head, mid, tail) = v.align_to_mut::<__m512>();
             head.fill(value);
@@ -33,12 +33,29 @@ fn fill_streaming(v: &mut [f32], value: f32) {
             // Order the streamed stores before whatever the caller does next.
             _mm_sfence();
         }
+        /// The same with 16-byte SSE stores.
+        fn sse(v: &mut [f32], value: f32) {
+            // SAFETY: `align_to_mut` views only the 16-byte-aligned middle as `__m128` (4
+            // plain f32 each, any bit pattern valid); SSE is part of x86-64.
+            unsafe {
+                let (head, mid, tail) = v.align_to_mut::<__m128>();
+                head.fill(value);
+                tail.fill(value);
+                let x = _mm_set1_ps(value);
+                for m in mid {
+                    _mm_stream_ps(m as *mut __m128 as *mut f32, x);
+                }
+                _mm_sfence();
+            }
+        }
         if is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F; `align_to_mut` views only the 64-byte-aligned
             // middle as `__m512` (16 plain f32 each, any bit pattern valid).
             return unsafe { avx512(v, value) };
         }
+        sse(v, value)
     }
+    #[cfg(not(target_arch = "x86_64"))]
     v.fill(value);
 }
 
@@ -224,4 +241,30 @@ pub fn sigmoid_backward(be: &CpuBackend, y: Tensor, dy: Tensor, dx: Tensor) {
         .with_min_len(PAR_MIN)
         .zip(be.r(y).par_iter().zip(be.r(dy).par_iter()))
         .for_each(|(dx, (y, dy))| *dx += dy * y * (1.0 - y));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Streamed or not, every value of the slice is written and nothing around it: slices
+    /// starting at every offset within a 64-byte line, shorter and longer than one line.
+    #[test]
+    fn fill_streaming_writes_exactly_the_slice() {
+        let mut buf = vec![-1.0f32; 256];
+        for start in 0..17 {
+            for len in [0, 1, 3, 4, 15, 16, 17, 33, 100, 200] {
+                buf.fill(-1.0);
+                fill_streaming(&mut buf[start..start + len], 2.5);
+                for (i, v) in buf.iter().enumerate() {
+                    let want = if (start..start + len).contains(&i) {
+                        2.5
+                    } else {
+                        -1.0
+                    };
+                    assert_eq!(*v, want, "start {start}, len {len}, index {i}");
+                }
+            }
+        }
+    }
 }
