@@ -54,8 +54,8 @@ fn conv3x3_same() {
     );
 }
 
-/// Rows of 12 or more outputs: on AVX-512 machines the CPU backend's direct kernels
-/// (`conv_direct.rs`) take these shapes, forward and backward (the second with more input
+/// Rows of 12 or more outputs: on AVX-512 and AVX2 machines the CPU backend's direct kernels
+/// (`conv_direct`) take these shapes, forward and backward (the second with more input
 /// channels than the direct backward's limit, which its few output channels lift).
 #[test]
 fn conv3x3_wide_rows() {
