@@ -18,7 +18,8 @@
 //! exponential and sums done while the tile is in that core's cache; the pairs run in rounds
 //! in which no tile appears twice ([`rounds`]), for every image of a group at once, so the
 //! tasks of a round never write the same sums and every sum receives its terms in a fixed
-//! order (deterministic, whatever the thread count). Splitting each tile's GEMM over the
+//! order (deterministic, whatever the thread count and the group: [`group_len`] sizes the
+//! group so that a round has tasks for every thread). Splitting each tile's GEMM over the
 //! threads instead, with a parallel pass for each of the exponential and the sums, took 76
 //! against 54 ms forward and 175 against 148 ms backward at 75×75×450, one image, 2 threads
 //! (`cargo bench --bench cpu_ops -- relation`).
@@ -35,11 +36,14 @@ use crate::tensor::Tensor;
 /// Pixels per tile: large enough for an efficient GEMM, small enough for the cache.
 const TILE: usize = 512;
 
-/// Most floats of normalised features held for a group of images at once (forward: q;
-/// backward: q and dq): 16 MB, one W30 image (75×75×450) at 299×299, a whole `tiny` batch.
-/// W30's six tasks a round already fill the threads; its four images at once measured no
-/// faster and held 60 MB more.
+/// Floats of normalised features a group of images may hold at once whatever the thread count
+/// (forward: q; backward: q and dq): 16 MB, one W30 image (75×75×450) at 299×299, a whole
+/// `tiny` batch. On 2 threads W30's six tasks a round already fill them; its four images at
+/// once measured no faster and held 60 MB more.
 const GROUP_FLOATS: usize = 4 << 20;
+/// Most floats a group may hold to give more threads enough tasks (see [`group_len`]): 128 MB,
+/// six W30 images backward, twelve forward.
+const GROUP_FLOATS_MOST: usize = 32 << 20;
 
 /// Bin geometry of one image. Along each side a position lies in one bin or in two neighbouring
 /// ones; that gives `2n − 1` classes per side (`c < n`: bin `c` alone; `c ≥ n`: bins `c − n`
@@ -288,10 +292,25 @@ impl Pairs<'_, '_> {
     }
 }
 
-/// Images whose features (`per_image` floats of workspace each) are held at once: a round
-/// has tasks for every image of the group, so small maps (one tile) still fill the threads.
-fn group_len(per_image: usize, images: usize) -> usize {
-    (GROUP_FLOATS / per_image.max(1)).clamp(1, images)
+/// Images whose features (`per_image` floats of workspace each) are held at once, out of
+/// `images`, on `threads` threads when a round has `pairs` tile pairs per image. A round has
+/// tasks for every image of the group and ends with its slowest thread, so the group holds
+/// whatever fits in `GROUP_FLOATS` (small maps: one tile, one task per image), and, on more
+/// threads, enough images for twice as many tasks as threads (up to `GROUP_FLOATS_MOST`): W30
+/// has 6 pairs a round, which one image at a time would leave 10 of 16 threads idle. The
+/// images of a group are independent, so its size changes nothing in the results.
+fn group_len(per_image: usize, images: usize, pairs: usize, threads: usize) -> usize {
+    let per_image = per_image.max(1);
+    let to_fill = (2 * threads).div_ceil(pairs.max(1));
+    let affordable = (GROUP_FLOATS_MOST / per_image).max(1);
+    (GROUP_FLOATS / per_image)
+        .max(to_fill.min(affordable))
+        .clamp(1, images)
+}
+
+/// Tile pairs in the shortest round of [`rounds`]`(tiles)`.
+fn pairs_per_round(tiles: usize) -> usize {
+    tiles.div_ceil(2)
 }
 
 /// `S[r, k] = q[i0 + r] · q[j0 + k]` for an `ri × rj` tile (row stride `rj`), on the calling
@@ -419,6 +438,22 @@ pub fn forward(
     lsum: Tensor,
     p: Tensor,
 ) {
+    let np = s.pixels();
+    let pairs = pairs_per_round(np.div_ceil(TILE.min(np)));
+    let group = group_len(np * s.c, s.b, pairs, rayon::current_num_threads());
+    forward_in_groups(be, s, f, norms, lsum, p, group);
+}
+
+/// [`forward`], `group` images at a time.
+fn forward_in_groups(
+    be: &CpuBackend,
+    s: &RelationShape,
+    f: Tensor,
+    norms: Tensor,
+    lsum: Tensor,
+    p: Tensor,
+    group: usize,
+) {
     let (np, c, nb) = (s.pixels(), s.c, s.bins());
     check_len("relation f", f, s.b * np * c);
     check_len("relation norms", norms, s.b * np);
@@ -430,7 +465,6 @@ pub fn forward(
     let t = TILE.min(np);
     let nk = geo.classes();
     let schedule = rounds(np.div_ceil(t));
-    let group = group_len(np * c, s.b);
     let mut lacc = vec![0f64; group * np];
     let mut cacc = vec![0f64; group * np * nk];
     be.with_workspace(group * np * c + Scratch::floats(t * t), |ws| {
@@ -586,6 +620,25 @@ pub fn backward(
     dp: Tensor,
     df: Tensor,
 ) {
+    let np = s.pixels();
+    let pairs = pairs_per_round(np.div_ceil(TILE.min(np)));
+    let group = group_len(2 * np * s.c, s.b, pairs, rayon::current_num_threads());
+    backward_in_groups(be, s, f, norms, lsum, p, dp, df, group);
+}
+
+/// [`backward`], `group` images at a time.
+#[allow(clippy::too_many_arguments)]
+fn backward_in_groups(
+    be: &CpuBackend,
+    s: &RelationShape,
+    f: Tensor,
+    norms: Tensor,
+    lsum: Tensor,
+    p: Tensor,
+    dp: Tensor,
+    df: Tensor,
+    group: usize,
+) {
     let (np, c, nb) = (s.pixels(), s.c, s.bins());
     check_len("relation f", f, s.b * np * c);
     check_len("relation df", df, s.b * np * c);
@@ -603,7 +656,6 @@ pub fn backward(
     );
     let t = TILE.min(np);
     let schedule = rounds(np.div_ceil(t));
-    let group = group_len(2 * np * c, s.b);
     let mut scratch_norms = vec![0f32; group * np];
     be.with_workspace(2 * group * np * c + Scratch::floats(t * t), |ws| {
         let (qs, rest) = ws.split_at_mut(group * np * c);
@@ -687,7 +739,9 @@ pub fn backward(
 
 #[cfg(test)]
 mod tests {
-    use super::rounds;
+    use super::*;
+    use crate::backend::Backend;
+    use crate::rng::Rng;
 
     /// Every pair I ≤ J exactly once, and no tile twice in one round.
     #[test]
@@ -713,6 +767,86 @@ mod tests {
                     let want = u32::from(i <= j);
                     assert_eq!(seen[i * tiles + j], want, "{tiles} tiles: pair ({i}, {j})");
                 }
+            }
+            let shortest = rounds(tiles).iter().map(Vec::len).min();
+            assert_eq!(shortest, Some(pairs_per_round(tiles)), "{tiles} tiles");
+        }
+    }
+
+    /// W30 at 299×299 (75×75×450, 11 tiles of 512 pixels: 6 pairs a round): one image at a
+    /// time on 2 threads (its 16 MB fills `GROUP_FLOATS`), enough images for 32 tasks on 16
+    /// threads (6, within `GROUP_FLOATS_MOST` forward and, at twice the floats, backward), never
+    /// more than the batch; a small map's whole batch at once.
+    #[test]
+    fn groups_fill_the_threads_within_the_memory_bound() {
+        let (np, c): (usize, usize) = (75 * 75, 450);
+        let pairs = pairs_per_round(np.div_ceil(TILE));
+        assert_eq!(pairs, 6);
+        assert_eq!(group_len(np * c, 64, pairs, 2), 1);
+        assert_eq!(group_len(np * c, 64, pairs, 16), 6);
+        assert_eq!(group_len(2 * np * c, 64, pairs, 16), 6);
+        assert_eq!(group_len(2 * np * c, 64, pairs, 64), 6);
+        assert_eq!(group_len(np * c, 4, pairs, 16), 4);
+        assert_eq!(group_len(16 * 16 * 64, 32, 1, 2), 32);
+    }
+
+    /// Forward and backward give the same bits one image at a time and the whole batch at once,
+    /// on one thread and on several: the group and the thread count only decide what runs side
+    /// by side (three images of three tiles each, so rounds hold two pairs).
+    #[test]
+    fn results_do_not_depend_on_the_group_or_the_threads() {
+        let s = RelationShape {
+            b: 3,
+            h: 34,
+            w: 31,
+            c: 24,
+            n: 5,
+        };
+        let (np, nb) = (s.pixels(), s.bins());
+        assert_eq!(np.div_ceil(TILE), 3);
+        let mut rng = Rng::new(11);
+        let f = rng.vec(s.b * np * s.c, |r| r.normal());
+        let g = rng.vec(s.b * np * nb, |r| r.normal());
+        let run = |group: usize| {
+            let mut be = CpuBackend::new();
+            let mut put = |v: &[f32]| {
+                let t = Tensor::new(be.alloc(v.len()).unwrap(), 0, v.len());
+                be.upload(t, v).unwrap();
+                t
+            };
+            let ft = put(&f);
+            let gt = put(&g);
+            let norms = put(&vec![f32::NAN; s.b * np]);
+            let lsum = put(&vec![f32::NAN; s.b * np]);
+            let p = put(&vec![f32::NAN; s.b * np * nb]);
+            let df = put(&vec![0.5; s.b * np * s.c]);
+            forward_in_groups(&be, &s, ft, norms, lsum, p, group);
+            backward_in_groups(&be, &s, ft, norms, lsum, p, gt, df, group);
+            [norms, lsum, p, df].map(|t| {
+                let mut v = vec![0.0; t.len];
+                be.download(t, &mut v).unwrap();
+                v
+            })
+        };
+        let pool = |threads| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+        };
+        let want = pool(1).install(|| run(1));
+        assert!(want[2].iter().all(|v| v.is_finite() && *v > 0.0));
+        for (threads, group) in [(1, 3), (4, 1), (4, 3), (3, 2)] {
+            let got = pool(threads).install(|| run(group));
+            for (name, (a, b)) in ["norms", "lsum", "p", "df"]
+                .iter()
+                .zip(want.iter().zip(&got))
+            {
+                let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(
+                    same,
+                    "{name} differs with {threads} threads, groups of {group}"
+                );
             }
         }
     }
