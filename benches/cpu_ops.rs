@@ -94,6 +94,22 @@ fn conv(c: &mut Criterion) {
                     .unwrap()
             })
         });
+        if s.b == 4 {
+            // Each gradient alone: they run different kernels (the data gradient is a
+            // convolution like the forward; the weight gradient sums over pixels).
+            c.bench_function(&format!("{name} bwd data"), |b| {
+                b.iter(|| {
+                    be.conv2d_backward(&s, x, w, y, Some(dx), None, None)
+                        .unwrap()
+                })
+            });
+            c.bench_function(&format!("{name} bwd weights"), |b| {
+                b.iter(|| {
+                    be.conv2d_backward(&s, x, w, y, None, Some(dw), None)
+                        .unwrap()
+                })
+            });
+        }
     }
 }
 
