@@ -313,6 +313,13 @@ fn pairs_per_round(tiles: usize) -> usize {
     tiles.div_ceil(2)
 }
 
+/// [`group_len`] for `s` on the current thread pool, at `per_image` floats an image.
+fn pool_group(s: &RelationShape, per_image: usize) -> usize {
+    let np = s.pixels();
+    let pairs = pairs_per_round(np.div_ceil(TILE.min(np)));
+    group_len(per_image, s.b, pairs, rayon::current_num_threads())
+}
+
 /// `S[r, k] = q[i0 + r] · q[j0 + k]` for an `ri × rj` tile (row stride `rj`), on the calling
 /// thread.
 #[allow(clippy::too_many_arguments)]
@@ -438,9 +445,7 @@ pub fn forward(
     lsum: Tensor,
     p: Tensor,
 ) {
-    let np = s.pixels();
-    let pairs = pairs_per_round(np.div_ceil(TILE.min(np)));
-    let group = group_len(np * s.c, s.b, pairs, rayon::current_num_threads());
+    let group = pool_group(s, s.pixels() * s.c);
     forward_in_groups(be, s, f, norms, lsum, p, group);
 }
 
@@ -620,9 +625,7 @@ pub fn backward(
     dp: Tensor,
     df: Tensor,
 ) {
-    let np = s.pixels();
-    let pairs = pairs_per_round(np.div_ceil(TILE.min(np)));
-    let group = group_len(2 * np * s.c, s.b, pairs, rayon::current_num_threads());
+    let group = pool_group(s, 2 * s.pixels() * s.c);
     backward_in_groups(be, s, f, norms, lsum, p, dp, df, group);
 }
 
